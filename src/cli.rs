@@ -1,0 +1,259 @@
+//! The command line: `serve` (cluster / `--manifests FILE` / `--upstream ADDR,...`), `echo`, `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::routes::{Policy, RouteSettings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wsingress",
+    version,
+    about = "A Kubernetes ingress controller and sidecar proxy built for WebSocket traffic first"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WSINGRESS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy. Routes come from the Kubernetes API (default), a manifests file, or a static upstream list.
+    Serve(ServeArgs),
+    /// Run a WebSocket echo server (for verification and tests).
+    Echo(EchoArgs),
+    /// Start two echo backends and the proxy on loopback, print how to connect, run until Ctrl-C.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Proxy listener.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "WSINGRESS_LISTEN")]
+    pub listen: SocketAddr,
+    /// Admin listener (/metrics, /healthz, /readyz, /routes). Never served on the proxy port.
+    #[arg(long, default_value = "0.0.0.0:9090", env = "WSINGRESS_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
+    /// Sidecar mode: send every request to this pool (HOST:PORT[,HOST:PORT...]).
+    #[arg(long, conflicts_with = "manifests")]
+    pub upstream: Option<String>,
+    /// Local mode: routes from a multi-document YAML of Ingress/Service/EndpointSlice objects, reloaded on change.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// Cluster mode: watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WSINGRESS_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// IngressClass name served (its spec.controller must be wsingress.io/ingress-controller).
+    #[arg(long, default_value = crate::translate::DEFAULT_CLASS)]
+    pub ingress_class: String,
+    /// Cluster mode: write Ingress status from this Service's addresses (NAMESPACE/NAME).
+    #[arg(long)]
+    pub publish_service: Option<String>,
+    /// Cluster mode: write this address (IP or hostname) into Ingress status.
+    #[arg(long, conflicts_with = "publish_service")]
+    pub publish_address: Option<String>,
+    /// Cluster mode: namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub election_namespace: Option<String>,
+    /// Cluster mode: name of the leader-election Lease.
+    #[arg(long, default_value = "wsingress-leader")]
+    pub election_lease: String,
+    /// Cluster mode: this replica's identity for leader election (default: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Proxy worker threads (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// On SIGTERM/SIGINT: how long to wait for tunnels to close after sending them Close 1001.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub shutdown_timeout: Duration,
+    /// Closing a slow client that has not sent its request head in time (slowloris).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub header_timeout: Duration,
+    /// Largest request head accepted (bigger: 431).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Live connections allowed per client address (0 = unlimited); more get 429 or are refused.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections_per_client: u32,
+    /// CIDRs whose X-Forwarded-For is trusted to name the client (comma separated). Empty: trust none.
+    #[arg(long, value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    #[command(flatten)]
+    pub route: RouteDefaults,
+}
+
+/// Defaults for every route; annotations override them per route.
+#[derive(Debug, Clone, Args)]
+pub struct RouteDefaults {
+    /// Balancing policy: least-conn, round-robin, ip-hash, header-hash:NAME.
+    #[arg(long, default_value = "least-conn", value_parser = Policy::parse)]
+    pub load_balance: Policy,
+    /// Close a tunnel after this long without traffic ("never" to disable). nginx: proxy_read_timeout.
+    #[arg(long, value_parser = parse_optional_duration, default_value = "60s")]
+    pub idle_timeout: OptionalDuration,
+    /// Ping the client after this long without traffic from it ("off" to disable).
+    #[arg(long, value_parser = parse_optional_duration, default_value = "off")]
+    pub ping_interval: OptionalDuration,
+    /// After a ping, close if the client stays silent this long.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub pong_timeout: Duration,
+    /// TCP connect to one endpoint.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub connect_timeout: Duration,
+    /// From upgrade request sent upstream to its response head (504 after).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// When an endpoint leaves its pool, close its tunnels with 1001 after this long ("never" to keep them).
+    #[arg(long, value_parser = parse_optional_duration, default_value = "30s")]
+    pub drain_timeout: OptionalDuration,
+    /// Largest WebSocket message (sum of fragments) before Close 1009 (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub max_message_bytes: u64,
+}
+
+impl RouteDefaults {
+    pub fn settings(&self) -> RouteSettings {
+        RouteSettings {
+            policy: self.load_balance.clone(),
+            idle_timeout: self.idle_timeout.0,
+            ping_interval: self.ping_interval.0,
+            pong_timeout: self.pong_timeout,
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: self.handshake_timeout,
+            drain_timeout: self.drain_timeout.0,
+            max_message_bytes: (self.max_message_bytes > 0).then_some(self.max_message_bytes),
+            ..RouteSettings::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EchoArgs {
+    /// Listener.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "WSINGRESS_LISTEN")]
+    pub listen: SocketAddr,
+    /// Prepended to every echoed message.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Name sent in the x-echo-instance header (default: $HOSTNAME, else the listen address).
+    #[arg(long, env = "HOSTNAME")]
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Proxy listener of the demo.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin listener of the demo.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+}
+
+/// A duration that may be switched off (`never`, `off`, `0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+/// `300s`, `5m`, `1h`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{value}` is not a duration (e.g. 300s, 5m, 1h, 250ms)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "`{value}`: unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+        return Err(format!("`{value}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Like [`parse_duration`], plus `never`/`off` (and `0`) for none.
+pub fn parse_optional_duration(value: &str) -> Result<OptionalDuration, String> {
+    match value.trim() {
+        "never" | "off" | "none" => Ok(OptionalDuration(None)),
+        v => parse_duration(v).map(|d| OptionalDuration(if d.is_zero() { None } else { Some(d) })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300s"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_optional_duration("never"), Ok(OptionalDuration(None)));
+        assert_eq!(parse_optional_duration("0"), Ok(OptionalDuration(None)));
+        assert_eq!(
+            parse_optional_duration("30s"),
+            Ok(OptionalDuration(Some(Duration::from_secs(30))))
+        );
+    }
+
+    #[test]
+    fn serve_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "wsingress",
+            "serve",
+            "--upstream",
+            "127.0.0.1:8010,127.0.0.1:8011",
+            "--idle-timeout",
+            "300s",
+            "--load-balance",
+            "ip-hash",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        let settings = s.route.settings();
+        assert_eq!(settings.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(settings.policy, Policy::IpHash);
+        assert!(Cli::try_parse_from(["wsingress", "serve", "--load-balance", "fastest"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "wsingress",
+                "serve",
+                "--upstream",
+                "a:1",
+                "--manifests",
+                "f.yaml"
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! Host and path matching with Ingress precedence.
+//!
+//! Precedence is an ordered key, not a chain of ifs: rules are sorted once by
+//! (host class, host, path class, longer path first, path), and a request first selects the
+//! most specific host group that matches its `Host` (exact host, then `*.` wildcard, then
+//! rules without a host, like nginx's server selection), then the first path in that group
+//! (Exact before Prefix, longer prefix first). Prefix matching is element-wise as the
+//! Kubernetes Ingress API defines it: `/foo` matches `/foo`, `/foo/` and `/foo/bar`, never `/foobar`.
+
+use std::cmp::Reverse;
+use std::fmt;
+
+use super::Rule;
+
+/// Which `Host` values a rule applies to. Hosts are stored lower-case without a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com`, stored as `example.com`: matches exactly one more DNS label.
+    Wildcard(String),
+    Any,
+}
+
+impl HostMatch {
+    /// Parse an Ingress rule host (`example.com`, `*.example.com`, or empty for any).
+    pub fn parse(host: &str) -> Self {
+        let h = host.trim().trim_end_matches('.').to_ascii_lowercase();
+        if h.is_empty() || h == "*" {
+            Self::Any
+        } else if let Some(rest) = h.strip_prefix("*.") {
+            Self::Wildcard(rest.to_string())
+        } else {
+            Self::Exact(h)
+        }
+    }
+
+    fn class(&self) -> u8 {
+        match self {
+            Self::Exact(_) => 0,
+            Self::Wildcard(_) => 1,
+            Self::Any => 2,
+        }
+    }
+
+    /// `host` must already be normalised with [`normalize_host`].
+    pub fn matches(&self, host: Option<&str>) -> bool {
+        match (self, host) {
+            (Self::Any, _) => true,
+            (_, None) => false,
+            (Self::Exact(h), Some(req)) => h == req,
+            (Self::Wildcard(suffix), Some(req)) => match req.split_once('.') {
+                Some((label, rest)) => !label.is_empty() && rest == suffix,
+                None => false,
+            },
+        }
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(h) => f.write_str(h),
+            Self::Wildcard(h) => write!(f, "*.{h}"),
+            Self::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// Which request paths a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    Exact(String),
+    /// Stored without a trailing `/` (except the root prefix `/`).
+    Prefix(String),
+}
+
+impl PathMatch {
+    pub fn exact(path: &str) -> Self {
+        Self::Exact(path.to_string())
+    }
+    /// `ImplementationSpecific` is treated as `Prefix` too.
+    pub fn prefix(path: &str) -> Self {
+        let trimmed = path.trim_end_matches('/');
+        if trimmed.is_empty() {
+            Self::Prefix("/".to_string())
+        } else {
+            Self::Prefix(trimmed.to_string())
+        }
+    }
+
+    /// `path` is the request path without its query.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(p) => p == path,
+            Self::Prefix(p) if p == "/" => true,
+            Self::Prefix(p) => match path.strip_prefix(p.as_str()) {
+                Some(rest) => rest.is_empty() || rest.starts_with('/'),
+                None => false,
+            },
+        }
+    }
+
+    fn class(&self) -> u8 {
+        match self {
+            Self::Exact(_) => 0,
+            Self::Prefix(_) => 1,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Exact(p) | Self::Prefix(p) => p,
+        }
+    }
+}
+
+impl fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(p) => write!(f, "={p}"),
+            Self::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// The sort key that puts rules in precedence order.
+pub(crate) fn precedence_key(
+    host: &HostMatch,
+    path: &PathMatch,
+) -> (u8, String, u8, Reverse<usize>, String) {
+    let host_name = match host {
+        HostMatch::Exact(h) | HostMatch::Wildcard(h) => h.clone(),
+        HostMatch::Any => String::new(),
+    };
+    (
+        host.class(),
+        host_name,
+        path.class(),
+        Reverse(path.as_str().len()),
+        path.as_str().to_string(),
+    )
+}
+
+/// Lower-case, without port or trailing dot. Keeps IPv6 literals bracketed.
+pub fn normalize_host(raw: &str) -> String {
+    let raw = raw.trim();
+    let without_port = if raw.starts_with('[') {
+        match raw.find(']') {
+            Some(end) => &raw[..=end],
+            None => raw,
+        }
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => raw,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Rules must be sorted by [`precedence_key`].
+pub(crate) fn find<'a>(
+    rules: &'a [Rule],
+    host: Option<&str>,
+    path: &str,
+) -> Option<&'a std::sync::Arc<super::Route>> {
+    let host = host.map(normalize_host);
+    let host = host.as_deref();
+    let group = &rules.iter().find(|r| r.host.matches(host))?.host;
+    rules
+        .iter()
+        .filter(|r| &r.host == group)
+        .find(|r| r.path.matches(path))
+        .map(|r| &r.route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{Pool, Route, RouteSettings, RouteTable};
+    use std::sync::Arc;
+
+    fn route(id: &str) -> Arc<Route> {
+        Arc::new(Route {
+            id: id.into(),
+            backend: id.into(),
+            pool: Pool::new(vec![]),
+            settings: RouteSettings::default(),
+        })
+    }
+
+    fn rule(host: &str, path: PathMatch, id: &str) -> Rule {
+        Rule {
+            host: HostMatch::parse(host),
+            path,
+            route: route(id),
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(
+            vec![
+                rule("", PathMatch::prefix("/"), "any-root"),
+                rule("*.example.com", PathMatch::prefix("/"), "wild-root"),
+                rule("chat.example.com", PathMatch::prefix("/"), "chat-root"),
+                rule("chat.example.com", PathMatch::prefix("/ws"), "chat-ws"),
+                rule(
+                    "chat.example.com",
+                    PathMatch::prefix("/ws/admin/"),
+                    "chat-ws-admin",
+                ),
+                rule("chat.example.com", PathMatch::exact("/ws"), "chat-ws-exact"),
+                rule("api.example.com", PathMatch::prefix("/v1"), "api-v1"),
+            ],
+            Some(route("default")),
+        )
+    }
+
+    #[test]
+    fn precedence_table() {
+        let t = table();
+        let cases: &[(Option<&str>, &str, &str)] = &[
+            // Exact path before any prefix of the same length.
+            (Some("chat.example.com"), "/ws", "chat-ws-exact"),
+            // Longer prefix first; element-wise.
+            (Some("chat.example.com"), "/ws/", "chat-ws"),
+            (Some("chat.example.com"), "/ws/room", "chat-ws"),
+            (Some("chat.example.com"), "/ws/admin", "chat-ws-admin"),
+            (Some("chat.example.com"), "/ws/admin/x", "chat-ws-admin"),
+            (Some("chat.example.com"), "/ws/administrator", "chat-ws"),
+            (Some("chat.example.com"), "/wsx", "chat-root"),
+            // Host is case-insensitive and the port is ignored.
+            (Some("CHAT.example.com:8080"), "/ws/a", "chat-ws"),
+            (Some("chat.example.com."), "/ws/a", "chat-ws"),
+            // Wildcard covers exactly one label.
+            (Some("other.example.com"), "/x", "wild-root"),
+            (Some("a.b.example.com"), "/x", "any-root"),
+            (Some("example.com"), "/x", "any-root"),
+            // The exact host group is selected even when only the wildcard has the path:
+            // its miss falls to the default backend, like nginx's server selection.
+            (Some("api.example.com"), "/v2", "default"),
+            (Some("api.example.com"), "/v1/users", "api-v1"),
+            (None, "/", "any-root"),
+        ];
+        for (host, path, want) in cases {
+            let got = t.find(*host, path).map(|r| r.id.as_str());
+            assert_eq!(got, Some(*want), "host {host:?} path {path}");
+        }
+    }
+
+    #[test]
+    fn no_match_without_default_is_none() {
+        let t = RouteTable::new(
+            vec![rule("a.example.com", PathMatch::prefix("/app"), "app")],
+            None,
+        );
+        assert!(t.find(Some("a.example.com"), "/other").is_none());
+        assert!(t.find(Some("b.example.com"), "/app").is_none());
+        assert!(t.find(None, "/app").is_none());
+    }
+
+    #[test]
+    fn prefix_is_element_wise() {
+        let p = PathMatch::prefix("/aaa/bb/");
+        assert!(p.matches("/aaa/bb"));
+        assert!(p.matches("/aaa/bb/"));
+        assert!(p.matches("/aaa/bb/ccc"));
+        assert!(!p.matches("/aaa/bbb"));
+        assert!(!p.matches("/aaa"));
+        assert!(PathMatch::prefix("/").matches("/anything"));
+        assert!(PathMatch::prefix("").matches("/"));
+        let e = PathMatch::exact("/foo");
+        assert!(e.matches("/foo"));
+        assert!(!e.matches("/foo/"));
+        assert!(!e.matches("/FOO"));
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(normalize_host("Example.COM:443"), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("[::1]"), "[::1]");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(
+            HostMatch::parse("*.Example.com"),
+            HostMatch::Wildcard("example.com".into())
+        );
+        assert_eq!(HostMatch::parse(""), HostMatch::Any);
+    }
+}

@@ -1,0 +1,1 @@
+//! source file (work in progress)

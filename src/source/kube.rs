@@ -1,0 +1,1 @@
+//! source kube (work in progress)

@@ -1,0 +1,1 @@
+//! source status (work in progress)

@@ -1,0 +1,1 @@
+//! Every `wsingress.io/*` annotation: key, parser, validation, default and documentation.
