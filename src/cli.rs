@@ -31,7 +31,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy. Routes come from the Kubernetes API (default), a manifests file, or a static upstream list.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a WebSocket echo server (for verification and tests).
     Echo(EchoArgs),
     /// Start two echo backends and the proxy on loopback, print how to connect, run until Ctrl-C.
@@ -188,7 +188,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
         return Err(format!("`{value}` is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
