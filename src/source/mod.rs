@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod kube;
+pub mod rbac;
 pub mod static_upstream;
 pub mod status;
 
