@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -448,7 +448,8 @@ fn request_info<B>(request: &Request<B>, peer: SocketAddr, instance: &str) -> se
             Ok([single]) => single,
             Err(values) => serde_json::Value::Array(values),
         };
-        headers.insert(header_key(name), entry);
+        // `http` stores header names in lower case already.
+        headers.insert(name.as_str().to_owned(), entry);
     }
     serde_json::json!({
         "instance": instance,
@@ -459,11 +460,6 @@ fn request_info<B>(request: &Request<B>, peer: SocketAddr, instance: &str) -> se
         "version": format!("{:?}", request.version()),
         "headers": headers,
     })
-}
-
-/// Header names from `http` are already lower case; this only makes that explicit.
-fn header_key(name: &HeaderName) -> String {
-    name.as_str().to_ascii_lowercase()
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
