@@ -103,6 +103,15 @@ pub enum UpgradeResult {
 }
 
 impl UpgradeResult {
+    pub const ALL: [Self; 6] = [
+        Self::Ok,
+        Self::Rejected,
+        Self::BackendRefused,
+        Self::BackendError,
+        Self::Timeout,
+        Self::NoEndpoints,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -219,7 +228,7 @@ impl Metrics {
             )?,
             upgrades: counter(
                 "wsingress_websocket_upgrades_total",
-                "WebSocket upgrade requests by result.",
+                "WebSocket upgrade requests by result: ok, rejected (400/403/429, no backend contacted), backend_refused (non-101 answer), backend_error (502), timeout (504), no_endpoints (503).",
                 &["route", "result"],
             )?,
             handshake_seconds: histogram(
@@ -236,22 +245,22 @@ impl Metrics {
             )?,
             messages: counter(
                 "wsingress_websocket_messages_total",
-                "Complete WebSocket data messages relayed (control frames excluded).",
+                "Complete WebSocket data messages relayed (control frames excluded), by direction: client_to_backend, backend_to_client.",
                 &["route", "backend", "direction"],
             )?,
             bytes: counter(
                 "wsingress_websocket_bytes_total",
-                "Bytes relayed through WebSocket tunnels (frames with headers, as on the wire).",
+                "Bytes relayed through WebSocket tunnels (frames with headers, as on the wire), by direction: client_to_backend, backend_to_client.",
                 &["route", "backend", "direction"],
             )?,
             closes: counter(
                 "wsingress_websocket_closes_total",
-                "Closed WebSocket tunnels by who closed first and close-code class.",
+                "Closed WebSocket tunnels by who closed first (client, backend, proxy) and close code: 1000-1014 by number, 3xxx, 4xxx, none (Close without code), invalid, abnormal (no Close frame).",
                 &["route", "initiator", "code"],
             )?,
             http_requests: counter(
                 "wsingress_http_requests_total",
-                "Plain HTTP requests by status class.",
+                "Plain HTTP requests by status class (1xx to 5xx).",
                 &["route", "status_class"],
             )?,
             http_request_seconds: histogram(
@@ -267,13 +276,13 @@ impl Metrics {
             )?,
             endpoints: gauge(
                 "wsingress_endpoints",
-                "Endpoints per pool by state.",
+                "Endpoints per backend pool by state: ready (gets new tunnels), terminating (keeps its tunnels, gets no new ones).",
                 &["route", "backend", "state"],
             )?,
             config_generation,
             config_updates: counter(
                 "wsingress_config_updates_total",
-                "Route table updates by source and result.",
+                "Route table updates by source and result: applied, rejected (the last good table keeps serving).",
                 &["source", "result"],
             )?,
             config_warnings,
@@ -698,6 +707,33 @@ mod tests {
                     f.name
                 );
             }
+        }
+    }
+
+    #[test]
+    fn help_texts_name_every_label_value() {
+        let m = Metrics::new().unwrap();
+        let help = |name: &str| {
+            m.families()
+                .into_iter()
+                .find(|f| f.name == name)
+                .unwrap()
+                .help
+        };
+        let upgrades = help("wsingress_websocket_upgrades_total");
+        for r in UpgradeResult::ALL {
+            assert!(upgrades.contains(r.label()), "{}", r.label());
+        }
+        for d in [Direction::ClientToBackend, Direction::BackendToClient] {
+            assert!(help("wsingress_websocket_messages_total").contains(d.label()));
+            assert!(help("wsingress_websocket_bytes_total").contains(d.label()));
+        }
+        let closes = help("wsingress_websocket_closes_total");
+        for i in [Initiator::Client, Initiator::Backend, Initiator::Proxy] {
+            assert!(closes.contains(i.label()));
+        }
+        for class in ["3xxx", "4xxx", "none", "invalid", "abnormal"] {
+            assert!(closes.contains(class), "{class}");
         }
     }
 
