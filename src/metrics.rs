@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -542,9 +542,8 @@ pub struct WebSocketAccess<'a> {
     pub backend: &'a str,
     /// The endpoint (pod address) the tunnel went to.
     pub endpoint: SocketAddr,
-    /// The client as wsingress resolved it (peer address, or the trusted X-Forwarded-For IP
-    /// with the peer's port).
-    pub client: SocketAddr,
+    /// The client: the TCP peer, or the address a trusted proxy named in X-Forwarded-For.
+    pub client: IpAddr,
     /// From the 101 to the end of the tunnel.
     pub duration: Duration,
     pub msgs_in: u64,
@@ -553,9 +552,12 @@ pub struct WebSocketAccess<'a> {
     pub bytes_out: u64,
     /// Code of the first Close frame; `None` when it had no code or no Close was seen.
     pub close_code: Option<u16>,
-    /// Whether any Close frame was seen (else the close is `abnormal`).
+    /// Whether a Close frame started the end (else the close is `abnormal`).
     pub close_frame_seen: bool,
     pub initiator: Initiator,
+    /// Why the tunnel ended (`closed`, `disconnected`, `idle_timeout`, `pong_timeout`,
+    /// `drained`, `shutdown`, `protocol_error`, `message_too_big`).
+    pub reason: &'static str,
 }
 
 impl WebSocketAccess<'_> {
@@ -575,12 +577,14 @@ impl WebSocketAccess<'_> {
             close_code = self.close_code,
             close_class = close_code_class(self.close_code, self.close_frame_seen),
             initiator = self.initiator.label(),
+            reason = self.reason,
             "websocket closed"
         );
     }
 }
 
-/// The access-log line written for each plain HTTP request (and each refused upgrade).
+/// The access-log line written for each plain HTTP request, and for each upgrade request
+/// that did not become a tunnel (refused by wsingress or by the backend).
 #[derive(Debug, Clone)]
 pub struct HttpAccess<'a> {
     /// Route id, or [`UNMATCHED`].
@@ -591,16 +595,26 @@ pub struct HttpAccess<'a> {
     pub status: u16,
     /// From the request head to the response head.
     pub duration: Duration,
-    pub client: SocketAddr,
+    /// The client: the TCP peer, or the address a trusted proxy named in X-Forwarded-For.
+    pub client: IpAddr,
     /// The endpoint the request went to, when one was chosen.
     pub endpoint: Option<SocketAddr>,
+    /// A WebSocket upgrade request that got no tunnel (`kind="upgrade"`).
+    pub upgrade: bool,
+    /// Why wsingress answered with an error, when it did.
+    pub error: Option<&'a dyn std::error::Error>,
 }
 
 impl HttpAccess<'_> {
     pub fn emit(&self) {
+        let (kind, message) = if self.upgrade {
+            ("upgrade", "upgrade refused")
+        } else {
+            ("http", "http request")
+        };
         tracing::info!(
             target: ACCESS_LOG_TARGET,
-            kind = "http",
+            kind,
             route = self.route,
             method = self.method,
             path = self.path,
@@ -608,7 +622,8 @@ impl HttpAccess<'_> {
             duration_ms = millis(self.duration),
             client = %self.client,
             endpoint = self.endpoint.map(tracing::field::display),
-            "http request"
+            error = self.error.map(tracing::field::display),
+            "{message}"
         );
     }
 }
@@ -815,12 +830,16 @@ mod tests {
 
     #[test]
     fn access_lines_carry_the_documented_fields_at_the_top_level() {
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connect to 10.1.2.4:8080 failed: Connection refused",
+        );
         let lines = json_lines("info", || {
             WebSocketAccess {
                 route: "default/chat",
                 backend: "chat:80",
                 endpoint: "10.1.2.3:8080".parse().unwrap(),
-                client: "192.0.2.7:50000".parse().unwrap(),
+                client: "192.0.2.7".parse().unwrap(),
                 duration: Duration::from_micros(1_500_250),
                 msgs_in: 3,
                 msgs_out: 4,
@@ -829,6 +848,7 @@ mod tests {
                 close_code: Some(1000),
                 close_frame_seen: true,
                 initiator: Initiator::Client,
+                reason: "closed",
             }
             .emit();
             HttpAccess {
@@ -837,12 +857,26 @@ mod tests {
                 path: "/nope",
                 status: 404,
                 duration: Duration::from_micros(250),
-                client: "192.0.2.7:50001".parse().unwrap(),
+                client: "192.0.2.7".parse().unwrap(),
                 endpoint: None,
+                upgrade: false,
+                error: None,
+            }
+            .emit();
+            HttpAccess {
+                route: "default/dead",
+                method: "GET",
+                path: "/ws",
+                status: 502,
+                duration: Duration::from_millis(3),
+                client: "2001:db8::7".parse().unwrap(),
+                endpoint: Some("10.1.2.4:8080".parse().unwrap()),
+                upgrade: true,
+                error: Some(&refused),
             }
             .emit();
         });
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         let ws = &lines[0];
         assert_eq!(ws["target"], ACCESS_LOG_TARGET);
         assert_eq!(ws["level"], "INFO");
@@ -851,7 +885,7 @@ mod tests {
         assert_eq!(ws["route"], "default/chat");
         assert_eq!(ws["backend"], "chat:80");
         assert_eq!(ws["endpoint"], "10.1.2.3:8080");
-        assert_eq!(ws["client"], "192.0.2.7:50000");
+        assert_eq!(ws["client"], "192.0.2.7");
         assert_eq!(ws["duration_ms"], 1500.25);
         assert_eq!(ws["msgs_in"], 3);
         assert_eq!(ws["msgs_out"], 4);
@@ -860,6 +894,7 @@ mod tests {
         assert_eq!(ws["close_code"], 1000);
         assert_eq!(ws["close_class"], "1000");
         assert_eq!(ws["initiator"], "client");
+        assert_eq!(ws["reason"], "closed");
         let http = &lines[1];
         assert_eq!(http["kind"], "http");
         assert_eq!(http["route"], "unmatched");
@@ -867,7 +902,20 @@ mod tests {
         assert_eq!(http["path"], "/nope");
         assert_eq!(http["status"], 404);
         assert_eq!(http["duration_ms"], 0.25);
+        assert_eq!(http["message"], "http request");
+        assert_eq!(http["client"], "192.0.2.7");
         assert!(http.get("endpoint").is_none(), "absent, not null: {http}");
+        assert!(http.get("error").is_none(), "absent, not null: {http}");
+        let up = &lines[2];
+        assert_eq!(up["kind"], "upgrade");
+        assert_eq!(up["message"], "upgrade refused");
+        assert_eq!(up["status"], 502);
+        assert_eq!(up["client"], "2001:db8::7");
+        assert_eq!(up["endpoint"], "10.1.2.4:8080");
+        assert_eq!(
+            up["error"],
+            "connect to 10.1.2.4:8080 failed: Connection refused"
+        );
     }
 
     #[test]
@@ -879,13 +927,51 @@ mod tests {
                 path: "/",
                 status: 404,
                 duration: Duration::ZERO,
-                client: "127.0.0.1:1".parse().unwrap(),
+                client: "127.0.0.1".parse().unwrap(),
                 endpoint: None,
+                upgrade: false,
+                error: None,
             }
             .emit();
             tracing::info!("other line");
         });
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0]["message"], "other line");
+    }
+
+    #[test]
+    fn text_format_puts_fields_after_the_message() {
+        let cap = Capture::default();
+        let sub = subscriber(
+            LogFormat::Text,
+            tracing_subscriber::EnvFilter::new("info"),
+            cap.clone(),
+            false,
+        );
+        tracing::subscriber::with_default(sub, || {
+            WebSocketAccess {
+                route: "default/chat",
+                backend: "chat:80",
+                endpoint: "10.244.0.12:8080".parse().unwrap(),
+                client: "203.0.113.9".parse().unwrap(),
+                duration: Duration::from_millis(5),
+                msgs_in: 1,
+                msgs_out: 2,
+                bytes_in: 3,
+                bytes_out: 4,
+                close_code: None,
+                close_frame_seen: false,
+                initiator: Initiator::Backend,
+                reason: "disconnected",
+            }
+            .emit();
+        });
+        let out = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.contains(
+                r#" INFO wsingress::access: websocket closed kind="websocket" route="default/chat" backend="chat:80" endpoint=10.244.0.12:8080 client=203.0.113.9 duration_ms=5.0 msgs_in=1 msgs_out=2 bytes_in=3 bytes_out=4 close_class="abnormal" initiator="backend" reason="disconnected""#
+            ),
+            "{out}"
+        );
     }
 }

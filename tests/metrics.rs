@@ -556,3 +556,467 @@ fn exposition_parser_reads_escapes_and_histograms() {
         1.0
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// End to end: known traffic through the proxy, counted exactly in /metrics.
+// ---------------------------------------------------------------------------------------
+
+mod e2e {
+    use super::*;
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::{WebSocketStream, client_async};
+    use wsingress::drain::Drain;
+    use wsingress::echo::{self, EchoConfig};
+    use wsingress::proxy::headers::TrustedProxies;
+    use wsingress::proxy::{self, ProxyConfig, ProxyState};
+    use wsingress::routes::{HostMatch, PathMatch, Rule};
+    use wsingress::source::Publisher;
+
+    /// Message sizes sent (and echoed) on each connection: every frame-length encoding.
+    const SIZES: [usize; 5] = [5, 125, 126, 1000, 70_000];
+    /// Close codes of the `chat` connections, one per connection.
+    const CLOSES: [u16; 4] = [1000, 1000, 4001, 1001];
+
+    /// Wire size of a frame with `payload` bytes; clients mask (4 more bytes).
+    fn frame_len(payload: usize, masked: bool) -> u64 {
+        let header = match payload {
+            0..=125 => 2,
+            126..=65535 => 4,
+            _ => 10,
+        };
+        (header + payload + if masked { 4 } else { 0 }) as u64
+    }
+
+    /// Two echo backends, the proxy and the admin port, wired as the app wires them.
+    struct Stack {
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        echo: Vec<SocketAddr>,
+        dead: SocketAddr,
+        routes: Arc<RouteHandle>,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+        drain: Drain,
+        shutdown: CancellationToken,
+        tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+        proxy_task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Stack {
+        async fn start() -> Stack {
+            let shutdown = CancellationToken::new();
+            let mut tasks = Vec::new();
+            let mut echo_addrs = Vec::new();
+            for i in 0..2 {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                echo_addrs.push(l.local_addr().unwrap());
+                let config = EchoConfig {
+                    prefix: String::new(),
+                    instance: format!("echo-{i}"),
+                };
+                tasks.push(tokio::spawn(echo::serve(l, config, shutdown.clone())));
+            }
+            // A port nobody listens on: connects are refused.
+            let dead = {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                l.local_addr().unwrap()
+            };
+
+            let routes = Arc::new(RouteHandle::new());
+            let metrics = Arc::new(Metrics::new().unwrap());
+            let readiness = Arc::new(Readiness::new(routes.clone()));
+            let drain = Drain::new();
+            let state = Arc::new(ProxyState::new(
+                routes.clone(),
+                metrics.clone(),
+                drain.clone(),
+                TrustedProxies::default(),
+            ));
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let proxy = l.local_addr().unwrap();
+            let proxy_task = tokio::spawn(proxy::serve(l, state, ProxyConfig::default()));
+
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let admin = l.local_addr().unwrap();
+            let admin_state = AdminState {
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+                routes: routes.clone(),
+            };
+            tasks.push(tokio::spawn(admin::serve(l, admin_state, shutdown.clone())));
+            Stack {
+                proxy,
+                admin,
+                echo: echo_addrs,
+                dead,
+                routes,
+                metrics,
+                readiness,
+                drain,
+                shutdown,
+                tasks,
+                proxy_task,
+            }
+        }
+
+        fn publish(&self) {
+            let route = |name: &str, addrs: &[SocketAddr]| {
+                Arc::new(Route {
+                    id: format!("default/{name}"),
+                    backend: format!("{name}:80"),
+                    pool: Pool::new(addrs.iter().map(|&a| Endpoint::new(a, true)).collect()),
+                    settings: RouteSettings::default(),
+                })
+            };
+            let rule = |host: &str, route: Arc<Route>| Rule {
+                host: HostMatch::parse(host),
+                path: PathMatch::prefix("/"),
+                route,
+            };
+            let table = RouteTable::new(
+                vec![
+                    rule("chat.test", route("chat", &self.echo)),
+                    rule("edge.test", route("edge", &self.echo)),
+                    rule("dead.test", route("dead", &[self.dead])),
+                ],
+                None,
+            );
+            Publisher::new(self.routes.clone(), self.metrics.clone(), "test").publish(table, &[]);
+        }
+
+        async fn ws(&self, host: &str) -> Result<WebSocketStream<TcpStream>, String> {
+            let tcp = TcpStream::connect(self.proxy)
+                .await
+                .map_err(|e| e.to_string())?;
+            match tokio::time::timeout(DEADLINE, client_async(format!("ws://{host}/ws"), tcp)).await
+            {
+                Ok(Ok((ws, resp))) => {
+                    assert_eq!(resp.status(), 101);
+                    Ok(ws)
+                }
+                Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                    Err(format!("HTTP {}", resp.status().as_u16()))
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("handshake timed out".into()),
+            }
+        }
+
+        async fn scrape(&self) -> Vec<Sample> {
+            let r = http(self.admin, "GET", "/metrics").await.unwrap();
+            assert_eq!(r.status, 200);
+            parse_exposition(&r.body)
+        }
+
+        async fn stop(self) {
+            self.readiness.set_draining();
+            self.drain.start();
+            self.shutdown.cancel();
+            tokio::time::timeout(DEADLINE, self.proxy_task)
+                .await
+                .expect("proxy stops")
+                .unwrap();
+            for t in self.tasks {
+                tokio::time::timeout(DEADLINE, t)
+                    .await
+                    .expect("server stops")
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+    }
+
+    async fn next_data(ws: &mut WebSocketStream<TcpStream>) -> Message {
+        loop {
+            let m = tokio::time::timeout(DEADLINE, ws.next())
+                .await
+                .expect("reply in time")
+                .expect("stream open")
+                .expect("valid frame");
+            if m.is_text() || m.is_binary() || m.is_close() {
+                return m;
+            }
+        }
+    }
+
+    /// Send a Close with `code` and wait for the echo of it and the end of the stream.
+    async fn close_with(mut ws: WebSocketStream<TcpStream>, code: u16) {
+        ws.close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        }))
+        .await
+        .unwrap();
+        let reply = next_data(&mut ws).await;
+        match reply {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), code),
+            other => panic!("expected the Close echoed, got {other:?}"),
+        }
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, ws.next()).await {}
+    }
+
+    /// Drive the test traffic; returns the expected wire bytes of the `chat` route
+    /// (client→backend, backend→client).
+    async fn drive(s: &Stack) -> (u64, u64) {
+        // N = 4 chat connections open at once, M = 5 messages of known sizes each way.
+        let mut chat = Vec::new();
+        for _ in 0..CLOSES.len() {
+            chat.push(s.ws("chat.test").await.expect("chat upgrade"));
+        }
+        for ws in &mut chat {
+            for size in SIZES {
+                let text = "x".repeat(size);
+                ws.send(Message::text(text.clone())).await.unwrap();
+                assert_eq!(next_data(ws).await, Message::text(text));
+            }
+        }
+        // While they are open: the gauge and /routes agree on 4 live tunnels.
+        let samples = s.scrape().await;
+        assert_eq!(
+            value(
+                &samples,
+                "wsingress_websocket_connections_active",
+                &[("route", "default/chat")]
+            ),
+            4.0
+        );
+        let routes = http(s.admin, "GET", "/routes").await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&routes.body).unwrap();
+        let chat_rule = v["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"]["id"] == "default/chat")
+            .unwrap();
+        let live: u64 = chat_rule["route"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["active_connections"].as_u64().unwrap())
+            .sum();
+        assert_eq!(live, 4);
+        for (ws, code) in chat.into_iter().zip(CLOSES) {
+            close_with(ws, code).await;
+        }
+
+        // edge: one client that vanishes without a Close, one whose backend closes (1007).
+        let mut gone = s.ws("edge.test").await.expect("edge upgrade");
+        gone.send(Message::text("bye")).await.unwrap();
+        assert_eq!(next_data(&mut gone).await, Message::text("bye"));
+        drop(gone);
+        let mut bad = s.ws("edge.test").await.expect("edge upgrade");
+        let invalid_utf8 = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+        bad.send(Message::Frame(invalid_utf8)).await.unwrap();
+        match next_data(&mut bad).await {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1007),
+            other => panic!("expected Close 1007 from the backend, got {other:?}"),
+        }
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, bad.next()).await {}
+
+        // Failing upstream and unknown host, as upgrades and as plain requests.
+        assert_eq!(s.ws("dead.test").await.err().as_deref(), Some("HTTP 502"));
+        assert_eq!(s.ws("nope.test").await.err().as_deref(), Some("HTTP 404"));
+        assert_eq!(plain(s.proxy, "chat.test", "/healthz").await, 200);
+        assert_eq!(plain(s.proxy, "dead.test", "/").await, 502);
+        assert_eq!(plain(s.proxy, "nope.test", "/").await, 404);
+
+        let n = CLOSES.len() as u64;
+        let per_conn_in: u64 =
+            SIZES.iter().map(|&p| frame_len(p, true)).sum::<u64>() + frame_len(2, true);
+        let per_conn_out: u64 =
+            SIZES.iter().map(|&p| frame_len(p, false)).sum::<u64>() + frame_len(2, false);
+        (n * per_conn_in, n * per_conn_out)
+    }
+
+    /// A plain GET through the proxy with the given Host; returns the status.
+    async fn plain(proxy: SocketAddr, host: &str, path: &str) -> u16 {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        text.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn known_traffic_is_counted_exactly() {
+        let s = Stack::start().await;
+
+        // Not ready before the first table; ready after.
+        let r = http(s.admin, "GET", "/readyz").await.unwrap();
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (503, "waiting for the first route table\n")
+        );
+        s.publish();
+        let r = http(s.admin, "GET", "/readyz").await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+
+        let (bytes_in, bytes_out) = drive(&s).await;
+        let n = CLOSES.len() as f64;
+        let m = SIZES.len() as f64;
+
+        // Tunnels report their end asynchronously: wait until all six are counted.
+        let start = Instant::now();
+        let samples = loop {
+            let samples = s.scrape().await;
+            let closes = value(&samples, "wsingress_websocket_closes_total", &[]);
+            let active = value(&samples, "wsingress_websocket_connections_active", &[]);
+            if closes >= n + 2.0 && active == 0.0 {
+                break samples;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "closes {closes}, active {active}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
+        let chat = ("route", "default/chat");
+        let edge = ("route", "default/edge");
+        let dead = ("route", "default/dead");
+        let unmatched = ("route", "unmatched");
+        let c2b = ("direction", "client_to_backend");
+        let b2c = ("direction", "backend_to_client");
+
+        // Upgrades by result.
+        let up = "wsingress_websocket_upgrades_total";
+        assert_eq!(v(up, &[chat, ("result", "ok")]), n);
+        assert_eq!(v(up, &[edge, ("result", "ok")]), 2.0);
+        assert_eq!(v(up, &[dead, ("result", "backend_error")]), 1.0);
+        assert_eq!(v(up, &[unmatched, ("result", "rejected")]), 1.0);
+        assert_eq!(v(up, &[]), n + 4.0);
+
+        // Messages and bytes by direction, exactly (frame headers and Close frames included).
+        let msgs = "wsingress_websocket_messages_total";
+        assert_eq!(
+            v(msgs, &[chat, c2b]),
+            n * m,
+            "messages are counted by the frame scanner (ws::Scanner)"
+        );
+        assert_eq!(v(msgs, &[chat, b2c]), n * m);
+        assert_eq!(v(msgs, &[edge, c2b]), 2.0, "one echo and one invalid text");
+        assert_eq!(v(msgs, &[edge, b2c]), 1.0);
+        let bytes = "wsingress_websocket_bytes_total";
+        assert_eq!(v(bytes, &[chat, c2b]), bytes_in as f64);
+        assert_eq!(v(bytes, &[chat, b2c]), bytes_out as f64);
+        assert_eq!(
+            v(bytes, &[chat, ("backend", "chat:80")]),
+            (bytes_in + bytes_out) as f64
+        );
+
+        // Closes by initiator and code.
+        let cl = "wsingress_websocket_closes_total";
+        let closes =
+            |route, initiator, code| v(cl, &[route, ("initiator", initiator), ("code", code)]);
+        assert_eq!(closes(chat, "client", "1000"), 2.0);
+        assert_eq!(closes(chat, "client", "4xxx"), 1.0);
+        assert_eq!(closes(chat, "client", "1001"), 1.0);
+        assert_eq!(
+            closes(edge, "client", "abnormal"),
+            1.0,
+            "a client that vanishes without a Close is `abnormal`, even though the proxy then sends 1001 to the backend"
+        );
+        assert_eq!(closes(edge, "backend", "1007"), 1.0);
+        assert_eq!(v(cl, &[]), n + 2.0);
+
+        // Histograms: one handshake and one lifetime per tunnel.
+        let hs = "wsingress_websocket_handshake_duration_seconds_count";
+        assert_eq!(v(hs, &[chat]), n);
+        assert_eq!(v(hs, &[edge]), 2.0);
+        let life = "wsingress_websocket_connection_duration_seconds_count";
+        assert_eq!(v(life, &[chat, ("backend", "chat:80")]), n);
+        assert_eq!(v(life, &[]), n + 2.0);
+        assert_eq!(
+            v(
+                "wsingress_websocket_handshake_duration_seconds_bucket",
+                &[chat, ("le", "+Inf")]
+            ),
+            n
+        );
+        assert!(
+            v(
+                "wsingress_websocket_handshake_duration_seconds_sum",
+                &[chat]
+            ) > 0.0
+        );
+
+        // Plain HTTP by status class; upstream errors by reason.
+        let req = "wsingress_http_requests_total";
+        assert_eq!(v(req, &[chat, ("status_class", "2xx")]), 1.0);
+        assert_eq!(v(req, &[dead, ("status_class", "5xx")]), 1.0);
+        assert_eq!(v(req, &[unmatched, ("status_class", "4xx")]), 1.0);
+        assert_eq!(v(req, &[]), 3.0);
+        assert_eq!(v("wsingress_http_request_duration_seconds_count", &[]), 3.0);
+        let ue = "wsingress_upstream_errors_total";
+        assert_eq!(
+            v(
+                ue,
+                &[dead, ("backend", "dead:80"), ("reason", "connect_refused")]
+            ),
+            2.0
+        );
+        assert_eq!(v(ue, &[]), 2.0);
+
+        // Pools and config.
+        let eps = "wsingress_endpoints";
+        assert_eq!(v(eps, &[chat, ("state", "ready")]), 2.0);
+        assert_eq!(v(eps, &[dead, ("state", "ready")]), 1.0);
+        assert_eq!(v("wsingress_config_generation", &[]), 1.0);
+        assert_eq!(
+            v(
+                "wsingress_config_updates_total",
+                &[("source", "test"), ("result", "applied")]
+            ),
+            1.0
+        );
+
+        // Every active gauge is back to zero, and label values are the bounded ones.
+        assert!(
+            samples
+                .iter()
+                .filter(|x| x.name == "wsingress_websocket_connections_active")
+                .all(|x| x.value == 0.0)
+        );
+        let bounded_routes = ["default/chat", "default/edge", "default/dead", "unmatched"];
+        let bounded_backends = ["chat:80", "edge:80", "dead:80"];
+        for x in &samples {
+            for (k, val) in &x.labels {
+                assert!(
+                    val.parse::<std::net::IpAddr>().is_err()
+                        && val.parse::<SocketAddr>().is_err()
+                        && !val.contains("127.0.0.1"),
+                    "address in label {k}={val} of {}",
+                    x.name
+                );
+                match k.as_str() {
+                    "route" => assert!(bounded_routes.contains(&val.as_str()), "route={val}"),
+                    "backend" => assert!(bounded_backends.contains(&val.as_str()), "backend={val}"),
+                    _ => {}
+                }
+            }
+        }
+
+        // Draining: not ready any more, while /healthz still answers.
+        s.readiness.set_draining();
+        let r = http(s.admin, "GET", "/readyz").await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (503, "draining\n"));
+        assert_eq!(http(s.admin, "GET", "/healthz").await.unwrap().status, 200);
+        s.stop().await;
+    }
+}
