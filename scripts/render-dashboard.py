@@ -6,7 +6,8 @@ Where the data comes from (pick one):
   --run               start `wsingress echo` twice and `wsingress serve --upstream ...` on loopback,
                       drive a synthetic WebSocket load through the proxy for --seconds while scraping
                       its /metrics every second (the default; needs a built binary, see --wsingress)
-  --scrape URL        scrape an already running wsingress /metrics for --seconds (you drive traffic)
+  --scrape URL        scrape an already running wsingress /metrics for --seconds; with --drive HOST:PORT
+                      the script also drives the synthetic load through that proxy address
   --from-csv FILE     re-plot samples saved earlier
   --simulate          model the same synthetic load without a proxy (for when no binary exists yet;
                       the picture then says "simulated")
@@ -162,11 +163,11 @@ class WsClient:
         self.sock.close()
 
 
-def drive(conn, proxy, t0, errors):
+def drive(conn, proxy, t0, errors, host):
     rnd = random.Random(id(conn))
     time.sleep(max(0.0, t0 + conn.start - time.time()))
     try:
-        ws = WsClient(proxy)
+        ws = WsClient(proxy, host)
         while time.time() < t0 + conn.end:
             payload = os.urandom(rnd.randint(*conn.sizes) // 2).hex().encode()
             ws.send(0x1, payload)
@@ -206,9 +207,9 @@ def parse_exposition(text):
             yield m.group(1), m.group(3) or "", float(m.group(4))
 
 
-def scrape(url, seconds, rows, stop=None, interval=1.0):
+def scrape(url, seconds, rows, interval=1.0):
     t0 = time.time()
-    while time.time() - t0 < seconds and not (stop and stop.is_set()):
+    while time.time() - t0 < seconds:
         t = time.time() - t0
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
@@ -269,6 +270,24 @@ def wait_port(port, deadline_s=20):
     sys.exit(f"nothing listens on 127.0.0.1:{port} after {deadline_s}s")
 
 
+def load(proxy, admin_metrics, seconds, peak, host):
+    """Drive the planned load through `proxy` while scraping `admin_metrics`; returns the samples."""
+    rows, errors = [], []
+    scraper = threading.Thread(target=scrape, args=(admin_metrics, seconds + 2, rows))
+    t0 = time.time()
+    scraper.start()
+    workers = [threading.Thread(target=drive, args=(c, proxy, t0, errors, host), daemon=True)
+               for c in plan(seconds, peak)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=max(1.0, t0 + seconds + IDLE_TIMEOUT_S * 5 - time.time()))
+    scraper.join()
+    if errors:
+        print(f"{len(errors)} connections failed, e.g. {errors[0]}", file=sys.stderr)
+    return rows
+
+
 def run(binary, seconds, peak):
     procs = []
     try:
@@ -285,20 +304,7 @@ def run(binary, seconds, peak):
              "--idle-timeout", f"{IDLE_TIMEOUT_S:g}s"],
             stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn")))
         wait_http(f"http://127.0.0.1:{admin}/readyz")
-        rows, errors, stop = [], [], threading.Event()
-        scraper = threading.Thread(target=scrape, args=(f"http://127.0.0.1:{admin}/metrics",
-                                                        seconds + 2, rows, stop))
-        t0 = time.time()
-        scraper.start()
-        workers = [threading.Thread(target=drive, args=(c, ("127.0.0.1", proxy), t0, errors), daemon=True)
-                   for c in plan(seconds, peak)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(timeout=max(1.0, t0 + seconds + IDLE_TIMEOUT_S * 5 - time.time()))
-        scraper.join()
-        if errors:
-            print(f"{len(errors)} connections failed, e.g. {errors[0]}", file=sys.stderr)
+        rows = load(("127.0.0.1", proxy), f"http://127.0.0.1:{admin}/metrics", seconds, peak, "demo.local")
         return rows
     finally:
         for p in procs:
@@ -543,6 +549,8 @@ def main():
     mode.add_argument("--scrape", metavar="URL", help="scrape a running wsingress /metrics")
     mode.add_argument("--from-csv", metavar="FILE", help="plot samples saved earlier")
     mode.add_argument("--simulate", action="store_true", help="model the synthetic load without a proxy")
+    ap.add_argument("--drive", metavar="HOST:PORT", help="with --scrape: drive the synthetic load through this proxy")
+    ap.add_argument("--host", default="demo.local", help="Host header of the synthetic load (with --drive)")
     ap.add_argument("--wsingress", default=None, help="binary (default: target/release, then target/debug)")
     ap.add_argument("--seconds", type=float, default=40.0)
     ap.add_argument("--connections", type=int, default=40, help="peak concurrent connections of the load")
@@ -556,6 +564,12 @@ def main():
         rows, source = read_csv(a.from_csv)
     elif a.simulate:
         rows, source = simulate(a.seconds, a.connections), "simulated (regenerate with --run)"
+        write_csv(a.csv, rows, source)
+    elif a.scrape and a.drive:
+        host, _, port = a.drive.rpartition(":")
+        rows = load((host, int(port)), a.scrape, a.seconds, a.connections, a.host)
+        source = (f"wsingress /metrics scraped every 1s during a {a.seconds:g}s synthetic run "
+                  f"({a.connections} connections)")
         write_csv(a.csv, rows, source)
     elif a.scrape:
         rows, source = [], f"scraped from {a.scrape}"
