@@ -1,20 +1,34 @@
-//! Admin listener (minimal placeholder until the observability work lands): /healthz, /readyz, /metrics, /routes.
+//! The admin listener: `/metrics` (Prometheus text format), `/healthz` (process alive),
+//! `/readyz` (routes loaded and not draining) and `/routes` (the current route table as JSON).
+//! It runs on its own port (default 0.0.0.0:9090); the proxy port never serves these paths.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::routes::RouteHandle;
 
+/// Content type of the Prometheus text exposition format 0.0.4.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A client that has not sent its request head after this long is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// After shutdown, how long open admin connections get to finish their response.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// What the admin endpoints read. Cheap to clone (three `Arc`s).
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
@@ -22,46 +36,206 @@ pub struct AdminState {
     pub routes: Arc<RouteHandle>,
 }
 
+/// Serve the admin endpoints on `listener` until `shutdown` fires; then stop accepting and
+/// give open connections [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => r?,
-            () = shutdown.cancelled() => return Ok(()),
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Per-connection failures (EMFILE, ECONNABORTED) must not stop the admin
+                    // port; back off briefly so a descriptor shortage does not spin.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
         let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                async move {
-                    let (status, body): (StatusCode, Vec<u8>) = match req.uri().path() {
-                        "/healthz" => (StatusCode::OK, b"ok\n".to_vec()),
-                        "/readyz" if state.readiness.is_ready() => {
-                            (StatusCode::OK, b"ready\n".to_vec())
-                        }
-                        "/readyz" => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("{}\n", state.readiness.reason()).into_bytes(),
-                        ),
-                        "/metrics" => (StatusCode::OK, state.metrics.encode()),
-                        "/routes" => (
-                            StatusCode::OK,
-                            serde_json::to_vec_pretty(&state.routes.load().view())
-                                .unwrap_or_default(),
-                        ),
-                        _ => (StatusCode::NOT_FOUND, b"not found\n".to_vec()),
-                    };
-                    let mut resp = Response::new(Full::new(Bytes::from(body)));
-                    *resp.status_mut() = status;
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let service = service_fn(move |req| {
+                let response = respond(&state, &req);
+                async move { Ok::<_, std::convert::Infallible>(response) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
         });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// The whole admin API: a pure function of the request line and the shared state.
+fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    route_request(state, req.method(), req.uri().path())
+}
+
+fn route_request(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/routes");
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if method != Method::GET {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return r;
+    }
+    match path {
+        "/metrics" => body(
+            StatusCode::OK,
+            METRICS_CONTENT_TYPE,
+            state.metrics.encode().into(),
+        ),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if state.readiness.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("{}\n", state.readiness.reason()),
+                )
+            }
+        }
+        _ => routes_json(state),
+    }
+}
+
+fn routes_json(state: &AdminState) -> Response<Full<Bytes>> {
+    let table = state.routes.load();
+    match serde_json::to_vec_pretty(&table.view()) {
+        Ok(mut json) => {
+            json.push(b'\n');
+            body(StatusCode::OK, "application/json", json.into())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "serialising /routes failed");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot serialise routes\n",
+            )
+        }
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    body(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::copy_from_slice(msg.as_bytes()),
+    )
+}
+
+fn body(status: StatusCode, content_type: &'static str, bytes: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{Endpoint, Pool, Route, RouteSettings, RouteTable};
+    use http_body_util::BodyExt;
+
+    fn state() -> AdminState {
+        let routes = Arc::new(RouteHandle::new());
+        AdminState {
+            metrics: Arc::new(Metrics::new().unwrap()),
+            readiness: Arc::new(Readiness::new(routes.clone())),
+            routes,
+        }
+    }
+
+    async fn call(s: &AdminState, method: Method, path: &str) -> (StatusCode, String, String) {
+        let r = route_request(s, &method, path);
+        let status = r.status();
+        let ct = r
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        (status, ct, String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_readiness_latch() {
+        let s = state();
+        let (st, _, b) = call(&s, Method::GET, "/readyz").await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(b, "waiting for the first route table\n");
+        s.routes.publish(RouteTable::single(Route {
+            id: "static/upstream".into(),
+            backend: "static:upstream".into(),
+            pool: Pool::new(vec![Endpoint::new("127.0.0.1:9".parse().unwrap(), true)]),
+            settings: RouteSettings::default(),
+        }));
+        assert_eq!(
+            call(&s, Method::GET, "/readyz").await,
+            (
+                StatusCode::OK,
+                "text/plain; charset=utf-8".into(),
+                "ready\n".into()
+            )
+        );
+        s.readiness.set_draining();
+        let (st, _, b) = call(&s, Method::GET, "/readyz").await;
+        assert_eq!(
+            (st, b.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        );
+        // Liveness does not care about readiness.
+        assert_eq!(call(&s, Method::GET, "/healthz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_404_and_other_methods_405() {
+        let s = state();
+        assert_eq!(call(&s, Method::GET, "/").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(&s, Method::GET, "/metrics/x").await.0,
+            StatusCode::NOT_FOUND
+        );
+        let r = route_request(&s, &Method::POST, "/metrics");
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET");
+        let (st, ct, b) = call(&s, Method::GET, "/metrics").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(ct, METRICS_CONTENT_TYPE);
+        assert!(b.contains("wsingress_build_info{version="), "{b}");
     }
 }

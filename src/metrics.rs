@@ -3,14 +3,23 @@
 //! (`service:port`), direction, result, reason, state, close-code class; never a client
 //! address or pod IP. The data path resolves its label handles once per connection
 //! ([`Metrics::connection`]) and then only touches atomics.
+//!
+//! The same module owns the log side of observability: [`init_tracing`] (the subscriber,
+//! `RUST_LOG` filter, `--log-format json|text`) and the two access-log lines
+//! ([`WebSocketAccess`], [`HttpAccess`]) whose field names docs/observability.md documents.
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::cli::LogFormat;
 use crate::routes::RouteTable;
 
 /// Route label for requests that matched no route (unknown host or path).
@@ -94,6 +103,15 @@ pub enum UpgradeResult {
 }
 
 impl UpgradeResult {
+    pub const ALL: [Self; 6] = [
+        Self::Ok,
+        Self::Rejected,
+        Self::BackendRefused,
+        Self::BackendError,
+        Self::Timeout,
+        Self::NoEndpoints,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -111,9 +129,10 @@ const HANDSHAKE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
-/// Connection lifetime buckets: 1 s to 24 h.
+/// Connection lifetime buckets: 100 ms to 24 h.
 const LIFETIME_BUCKETS: &[f64] = &[
-    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
+    0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+    86400.0,
 ];
 /// Plain HTTP request duration buckets: 500 µs to 30 s.
 const REQUEST_BUCKETS: &[f64] = &[
@@ -138,6 +157,8 @@ pub struct Metrics {
     pub config_updates: IntCounterVec,
     pub config_warnings: IntGauge,
     pub build_info: IntGaugeVec,
+    /// Every family as registered (the registry's `gather()` omits vectors with no series yet).
+    docs: Vec<FamilyDoc>,
 }
 
 /// One family as documented in the README's metrics table.
@@ -153,16 +174,28 @@ impl Metrics {
     /// Register every family on a fresh registry.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        let docs = RefCell::new(Vec::new());
+        let register = |c: Box<dyn Collector>, kind: &'static str| {
+            for d in c.desc() {
+                docs.borrow_mut().push(FamilyDoc {
+                    name: d.fq_name.clone(),
+                    kind,
+                    labels: d.variable_labels.clone(),
+                    help: d.help.clone(),
+                });
+            }
+            registry.register(c)
+        };
         let counter =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
                 let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
+                register(Box::new(c.clone()), "counter")?;
                 Ok(c)
             };
         let gauge =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
                 let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
+                register(Box::new(g.clone()), "gauge")?;
                 Ok(g)
             };
         let histogram = |name: &str,
@@ -174,20 +207,20 @@ impl Metrics {
                 HistogramOpts::new(name, help).buckets(buckets.to_vec()),
                 labels,
             )?;
-            registry.register(Box::new(h.clone()))?;
+            register(Box::new(h.clone()), "histogram")?;
             Ok(h)
         };
         let config_generation = IntGauge::new(
             "wsingress_config_generation",
             "Generation of the route table currently serving.",
         )?;
-        registry.register(Box::new(config_generation.clone()))?;
+        register(Box::new(config_generation.clone()), "gauge")?;
         let config_warnings = IntGauge::new(
             "wsingress_config_warnings",
             "Configuration warnings (bad annotations, missing Services, ...) in the last translation.",
         )?;
-        registry.register(Box::new(config_warnings.clone()))?;
-        let m = Self {
+        register(Box::new(config_warnings.clone()), "gauge")?;
+        let mut m = Self {
             connections_active: gauge(
                 "wsingress_websocket_connections_active",
                 "WebSocket tunnels currently open.",
@@ -195,7 +228,7 @@ impl Metrics {
             )?,
             upgrades: counter(
                 "wsingress_websocket_upgrades_total",
-                "WebSocket upgrade requests by result.",
+                "WebSocket upgrade requests by result: ok, rejected (400/403/429, no backend contacted), backend_refused (non-101 answer), backend_error (502), timeout (504), no_endpoints (503).",
                 &["route", "result"],
             )?,
             handshake_seconds: histogram(
@@ -212,22 +245,22 @@ impl Metrics {
             )?,
             messages: counter(
                 "wsingress_websocket_messages_total",
-                "Complete WebSocket data messages relayed (control frames excluded).",
+                "Complete WebSocket data messages relayed (control frames excluded), by direction: client_to_backend, backend_to_client.",
                 &["route", "backend", "direction"],
             )?,
             bytes: counter(
                 "wsingress_websocket_bytes_total",
-                "Bytes relayed through WebSocket tunnels (frames with headers, as on the wire).",
+                "Bytes relayed through WebSocket tunnels (frames with headers, as on the wire), by direction: client_to_backend, backend_to_client.",
                 &["route", "backend", "direction"],
             )?,
             closes: counter(
                 "wsingress_websocket_closes_total",
-                "Closed WebSocket tunnels by who closed first and close-code class.",
+                "Closed WebSocket tunnels by who closed first (client, backend, proxy) and close code: 1000-1014 by number, 3xxx, 4xxx, none (Close without code), invalid, abnormal (no Close frame).",
                 &["route", "initiator", "code"],
             )?,
             http_requests: counter(
                 "wsingress_http_requests_total",
-                "Plain HTTP requests by status class.",
+                "Plain HTTP requests by status class (1xx to 5xx).",
                 &["route", "status_class"],
             )?,
             http_request_seconds: histogram(
@@ -243,13 +276,13 @@ impl Metrics {
             )?,
             endpoints: gauge(
                 "wsingress_endpoints",
-                "Endpoints per pool by state.",
+                "Endpoints per backend pool by state: ready (gets new tunnels), terminating (keeps its tunnels, gets no new ones).",
                 &["route", "backend", "state"],
             )?,
             config_generation,
             config_updates: counter(
                 "wsingress_config_updates_total",
-                "Route table updates by source and result.",
+                "Route table updates by source and result: applied, rejected (the last good table keeps serving).",
                 &["source", "result"],
             )?,
             config_warnings,
@@ -259,7 +292,10 @@ impl Metrics {
                 &["version"],
             )?,
             registry,
+            docs: Vec::new(),
         };
+        m.docs = docs.into_inner();
+        m.docs.sort_by(|a, b| a.name.cmp(&b.name));
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -335,6 +371,9 @@ impl Metrics {
     }
 
     /// Record a newly published table: generation, update result and endpoint counts.
+    ///
+    /// Every route of the table also gets its zero-valued series (active connections,
+    /// successful upgrades), so dashboards and `rate()` see a route before its first tunnel.
     pub fn table_published(&self, source: &str, table: &RouteTable, warnings: usize) {
         self.config_generation.set(table.generation as i64);
         self.config_updates
@@ -351,6 +390,10 @@ impl Metrics {
             self.endpoints
                 .with_label_values(&[&route.id, &route.backend, "terminating"])
                 .set(total - ready);
+            self.connections_active
+                .with_label_values(&[&route.id, &route.backend]);
+            self.upgrades
+                .with_label_values(&[&route.id, UpgradeResult::Ok.label()]);
         }
     }
 
@@ -361,35 +404,32 @@ impl Metrics {
             .inc();
     }
 
-    /// Name, type, labels and help of every registered family, for the README table check.
+    /// Name, type, labels and help of every registered family (sorted by name), including
+    /// families that have no series yet. Source of the README's metrics table.
     pub fn families(&self) -> Vec<FamilyDoc> {
-        let mut out: Vec<FamilyDoc> = self
-            .registry
-            .gather()
-            .iter()
-            .map(|f| {
-                let kind = match f.get_field_type() {
-                    prometheus::proto::MetricType::COUNTER => "counter",
-                    prometheus::proto::MetricType::GAUGE => "gauge",
-                    prometheus::proto::MetricType::HISTOGRAM => "histogram",
-                    _ => "other",
-                };
-                let labels = f
-                    .get_metric()
-                    .first()
-                    .map(|m| m.get_label().iter().map(|l| l.name().to_string()).collect())
-                    .unwrap_or_default();
-                FamilyDoc {
-                    name: f.name().to_string(),
-                    kind,
-                    labels,
-                    help: f.help().to_string(),
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        self.docs.clone()
     }
+}
+
+/// The README's metrics table, generated from [`Metrics::families`]: one row per family
+/// with its type, labels and meaning (the family's help text).
+pub fn readme_table(metrics: &Metrics) -> String {
+    let mut out = String::from("| family | type | labels | meaning |\n|---|---|---|---|\n");
+    for f in metrics.families() {
+        let labels = if f.labels.is_empty() {
+            "—".to_string()
+        } else {
+            f.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let help = f.help.replace('|', "\\|");
+        // Writing into a String cannot fail.
+        let _ = writeln!(out, "| `{}` | {} | {} | {} |", f.name, f.kind, labels, help);
+    }
+    out
 }
 
 /// Handles for one tunnel. Dropping it decrements the active gauge.
@@ -427,6 +467,164 @@ impl ConnMetrics {
 impl Drop for ConnMetrics {
     fn drop(&mut self) {
         self.active.dec();
+    }
+}
+
+/// Target of both access-log lines: `RUST_LOG=info,wsingress::access=off` silences them,
+/// `RUST_LOG=warn,wsingress::access=info` keeps only them.
+pub const ACCESS_LOG_TARGET: &str = "wsingress::access";
+
+/// Install the process-wide tracing subscriber: level filter from `RUST_LOG` (default
+/// `info`), one line per event on stdout, as JSON objects (fields at the top level) or as
+/// human-readable text. A second call is a no-op (tests may call it freely).
+pub fn init_tracing(format: LogFormat) {
+    let (filter, bad_filter) = env_filter();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let installed =
+        tracing::subscriber::set_global_default(subscriber(format, filter, std::io::stdout, ansi))
+            .is_ok();
+    if installed && let Some(e) = bad_filter {
+        tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
+    }
+}
+
+/// The `RUST_LOG` filter, or `info` (and the parse error) when it is unset or invalid.
+fn env_filter() -> (tracing_subscriber::EnvFilter, Option<String>) {
+    use tracing_subscriber::EnvFilter;
+    match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
+            Ok(f) => (f, None),
+            Err(e) => (EnvFilter::new("info"), Some(e.to_string())),
+        },
+        _ => (EnvFilter::new("info"), None),
+    }
+}
+
+/// The subscriber [`init_tracing`] installs, writing to `writer` (tests capture it).
+fn subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(true);
+    match format {
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .finish(),
+        ),
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+    }
+}
+
+/// Milliseconds with microsecond resolution, for `duration_ms`.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// The access-log line written when a WebSocket tunnel ends (one per tunnel).
+/// "in" is client→backend, "out" is backend→client, counted as the metrics count them.
+#[derive(Debug, Clone)]
+pub struct WebSocketAccess<'a> {
+    /// Route id (`namespace/name`).
+    pub route: &'a str,
+    /// Backend (`service:port`).
+    pub backend: &'a str,
+    /// The endpoint (pod address) the tunnel went to.
+    pub endpoint: SocketAddr,
+    /// The client: the TCP peer, or the address a trusted proxy named in X-Forwarded-For.
+    pub client: IpAddr,
+    /// From the 101 to the end of the tunnel.
+    pub duration: Duration,
+    pub msgs_in: u64,
+    pub msgs_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Code of the first Close frame; `None` when it had no code or no Close was seen.
+    pub close_code: Option<u16>,
+    /// Whether a Close frame started the end (else the close is `abnormal`).
+    pub close_frame_seen: bool,
+    pub initiator: Initiator,
+    /// Why the tunnel ended (`closed`, `disconnected`, `idle_timeout`, `pong_timeout`,
+    /// `drained`, `shutdown`, `protocol_error`, `message_too_big`).
+    pub reason: &'static str,
+}
+
+impl WebSocketAccess<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            kind = "websocket",
+            route = self.route,
+            backend = self.backend,
+            endpoint = %self.endpoint,
+            client = %self.client,
+            duration_ms = millis(self.duration),
+            msgs_in = self.msgs_in,
+            msgs_out = self.msgs_out,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            close_code = self.close_code,
+            close_class = close_code_class(self.close_code, self.close_frame_seen),
+            initiator = self.initiator.label(),
+            reason = self.reason,
+            "websocket closed"
+        );
+    }
+}
+
+/// The access-log line written for each plain HTTP request, and for each upgrade request
+/// that did not become a tunnel (refused by wsingress or by the backend).
+#[derive(Debug, Clone)]
+pub struct HttpAccess<'a> {
+    /// Route id, or [`UNMATCHED`].
+    pub route: &'a str,
+    pub method: &'a str,
+    /// The path only: query strings often carry tokens and are never logged.
+    pub path: &'a str,
+    pub status: u16,
+    /// From the request head to the response head.
+    pub duration: Duration,
+    /// The client: the TCP peer, or the address a trusted proxy named in X-Forwarded-For.
+    pub client: IpAddr,
+    /// The endpoint the request went to, when one was chosen.
+    pub endpoint: Option<SocketAddr>,
+    /// A WebSocket upgrade request that got no tunnel (`kind="upgrade"`).
+    pub upgrade: bool,
+    /// Why wsingress answered with an error, when it did.
+    pub error: Option<&'a dyn std::error::Error>,
+}
+
+impl HttpAccess<'_> {
+    pub fn emit(&self) {
+        let (kind, message) = if self.upgrade {
+            ("upgrade", "upgrade refused")
+        } else {
+            ("http", "http request")
+        };
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            kind,
+            route = self.route,
+            method = self.method,
+            path = self.path,
+            status = self.status,
+            duration_ms = millis(self.duration),
+            client = %self.client,
+            endpoint = self.endpoint.map(tracing::field::display),
+            error = self.error.map(tracing::field::display),
+            "{message}"
+        );
     }
 }
 
@@ -473,5 +671,307 @@ mod tests {
         assert_eq!(close_code_class(Some(4321), true), "4xxx");
         assert_eq!(close_code_class(Some(1234), true), "invalid");
         assert_eq!(close_code_class(Some(1001), true), "1001");
+    }
+
+    #[test]
+    fn families_include_vectors_without_series_and_match_the_exposition() {
+        let m = Metrics::new().unwrap();
+        let names: Vec<String> = m.families().into_iter().map(|f| f.name).collect();
+        assert_eq!(names.len(), 15, "{names:?}");
+        assert!(names.iter().all(|n| n.starts_with("wsingress_")));
+        // Give every vector one series; then the exposition lists exactly the documented families.
+        let c = m.connection("default/chat", "chat:80");
+        c.closed(Initiator::Client, "1000", Duration::from_millis(5));
+        m.upgrade("default/chat", UpgradeResult::Ok);
+        m.handshake("default/chat", Duration::from_millis(1));
+        m.http_request("default/chat", 200, Duration::from_millis(1));
+        m.upstream_error("default/chat", "chat:80", "connect_refused");
+        m.table_rejected("file");
+        m.endpoints
+            .with_label_values(&["default/chat", "chat:80", "ready"])
+            .set(1);
+        let mut gathered: Vec<String> = m
+            .registry()
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        gathered.sort();
+        assert_eq!(gathered, names);
+        for f in m.families() {
+            let counter = f.kind == "counter";
+            assert_eq!(counter, f.name.ends_with("_total"), "{}", f.name);
+            assert!(!f.help.is_empty());
+            for l in &f.labels {
+                assert!(
+                    [
+                        "route",
+                        "backend",
+                        "direction",
+                        "result",
+                        "reason",
+                        "state",
+                        "code",
+                        "initiator",
+                        "status_class",
+                        "source",
+                        "version"
+                    ]
+                    .contains(&l.as_str()),
+                    "unbounded label {l} on {}",
+                    f.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn help_texts_name_every_label_value() {
+        let m = Metrics::new().unwrap();
+        let help = |name: &str| {
+            m.families()
+                .into_iter()
+                .find(|f| f.name == name)
+                .unwrap()
+                .help
+        };
+        let upgrades = help("wsingress_websocket_upgrades_total");
+        for r in UpgradeResult::ALL {
+            assert!(upgrades.contains(r.label()), "{}", r.label());
+        }
+        for d in [Direction::ClientToBackend, Direction::BackendToClient] {
+            assert!(help("wsingress_websocket_messages_total").contains(d.label()));
+            assert!(help("wsingress_websocket_bytes_total").contains(d.label()));
+        }
+        let closes = help("wsingress_websocket_closes_total");
+        for i in [Initiator::Client, Initiator::Backend, Initiator::Proxy] {
+            assert!(closes.contains(i.label()));
+        }
+        for class in ["3xxx", "4xxx", "none", "invalid", "abnormal"] {
+            assert!(closes.contains(class), "{class}");
+        }
+    }
+
+    #[test]
+    fn readme_table_has_one_row_per_family() {
+        let m = Metrics::new().unwrap();
+        let t = readme_table(&m);
+        assert!(t.starts_with("| family | type | labels | meaning |\n|---|---|---|---|\n"));
+        assert_eq!(t.lines().count(), 2 + m.families().len());
+        assert!(t.contains(
+            "| `wsingress_websocket_messages_total` | counter | `route`, `backend`, `direction` | "
+        ));
+        assert!(t.contains("| `wsingress_config_generation` | gauge | — | "));
+    }
+
+    #[test]
+    fn published_table_creates_zero_series_for_each_route() {
+        use crate::routes::{Endpoint, Pool, Route, RouteSettings};
+        let m = Metrics::new().unwrap();
+        let mut t = RouteTable::single(Route {
+            id: "static/upstream".into(),
+            backend: "static:upstream".into(),
+            pool: Pool::new(vec![
+                Endpoint::new("127.0.0.1:1".parse().unwrap(), true),
+                Endpoint::new("127.0.0.1:2".parse().unwrap(), false),
+            ]),
+            settings: RouteSettings::default(),
+        });
+        t.generation = 3;
+        m.table_published("static", &t, 0);
+        let text = String::from_utf8(m.encode()).unwrap();
+        for line in [
+            r#"wsingress_websocket_connections_active{backend="static:upstream",route="static/upstream"} 0"#,
+            r#"wsingress_websocket_upgrades_total{result="ok",route="static/upstream"} 0"#,
+            r#"wsingress_endpoints{backend="static:upstream",route="static/upstream",state="ready"} 1"#,
+            r#"wsingress_endpoints{backend="static:upstream",route="static/upstream",state="terminating"} 1"#,
+            r#"wsingress_config_updates_total{result="applied",source="static"} 1"#,
+            "wsingress_config_generation 3",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+    }
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn json_lines(filter: &str, emit: impl FnOnce()) -> Vec<serde_json::Value> {
+        let cap = Capture::default();
+        let sub = subscriber(
+            LogFormat::Json,
+            tracing_subscriber::EnvFilter::new(filter),
+            cap.clone(),
+            false,
+        );
+        tracing::subscriber::with_default(sub, emit);
+        let out = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn access_lines_carry_the_documented_fields_at_the_top_level() {
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connect to 10.1.2.4:8080 failed: Connection refused",
+        );
+        let lines = json_lines("info", || {
+            WebSocketAccess {
+                route: "default/chat",
+                backend: "chat:80",
+                endpoint: "10.1.2.3:8080".parse().unwrap(),
+                client: "192.0.2.7".parse().unwrap(),
+                duration: Duration::from_micros(1_500_250),
+                msgs_in: 3,
+                msgs_out: 4,
+                bytes_in: 30,
+                bytes_out: 40,
+                close_code: Some(1000),
+                close_frame_seen: true,
+                initiator: Initiator::Client,
+                reason: "closed",
+            }
+            .emit();
+            HttpAccess {
+                route: UNMATCHED,
+                method: "GET",
+                path: "/nope",
+                status: 404,
+                duration: Duration::from_micros(250),
+                client: "192.0.2.7".parse().unwrap(),
+                endpoint: None,
+                upgrade: false,
+                error: None,
+            }
+            .emit();
+            HttpAccess {
+                route: "default/dead",
+                method: "GET",
+                path: "/ws",
+                status: 502,
+                duration: Duration::from_millis(3),
+                client: "2001:db8::7".parse().unwrap(),
+                endpoint: Some("10.1.2.4:8080".parse().unwrap()),
+                upgrade: true,
+                error: Some(&refused),
+            }
+            .emit();
+        });
+        assert_eq!(lines.len(), 3);
+        let ws = &lines[0];
+        assert_eq!(ws["target"], ACCESS_LOG_TARGET);
+        assert_eq!(ws["level"], "INFO");
+        assert_eq!(ws["message"], "websocket closed");
+        assert_eq!(ws["kind"], "websocket");
+        assert_eq!(ws["route"], "default/chat");
+        assert_eq!(ws["backend"], "chat:80");
+        assert_eq!(ws["endpoint"], "10.1.2.3:8080");
+        assert_eq!(ws["client"], "192.0.2.7");
+        assert_eq!(ws["duration_ms"], 1500.25);
+        assert_eq!(ws["msgs_in"], 3);
+        assert_eq!(ws["msgs_out"], 4);
+        assert_eq!(ws["bytes_in"], 30);
+        assert_eq!(ws["bytes_out"], 40);
+        assert_eq!(ws["close_code"], 1000);
+        assert_eq!(ws["close_class"], "1000");
+        assert_eq!(ws["initiator"], "client");
+        assert_eq!(ws["reason"], "closed");
+        let http = &lines[1];
+        assert_eq!(http["kind"], "http");
+        assert_eq!(http["route"], "unmatched");
+        assert_eq!(http["method"], "GET");
+        assert_eq!(http["path"], "/nope");
+        assert_eq!(http["status"], 404);
+        assert_eq!(http["duration_ms"], 0.25);
+        assert_eq!(http["message"], "http request");
+        assert_eq!(http["client"], "192.0.2.7");
+        assert!(http.get("endpoint").is_none(), "absent, not null: {http}");
+        assert!(http.get("error").is_none(), "absent, not null: {http}");
+        let up = &lines[2];
+        assert_eq!(up["kind"], "upgrade");
+        assert_eq!(up["message"], "upgrade refused");
+        assert_eq!(up["status"], 502);
+        assert_eq!(up["client"], "2001:db8::7");
+        assert_eq!(up["endpoint"], "10.1.2.4:8080");
+        assert_eq!(
+            up["error"],
+            "connect to 10.1.2.4:8080 failed: Connection refused"
+        );
+    }
+
+    #[test]
+    fn access_lines_can_be_filtered_by_target() {
+        let lines = json_lines("info,wsingress::access=off", || {
+            HttpAccess {
+                route: UNMATCHED,
+                method: "GET",
+                path: "/",
+                status: 404,
+                duration: Duration::ZERO,
+                client: "127.0.0.1".parse().unwrap(),
+                endpoint: None,
+                upgrade: false,
+                error: None,
+            }
+            .emit();
+            tracing::info!("other line");
+        });
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["message"], "other line");
+    }
+
+    #[test]
+    fn text_format_puts_fields_after_the_message() {
+        let cap = Capture::default();
+        let sub = subscriber(
+            LogFormat::Text,
+            tracing_subscriber::EnvFilter::new("info"),
+            cap.clone(),
+            false,
+        );
+        tracing::subscriber::with_default(sub, || {
+            WebSocketAccess {
+                route: "default/chat",
+                backend: "chat:80",
+                endpoint: "10.244.0.12:8080".parse().unwrap(),
+                client: "203.0.113.9".parse().unwrap(),
+                duration: Duration::from_millis(5),
+                msgs_in: 1,
+                msgs_out: 2,
+                bytes_in: 3,
+                bytes_out: 4,
+                close_code: None,
+                close_frame_seen: false,
+                initiator: Initiator::Backend,
+                reason: "disconnected",
+            }
+            .emit();
+        });
+        let out = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.contains(
+                r#" INFO wsingress::access: websocket closed kind="websocket" route="default/chat" backend="chat:80" endpoint=10.244.0.12:8080 client=203.0.113.9 duration_ms=5.0 msgs_in=1 msgs_out=2 bytes_in=3 bytes_out=4 close_class="abnormal" initiator="backend" reason="disconnected""#
+            ),
+            "{out}"
+        );
     }
 }
