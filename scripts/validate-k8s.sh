@@ -4,14 +4,15 @@
 #   2. helm template for each value set, written to target/k8s/<set>.yaml;
 #   3. every rendered document and every manifests/*.yaml checked by kubernetes-validate
 #      --strict (unknown fields are errors) against each Kubernetes version in K8S_VERSIONS;
-#   4. values the schema must reject are rejected.
+#   4. values the schema must reject are rejected;
+#   5. the Dockerfile passes hadolint and the shell scripts pass shellcheck.
 # Tools come from scripts/install-tools.sh (run here for helm and kubernetes-validate; it
 # skips what is already installed). Prints "N passed, N failed" and exits non-zero on failure.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-"$ROOT/scripts/install-tools.sh" helm kubernetes-validate >/dev/null
+"$ROOT/scripts/install-tools.sh" helm kubernetes-validate hadolint shellcheck >/dev/null
 # shellcheck source=scripts/env.sh
 . "$ROOT/scripts/env.sh"
 
@@ -109,6 +110,22 @@ for version in $K8S_VERSIONS; do
             printf '%s\n' "$result" | sed 's/^/      /'
         fi
     done
+done
+
+if result=$(hadolint Dockerfile 2>&1); then
+    ok "hadolint Dockerfile"
+else
+    bad "hadolint Dockerfile"
+    printf '%s\n' "$result" | sed 's/^/      /'
+fi
+for script in scripts/*.sh tests/e2e/*.sh; do
+    [ -f "$script" ] || continue
+    if result=$(shellcheck -x "$script" 2>&1); then
+        ok "shellcheck $script"
+    else
+        bad "shellcheck $script"
+        printf '%s\n' "$result" | sed 's/^/      /'
+    fi
 done
 
 echo "validate-k8s: $passed passed, $failed failed"
