@@ -4,8 +4,10 @@
 #   2. helm template for each value set, written to target/k8s/<set>.yaml;
 #   3. every rendered document and every manifests/*.yaml checked by kubernetes-validate
 #      --strict (unknown fields are errors) against each Kubernetes version in K8S_VERSIONS;
-#   4. values the schema must reject are rejected;
-#   5. the Dockerfile passes hadolint and the shell scripts pass shellcheck.
+#   4. NOTES.txt renders for every value set (helm template skips it; a copy of the chart
+#      wraps it in a document so template errors show here, not at install time);
+#   5. values the schema must reject are rejected;
+#   6. the Dockerfile passes hadolint and the shell scripts pass shellcheck.
 # Tools come from scripts/install-tools.sh (run here for helm and kubernetes-validate; it
 # skips what is already installed). Prints "N passed, N failed" and exits non-zero on failure.
 set -euo pipefail
@@ -57,7 +59,20 @@ bad() {
 }
 
 mkdir -p "$OUT"
-rm -f "$OUT"/*.yaml
+rm -f "$OUT"/*.yaml "$OUT"/*.notes.txt
+
+# A copy of the chart whose extra template renders NOTES.txt into a document.
+NOTES_CHART="$OUT/notes-chart/wsingress"
+rm -rf "$OUT/notes-chart"
+mkdir -p "$OUT/notes-chart"
+cp -r "$CHART" "$NOTES_CHART"
+{
+    echo '{{- define "wsingress.validateNotes" }}'
+    cat "$CHART/templates/NOTES.txt"
+    echo '{{- end }}'
+    echo 'kind: RenderedNotes'
+    echo 'text: {{ include "wsingress.validateNotes" . | toJson }}'
+} >"$NOTES_CHART/templates/zz-validate-notes.yaml"
 
 for entry in "${VALUE_SETS[@]}"; do
     name=${entry%%|*}
@@ -78,7 +93,17 @@ for entry in "${VALUE_SETS[@]}"; do
         sed 's/^/      /' "$OUT/$name.err"
     fi
     rm -f "$OUT/$name.err"
+    # shellcheck disable=SC2086
+    if helm template "$RELEASE" "$NOTES_CHART" --namespace "$NAMESPACE" $flags \
+        --show-only templates/zz-validate-notes.yaml >"$OUT/$name.notes.txt" 2>&1 &&
+        grep -q 'kubectl apply -f manifests/echo.yaml' "$OUT/$name.notes.txt"; then
+        ok "NOTES.txt renders ($name)"
+    else
+        bad "NOTES.txt renders ($name)"
+        sed 's/^/      /' "$OUT/$name.notes.txt"
+    fi
 done
+rm -rf "$OUT/notes-chart"
 
 # The dashboard set must render the ConfigMap when the dashboard file exists.
 if [ -f "$CHART/dashboards/wsingress.json" ]; then
