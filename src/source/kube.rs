@@ -502,11 +502,9 @@ fn status_fingerprint(s: &ClusterSnapshot) -> u64 {
 
 /// The Ingresses this controller serves (class filtering is translation's).
 fn served_ingresses(s: &ClusterSnapshot, defaults: &Defaults) -> BTreeSet<IngressKey> {
-    // Placeholder until translate's served_ingresses lands: every Ingress.
-    let _ = defaults;
-    s.ingresses
-        .iter()
-        .map(|i| (i.namespace().unwrap_or_default(), i.name_any()))
+    translate::served_ingresses(s, defaults)
+        .into_iter()
+        .map(|o| (o.namespace, o.name))
         .collect()
 }
 
