@@ -22,7 +22,11 @@ pub struct AdminState {
     pub routes: Arc<RouteHandle>,
 }
 
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => r?,
@@ -35,10 +39,19 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
                 async move {
                     let (status, body): (StatusCode, Vec<u8>) = match req.uri().path() {
                         "/healthz" => (StatusCode::OK, b"ok\n".to_vec()),
-                        "/readyz" if state.readiness.is_ready() => (StatusCode::OK, b"ready\n".to_vec()),
-                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", state.readiness.reason()).into_bytes()),
+                        "/readyz" if state.readiness.is_ready() => {
+                            (StatusCode::OK, b"ready\n".to_vec())
+                        }
+                        "/readyz" => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{}\n", state.readiness.reason()).into_bytes(),
+                        ),
                         "/metrics" => (StatusCode::OK, state.metrics.encode()),
-                        "/routes" => (StatusCode::OK, serde_json::to_vec_pretty(&state.routes.load().view()).unwrap_or_default()),
+                        "/routes" => (
+                            StatusCode::OK,
+                            serde_json::to_vec_pretty(&state.routes.load().view())
+                                .unwrap_or_default(),
+                        ),
                         _ => (StatusCode::NOT_FOUND, b"not found\n".to_vec()),
                     };
                     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -46,7 +59,9 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

@@ -18,8 +18,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass,
-    IngressClassSpec, IngressRule, IngressServiceBackend, IngressSpec, ServiceBackendPort,
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec,
+    IngressRule, IngressServiceBackend, IngressSpec, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -59,7 +59,10 @@ async fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> O
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -150,16 +153,16 @@ fn slice(pods: &[SocketAddr]) -> EndpointSlice {
         address_type: "IPv4".into(),
         endpoints: Some(
             pods.iter()
-            .map(|a| Endpoint {
-                addresses: vec![a.ip().to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                ..Endpoint::default()
-            })
-            .collect(),
+                .map(|a| Endpoint {
+                    addresses: vec![a.ip().to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    }),
+                    ..Endpoint::default()
+                })
+                .collect(),
         ),
         ports: Some(vec![EndpointPort {
             name: Some("ws".into()),
@@ -317,7 +320,10 @@ async fn start_pods(n: u8, stop: &CancellationToken) -> Vec<SocketAddr> {
             let addr = l.local_addr().expect("addr");
             let config = wsingress::echo::EchoConfig {
                 prefix: String::new(),
-                instance: format!("pod-{}", addr.ip().to_string().rsplit('.').next().unwrap_or("?")),
+                instance: format!(
+                    "pod-{}",
+                    addr.ip().to_string().rsplit('.').next().unwrap_or("?")
+                ),
             };
             tokio::spawn(wsingress::echo::serve(l, config, stop.clone()));
             addrs.push(addr);
@@ -327,7 +333,8 @@ async fn start_pods(n: u8, stop: &CancellationToken) -> Vec<SocketAddr> {
     panic!("could not bind echo pods on one port");
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Open a WebSocket to HOST through the proxy; returns it and the pod that answered.
 async fn connect(proxy: SocketAddr) -> (Ws, String) {
@@ -372,7 +379,10 @@ async fn closed_by_peer(ws: &mut Ws, limit: Duration) -> Option<CloseCode> {
             Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => {
-                eprintln!("tunnel ended with an error: {e} at {:?}", tokio::time::Instant::now());
+                eprintln!(
+                    "tunnel ended with an error: {e} at {:?}",
+                    tokio::time::Instant::now()
+                );
                 return None;
             }
             Ok(None) => return None,
@@ -403,7 +413,11 @@ async fn ingress_routes_traffic_and_follows_endpoint_scaling_with_drain() {
     })
     .await;
     // The first table already holds the full sync: never an empty table before the real one.
-    assert_eq!(ctl.ready_addrs(), BTreeSet::from([a, b]), "first published table");
+    assert_eq!(
+        ctl.ready_addrs(),
+        BTreeSet::from([a, b]),
+        "first published table"
+    );
     assert_eq!(ctl.routes.generation(), 1);
 
     let (proxy, _drain) = start_proxy(ctl.routes.clone()).await;
@@ -537,14 +551,20 @@ async fn api_outage_keeps_the_last_table_and_catches_up_after() {
         assert_eq!(pod, "pod-2");
         echo(&mut ws, "during the outage").await;
         assert_eq!(ctl.ready_addrs(), BTreeSet::from([pods[0]]));
-        assert_eq!(ctl.routes.generation(), generation, "nothing published while down");
+        assert_eq!(
+            ctl.routes.generation(),
+            generation,
+            "nothing published while down"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     api.come_back();
     let back = Instant::now();
-    eventually(Duration::from_secs(10), "change made during the outage", || {
-        (ctl.ready_addrs().len() == 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "change made during the outage",
+        || (ctl.ready_addrs().len() == 2).then_some(()),
+    )
     .await;
     eprintln!("caught up {:?} after the API came back", back.elapsed());
     let mut seen = BTreeSet::new();
@@ -575,15 +595,14 @@ async fn stale_watch_gets_410_and_the_controller_relists() {
     api.apply(&slice(&[b]));
     api.compact();
     api.come_back();
-    eventually(Duration::from_secs(10), "change seen through a re-list", || {
-        (ctl.ready_addrs() == BTreeSet::from([b])).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "change seen through a re-list",
+        || (ctl.ready_addrs() == BTreeSet::from([b])).then_some(()),
+    )
     .await;
     eventually(Duration::from_secs(10), "every reflector re-listed", || {
-        kinds
-            .iter()
-            .all(|k| api.list_count(k) >= 2)
-            .then_some(())
+        kinds.iter().all(|k| api.list_count(k) >= 2).then_some(())
     })
     .await;
     let gone = api
@@ -597,8 +616,7 @@ async fn stale_watch_gets_410_and_the_controller_relists() {
     api.compact();
     api.apply(&slice(&[a, b]));
     eventually(Duration::from_secs(10), "re-list after live 410", || {
-        (kinds.iter().all(|k| api.list_count(k) >= 3) && ctl.ready_addrs().len() == 2)
-            .then_some(())
+        (kinds.iter().all(|k| api.list_count(k) >= 3) && ctl.ready_addrs().len() == 2).then_some(())
     })
     .await;
     ctl.stop().await;
@@ -657,14 +675,22 @@ async fn bad_annotation_yields_one_event_and_the_default() {
     assert_eq!(invalid(&api).len(), 1, "no duplicate event on resync");
 
     // Fixed, then broken again: a new event.
-    api.apply(&ingress("chat", "wsingress", &[("wsingress.io/idle-timeout", "5m")]));
+    api.apply(&ingress(
+        "chat",
+        "wsingress",
+        &[("wsingress.io/idle-timeout", "5m")],
+    ));
     eventually(Duration::from_secs(5), "fixed annotation applied", || {
         let t = ctl.routes.load();
         (t.find(Some(HOST), "/")?.settings.idle_timeout == Some(Duration::from_secs(300)))
             .then_some(())
     })
     .await;
-    api.apply(&ingress("chat", "wsingress", &[("wsingress.io/idle-timeout", "5 parsecs")]));
+    api.apply(&ingress(
+        "chat",
+        "wsingress",
+        &[("wsingress.io/idle-timeout", "5 parsecs")],
+    ));
     eventually(Duration::from_secs(5), "second event", || {
         (invalid(&api).len() == 2).then_some(())
     })
@@ -734,12 +760,15 @@ async fn status_is_written_by_the_leader_only_and_a_follower_takes_over() {
     eventually(Duration::from_secs(10), "follower took over", || {
         (lease_holder(&api).as_deref() == Some("replica-b")
             && status_ips(&api, "chat") == ["192.0.2.2"])
-            .then_some(())
+        .then_some(())
     })
     .await;
     let takeover = killed.elapsed();
     eprintln!("takeover after {takeover:?} (lease 2 s)");
-    assert!(takeover >= Duration::from_millis(1500), "not before the lease expired: {takeover:?}");
+    assert!(
+        takeover >= Duration::from_millis(1500),
+        "not before the lease expired: {takeover:?}"
+    );
 
     // An Ingress that stops being ours gets its status cleared by the leader.
     api.apply(&ingress("chat", "someone-else", &[]));

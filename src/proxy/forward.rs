@@ -15,11 +15,11 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::ProxyBody;
 use super::balance;
 use super::error::ProxyError;
 use super::headers::{self, ClientInfo};
 use super::service::ProxyState;
-use super::ProxyBody;
 use crate::routes::{Endpoint, Route};
 
 /// Request bodies towards a backend: the client's, or none (so a bodiless request can be
@@ -36,16 +36,22 @@ pub async fn connect(ep: &Endpoint, timeout: Duration) -> Result<TcpStream, Prox
     let stream = tokio::time::timeout(timeout, TcpStream::connect(ep.addr))
         .await
         .map_err(|_| ProxyError::ConnectTimeout(ep.addr))?
-        .map_err(|source| ProxyError::Connect { addr: ep.addr, source })?;
+        .map_err(|source| ProxyError::Connect {
+            addr: ep.addr,
+            source,
+        })?;
     // Failing to set NODELAY only costs latency.
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
+/// A reusable connection and when it went idle.
+type IdleConn = (SendRequest<UpBody>, Instant);
+
 /// Idle HTTP/1.1 connections to endpoints.
 #[derive(Default)]
 pub struct HttpPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(SendRequest<UpBody>, Instant)>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
 }
 
 impl std::fmt::Debug for HttpPool {
@@ -72,9 +78,14 @@ impl HttpPool {
         }
     }
 
-    async fn open(&self, ep: &Endpoint, timeout: Duration) -> Result<SendRequest<UpBody>, ProxyError> {
+    async fn open(
+        &self,
+        ep: &Endpoint,
+        timeout: Duration,
+    ) -> Result<SendRequest<UpBody>, ProxyError> {
         let stream = connect(ep, timeout).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake::<_, UpBody>(TokioIo::new(stream)).await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake::<_, UpBody>(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "backend HTTP connection ended with an error");
@@ -98,7 +109,9 @@ pub async fn forward(
     let key = match (&settings.policy, client.client) {
         (crate::routes::Policy::IpHash, std::net::IpAddr::V4(a)) => Some(a.octets().to_vec()),
         (crate::routes::Policy::IpHash, std::net::IpAddr::V6(a)) => Some(a.octets().to_vec()),
-        (crate::routes::Policy::HeaderHash(h), _) => req.headers().get(h.as_str()).map(|v| v.as_bytes().to_vec()),
+        (crate::routes::Policy::HeaderHash(h), _) => {
+            req.headers().get(h.as_str()).map(|v| v.as_bytes().to_vec())
+        }
         _ => None,
     };
     let candidates = balance::pick(&route.pool, &settings.policy, key.as_deref());
@@ -109,16 +122,19 @@ pub async fn forward(
     let host = parts.headers.get(header::HOST).cloned();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::add_forwarded(&mut parts.headers, client, host.as_ref());
-    parts.uri = parts.uri.path_and_query().map_or_else(|| http::Uri::from_static("/"), |pq| {
-        http::Uri::try_from(pq.as_str()).unwrap_or_else(|_| http::Uri::from_static("/"))
-    });
+    parts.uri = parts.uri.path_and_query().map_or_else(
+        || http::Uri::from_static("/"),
+        |pq| http::Uri::try_from(pq.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")),
+    );
     parts.version = http::Version::HTTP_11;
     let bodiless = body.is_end_stream();
     let mut body = if bodiless { None } else { Some(body) };
 
     let mut last_err = ProxyError::NoEndpoints;
     for &i in candidates.as_slice() {
-        let Some(ep) = route.pool.ready_at(i) else { continue };
+        let Some(ep) = route.pool.ready_at(i) else {
+            continue;
+        };
         if !parts.headers.contains_key(header::HOST)
             && let Ok(v) = HeaderValue::from_str(&ep.addr.to_string())
         {
@@ -133,7 +149,9 @@ pub async fn forward(
                 Ok(s) => s,
                 Err(e) => {
                     if let Some(reason) = e.upstream_reason() {
-                        state.metrics.upstream_error(&route.id, &route.backend, reason);
+                        state
+                            .metrics
+                            .upstream_error(&route.id, &route.backend, reason);
                     }
                     balance::eject(ep);
                     last_err = e;
@@ -151,15 +169,21 @@ pub async fn forward(
             Err(e) if reused && bodiless && !matches!(e, ProxyError::ResponseTimeout) => {
                 let fresh = state.http_pool.open(ep, settings.connect_timeout).await?;
                 let up = Request::from_parts(parts.clone(), Either::Right(Empty::new()));
-                return send(state, ep, fresh, up, settings.handshake_timeout).await.inspect_err(|e| {
-                    if let Some(reason) = e.upstream_reason() {
-                        state.metrics.upstream_error(&route.id, &route.backend, reason);
-                    }
-                });
+                return send(state, ep, fresh, up, settings.handshake_timeout)
+                    .await
+                    .inspect_err(|e| {
+                        if let Some(reason) = e.upstream_reason() {
+                            state
+                                .metrics
+                                .upstream_error(&route.id, &route.backend, reason);
+                        }
+                    });
             }
             Err(e) => {
                 if let Some(reason) = e.upstream_reason() {
-                    state.metrics.upstream_error(&route.id, &route.backend, reason);
+                    state
+                        .metrics
+                        .upstream_error(&route.id, &route.backend, reason);
                 }
                 return Err(e);
             }
@@ -175,7 +199,9 @@ async fn send(
     req: Request<UpBody>,
     timeout: Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let resp = tokio::time::timeout(timeout, sender.send_request(req)).await.map_err(|_| ProxyError::ResponseTimeout)??;
+    let resp = tokio::time::timeout(timeout, sender.send_request(req))
+        .await
+        .map_err(|_| ProxyError::ResponseTimeout)??;
     state.http_pool.put(ep.addr, sender);
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);

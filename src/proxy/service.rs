@@ -29,8 +29,20 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    pub fn new(routes: Arc<RouteHandle>, metrics: Arc<Metrics>, drain: Drain, trusted: TrustedProxies) -> Self {
-        Self { routes, metrics, drain, trusted, http_pool: HttpPool::default(), route_conns: RouteCounters::default() }
+    pub fn new(
+        routes: Arc<RouteHandle>,
+        metrics: Arc<Metrics>,
+        drain: Drain,
+        trusted: TrustedProxies,
+    ) -> Self {
+        Self {
+            routes,
+            metrics,
+            drain,
+            trusted,
+            http_pool: HttpPool::default(),
+            route_conns: RouteCounters::default(),
+        }
     }
 }
 
@@ -48,7 +60,10 @@ pub async fn handle(
     let table = state.routes.load();
     let host = request_host(&req);
     let route = table.find(host.as_deref(), req.uri().path()).cloned();
-    let route_id = route.as_ref().map_or(UNMATCHED, |r| r.id.as_str()).to_string();
+    let route_id = route
+        .as_ref()
+        .map_or(UNMATCHED, |r| r.id.as_str())
+        .to_string();
 
     match kind {
         Err(why) => {
@@ -58,12 +73,32 @@ pub async fn handle(
         }
         Ok(RequestKind::WebSocket) => {
             let Some(route) = route else {
-                state.metrics.upgrade(&route_id, ProxyError::NoRoute.upgrade_result());
-                return error_response(&state, &route_id, ProxyError::NoRoute, &req, &client, started, true);
+                state
+                    .metrics
+                    .upgrade(&route_id, ProxyError::NoRoute.upgrade_result());
+                return error_response(
+                    &state,
+                    &route_id,
+                    ProxyError::NoRoute,
+                    &req,
+                    &client,
+                    started,
+                    true,
+                );
             };
             if over_client_limit {
-                state.metrics.upgrade(&route_id, ProxyError::ClientLimit.upgrade_result());
-                return error_response(&state, &route_id, ProxyError::ClientLimit, &req, &client, started, true);
+                state
+                    .metrics
+                    .upgrade(&route_id, ProxyError::ClientLimit.upgrade_result());
+                return error_response(
+                    &state,
+                    &route_id,
+                    ProxyError::ClientLimit,
+                    &req,
+                    &client,
+                    started,
+                    true,
+                );
             }
             match upgrade::upgrade(&state, req, route, client, started).await {
                 Ok(resp) => resp,
@@ -71,17 +106,33 @@ pub async fn handle(
                     state.metrics.upgrade(&route_id, err.upgrade_result());
                     log_error(&route_id, &err, &req_info, &client);
                     let mut resp = text_response(err.status(), &err.to_string());
-                    retry_after(&err, &mut resp);
+                    error_headers(&err, &mut resp, true);
                     resp
                 }
             }
         }
         Ok(RequestKind::Plain) => {
             let Some(route) = route else {
-                return error_response(&state, &route_id, ProxyError::NoRoute, &req, &client, started, false);
+                return error_response(
+                    &state,
+                    &route_id,
+                    ProxyError::NoRoute,
+                    &req,
+                    &client,
+                    started,
+                    false,
+                );
             };
             if over_client_limit {
-                return error_response(&state, &route_id, ProxyError::ClientLimit, &req, &client, started, false);
+                return error_response(
+                    &state,
+                    &route_id,
+                    ProxyError::ClientLimit,
+                    &req,
+                    &client,
+                    started,
+                    false,
+                );
             }
             let method = req.method().clone();
             let path = req.uri().path().to_string();
@@ -93,7 +144,9 @@ pub async fn handle(
                 }
             };
             let status = resp.status().as_u16();
-            state.metrics.http_request(&route_id, status, started.elapsed());
+            state
+                .metrics
+                .http_request(&route_id, status, started.elapsed());
             tracing::info!(
                 target: "access",
                 kind = "http",
@@ -139,11 +192,16 @@ fn error_response(
     started: Instant,
     websocket: bool,
 ) -> Response<ProxyBody> {
-    let info = RequestInfo { method: req.method().clone(), path: req.uri().path().to_string() };
+    let info = RequestInfo {
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+    };
     if websocket {
         log_error(route_id, &err, &info, client);
     } else {
-        state.metrics.http_request(route_id, err.status().as_u16(), started.elapsed());
+        state
+            .metrics
+            .http_request(route_id, err.status().as_u16(), started.elapsed());
         tracing::info!(
             target: "access",
             kind = "http",
@@ -156,13 +214,23 @@ fn error_response(
         );
     }
     let mut resp = text_response(err.status(), &err.to_string());
-    retry_after(&err, &mut resp);
+    error_headers(&err, &mut resp, websocket);
     resp
 }
 
-fn retry_after(err: &ProxyError, resp: &mut Response<ProxyBody>) {
-    if matches!(err, ProxyError::ClientLimit | ProxyError::RouteLimit | ProxyError::NoEndpoints) {
-        resp.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+/// Headers every generated error carries: `Retry-After` for overload, and `Connection:
+/// close` after a refused upgrade (the client expected to switch protocols on it).
+fn error_headers(err: &ProxyError, resp: &mut Response<ProxyBody>, websocket: bool) {
+    if websocket {
+        resp.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    if matches!(
+        err,
+        ProxyError::ClientLimit | ProxyError::RouteLimit | ProxyError::NoEndpoints
+    ) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     }
 }
 

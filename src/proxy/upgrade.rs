@@ -37,15 +37,26 @@ pub async fn upgrade(
     client: ClientInfo,
     started: Instant,
 ) -> Result<Response<ProxyBody>, Failed> {
-    let info = RequestInfo { method: req.method().clone(), path: req.uri().path().to_string() };
+    let info = RequestInfo {
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+    };
     let fail = |e: ProxyError| (e, info.clone());
     let settings = &route.settings;
-    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
     if !settings.origin_allowed(origin) {
         return Err(fail(ProxyError::OriginForbidden));
     }
     let route_slot = match settings.max_connections {
-        Some(limit) => Some(state.route_conns.acquire(&route.id, limit as usize).ok_or_else(|| fail(ProxyError::RouteLimit))?),
+        Some(limit) => Some(
+            state
+                .route_conns
+                .acquire(&route.id, limit as usize)
+                .ok_or_else(|| fail(ProxyError::RouteLimit))?,
+        ),
         None => None,
     };
     let key = hash_key(&route, &req, &client);
@@ -59,7 +70,9 @@ pub async fn upgrade(
 
     let mut last_err = ProxyError::NoEndpoints;
     for &i in candidates.as_slice() {
-        let Some(endpoint) = route.pool.ready_at(i) else { continue };
+        let Some(endpoint) = route.pool.ready_at(i) else {
+            continue;
+        };
         let stream = match forward::connect(endpoint, settings.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
@@ -69,9 +82,19 @@ pub async fn upgrade(
                 continue;
             }
         };
-        let attempt = handshake(stream, &upstream_req, settings.handshake_timeout, client_key.as_ref()).await;
+        let attempt = handshake(
+            stream,
+            &upstream_req,
+            settings.handshake_timeout,
+            client_key.as_ref(),
+        )
+        .await;
         return match attempt {
-            Ok(Handshake::Switched { response, upstream, upstream_pre }) => {
+            Ok(Handshake::Switched {
+                response,
+                upstream,
+                upstream_pre,
+            }) => {
                 let resp = client_response(&response);
                 let tunnel = Tunnel {
                     state: state.clone(),
@@ -85,14 +108,20 @@ pub async fn upgrade(
                 let conn_metrics = state.metrics.connection(&route.id, &route.backend);
                 state.drain.spawn(async move {
                     match on_client_upgrade.await {
-                        Ok(upgraded) => tunnel.run(upgraded, upstream, upstream_pre, conn_metrics).await,
+                        Ok(upgraded) => {
+                            tunnel
+                                .run(upgraded, upstream, upstream_pre, conn_metrics)
+                                .await
+                        }
                         Err(e) => tracing::debug!(error = %e, "client upgrade failed after 101"),
                     }
                 });
                 Ok(resp)
             }
             Ok(Handshake::Refused(resp)) => {
-                state.metrics.upgrade(&route.id, UpgradeResult::BackendRefused);
+                state
+                    .metrics
+                    .upgrade(&route.id, UpgradeResult::BackendRefused);
                 tracing::info!(
                     target: "access",
                     kind = "websocket",
@@ -116,7 +145,9 @@ pub async fn upgrade(
 
 fn record_upstream_error(state: &ProxyState, route: &Route, e: &ProxyError) {
     if let Some(reason) = e.upstream_reason() {
-        state.metrics.upstream_error(&route.id, &route.backend, reason);
+        state
+            .metrics
+            .upstream_error(&route.id, &route.backend, reason);
     }
 }
 
@@ -127,7 +158,10 @@ fn hash_key(route: &Route, req: &Request<Incoming>, client: &ClientInfo) -> Opti
             std::net::IpAddr::V4(a) => a.octets().to_vec(),
             std::net::IpAddr::V6(a) => a.octets().to_vec(),
         }),
-        crate::routes::Policy::HeaderHash(name) => req.headers().get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        crate::routes::Policy::HeaderHash(name) => req
+            .headers()
+            .get(name.as_str())
+            .map(|v| v.as_bytes().to_vec()),
         _ => None,
     }
 }
@@ -138,9 +172,10 @@ fn hash_key(route: &Route, req: &Request<Incoming>, client: &ClientInfo) -> Opti
 fn upstream_request(req: &Request<Incoming>, client: &ClientInfo) -> Request<Empty<bytes::Bytes>> {
     let mut out = Request::new(Empty::new());
     *out.method_mut() = http::Method::GET;
-    *out.uri_mut() = req.uri().path_and_query().map_or_else(|| http::Uri::from_static("/"), |pq| {
-        http::Uri::try_from(pq.as_str()).unwrap_or_else(|_| http::Uri::from_static("/"))
-    });
+    *out.uri_mut() = req.uri().path_and_query().map_or_else(
+        || http::Uri::from_static("/"),
+        |pq| http::Uri::try_from(pq.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")),
+    );
     let mut h = req.headers().clone();
     headers::strip_hop_by_hop(&mut h);
     let host = req.headers().get(header::HOST).cloned();
@@ -152,7 +187,11 @@ fn upstream_request(req: &Request<Incoming>, client: &ClientInfo) -> Request<Emp
 }
 
 enum Handshake {
-    Switched { response: Response<Incoming>, upstream: TcpStream, upstream_pre: bytes::Bytes },
+    Switched {
+        response: Response<Incoming>,
+        upstream: TcpStream,
+        upstream_pre: bytes::Bytes,
+    },
     Refused(Response<ProxyBody>),
 }
 
@@ -186,18 +225,30 @@ async fn handshake(
             return Ok::<_, ProxyError>(Handshake::Refused(passthrough(response)));
         }
         let expected = client_key.map(|k| headers::accept_key(k.as_bytes()));
-        let accept = response.headers().get(header::SEC_WEBSOCKET_ACCEPT).and_then(|v| v.to_str().ok());
+        let accept = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_ACCEPT)
+            .and_then(|v| v.to_str().ok());
         if expected.is_none() || accept != expected.as_deref() {
-            return Err(ProxyError::BadHandshake("Sec-WebSocket-Accept does not match the client's key"));
+            return Err(ProxyError::BadHandshake(
+                "Sec-WebSocket-Accept does not match the client's key",
+            ));
         }
         if !headers::has_token(response.headers(), &header::UPGRADE, "websocket") {
             return Err(ProxyError::BadHandshake("101 without Upgrade: websocket"));
         }
         let upgraded = hyper::upgrade::on(&mut response).await?;
-        let (upstream, upstream_pre) = into_tcp(upgraded).ok_or(ProxyError::BadHandshake("upgrade lost the socket"))?;
-        Ok(Handshake::Switched { response, upstream, upstream_pre })
+        let (upstream, upstream_pre) =
+            into_tcp(upgraded).ok_or(ProxyError::BadHandshake("upgrade lost the socket"))?;
+        Ok(Handshake::Switched {
+            response,
+            upstream,
+            upstream_pre,
+        })
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| ProxyError::ResponseTimeout)?
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProxyError::ResponseTimeout)?
 }
 
 /// A backend's non-101 answer, passed back as is (hop-by-hop fields removed).
@@ -209,7 +260,9 @@ fn passthrough(response: Response<Incoming>) -> Response<ProxyBody> {
 
 /// The 101 for the client: the backend's headers, with our own hop-by-hop upgrade fields.
 fn client_response(backend: &Response<Incoming>) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(http_body_util::Full::new(bytes::Bytes::new())));
+    let mut resp = Response::new(Either::Right(
+        http_body_util::Full::new(bytes::Bytes::new()),
+    ));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut h = backend.headers().clone();
     headers::strip_hop_by_hop(&mut h);
@@ -236,7 +289,13 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    async fn run(self, client_upgraded: Upgraded, upstream: TcpStream, upstream_pre: bytes::Bytes, metrics: ConnMetrics) {
+    async fn run(
+        self,
+        client_upgraded: Upgraded,
+        upstream: TcpStream,
+        upstream_pre: bytes::Bytes,
+        metrics: ConnMetrics,
+    ) {
         let Some((client, client_pre)) = into_tcp(client_upgraded) else {
             tracing::error!("client upgrade did not yield a TCP socket");
             return;
@@ -255,9 +314,22 @@ impl Tunnel {
             endpoint_removed: self.endpoint.live.removed().clone(),
         };
         let opened = Instant::now();
-        let out = relay::relay(client, &client_pre, upstream, &upstream_pre, &settings, &signals, &metrics).await;
+        let out = relay::relay(
+            client,
+            &client_pre,
+            upstream,
+            &upstream_pre,
+            &settings,
+            &signals,
+            &metrics,
+        )
+        .await;
         let lifetime = opened.elapsed();
-        metrics.closed(out.initiator, close_code_class(out.close_code, out.close_seen), lifetime);
+        metrics.closed(
+            out.initiator,
+            close_code_class(out.close_code, out.close_seen),
+            lifetime,
+        );
         tracing::info!(
             target: "access",
             kind = "websocket",

@@ -13,8 +13,9 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
+use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +37,7 @@ use super::Publisher;
 use super::events::{self, Report};
 use super::leader::{self, ElectionConfig};
 use super::status::{self, IngressKey, PublishFrom, StatusConfig, StatusError, StatusInput};
+use crate::app::ConfigError;
 use crate::cli::ServeArgs;
 use crate::translate::{self, ClusterSnapshot, Defaults, ObjectRef};
 
@@ -180,19 +182,31 @@ impl KubeConfig {
     }
 }
 
-/// Cluster mode wired from the `serve` flags: a client from kube's defaults (in-cluster
-/// service account, else `$KUBECONFIG`/`~/.kube/config`), then [`run`]. This is what `app`
-/// spawns when neither `--upstream` nor `--manifests` is given.
+/// Cluster mode wired from the `serve` flags, for `app` when neither `--upstream` nor
+/// `--manifests` is given: validates the flags and builds a client from kube's defaults
+/// (in-cluster service account, else `$KUBECONFIG`/`~/.kube/config`) before anything binds a
+/// port (either failing is a [`ConfigError`], exit 64), then returns the controller to spawn;
+/// it runs until `shutdown`.
 pub async fn run_from_args(
     args: &ServeArgs,
     publisher: Publisher,
     shutdown: CancellationToken,
-) -> Result<(), KubeError> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(KubeError::Client)?;
-    let config = KubeConfig::from_args(args, client.default_namespace())?;
-    run(client, config, publisher, shutdown).await
+) -> anyhow::Result<Pin<Box<dyn Future<Output = ()> + Send>>> {
+    // Flags first, so a typo is reported even where no cluster is reachable.
+    KubeConfig::from_args(args, "default").map_err(|e| ConfigError(e.to_string()))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        ConfigError(format!(
+            "{}; outside a cluster use --upstream or --manifests",
+            KubeError::Client(e)
+        ))
+    })?;
+    let config = KubeConfig::from_args(args, client.default_namespace())
+        .map_err(|e| ConfigError(e.to_string()))?;
+    Ok(Box::pin(async move {
+        if let Err(e) = run(client, config, publisher, shutdown).await {
+            tracing::error!(error = %e, "the Kubernetes controller stopped; the last routes keep serving");
+        }
+    }))
 }
 
 /// Run cluster mode until `shutdown`.

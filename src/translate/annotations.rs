@@ -654,7 +654,8 @@ mod tests {
 
     #[test]
     fn nginx_aliases_map_and_ours_win() {
-        let cases: &[(&[(&str, &str)], Policy, Option<u64>, usize)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], Policy, Option<u64>, usize);
+        let cases: &[Case] = &[
             (
                 &[(NGINX_PROXY_READ_TIMEOUT, "3600")],
                 Policy::LeastConn,

@@ -828,7 +828,8 @@ impl<'a> Translation<'a> {
                 let ready = cond.and_then(|c| c.ready).unwrap_or(true);
                 let serving = cond.and_then(|c| c.serving) == Some(true);
                 let terminating = cond.and_then(|c| c.terminating) == Some(true);
-                if !ready && !(serving && terminating) {
+                let draining = serving && terminating;
+                if !(ready || draining) {
                     continue;
                 }
                 let target = ep.target_ref.as_ref().and_then(|t| t.name.clone());

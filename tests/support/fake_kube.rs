@@ -177,7 +177,9 @@ impl FakeKube {
     }
 
     pub async fn start_with(bookmark_every: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake api");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake api");
         let addr = listener.local_addr().expect("local addr");
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -319,7 +321,13 @@ impl FakeKube {
 }
 
 /// Stamp a new resourceVersion on `value` and record the change.
-fn commit(s: &mut Store, coll: &Collection, ns: &str, kind: &'static str, value: &mut Value) -> u64 {
+fn commit(
+    s: &mut Store,
+    coll: &Collection,
+    ns: &str,
+    kind: &'static str,
+    value: &mut Value,
+) -> u64 {
     s.rv += 1;
     let rv = s.rv;
     value["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -659,14 +667,24 @@ fn create(shared: &Shared, coll: Collection, ns: String, body: &[u8]) -> Respons
     json_response(StatusCode::CREATED, &value)
 }
 
-fn replace(shared: &Shared, coll: Collection, ns: String, name: &str, body: &[u8]) -> Response<Body> {
+fn replace(
+    shared: &Shared,
+    coll: Collection,
+    ns: String,
+    name: &str,
+    body: &[u8],
+) -> Response<Body> {
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
         return error(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
     };
     let mut s = shared.store();
     let key = (coll.clone(), ns.clone(), name.to_string());
     let Some(old) = s.objects.get(&key) else {
-        return error(StatusCode::NOT_FOUND, "NotFound", &format!("\"{name}\" not found"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("\"{name}\" not found"),
+        );
     };
     let sent = value["metadata"]["resourceVersion"].as_str().unwrap_or("");
     let have = old["metadata"]["resourceVersion"].as_str().unwrap_or("");
@@ -734,7 +752,11 @@ fn patch(
     let mut s = shared.store();
     let key = (coll.clone(), ns.clone(), name.to_string());
     let Some(mut value) = s.objects.get(&key).cloned() else {
-        return error(StatusCode::NOT_FOUND, "NotFound", &format!("\"{name}\" not found"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("\"{name}\" not found"),
+        );
     };
     match sub {
         // The status subresource only changes status.
@@ -803,8 +825,7 @@ fn watch_collection(
                     drop(s);
                     // The real API server answers 200 and reports 410 inside the stream.
                     let line = watch_line("ERROR", &gone);
-                    let stream =
-                        futures_util::stream::once(async move { Ok(Frame::data(line)) });
+                    let stream = futures_util::stream::once(async move { Ok(Frame::data(line)) });
                     return Response::builder()
                         .status(StatusCode::OK)
                         .header("content-type", "application/json")
