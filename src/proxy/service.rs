@@ -106,7 +106,7 @@ pub async fn handle(
                     state.metrics.upgrade(&route_id, err.upgrade_result());
                     log_error(&route_id, &err, &req_info, &client);
                     let mut resp = text_response(err.status(), &err.to_string());
-                    retry_after(&err, &mut resp);
+                    error_headers(&err, &mut resp, true);
                     resp
                 }
             }
@@ -214,11 +214,16 @@ fn error_response(
         );
     }
     let mut resp = text_response(err.status(), &err.to_string());
-    retry_after(&err, &mut resp);
+    error_headers(&err, &mut resp, websocket);
     resp
 }
 
-fn retry_after(err: &ProxyError, resp: &mut Response<ProxyBody>) {
+/// Headers every generated error carries: `Retry-After` for overload, and `Connection:
+/// close` after a refused upgrade (the client expected to switch protocols on it).
+fn error_headers(err: &ProxyError, resp: &mut Response<ProxyBody>, websocket: bool) {
+    if websocket {
+        resp.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     if matches!(
         err,
         ProxyError::ClientLimit | ProxyError::RouteLimit | ProxyError::NoEndpoints

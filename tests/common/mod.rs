@@ -66,7 +66,7 @@ pub fn ws_url(addr: SocketAddr, path: &str) -> String {
 pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error> {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
-        req.headers_mut().append(
+        req.headers_mut().insert(
             tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
             HeaderValue::from_str(v).unwrap(),
         );
@@ -159,4 +159,53 @@ pub async fn dead_addr() -> SocketAddr {
     let a = l.local_addr().unwrap();
     drop(l);
     a
+}
+
+/// A route table for manual publishing: `(host, path prefix, route id, backends)`.
+pub fn table(rules: &[(&str, &str, &str, &[SocketAddr])], settings: wsingress::routes::RouteSettings) -> wsingress::routes::RouteTable {
+    use std::sync::Arc;
+    use wsingress::routes::{Endpoint, HostMatch, PathMatch, Pool, Route, RouteTable, Rule};
+    let rules = rules
+        .iter()
+        .map(|(host, path, id, addrs)| Rule {
+            host: HostMatch::parse(host),
+            path: PathMatch::prefix(path),
+            route: Arc::new(Route {
+                id: id.to_string(),
+                backend: format!("{id}:80"),
+                pool: Pool::new(addrs.iter().map(|a| Endpoint::new(*a, true)).collect()),
+                settings: settings.clone(),
+            }),
+        })
+        .collect();
+    RouteTable::new(rules, None)
+}
+
+/// A proxy whose tables the test publishes itself.
+pub async fn manual_proxy(extra: &[&str]) -> Running {
+    let args = serve_args(extra);
+    app::start(&args, RouteSource::Manual).await.unwrap()
+}
+
+/// Which echo instance serves a new connection to `url`.
+pub async fn instance_of(url: &str) -> (Ws, String) {
+    let mut ws = connect(url).await;
+    let v = backend_view(&mut ws).await;
+    let inst = v["instance"].as_str().unwrap().to_string();
+    (ws, inst)
+}
+
+/// Read until a Close frame arrives; returns its code (None for a Close without code,
+/// panics when the stream ends without one).
+pub async fn expect_close(ws: &mut Ws, within: Duration) -> Option<u16> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await.expect("no Close in time") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("error before Close: {e}"),
+            None => panic!("stream ended without Close"),
+        }
+    }
 }
