@@ -448,7 +448,6 @@ async fn ingress_routes_traffic_and_follows_endpoint_scaling_with_drain() {
     // Scale 3 → 1: tunnels to removed pods get Close 1001 after the drain timeout; tunnels to
     // the surviving pod keep working; new connections all go to it.
     let removed_at = Instant::now();
-    eprintln!("removed at {:?}", tokio::time::Instant::now());
     api.apply(&slice(&[a]));
     eventually(Duration::from_secs(5), "1 endpoint", || {
         (ctl.ready_addrs() == BTreeSet::from([a])).then_some(())
@@ -517,10 +516,10 @@ async fn annotation_change_applies_to_new_connections() {
     echo(&mut after, "short idle timeout").await;
     let opened = Instant::now();
     let code = closed_by_peer(&mut after, Duration::from_secs(5)).await;
-    eprintln!("idle close: {code:?}");
     let idle = opened.elapsed();
+    assert_eq!(code, Some(CloseCode::Away), "idle close after {idle:?}");
     assert!(
-        idle >= Duration::from_millis(350) && idle < Duration::from_secs(3),
+        idle >= Duration::from_millis(350) && idle < Duration::from_secs(2),
         "new connection closed after its idle timeout ({idle:?})"
     );
     // The connection opened before the change keeps the settings it started with.
