@@ -69,9 +69,43 @@ pub const ACCESS: &[Access] = &[
     },
 ];
 
+/// The Markdown table of [`ACCESS`] for the README (docs/controller.md carries it verbatim).
+pub fn readme_table() -> String {
+    let mut out =
+        String::from("| API group | resource | verbs | granted by |\n|---|---|---|---|\n");
+    for a in ACCESS {
+        let group = if a.group.is_empty() {
+            "\"\" (core)"
+        } else {
+            a.group
+        };
+        let scope = if a.own_namespace_only {
+            "Role in the election namespace"
+        } else {
+            "ClusterRole"
+        };
+        out.push_str(&format!(
+            "| `{group}` | `{}` | {} | {scope} |\n",
+            a.resource,
+            a.verbs.join(", ")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_docs_carry_the_generated_table() {
+        let docs = include_str!("../../docs/controller.md");
+        assert!(
+            docs.contains(&readme_table()),
+            "docs/controller.md is out of date; paste:\n{}",
+            readme_table()
+        );
+    }
 
     #[test]
     fn no_duplicates_and_verbs_are_rbac_verbs() {
