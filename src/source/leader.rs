@@ -67,6 +67,14 @@ enum Round {
     Other,
 }
 
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
 struct Elector {
     api: Api<Lease>,
     config: ElectionConfig,
@@ -80,7 +88,7 @@ impl Elector {
         matches!(e, kube::Error::Api(s) if s.code == 409)
     }
 
-    async fn round(&mut self) -> Result<Round, kube::Error> {
+    async fn round(&mut self) -> Result<Round, RoundError> {
         let now = MicroTime(Timestamp::now());
         let me = self.config.identity.clone();
         let Some(mut lease) = self.api.get_opt(&self.config.lease_name).await? else {
@@ -102,7 +110,7 @@ impl Elector {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Round::Held),
                 Err(e) if Self::is_conflict(&e) => Ok(Round::Other),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
@@ -142,7 +150,7 @@ impl Elector {
         {
             Ok(_) => Ok(Round::Held),
             Err(e) if Self::is_conflict(&e) => Ok(Round::Other),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -182,8 +190,10 @@ pub async fn run(
     let mut last_renewal: Option<Instant> = None;
     loop {
         let leading = *leader.borrow();
+        // A hung API server must not keep a leader acting past its renew deadline.
+        let limit = elector.config.renew_deadline() / 2;
         let round = tokio::select! {
-            r = elector.round() => r,
+            r = tokio::time::timeout(limit, elector.round()) => r.unwrap_or(Err(RoundError::TimedOut(limit))),
             () = shutdown.cancelled() => break,
         };
         match round {
