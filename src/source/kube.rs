@@ -297,6 +297,7 @@ impl KubeSource {
                 "Ingress",
                 backoff,
                 &changed,
+                &children,
             ),
             services: spawn_reflector(
                 &mut tasks,
@@ -304,6 +305,7 @@ impl KubeSource {
                 "Service",
                 backoff,
                 &changed,
+                &children,
             ),
             endpoint_slices: spawn_reflector(
                 &mut tasks,
@@ -311,6 +313,7 @@ impl KubeSource {
                 "EndpointSlice",
                 backoff,
                 &changed,
+                &children,
             ),
             ingress_classes: spawn_reflector(
                 &mut tasks,
@@ -318,6 +321,7 @@ impl KubeSource {
                 "IngressClass",
                 backoff,
                 &changed,
+                &children,
             ),
         };
 
@@ -417,12 +421,14 @@ fn spawn_reflector<K>(
     kind: &'static str,
     backoff: WatchBackoff,
     changed: &Arc<Notify>,
+    stop: &CancellationToken,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
     let changed = changed.clone();
+    let stop = stop.clone();
     tasks.spawn(async move {
         let stream = watcher(api, watcher::Config::default())
             .modify(|o: &mut K| {
@@ -432,7 +438,12 @@ where
             .backoff(backoff.start());
         let mut stream = pin!(reflector::reflector(writer, stream));
         let mut failing = false;
-        while let Some(event) = stream.next().await {
+        loop {
+            let event = tokio::select! {
+                e = stream.next() => e,
+                () = stop.cancelled() => return,
+            };
+            let Some(event) = event else { return };
             match event {
                 Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => changed.notify_one(),
                 Ok(watcher::Event::InitDone) => {
