@@ -222,7 +222,8 @@ fn error_response(
 /// close` after a refused upgrade (the client expected to switch protocols on it).
 fn error_headers(err: &ProxyError, resp: &mut Response<ProxyBody>, websocket: bool) {
     if websocket {
-        resp.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     if matches!(
         err,

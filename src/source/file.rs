@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::routes::RouteTable;
+use crate::routes::{Route, RouteTable};
 use crate::source::Publisher;
 use crate::translate::{
     ClusterSnapshot, Defaults, ObjectRef, Warning, reasons, sort_warnings, translate,
@@ -327,6 +327,31 @@ fn apply(seen: &Seen, text: Option<&str>, defaults: &Defaults, publisher: &Publi
     }
 }
 
+/// Whether two tables route the same way: same rules, routes, settings and endpoints.
+pub fn same_routes(a: &RouteTable, b: &RouteTable) -> bool {
+    fn same_route(x: &Route, y: &Route) -> bool {
+        x.id == y.id
+            && x.backend == y.backend
+            && x.settings == y.settings
+            && x.pool.endpoints().len() == y.pool.endpoints().len()
+            && x.pool
+                .endpoints()
+                .iter()
+                .zip(y.pool.endpoints())
+                .all(|(e, f)| e.addr == f.addr && e.ready == f.ready && e.target == f.target)
+    }
+    a.rules().len() == b.rules().len()
+        && a.rules()
+            .iter()
+            .zip(b.rules())
+            .all(|(r, s)| r.host == s.host && r.path == s.path && same_route(&r.route, &s.route))
+        && match (a.default_route(), b.default_route()) {
+            (None, None) => true,
+            (Some(x), Some(y)) => same_route(x, y),
+            _ => false,
+        }
+}
+
 /// Load `path` now, then poll it until `shutdown` and reload on change. Load errors are
 /// reported through `publisher.rejected` and never replace the last good table. Validate the
 /// file with [`load_file`] first when a bad initial file must stop the process.
@@ -338,7 +363,18 @@ pub async fn run(
 ) {
     let mut last_stat = stat(&path).await;
     let (seen, text) = observe(&path).await;
-    apply(&seen, text.as_deref(), &defaults, &publisher, &path);
+    let already_served = match (&seen, text.as_deref()) {
+        // The app usually publishes `load_file`'s table before starting us: do not publish
+        // the same routes twice (but do if the file changed in between).
+        (Seen::Content(_), Some(text)) if publisher.routes().has_published() => {
+            load(text, &defaults)
+                .is_ok_and(|(table, _)| same_routes(&publisher.routes().load(), &table))
+        }
+        _ => false,
+    };
+    if !already_served {
+        apply(&seen, text.as_deref(), &defaults, &publisher, &path);
+    }
     let mut applied = seen.clone();
     let mut previous = seen;
     let mut unchanged_ticks = 0u32;
@@ -606,6 +642,52 @@ endpoints:
         assert_eq!(routes.generation(), 3);
         assert_eq!(rejected(), 1);
 
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn same_routes_sees_every_setting_and_endpoint() {
+        let d = Defaults::default();
+        let (a, _) = load(GOOD, &d).unwrap();
+        let (b, _) = load(GOOD, &d).unwrap();
+        assert!(same_routes(&a, &b));
+        let limited = GOOD.replace(
+            "metadata: {name: chat}",
+            "metadata: {name: chat, annotations: {wsingress.io/max-connections: '5'}}",
+        );
+        let (c, _) = load(&limited, &d).unwrap();
+        assert!(!same_routes(&a, &c));
+        let (e, _) = load(&GOOD.replace("127.0.0.1]", "127.0.0.3]"), &d).unwrap();
+        assert!(!same_routes(&a, &e));
+    }
+
+    /// The app publishes `load_file`'s table before starting `run`: no second publish.
+    #[tokio::test]
+    async fn run_after_the_app_published_does_not_publish_again() {
+        let file = TempFile::new("app");
+        file.replace(GOOD);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let routes = Arc::new(RouteHandle::new());
+        let publisher = Publisher::new(routes.clone(), metrics, SOURCE);
+        let (table, warnings) = load_file(&file.0, &Defaults::default()).unwrap();
+        assert_eq!(publisher.publish(table, &warnings), 1);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(
+            file.0.clone(),
+            Defaults::default(),
+            publisher,
+            shutdown.clone(),
+        ));
+        file.replace(&GOOD.replace("port: 8010", "port: 8020"));
+        until("the edit", || {
+            endpoints(&routes.load(), "chat.example.com") == ["127.0.0.1:8020"]
+        })
+        .await;
+        assert_eq!(routes.generation(), 2);
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

@@ -1,8 +1,10 @@
 //! Route sources: a static upstream list (sidecar), a manifests file, the Kubernetes API.
 //! Each builds `RouteTable`s and hands them to a [`Publisher`].
 
+pub mod events;
 pub mod file;
 pub mod kube;
+pub mod leader;
 pub mod rbac;
 pub mod static_upstream;
 pub mod status;

@@ -11,49 +11,54 @@ pub struct Access {
     pub own_namespace_only: bool,
 }
 
-const READ: &[&str] = &["get", "list", "watch"];
+/// Exactly the requests the controller makes (`source/kube.rs` reflectors: list + watch;
+/// `source/status.rs`: the publish Service get, nodes list for NodePort, Ingress status merge
+/// patch; `source/events.rs`: Event create; `source/leader.rs`: Lease get/create/update).
+/// `tests/controller.rs` records every request the controller sends to the fake API server and
+/// checks it against this list, both ways.
+const WATCH: &[&str] = &["list", "watch"];
 
 pub const ACCESS: &[Access] = &[
     Access {
         group: "networking.k8s.io",
         resource: "ingresses",
-        verbs: READ,
+        verbs: WATCH,
         own_namespace_only: false,
     },
     Access {
         group: "networking.k8s.io",
         resource: "ingresses/status",
-        verbs: &["get", "patch"],
+        verbs: &["patch"],
         own_namespace_only: false,
     },
     Access {
         group: "networking.k8s.io",
         resource: "ingressclasses",
-        verbs: READ,
+        verbs: WATCH,
         own_namespace_only: false,
     },
     Access {
         group: "",
         resource: "services",
-        verbs: READ,
+        verbs: &["get", "list", "watch"],
         own_namespace_only: false,
     },
     Access {
         group: "discovery.k8s.io",
         resource: "endpointslices",
-        verbs: READ,
+        verbs: WATCH,
         own_namespace_only: false,
     },
     Access {
         group: "",
         resource: "nodes",
-        verbs: &["get", "list"],
+        verbs: &["list"],
         own_namespace_only: false,
     },
     Access {
         group: "events.k8s.io",
         resource: "events",
-        verbs: &["create", "patch"],
+        verbs: &["create"],
         own_namespace_only: false,
     },
     Access {
@@ -63,3 +68,58 @@ pub const ACCESS: &[Access] = &[
         own_namespace_only: true,
     },
 ];
+
+/// The Markdown table of [`ACCESS`] for the README (docs/controller.md carries it verbatim).
+pub fn readme_table() -> String {
+    let mut out =
+        String::from("| API group | resource | verbs | granted by |\n|---|---|---|---|\n");
+    for a in ACCESS {
+        let group = if a.group.is_empty() {
+            "\"\" (core)"
+        } else {
+            a.group
+        };
+        let scope = if a.own_namespace_only {
+            "Role in the election namespace"
+        } else {
+            "ClusterRole"
+        };
+        out.push_str(&format!(
+            "| `{group}` | `{}` | {} | {scope} |\n",
+            a.resource,
+            a.verbs.join(", ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docs_carry_the_generated_table() {
+        let docs = include_str!("../../docs/controller.md");
+        assert!(
+            docs.contains(&readme_table()),
+            "docs/controller.md is out of date; paste:\n{}",
+            readme_table()
+        );
+    }
+
+    #[test]
+    fn no_duplicates_and_verbs_are_rbac_verbs() {
+        let known = [
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ];
+        for (i, a) in ACCESS.iter().enumerate() {
+            assert!(a.verbs.iter().all(|v| known.contains(v)), "{a:?}");
+            assert!(
+                ACCESS[i + 1..]
+                    .iter()
+                    .all(|b| (b.group, b.resource) != (a.group, a.resource)),
+                "{a:?} listed twice"
+            );
+        }
+    }
+}

@@ -37,14 +37,28 @@ pub async fn echo(instance: &str, prefix: &str) -> Echo {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let config = EchoConfig { prefix: prefix.to_string(), instance: instance.to_string() };
+    let config = EchoConfig {
+        prefix: prefix.to_string(),
+        instance: instance.to_string(),
+    };
     tokio::spawn(echo::serve(listener, config, stop.clone()));
-    Echo { addr, instance: instance.to_string(), stop }
+    Echo {
+        addr,
+        instance: instance.to_string(),
+        stop,
+    }
 }
 
 /// `serve` arguments on ephemeral loopback ports, plus `extra` flags.
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
-    let mut argv = vec!["wsingress", "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let mut argv = vec![
+        "wsingress",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).unwrap().command {
         Command::Serve(s) => *s,
@@ -55,7 +69,9 @@ pub fn serve_args(extra: &[&str]) -> ServeArgs {
 /// A proxy in front of `backends` (static upstream mode) with extra flags.
 pub async fn proxy(backends: &[SocketAddr], extra: &[&str]) -> Running {
     let args = serve_args(extra);
-    app::start(&args, RouteSource::Static(backends.to_vec())).await.unwrap()
+    app::start(&args, RouteSource::Static(backends.to_vec()))
+        .await
+        .unwrap()
 }
 
 pub fn ws_url(addr: SocketAddr, path: &str) -> String {
@@ -63,7 +79,16 @@ pub fn ws_url(addr: SocketAddr, path: &str) -> String {
 }
 
 /// Connect with extra request headers.
-pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error> {
+pub async fn connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
         req.headers_mut().insert(
@@ -71,7 +96,12 @@ pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<(Ws, to
             HeaderValue::from_str(v).unwrap(),
         );
     }
-    tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req)).await.expect("connect timed out")
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("connect timed out")
 }
 
 pub async fn connect(url: &str) -> Ws {
@@ -82,7 +112,11 @@ pub async fn connect(url: &str) -> Ws {
 pub async fn next_data(ws: &mut Ws) -> Message {
     let deadline = Duration::from_secs(10);
     loop {
-        let msg = tokio::time::timeout(deadline, ws.next()).await.expect("no message in time").expect("stream ended").expect("read error");
+        let msg = tokio::time::timeout(deadline, ws.next())
+            .await
+            .expect("no message in time")
+            .expect("stream ended")
+            .expect("read error");
         match msg {
             Message::Ping(_) | Message::Pong(_) => continue,
             m => return m,
@@ -120,14 +154,25 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>)
 }
 
 pub fn parse_response(buf: &[u8]) -> (u16, String, Vec<u8>) {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
     let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, head, buf[end..].to_vec())
 }
 
 pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String, Vec<u8>) {
-    http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await
+    http_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
 
 /// Poll `cond` every 20 ms until it holds or `within` passes.
@@ -162,7 +207,10 @@ pub async fn dead_addr() -> SocketAddr {
 }
 
 /// A route table for manual publishing: `(host, path prefix, route id, backends)`.
-pub fn table(rules: &[(&str, &str, &str, &[SocketAddr])], settings: wsingress::routes::RouteSettings) -> wsingress::routes::RouteTable {
+pub fn table(
+    rules: &[(&str, &str, &str, &[SocketAddr])],
+    settings: wsingress::routes::RouteSettings,
+) -> wsingress::routes::RouteTable {
     use std::sync::Arc;
     use wsingress::routes::{Endpoint, HostMatch, PathMatch, Pool, Route, RouteTable, Rule};
     let rules = rules
@@ -201,7 +249,10 @@ pub async fn expect_close(ws: &mut Ws, within: Duration) -> Option<u16> {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next()).await.expect("no Close in time") {
+        match tokio::time::timeout(left, ws.next())
+            .await
+            .expect("no Close in time")
+        {
             Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
             Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("error before Close: {e}"),

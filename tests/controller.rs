@@ -1,0 +1,842 @@
+//! The Kubernetes controller against a fake API server (tests/support/fake_kube.rs) over real
+//! HTTP, with the real `kube::Client` and kube-runtime reflectors, the real proxy and real
+//! echo backends on loopback. Timings (debounce, watch backoff, lease) are shortened so the
+//! file runs in seconds; every wait polls with a deadline.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec,
+    IngressRule, IngressServiceBackend, IngressSpec, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use support::fake_kube::FakeKube;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+use wsingress::metrics::Metrics;
+use wsingress::routes::RouteHandle;
+use wsingress::source::Publisher;
+use wsingress::source::kube::{KubeConfig, KubeError, WatchBackoff};
+use wsingress::source::leader::ElectionConfig;
+use wsingress::source::rbac::ACCESS;
+use wsingress::source::status::{PublishFrom, StatusConfig};
+use wsingress::translate::{CONTROLLER_NAME, Defaults};
+
+const NS: &str = "apps";
+const HOST: &str = "chat.test";
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "wsingress=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Poll `check` every 20 ms until it returns `Some`, or panic with `what` after `limit`.
+async fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------- objects
+
+fn meta(ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: (!ns.is_empty()).then(|| ns.to_string()),
+        ..ObjectMeta::default()
+    }
+}
+
+fn ingress_class() -> IngressClass {
+    IngressClass {
+        metadata: meta("", "wsingress"),
+        spec: Some(IngressClassSpec {
+            controller: Some(CONTROLLER_NAME.into()),
+            ..IngressClassSpec::default()
+        }),
+    }
+}
+
+fn ingress(name: &str, class: &str, annotations: &[(&str, &str)]) -> Ingress {
+    let mut m = meta(NS, name);
+    m.annotations = Some(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    Ingress {
+        metadata: m,
+        spec: Some(IngressSpec {
+            ingress_class_name: Some(class.into()),
+            rules: Some(vec![IngressRule {
+                host: Some(HOST.into()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: "chat".into(),
+                                port: Some(ServiceBackendPort {
+                                    name: Some("ws".into()),
+                                    ..ServiceBackendPort::default()
+                                }),
+                            }),
+                            ..IngressBackend::default()
+                        },
+                    }],
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    }
+}
+
+fn service(type_: &str) -> Service {
+    Service {
+        metadata: meta(NS, "chat"),
+        spec: Some(ServiceSpec {
+            type_: Some(type_.into()),
+            ports: Some(vec![ServicePort {
+                name: Some("ws".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("ws".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// One EndpointSlice of Service `chat` with these ready pod addresses (all on one port, as pods are).
+fn slice(pods: &[SocketAddr]) -> EndpointSlice {
+    let mut m = meta(NS, "chat-abc12");
+    m.labels = Some(BTreeMap::from([(
+        "kubernetes.io/service-name".to_string(),
+        "chat".to_string(),
+    )]));
+    EndpointSlice {
+        metadata: m,
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            pods.iter()
+                .map(|a| Endpoint {
+                    addresses: vec![a.ip().to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    }),
+                    ..Endpoint::default()
+                })
+                .collect(),
+        ),
+        ports: Some(vec![EndpointPort {
+            name: Some("ws".into()),
+            port: pods.first().map(|a| i32::from(a.port())),
+            protocol: Some("TCP".into()),
+            ..EndpointPort::default()
+        }]),
+    }
+}
+
+fn node(name: &str, internal: &str, external: Option<&str>) -> Node {
+    let mut addresses = vec![NodeAddress {
+        type_: "InternalIP".into(),
+        address: internal.into(),
+    }];
+    if let Some(e) = external {
+        addresses.push(NodeAddress {
+            type_: "ExternalIP".into(),
+            address: e.into(),
+        });
+    }
+    Node {
+        metadata: meta("", name),
+        status: Some(NodeStatus {
+            addresses: Some(addresses),
+            ..NodeStatus::default()
+        }),
+        ..Node::default()
+    }
+}
+
+/// The usual objects: our class, Service `chat`, its slice, and Ingress `chat` (+ annotations).
+fn seed(api: &FakeKube, pods: &[SocketAddr], annotations: &[(&str, &str)]) {
+    api.apply(&ingress_class());
+    api.apply(&service("ClusterIP"));
+    api.apply(&slice(pods));
+    api.apply(&ingress("chat", "wsingress", annotations));
+}
+
+// ---------------------------------------------------------------- controller, proxy, backends
+
+fn fast_config() -> KubeConfig {
+    KubeConfig {
+        debounce: Duration::from_millis(50),
+        backoff: WatchBackoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(300),
+        },
+        ..KubeConfig::new(Defaults::default())
+    }
+}
+
+fn fast_election(identity: &str) -> ElectionConfig {
+    ElectionConfig {
+        lease_duration: Duration::from_secs(2),
+        renew_every: Duration::from_millis(300),
+        retry_every: Duration::from_millis(200),
+        ..ElectionConfig::new(NS.into(), "wsingress-leader".into(), identity.into())
+    }
+}
+
+struct Controller {
+    routes: Arc<RouteHandle>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), KubeError>>,
+}
+
+fn start_controller(api: &FakeKube, config: KubeConfig) -> Controller {
+    let routes = Arc::new(RouteHandle::new());
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let publisher = Publisher::new(routes.clone(), metrics, "kube");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(wsingress::source::kube::run(
+        api.client(),
+        config,
+        publisher,
+        shutdown.clone(),
+    ));
+    Controller {
+        routes,
+        shutdown,
+        task,
+    }
+}
+
+impl Controller {
+    /// Endpoints (address, ready) of the route serving HOST, if any.
+    fn endpoints(&self) -> Option<Vec<(SocketAddr, bool)>> {
+        let table = self.routes.load();
+        let route = table.find(Some(HOST), "/")?;
+        Some(
+            route
+                .pool
+                .endpoints()
+                .iter()
+                .map(|e| (e.addr, e.ready))
+                .collect(),
+        )
+    }
+
+    fn ready_addrs(&self) -> BTreeSet<SocketAddr> {
+        self.endpoints()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.1)
+            .map(|e| e.0)
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("controller stops on shutdown")
+            .expect("controller task");
+        assert!(r.is_ok(), "controller returned {r:?}");
+    }
+}
+
+/// The real proxy on 127.0.0.1:0 reading `routes`.
+async fn start_proxy(routes: Arc<RouteHandle>) -> (SocketAddr, wsingress::drain::Drain) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let drain = wsingress::drain::Drain::new();
+    let state = Arc::new(wsingress::proxy::service::ProxyState::new(
+        routes,
+        metrics,
+        drain.clone(),
+        wsingress::proxy::headers::TrustedProxies::default(),
+    ));
+    tokio::spawn(wsingress::proxy::server::serve(
+        listener,
+        state,
+        wsingress::proxy::server::ProxyConfig::default(),
+    ));
+    (addr, drain)
+}
+
+/// `n` echo "pods" on 127.0.0.2, .3, ... sharing one port (as pods behind a Service do),
+/// named pod-2, pod-3, ... in the `x-echo-instance` header.
+async fn start_pods(n: u8, stop: &CancellationToken) -> Vec<SocketAddr> {
+    'retry: for _ in 0..20 {
+        let probe = TcpListener::bind("127.0.0.2:0").await.expect("bind probe");
+        let port = probe.local_addr().expect("addr").port();
+        let mut listeners = vec![probe];
+        for i in 3..(2 + n) {
+            match TcpListener::bind((IpAddr::from([127, 0, 0, i]), port)).await {
+                Ok(l) => listeners.push(l),
+                Err(_) => continue 'retry,
+            }
+        }
+        let mut addrs = Vec::new();
+        for l in listeners {
+            let addr = l.local_addr().expect("addr");
+            let config = wsingress::echo::EchoConfig {
+                prefix: String::new(),
+                instance: format!(
+                    "pod-{}",
+                    addr.ip().to_string().rsplit('.').next().unwrap_or("?")
+                ),
+            };
+            tokio::spawn(wsingress::echo::serve(l, config, stop.clone()));
+            addrs.push(addr);
+        }
+        return addrs;
+    }
+    panic!("could not bind echo pods on one port");
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Open a WebSocket to HOST through the proxy; returns it and the pod that answered.
+async fn connect(proxy: SocketAddr) -> (Ws, String) {
+    let mut req = format!("ws://{proxy}/chat")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("host", HOST.parse().expect("host header"));
+    let (ws, resp) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("connect in time")
+    .expect("websocket handshake through the proxy");
+    let pod = resp
+        .headers()
+        .get("x-echo-instance")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (ws, pod)
+}
+
+/// Send one text message and expect its echo.
+async fn echo(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("stream open")
+        .expect("message");
+    assert_eq!(reply, Message::text(text));
+}
+
+/// Wait for the tunnel to be closed by the far side; returns the close code and when.
+async fn closed_by_peer(ws: &mut Ws, limit: Duration) -> Option<CloseCode> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("tunnel not closed within {limit:?}"),
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => {
+                eprintln!(
+                    "tunnel ended with an error: {e} at {:?}",
+                    tokio::time::Instant::now()
+                );
+                return None;
+            }
+            Ok(None) => return None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_routes_traffic_and_follows_endpoint_scaling_with_drain() {
+    init_tracing();
+    let stop = CancellationToken::new();
+    let pods = start_pods(3, &stop).await;
+    let (a, b, c) = (pods[0], pods[1], pods[2]);
+    let api = FakeKube::start().await;
+    seed(
+        &api,
+        &[a, b],
+        &[
+            ("wsingress.io/load-balance", "round-robin"),
+            ("wsingress.io/drain-timeout", "300ms"),
+        ],
+    );
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "first publish", || {
+        ctl.routes.has_published().then_some(())
+    })
+    .await;
+    // The first table already holds the full sync: never an empty table before the real one.
+    assert_eq!(
+        ctl.ready_addrs(),
+        BTreeSet::from([a, b]),
+        "first published table"
+    );
+    assert_eq!(ctl.routes.generation(), 1);
+
+    let (proxy, _drain) = start_proxy(ctl.routes.clone()).await;
+    let mut conns = Vec::new();
+    for i in 0..4 {
+        let (mut ws, pod) = connect(proxy).await;
+        echo(&mut ws, &format!("hello {i}")).await;
+        conns.push((ws, pod));
+    }
+    let pods_used: BTreeSet<&str> = conns.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(pods_used, BTreeSet::from(["pod-2", "pod-3"]));
+
+    // Scale 2 → 3: new connections reach the new pod.
+    api.apply(&slice(&[a, b, c]));
+    eventually(Duration::from_secs(5), "3 endpoints", || {
+        (ctl.ready_addrs().len() == 3).then_some(())
+    })
+    .await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let (mut ws, pod) = connect(proxy).await;
+        echo(&mut ws, "after scale-up").await;
+        seen.insert(pod.clone());
+        conns.push((ws, pod));
+    }
+    assert!(seen.contains("pod-4"), "new pod gets connections: {seen:?}");
+
+    // Scale 3 → 1: tunnels to removed pods get Close 1001 after the drain timeout; tunnels to
+    // the surviving pod keep working; new connections all go to it.
+    let removed_at = Instant::now();
+    api.apply(&slice(&[a]));
+    eventually(Duration::from_secs(5), "1 endpoint", || {
+        (ctl.ready_addrs() == BTreeSet::from([a])).then_some(())
+    })
+    .await;
+    // Every client keeps reading, as real clients do (the Close is answered when read).
+    let mut survivors = Vec::new();
+    let mut draining = Vec::new();
+    for (mut ws, pod) in conns {
+        if pod == "pod-2" {
+            survivors.push(ws);
+        } else {
+            draining.push(tokio::spawn(async move {
+                let code = closed_by_peer(&mut ws, Duration::from_secs(5)).await;
+                (pod, code, removed_at.elapsed())
+            }));
+        }
+    }
+    assert!(!draining.is_empty());
+    for task in draining {
+        let (pod, code, after) = task.await.expect("reader task");
+        assert_eq!(code, Some(CloseCode::Away), "tunnel to removed {pod}");
+        assert!(
+            after >= Duration::from_millis(300),
+            "closed only after the drain timeout ({after:?})"
+        );
+    }
+    assert!(!survivors.is_empty());
+    for ws in &mut survivors {
+        echo(ws, "still here").await;
+    }
+    for _ in 0..3 {
+        let (mut ws, pod) = connect(proxy).await;
+        assert_eq!(pod, "pod-2");
+        echo(&mut ws, "only one left").await;
+    }
+    ctl.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotation_change_applies_to_new_connections() {
+    init_tracing();
+    let stop = CancellationToken::new();
+    let pods = start_pods(1, &stop).await;
+    let api = FakeKube::start().await;
+    seed(&api, &pods, &[]);
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "route", || ctl.endpoints()).await;
+    let (proxy, _drain) = start_proxy(ctl.routes.clone()).await;
+    let (mut before, _) = connect(proxy).await;
+    echo(&mut before, "default idle timeout").await;
+
+    api.apply(&ingress(
+        "chat",
+        "wsingress",
+        &[("wsingress.io/idle-timeout", "400ms")],
+    ));
+    eventually(Duration::from_secs(5), "idle-timeout applied", || {
+        let t = ctl.routes.load();
+        (t.find(Some(HOST), "/")?.settings.idle_timeout == Some(Duration::from_millis(400)))
+            .then_some(())
+    })
+    .await;
+    let (mut after, _) = connect(proxy).await;
+    echo(&mut after, "short idle timeout").await;
+    let opened = Instant::now();
+    let code = closed_by_peer(&mut after, Duration::from_secs(5)).await;
+    let idle = opened.elapsed();
+    assert_eq!(code, Some(CloseCode::Away), "idle close after {idle:?}");
+    assert!(
+        idle >= Duration::from_millis(350) && idle < Duration::from_secs(2),
+        "new connection closed after its idle timeout ({idle:?})"
+    );
+    // The connection opened before the change keeps the settings it started with.
+    echo(&mut before, "still open").await;
+    ctl.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_outage_keeps_the_last_table_and_catches_up_after() {
+    init_tracing();
+    let stop = CancellationToken::new();
+    let pods = start_pods(2, &stop).await;
+    let api = FakeKube::start().await;
+    seed(&api, &pods[..1], &[]);
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "route", || ctl.endpoints()).await;
+    let (proxy, _drain) = start_proxy(ctl.routes.clone()).await;
+    let generation = ctl.routes.generation();
+
+    api.go_down();
+    // Changes made while the controller cannot see them.
+    api.apply(&slice(&pods));
+    let down_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < down_until {
+        // Traffic keeps flowing on the last table, which is never emptied.
+        let (mut ws, pod) = connect(proxy).await;
+        assert_eq!(pod, "pod-2");
+        echo(&mut ws, "during the outage").await;
+        assert_eq!(ctl.ready_addrs(), BTreeSet::from([pods[0]]));
+        assert_eq!(
+            ctl.routes.generation(),
+            generation,
+            "nothing published while down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    api.come_back();
+    let back = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "change made during the outage",
+        || (ctl.ready_addrs().len() == 2).then_some(()),
+    )
+    .await;
+    eprintln!("caught up {:?} after the API came back", back.elapsed());
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(connect(proxy).await.1);
+    }
+    assert_eq!(seen.len(), 2, "both pods serve after catching up: {seen:?}");
+    ctl.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_watch_gets_410_and_the_controller_relists() {
+    init_tracing();
+    let a: SocketAddr = "10.1.0.1:8080".parse().expect("addr");
+    let b: SocketAddr = "10.1.0.2:8080".parse().expect("addr");
+    let api = FakeKube::start().await;
+    seed(&api, &[a], &[]);
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "route", || ctl.endpoints()).await;
+    let kinds = ["ingresses", "services", "endpointslices", "ingressclasses"];
+    let lists_before: Vec<usize> = kinds.iter().map(|k| api.list_count(k)).collect();
+    assert!(lists_before.iter().all(|&n| n == 1), "{lists_before:?}");
+
+    // History compacted while the controller was away: resuming from its resourceVersion
+    // gets a 410 ERROR event, so it must re-list to see what changed.
+    api.go_down();
+    api.apply(&slice(&[b]));
+    api.compact();
+    api.come_back();
+    eventually(
+        Duration::from_secs(10),
+        "change seen through a re-list",
+        || (ctl.ready_addrs() == BTreeSet::from([b])).then_some(()),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "every reflector re-listed", || {
+        kinds.iter().all(|k| api.list_count(k) >= 2).then_some(())
+    })
+    .await;
+    let gone = api
+        .requests()
+        .iter()
+        .filter(|r| r.query.contains("watch=true"))
+        .count();
+    assert!(gone > 4);
+
+    // Compaction under live watches: each gets an ERROR 410 and re-lists; nothing is lost.
+    api.compact();
+    api.apply(&slice(&[a, b]));
+    eventually(Duration::from_secs(10), "re-list after live 410", || {
+        (kinds.iter().all(|k| api.list_count(k) >= 3) && ctl.ready_addrs().len() == 2).then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_annotation_yields_one_event_and_the_default() {
+    init_tracing();
+    let a: SocketAddr = "10.1.0.1:8080".parse().expect("addr");
+    let api = FakeKube::start().await;
+    seed(&api, &[a], &[("wsingress.io/idle-timeout", "forever")]);
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "route", || ctl.endpoints()).await;
+    let t = ctl.routes.load();
+    let route = t.find(Some(HOST), "/").expect("route");
+    assert_eq!(
+        route.settings.idle_timeout,
+        Some(Duration::from_secs(60)),
+        "a bad annotation falls back to the default"
+    );
+    let uid = api
+        .get::<Ingress>(NS, "chat")
+        .and_then(|i| i.metadata.uid)
+        .expect("uid");
+    let invalid = |api: &FakeKube| -> Vec<Event> {
+        api.list::<Event>()
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("InvalidAnnotation"))
+            .collect()
+    };
+    let events = eventually(Duration::from_secs(5), "InvalidAnnotation event", || {
+        let e = invalid(&api);
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    let e = &events[0];
+    let note = e.note.clone().unwrap_or_default();
+    assert!(
+        note.contains("wsingress.io/idle-timeout") && note.contains("forever"),
+        "note names the field and value: {note}"
+    );
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    let regarding = e.regarding.clone().expect("regarding");
+    assert_eq!(regarding.kind.as_deref(), Some("Ingress"));
+    assert_eq!(regarding.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(e.metadata.namespace.as_deref(), Some(NS));
+
+    // Unrelated changes re-translate; the unchanged warning is not posted again.
+    let gen_before = ctl.routes.generation();
+    api.apply(&slice(&[a, "10.1.0.2:8080".parse().expect("addr")]));
+    eventually(Duration::from_secs(5), "republished", || {
+        (ctl.routes.generation() > gen_before).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(invalid(&api).len(), 1, "no duplicate event on resync");
+
+    // Fixed, then broken again: a new event.
+    api.apply(&ingress(
+        "chat",
+        "wsingress",
+        &[("wsingress.io/idle-timeout", "5m")],
+    ));
+    eventually(Duration::from_secs(5), "fixed annotation applied", || {
+        let t = ctl.routes.load();
+        (t.find(Some(HOST), "/")?.settings.idle_timeout == Some(Duration::from_secs(300)))
+            .then_some(())
+    })
+    .await;
+    api.apply(&ingress(
+        "chat",
+        "wsingress",
+        &[("wsingress.io/idle-timeout", "5 parsecs")],
+    ));
+    eventually(Duration::from_secs(5), "second event", || {
+        (invalid(&api).len() == 2).then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}
+
+fn lease_holder(api: &FakeKube) -> Option<String> {
+    api.get::<Lease>(NS, "wsingress-leader")
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+fn status_ips(api: &FakeKube, name: &str) -> Vec<String> {
+    api.get::<Ingress>(NS, name)
+        .and_then(|i| i.status)
+        .and_then(|s| s.load_balancer)
+        .and_then(|l| l.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.ip.or(e.hostname))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_written_by_the_leader_only_and_a_follower_takes_over() {
+    init_tracing();
+    let api = FakeKube::start().await;
+    seed(&api, &["10.1.0.1:8080".parse().expect("addr")], &[]);
+    // Two replicas; each publishes a different address so the test can tell who wrote.
+    let replica = |id: &str, addr: &str| KubeConfig {
+        election: Some(fast_election(id)),
+        status: Some(StatusConfig {
+            publish: PublishFrom::Address(addr.into()),
+            resync: Duration::from_millis(300),
+        }),
+        identity: id.into(),
+        ..fast_config()
+    };
+    let first = start_controller(&api, replica("replica-a", "192.0.2.1"));
+    eventually(Duration::from_secs(10), "status from the leader", || {
+        (status_ips(&api, "chat") == ["192.0.2.1"]).then_some(())
+    })
+    .await;
+    assert_eq!(lease_holder(&api).as_deref(), Some("replica-a"));
+    let second = start_controller(&api, replica("replica-b", "192.0.2.2"));
+    eventually(Duration::from_secs(10), "second replica synced", || {
+        second.routes.has_published().then_some(())
+    })
+    .await;
+    let version = api
+        .get::<Ingress>(NS, "chat")
+        .and_then(|i| i.metadata.resource_version);
+    // Several renew/retry/resync rounds: the follower writes nothing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        api.get::<Ingress>(NS, "chat")
+            .and_then(|i| i.metadata.resource_version),
+        version,
+        "the follower did not touch the Ingress"
+    );
+    assert_eq!(lease_holder(&api).as_deref(), Some("replica-a"));
+
+    // The leader dies without releasing: the follower takes over once the lease expires.
+    first.task.abort();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(10), "follower took over", || {
+        (lease_holder(&api).as_deref() == Some("replica-b")
+            && status_ips(&api, "chat") == ["192.0.2.2"])
+        .then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    eprintln!("takeover after {takeover:?} (lease 2 s)");
+    assert!(
+        takeover >= Duration::from_millis(1500),
+        "not before the lease expired: {takeover:?}"
+    );
+
+    // An Ingress that stops being ours gets its status cleared by the leader.
+    api.apply(&ingress("chat", "someone-else", &[]));
+    eventually(Duration::from_secs(5), "status cleared", || {
+        status_ips(&api, "chat").is_empty().then_some(())
+    })
+    .await;
+
+    // Graceful shutdown releases the lease at once.
+    second.stop().await;
+    assert_eq!(lease_holder(&api), None, "released on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_access_list_is_exactly_what_the_controller_uses() {
+    init_tracing();
+    let api = FakeKube::start().await;
+    // A NodePort publish Service (node addresses), a bad annotation (an Event), election.
+    seed(
+        &api,
+        &["10.1.0.1:8080".parse().expect("addr")],
+        &[("wsingress.io/load-balance", "fastest")],
+    );
+    let mut publish = service("NodePort");
+    publish.metadata = meta("ingress", "wsingress");
+    api.apply(&publish);
+    api.apply(&node("n1", "192.168.0.1", Some("198.51.100.1")));
+    api.apply(&node("n2", "192.168.0.2", None));
+    let ctl = start_controller(
+        &api,
+        KubeConfig {
+            election: Some(fast_election("replica-a")),
+            status: Some(StatusConfig::new(PublishFrom::Service {
+                namespace: "ingress".into(),
+                name: "wsingress".into(),
+            })),
+            ..fast_config()
+        },
+    );
+    eventually(Duration::from_secs(10), "node addresses in status", || {
+        let mut ips = status_ips(&api, "chat");
+        ips.sort();
+        (ips == ["192.168.0.2", "198.51.100.1"]).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "event posted", || {
+        (!api.list::<Event>().is_empty()).then_some(())
+    })
+    .await;
+    // Renew at least once (update), then release on shutdown.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ctl.stop().await;
+
+    let used: BTreeSet<(String, String, String)> = api
+        .requests()
+        .iter()
+        .filter_map(|r| r.access())
+        .map(|(g, r, v)| (g, r, v.to_string()))
+        .collect();
+    let declared: BTreeSet<(String, String, String)> = ACCESS
+        .iter()
+        .flat_map(|a| {
+            a.verbs
+                .iter()
+                .map(|v| (a.group.to_string(), a.resource.to_string(), v.to_string()))
+        })
+        .collect();
+    assert_eq!(
+        used, declared,
+        "rbac::ACCESS must list exactly the requests the controller makes"
+    );
+}

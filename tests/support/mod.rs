@@ -1,0 +1,4 @@
+//! Shared helpers for loopback integration tests.
+#![allow(dead_code)]
+
+pub mod fake_kube;
