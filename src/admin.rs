@@ -38,17 +38,10 @@ pub struct AdminState {
 
 /// Serve the admin endpoints on `listener` until `shutdown` fires; then stop accepting and
 /// give open connections [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: AdminState,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -105,25 +98,17 @@ fn route_request(state: &AdminState, method: &Method, path: &str) -> Response<Fu
     }
     if method != Method::GET {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        r.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET"));
         return r;
     }
     match path {
-        "/metrics" => body(
-            StatusCode::OK,
-            METRICS_CONTENT_TYPE,
-            state.metrics.encode().into(),
-        ),
+        "/metrics" => body(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.encode().into()),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if state.readiness.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("{}\n", state.readiness.reason()),
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("{}\n", state.readiness.reason()))
             }
         }
         _ => routes_json(state),
@@ -139,29 +124,19 @@ fn routes_json(state: &AdminState) -> Response<Full<Bytes>> {
         }
         Err(e) => {
             tracing::error!(error = %e, "serialising /routes failed");
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot serialise routes\n",
-            )
+            text(StatusCode::INTERNAL_SERVER_ERROR, "cannot serialise routes\n")
         }
     }
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
-    body(
-        status,
-        "text/plain; charset=utf-8",
-        Bytes::copy_from_slice(msg.as_bytes()),
-    )
+    body(status, "text/plain; charset=utf-8", Bytes::copy_from_slice(msg.as_bytes()))
 }
 
 fn body(status: StatusCode, content_type: &'static str, bytes: Bytes) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(bytes));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
 }
 
@@ -183,11 +158,7 @@ mod tests {
     async fn call(s: &AdminState, method: Method, path: &str) -> (StatusCode, String, String) {
         let r = route_request(s, &method, path);
         let status = r.status();
-        let ct = r
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
+        let ct = r.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
         let b = r.into_body().collect().await.unwrap().to_bytes();
         (status, ct, String::from_utf8(b.to_vec()).unwrap())
     }
@@ -206,18 +177,11 @@ mod tests {
         }));
         assert_eq!(
             call(&s, Method::GET, "/readyz").await,
-            (
-                StatusCode::OK,
-                "text/plain; charset=utf-8".into(),
-                "ready\n".into()
-            )
+            (StatusCode::OK, "text/plain; charset=utf-8".into(), "ready\n".into())
         );
         s.readiness.set_draining();
         let (st, _, b) = call(&s, Method::GET, "/readyz").await;
-        assert_eq!(
-            (st, b.as_str()),
-            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        );
+        assert_eq!((st, b.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "draining\n"));
         // Liveness does not care about readiness.
         assert_eq!(call(&s, Method::GET, "/healthz").await.0, StatusCode::OK);
     }
@@ -226,10 +190,7 @@ mod tests {
     async fn unknown_paths_404_and_other_methods_405() {
         let s = state();
         assert_eq!(call(&s, Method::GET, "/").await.0, StatusCode::NOT_FOUND);
-        assert_eq!(
-            call(&s, Method::GET, "/metrics/x").await.0,
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(call(&s, Method::GET, "/metrics/x").await.0, StatusCode::NOT_FOUND);
         let r = route_request(&s, &Method::POST, "/metrics");
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()[header::ALLOW], "GET");

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::cli::{Cli, Command, DemoArgs, EchoArgs, LogFormat, ServeArgs};
+use crate::cli::{Cli, Command, DemoArgs, EchoArgs, ServeArgs};
 use crate::drain::Drain;
 use crate::echo::{self, EchoConfig};
 use crate::metrics::Metrics;
@@ -93,17 +93,10 @@ impl Running {
         self.readiness.set_draining();
         self.drain.start();
         let open = self.drain.active();
-        tracing::info!(
-            open_connections = open,
-            timeout_s = timeout.as_secs_f64(),
-            "draining"
-        );
+        tracing::info!(open_connections = open, timeout_s = timeout.as_secs_f64(), "draining");
         let clean = self.drain.wait(timeout).await;
         if !clean {
-            tracing::warn!(
-                still_open = self.drain.active(),
-                "drain timeout passed; exiting with connections open"
-            );
+            tracing::warn!(still_open = self.drain.active(), "drain timeout passed; exiting with connections open");
         }
         self.stop_background.cancel();
         for t in self.tasks {
@@ -125,58 +118,43 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
     let stop_background = CancellationToken::new();
 
     // Routes that can be known before binding are published first, so a bad file fails fast.
-    let mut background: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
-        Vec::new();
+    let mut background: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
     match &route_source {
         RouteSource::Static(addrs) => {
             publisher.publish(source::static_upstream::table(addrs, settings.clone()), &[]);
         }
         RouteSource::Manifests(path) => {
-            let defaults = crate::translate::Defaults {
-                class_name: args.ingress_class.clone(),
-                settings: settings.clone(),
-            };
+            let defaults =
+                crate::translate::Defaults { class_name: args.ingress_class.clone(), settings: settings.clone() };
             let (table, warnings) = source::file::load_file(path, &defaults)
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
             publisher.publish(table, &warnings);
-            let (path, publisher, stop) =
-                (path.clone(), publisher.clone(), stop_background.clone());
+            let (path, publisher, stop) = (path.clone(), publisher.clone(), stop_background.clone());
             background.push(Box::pin(source::file::run(path, defaults, publisher, stop)));
         }
         RouteSource::Kube => {
-            let fut = source::kube::run_from_args(args, publisher.clone(), stop_background.clone())
-                .await?;
+            let fut = source::kube::run_from_args(args, publisher.clone(), stop_background.clone()).await?;
             background.push(fut);
         }
         RouteSource::Manual => {}
     }
 
-    let proxy_listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the proxy listener {}", args.listen))?;
+    let proxy_listener =
+        TcpListener::bind(args.listen).await.with_context(|| format!("binding the proxy listener {}", args.listen))?;
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let state = Arc::new(ProxyState::new(
-        routes.clone(),
-        metrics.clone(),
-        drain.clone(),
-        trusted,
-    ));
+    let state = Arc::new(ProxyState::new(routes.clone(), metrics.clone(), drain.clone(), trusted));
     let config = ProxyConfig {
         header_timeout: args.header_timeout,
         max_header_bytes: args.max_header_bytes,
         max_connections_per_client: args.max_connections_per_client,
     };
     let mut tasks = vec![tokio::spawn(proxy::serve(proxy_listener, state, config))];
-    let admin_state = AdminState {
-        metrics: metrics.clone(),
-        readiness: readiness.clone(),
-        routes: routes.clone(),
-    };
+    let admin_state = AdminState { metrics: metrics.clone(), readiness: readiness.clone(), routes: routes.clone() };
     let admin_stop = stop_background.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = admin::serve(admin_listener, admin_state, admin_stop).await {
@@ -187,22 +165,12 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
         tasks.push(tokio::spawn(fut));
     }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, source = route_source.label(), "wsingress serving");
-    Ok(Running {
-        proxy_addr,
-        admin_addr,
-        routes,
-        metrics,
-        readiness,
-        drain,
-        publisher,
-        stop_background,
-        tasks,
-    })
+    Ok(Running { proxy_addr, admin_addr, routes, metrics, readiness, drain, publisher, stop_background, tasks })
 }
 
 /// The process entry point behind `main`.
 pub fn main(cli: Cli) -> ExitCode {
-    init_tracing(cli.log_format);
+    crate::metrics::init_tracing(cli.log_format);
     let workers = match &cli.command {
         Command::Serve(args) => args.workers,
         _ => 0,
@@ -227,11 +195,7 @@ pub fn main(cli: Cli) -> ExitCode {
             let config = e.downcast_ref::<ConfigError>().is_some();
             tracing::error!(error = format!("{e:#}"), "wsingress stopped");
             eprintln!("wsingress: {e:#}");
-            if config {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::FAILURE
-            }
+            if config { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
         }
     }
 }
@@ -240,9 +204,7 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     raise_fd_limit();
     if workers == 1 {
         // One worker: a current-thread runtime avoids cross-thread wake-ups entirely.
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
     }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if workers > 0 {
@@ -261,21 +223,6 @@ fn raise_fd_limit() {
     }
 }
 
-/// Logging: level from `RUST_LOG` (default `info`), text or JSON lines on stdout.
-pub fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    // A second init (tests) keeps the first subscriber.
-    drop(result);
-}
-
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let source = route_source(&args)?;
     let running = start(&args, source).await?;
@@ -286,18 +233,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_echo(args: EchoArgs) -> anyhow::Result<()> {
-    let instance = args
-        .instance
-        .clone()
-        .unwrap_or_else(|| args.listen.to_string());
-    let config = EchoConfig {
-        prefix: args.prefix,
-        instance,
-    };
+    let instance = args.instance.clone().unwrap_or_else(|| args.listen.to_string());
+    let config = EchoConfig { prefix: args.prefix, instance };
     config.validate().map_err(|e| ConfigError(e.to_string()))?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, instance = %config.instance, "echo serving");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -316,14 +255,9 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let mut backends = Vec::new();
     for n in 1..=2 {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding a demo echo backend")?;
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a demo echo backend")?;
         backends.push(listener.local_addr()?);
-        let config = EchoConfig {
-            prefix: DEMO_PREFIX.to_string(),
-            instance: format!("echo-{n}"),
-        };
+        let config = EchoConfig { prefix: DEMO_PREFIX.to_string(), instance: format!("echo-{n}") };
         let stop = stop.clone();
         tokio::spawn(async move {
             if let Err(e) = echo::serve(listener, config, stop).await {
@@ -334,11 +268,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let serve = demo_serve_args(&args, &backends);
     let running = start(&serve, RouteSource::Static(backends.clone()))
         .await
-        .map_err(|e| {
-            e.context(
-                "the demo needs two free local ports; pick others with --listen/--admin-listen",
-            )
-        })?;
+        .map_err(|e| e.context("the demo needs two free local ports; pick others with --listen/--admin-listen"))?;
     let url = format!("ws://{}/", running.proxy_addr);
     println!();
     println!(
@@ -349,10 +279,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  WebSocket URL : {url}");
     println!("  try it        : echo hello | websocat -1 {url}        (or: npx wscat -c {url})");
     println!("  in a browser  : http://{}/", running.proxy_addr);
-    println!(
-        "  metrics       : http://{}/metrics    routes: http://{}/routes",
-        running.admin_addr, running.admin_addr
-    );
+    println!("  metrics       : http://{}/metrics    routes: http://{}/routes", running.admin_addr, running.admin_addr);
     println!();
     println!("Press Ctrl-C to stop.");
     wait_for_signal().await;
@@ -363,11 +290,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
 
 fn demo_serve_args(args: &DemoArgs, backends: &[SocketAddr]) -> ServeArgs {
     use clap::Parser;
-    let upstream = backends
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let upstream = backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let argv = ["wsingress", "serve", "--upstream", &upstream];
     let mut serve = match Cli::try_parse_from(argv).map(|c| c.command) {
         Ok(Command::Serve(s)) => *s,

@@ -193,10 +193,7 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert_eq!(parse_optional_duration("never"), Ok(OptionalDuration(None)));
         assert_eq!(parse_optional_duration("0"), Ok(OptionalDuration(None)));
-        assert_eq!(
-            parse_optional_duration("30s"),
-            Ok(OptionalDuration(Some(Duration::from_secs(30))))
-        );
+        assert_eq!(parse_optional_duration("30s"), Ok(OptionalDuration(Some(Duration::from_secs(30)))));
     }
 
     #[test]
@@ -212,23 +209,11 @@ mod tests {
             "ip-hash",
         ])
         .unwrap();
-        let Command::Serve(s) = cli.command else {
-            panic!("not serve")
-        };
+        let Command::Serve(s) = cli.command else { panic!("not serve") };
         let settings = s.route.settings();
         assert_eq!(settings.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(settings.policy, Policy::IpHash);
         assert!(Cli::try_parse_from(["wsingress", "serve", "--load-balance", "fastest"]).is_err());
-        assert!(
-            Cli::try_parse_from([
-                "wsingress",
-                "serve",
-                "--upstream",
-                "a:1",
-                "--manifests",
-                "f.yaml"
-            ])
-            .is_err()
-        );
+        assert!(Cli::try_parse_from(["wsingress", "serve", "--upstream", "a:1", "--manifests", "f.yaml"]).is_err());
     }
 }

@@ -53,9 +53,7 @@ impl Drain {
     /// Wait until every tracked task has finished or `deadline` passed; true when all finished.
     pub async fn wait(&self, deadline: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(deadline, self.tracker.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
     }
 }
 
@@ -68,10 +66,7 @@ mod tests {
         let d = Drain::new();
         let token = d.token().clone();
         d.spawn(async move { token.cancelled().await });
-        assert!(
-            !d.wait(Duration::from_millis(50)).await,
-            "task still running"
-        );
+        assert!(!d.wait(Duration::from_millis(50)).await, "task still running");
         d.start();
         assert!(d.wait(Duration::from_secs(5)).await);
         assert_eq!(d.active(), 0);

@@ -78,10 +78,7 @@ impl EchoConfig {
 
     fn instance_header(&self) -> Result<HeaderValue, EchoError> {
         // Visible ASCII and spaces only, so every client library can read it back as a string.
-        let printable = self
-            .instance
-            .bytes()
-            .all(|b| b == b' ' || b.is_ascii_graphic());
+        let printable = self.instance.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
         match HeaderValue::from_str(&self.instance) {
             Ok(value) if printable => Ok(value),
             _ => Err(EchoError::InvalidInstance(self.instance.clone())),
@@ -101,11 +98,7 @@ struct Shared {
 
 /// Serve until `shutdown` fires; then stop accepting, send Close 1001 to open WebSockets, wait
 /// (bounded) for connections to finish and return.
-pub async fn serve(
-    listener: TcpListener,
-    config: EchoConfig,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, config: EchoConfig, shutdown: CancellationToken) -> std::io::Result<()> {
     let instance_header = config.instance_header()?;
     let page = Bytes::from(render_page(&config));
     let shared = Arc::new(Shared {
@@ -146,14 +139,8 @@ pub async fn serve(
     shared.tasks.close();
     let open = shared.tasks.len();
     debug!(open, "echo: shutting down, waiting for connections");
-    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            still_open = shared.tasks.len(),
-            "echo: connections still open after the shutdown grace; leaving them"
-        );
+    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait()).await.is_err() {
+        warn!(still_open = shared.tasks.len(), "echo: connections still open after the shutdown grace; leaving them");
     }
     info!(%local, "echo server stopped");
     Ok(())
@@ -172,12 +159,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         })
     };
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(connection);
 
     let result = tokio::select! {
@@ -197,19 +180,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
 }
 
 /// Answers one request; never fails (errors become 4xx responses).
-fn handle(
-    mut request: Request<Incoming>,
-    peer: SocketAddr,
-    shared: &Arc<Shared>,
-) -> Response<Full<Bytes>> {
+fn handle(mut request: Request<Incoming>, peer: SocketAddr, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
     let mut response = if hyper_tungstenite::is_upgrade_request(&request) {
         upgrade(&mut request, peer, shared)
     } else {
         plain(&request, peer, shared)
     };
-    response
-        .headers_mut()
-        .insert(INSTANCE_HEADER, shared.instance_header.clone());
+    response.headers_mut().insert(INSTANCE_HEADER, shared.instance_header.clone());
     debug!(%peer, method = %request.method(), path = request.uri().path(),
         status = response.status().as_u16(), "echo: request");
     response
@@ -224,19 +201,14 @@ fn plain(request: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Resp
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
     match path {
         "/" => {
             let mut response = Response::new(Full::new(shared.page.clone()));
             let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
@@ -245,10 +217,7 @@ fn plain(request: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Resp
             let mut body = info.to_string();
             body.push('\n');
             let mut response = Response::new(Full::new(Bytes::from(body)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
         _ => text(StatusCode::OK, "ok\n"),
@@ -256,36 +225,24 @@ fn plain(request: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Resp
 }
 
 /// The WebSocket handshake (RFC 6455 section 4.2.2); the echo itself runs in its own task.
-fn upgrade(
-    request: &mut Request<Incoming>,
-    peer: SocketAddr,
-    shared: &Arc<Shared>,
-) -> Response<Full<Bytes>> {
+fn upgrade(request: &mut Request<Incoming>, peer: SocketAddr, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
     // RFC 6455 section 4.1: "The method of the request MUST be GET".
     if request.method() != Method::GET {
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "websocket upgrade needs GET\n",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "websocket upgrade needs GET\n");
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
         return response;
     }
     let info = request_info(request, peer, &shared.instance);
     let subprotocol = first_subprotocol(request.headers());
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let config =
+        WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES));
     match hyper_tungstenite::upgrade(&mut *request, Some(config)) {
         Ok((response, websocket)) => {
             let (mut parts, _body) = response.into_parts();
             // RFC 6455 section 4.2.2: the server selects one of the offered subprotocols; we take
             // the first so tests can see which one an intermediary let through.
             if let Some(subprotocol) = subprotocol {
-                parts
-                    .headers
-                    .insert(header::SEC_WEBSOCKET_PROTOCOL, subprotocol);
+                parts.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, subprotocol);
             }
             let session = echo_session(websocket, peer, info, Arc::clone(shared));
             shared.tasks.spawn(session);
@@ -293,10 +250,7 @@ fn upgrade(
         }
         Err(error) => {
             debug!(%peer, %error, "echo: bad websocket upgrade");
-            text(
-                StatusCode::BAD_REQUEST,
-                format!("bad websocket upgrade: {error}\n"),
-            )
+            text(StatusCode::BAD_REQUEST, format!("bad websocket upgrade: {error}\n"))
         }
     }
 }
@@ -321,12 +275,7 @@ enum Ending {
     Close(CloseCode, &'static str),
 }
 
-async fn echo_session(
-    websocket: HyperWebsocket,
-    peer: SocketAddr,
-    info: serde_json::Value,
-    shared: Arc<Shared>,
-) {
+async fn echo_session(websocket: HyperWebsocket, peer: SocketAddr, info: serde_json::Value, shared: Arc<Shared>) {
     let mut stream = match websocket.await {
         Ok(stream) => stream,
         Err(error) => {
@@ -340,10 +289,7 @@ async fn echo_session(
         () = shared.shutdown.cancelled() => Ending::Close(CloseCode::Away, "server shutting down"),
     };
     if let Ending::Close(code, reason) = ending {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
+        let frame = CloseFrame { code, reason: reason.into() };
         let closing = async {
             if let Err(error) = stream.close(Some(frame)).await {
                 debug!(%peer, %error, "echo: could not send close");
@@ -353,10 +299,7 @@ async fn echo_session(
             // but only after the closing handshake).
             while let Some(Ok(_)) = stream.next().await {}
         };
-        if tokio::time::timeout(CLOSE_REPLY_WAIT, closing)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(CLOSE_REPLY_WAIT, closing).await.is_err() {
             debug!(%peer, "echo: no close reply in time");
         }
     }
@@ -364,11 +307,7 @@ async fn echo_session(
 }
 
 /// Echo until the peer closes or breaks the protocol.
-async fn echo_loop(
-    stream: &mut HyperWebsocketStream,
-    info: &serde_json::Value,
-    prefix: &str,
-) -> Ending {
+async fn echo_loop(stream: &mut HyperWebsocketStream, info: &serde_json::Value, prefix: &str) -> Ending {
     let mut first_text = true;
     while let Some(message) = stream.next().await {
         let reply = match message {
@@ -438,11 +377,7 @@ fn request_info<B>(request: &Request<B>, peer: SocketAddr, instance: &str) -> se
             .headers()
             .get_all(name)
             .iter()
-            .map(|value| {
-                String::from_utf8_lossy(value.as_bytes())
-                    .into_owned()
-                    .into()
-            })
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned().into())
             .collect();
         let entry = match <[serde_json::Value; 1]>::try_from(values) {
             Ok([single]) => single,
@@ -465,10 +400,7 @@ fn request_info<B>(request: &Request<B>, peer: SocketAddr, instance: &str) -> se
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -502,18 +434,9 @@ mod tests {
     fn first_subprotocol_takes_the_first_token_across_headers() {
         let mut headers = HeaderMap::new();
         assert_eq!(first_subprotocol(&headers), None);
-        headers.append(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(" , chat.v2 , chat.v1"),
-        );
-        headers.append(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("mqtt"),
-        );
-        assert_eq!(
-            first_subprotocol(&headers),
-            Some(HeaderValue::from_static("chat.v2"))
-        );
+        headers.append(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(" , chat.v2 , chat.v1"));
+        headers.append(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("mqtt"));
+        assert_eq!(first_subprotocol(&headers), Some(HeaderValue::from_static("chat.v2")));
     }
 
     #[test]
@@ -541,10 +464,7 @@ mod tests {
 
     #[test]
     fn page_escapes_instance_and_prefix() {
-        let config = EchoConfig {
-            prefix: "<b>".into(),
-            instance: "a&b".into(),
-        };
+        let config = EchoConfig { prefix: "<b>".into(), instance: "a&b".into() };
         let page = render_page(&config);
         assert!(page.contains("a&amp;b"));
         assert!(page.contains("&lt;b&gt;"));
@@ -553,20 +473,11 @@ mod tests {
 
     #[test]
     fn instance_must_be_printable_ascii() {
-        let ok = EchoConfig {
-            prefix: String::new(),
-            instance: "pod-1 (node a)".into(),
-        };
+        let ok = EchoConfig { prefix: String::new(), instance: "pod-1 (node a)".into() };
         assert!(ok.validate().is_ok());
-        let bad = EchoConfig {
-            prefix: String::new(),
-            instance: "line\nbreak".into(),
-        };
+        let bad = EchoConfig { prefix: String::new(), instance: "line\nbreak".into() };
         assert!(matches!(bad.validate(), Err(EchoError::InvalidInstance(_))));
-        let non_ascii = EchoConfig {
-            prefix: String::new(),
-            instance: "pod-é".into(),
-        };
+        let non_ascii = EchoConfig { prefix: String::new(), instance: "pod-é".into() };
         assert!(non_ascii.validate().is_err());
     }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::cli::LogFormat;
@@ -103,14 +103,8 @@ pub enum UpgradeResult {
 }
 
 impl UpgradeResult {
-    pub const ALL: [Self; 6] = [
-        Self::Ok,
-        Self::Rejected,
-        Self::BackendRefused,
-        Self::BackendError,
-        Self::Timeout,
-        Self::NoEndpoints,
-    ];
+    pub const ALL: [Self; 6] =
+        [Self::Ok, Self::Rejected, Self::BackendRefused, Self::BackendError, Self::Timeout, Self::NoEndpoints];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -125,19 +119,13 @@ impl UpgradeResult {
 }
 
 /// Handshake latency buckets: 100 µs to 10 s.
-const HANDSHAKE_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
+const HANDSHAKE_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Connection lifetime buckets: 100 ms to 24 h.
-const LIFETIME_BUCKETS: &[f64] = &[
-    0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
-    86400.0,
-];
+const LIFETIME_BUCKETS: &[f64] =
+    &[0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0];
 /// Plain HTTP request duration buckets: 500 µs to 30 s.
-const REQUEST_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const REQUEST_BUCKETS: &[f64] = &[0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -186,34 +174,24 @@ impl Metrics {
             }
             registry.register(c)
         };
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                register(Box::new(c.clone()), "counter")?;
-                Ok(c)
-            };
-        let gauge =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                register(Box::new(g.clone()), "gauge")?;
-                Ok(g)
-            };
-        let histogram = |name: &str,
-                         help: &str,
-                         labels: &[&str],
-                         buckets: &[f64]|
-         -> Result<HistogramVec, prometheus::Error> {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                labels,
-            )?;
-            register(Box::new(h.clone()), "histogram")?;
-            Ok(h)
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            register(Box::new(c.clone()), "counter")?;
+            Ok(c)
         };
-        let config_generation = IntGauge::new(
-            "wsingress_config_generation",
-            "Generation of the route table currently serving.",
-        )?;
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            register(Box::new(g.clone()), "gauge")?;
+            Ok(g)
+        };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str], buckets: &[f64]| -> Result<HistogramVec, prometheus::Error> {
+                let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+                register(Box::new(h.clone()), "histogram")?;
+                Ok(h)
+            };
+        let config_generation =
+            IntGauge::new("wsingress_config_generation", "Generation of the route table currently serving.")?;
         register(Box::new(config_generation.clone()), "gauge")?;
         let config_warnings = IntGauge::new(
             "wsingress_config_warnings",
@@ -286,19 +264,13 @@ impl Metrics {
                 &["source", "result"],
             )?,
             config_warnings,
-            build_info: gauge(
-                "wsingress_build_info",
-                "Build information; always 1.",
-                &["version"],
-            )?,
+            build_info: gauge("wsingress_build_info", "Build information; always 1.", &["version"])?,
             registry,
             docs: Vec::new(),
         };
         m.docs = docs.into_inner();
         m.docs.sort_by(|a, b| a.name.cmp(&b.name));
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Ok(m)
     }
 
@@ -318,8 +290,7 @@ impl Metrics {
 
     /// Resolve the per-tunnel handles once, at upgrade time.
     pub fn connection(&self, route: &str, backend: &str) -> ConnMetrics {
-        let dir =
-            |v: &IntCounterVec, d: Direction| v.with_label_values(&[route, backend, d.label()]);
+        let dir = |v: &IntCounterVec, d: Direction| v.with_label_values(&[route, backend, d.label()]);
         let active = self.connections_active.with_label_values(&[route, backend]);
         active.inc();
         ConnMetrics {
@@ -328,10 +299,7 @@ impl Metrics {
                 dir(&self.messages, Direction::ClientToBackend),
                 dir(&self.messages, Direction::BackendToClient),
             ],
-            bytes: [
-                dir(&self.bytes, Direction::ClientToBackend),
-                dir(&self.bytes, Direction::BackendToClient),
-            ],
+            bytes: [dir(&self.bytes, Direction::ClientToBackend), dir(&self.bytes, Direction::BackendToClient)],
             duration: self.connection_seconds.with_label_values(&[route, backend]),
             closes: self.closes.clone(),
             route: route.to_string(),
@@ -339,15 +307,11 @@ impl Metrics {
     }
 
     pub fn upgrade(&self, route: &str, result: UpgradeResult) {
-        self.upgrades
-            .with_label_values(&[route, result.label()])
-            .inc();
+        self.upgrades.with_label_values(&[route, result.label()]).inc();
     }
 
     pub fn handshake(&self, route: &str, elapsed: Duration) {
-        self.handshake_seconds
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        self.handshake_seconds.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
 
     pub fn http_request(&self, route: &str, status: u16, elapsed: Duration) {
@@ -359,15 +323,11 @@ impl Metrics {
             _ => "5xx",
         };
         self.http_requests.with_label_values(&[route, class]).inc();
-        self.http_request_seconds
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        self.http_request_seconds.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
 
     pub fn upstream_error(&self, route: &str, backend: &str, reason: &'static str) {
-        self.upstream_errors
-            .with_label_values(&[route, backend, reason])
-            .inc();
+        self.upstream_errors.with_label_values(&[route, backend, reason]).inc();
     }
 
     /// Record a newly published table: generation, update result and endpoint counts.
@@ -376,32 +336,22 @@ impl Metrics {
     /// successful upgrades), so dashboards and `rate()` see a route before its first tunnel.
     pub fn table_published(&self, source: &str, table: &RouteTable, warnings: usize) {
         self.config_generation.set(table.generation as i64);
-        self.config_updates
-            .with_label_values(&[source, "applied"])
-            .inc();
+        self.config_updates.with_label_values(&[source, "applied"]).inc();
         self.config_warnings.set(warnings as i64);
         self.endpoints.reset();
         for route in table.routes() {
             let ready = route.pool.ready_len() as i64;
             let total = route.pool.endpoints().len() as i64;
-            self.endpoints
-                .with_label_values(&[&route.id, &route.backend, "ready"])
-                .set(ready);
-            self.endpoints
-                .with_label_values(&[&route.id, &route.backend, "terminating"])
-                .set(total - ready);
-            self.connections_active
-                .with_label_values(&[&route.id, &route.backend]);
-            self.upgrades
-                .with_label_values(&[&route.id, UpgradeResult::Ok.label()]);
+            self.endpoints.with_label_values(&[&route.id, &route.backend, "ready"]).set(ready);
+            self.endpoints.with_label_values(&[&route.id, &route.backend, "terminating"]).set(total - ready);
+            self.connections_active.with_label_values(&[&route.id, &route.backend]);
+            self.upgrades.with_label_values(&[&route.id, UpgradeResult::Ok.label()]);
         }
     }
 
     /// A source produced no new table (parse error, API error): the last good one keeps serving.
     pub fn table_rejected(&self, source: &str) {
-        self.config_updates
-            .with_label_values(&[source, "rejected"])
-            .inc();
+        self.config_updates.with_label_values(&[source, "rejected"]).inc();
     }
 
     /// Name, type, labels and help of every registered family (sorted by name), including
@@ -419,11 +369,7 @@ pub fn readme_table(metrics: &Metrics) -> String {
         let labels = if f.labels.is_empty() {
             "—".to_string()
         } else {
-            f.labels
-                .iter()
-                .map(|l| format!("`{l}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            f.labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
         };
         let help = f.help.replace('|', "\\|");
         // Writing into a String cannot fail.
@@ -457,9 +403,7 @@ impl ConnMetrics {
 
     /// Called once when the tunnel ends.
     pub fn closed(&self, initiator: Initiator, code_class: &'static str, lifetime: Duration) {
-        self.closes
-            .with_label_values(&[&self.route, initiator.label(), code_class])
-            .inc();
+        self.closes.with_label_values(&[&self.route, initiator.label(), code_class]).inc();
         self.duration.observe(lifetime.as_secs_f64());
     }
 }
@@ -480,9 +424,7 @@ pub const ACCESS_LOG_TARGET: &str = "wsingress::access";
 pub fn init_tracing(format: LogFormat) {
     let (filter, bad_filter) = env_filter();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let installed =
-        tracing::subscriber::set_global_default(subscriber(format, filter, std::io::stdout, ansi))
-            .is_ok();
+    let installed = tracing::subscriber::set_global_default(subscriber(format, filter, std::io::stdout, ansi)).is_ok();
     if installed && let Some(e) = bad_filter {
         tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
     }
@@ -510,19 +452,11 @@ fn subscriber<W>(
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_target(true);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(true);
     match format {
-        LogFormat::Json => Box::new(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(false)
-                .finish(),
-        ),
+        LogFormat::Json => {
+            Box::new(builder.json().flatten_event(true).with_current_span(false).with_span_list(false).finish())
+        }
         LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
     }
 }
@@ -607,11 +541,7 @@ pub struct HttpAccess<'a> {
 
 impl HttpAccess<'_> {
     pub fn emit(&self) {
-        let (kind, message) = if self.upgrade {
-            ("upgrade", "upgrade refused")
-        } else {
-            ("http", "http request")
-        };
+        let (kind, message) = if self.upgrade { ("upgrade", "upgrade refused") } else { ("http", "http request") };
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             kind,
@@ -639,29 +569,17 @@ mod tests {
             let c = m.connection("default/chat", "chat:80");
             c.add(Direction::ClientToBackend, 2, 30);
             c.add(Direction::BackendToClient, 1, 10);
-            assert_eq!(
-                m.connections_active
-                    .with_label_values(&["default/chat", "chat:80"])
-                    .get(),
-                1
-            );
-            c.closed(
-                Initiator::Client,
-                close_code_class(Some(1000), true),
-                Duration::from_secs(2),
-            );
+            assert_eq!(m.connections_active.with_label_values(&["default/chat", "chat:80"]).get(), 1);
+            c.closed(Initiator::Client, close_code_class(Some(1000), true), Duration::from_secs(2));
         }
-        assert_eq!(
-            m.connections_active
-                .with_label_values(&["default/chat", "chat:80"])
-                .get(),
-            0
-        );
+        assert_eq!(m.connections_active.with_label_values(&["default/chat", "chat:80"]).get(), 0);
         let text = String::from_utf8(m.encode()).unwrap();
         assert!(text.contains(
             r#"wsingress_websocket_messages_total{backend="chat:80",direction="client_to_backend",route="default/chat"} 2"#
         ));
-        assert!(text.contains(r#"wsingress_websocket_closes_total{code="1000",initiator="client",route="default/chat"} 1"#));
+        assert!(
+            text.contains(r#"wsingress_websocket_closes_total{code="1000",initiator="client",route="default/chat"} 1"#)
+        );
     }
 
     #[test]
@@ -687,15 +605,8 @@ mod tests {
         m.http_request("default/chat", 200, Duration::from_millis(1));
         m.upstream_error("default/chat", "chat:80", "connect_refused");
         m.table_rejected("file");
-        m.endpoints
-            .with_label_values(&["default/chat", "chat:80", "ready"])
-            .set(1);
-        let mut gathered: Vec<String> = m
-            .registry()
-            .gather()
-            .iter()
-            .map(|f| f.name().to_string())
-            .collect();
+        m.endpoints.with_label_values(&["default/chat", "chat:80", "ready"]).set(1);
+        let mut gathered: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
         gathered.sort();
         assert_eq!(gathered, names);
         for f in m.families() {
@@ -728,13 +639,7 @@ mod tests {
     #[test]
     fn help_texts_name_every_label_value() {
         let m = Metrics::new().unwrap();
-        let help = |name: &str| {
-            m.families()
-                .into_iter()
-                .find(|f| f.name == name)
-                .unwrap()
-                .help
-        };
+        let help = |name: &str| m.families().into_iter().find(|f| f.name == name).unwrap().help;
         let upgrades = help("wsingress_websocket_upgrades_total");
         for r in UpgradeResult::ALL {
             assert!(upgrades.contains(r.label()), "{}", r.label());
@@ -758,9 +663,7 @@ mod tests {
         let t = readme_table(&m);
         assert!(t.starts_with("| family | type | labels | meaning |\n|---|---|---|---|\n"));
         assert_eq!(t.lines().count(), 2 + m.families().len());
-        assert!(t.contains(
-            "| `wsingress_websocket_messages_total` | counter | `route`, `backend`, `direction` | "
-        ));
+        assert!(t.contains("| `wsingress_websocket_messages_total` | counter | `route`, `backend`, `direction` | "));
         assert!(t.contains("| `wsingress_config_generation` | gauge | — | "));
     }
 
@@ -815,17 +718,10 @@ mod tests {
 
     fn json_lines(filter: &str, emit: impl FnOnce()) -> Vec<serde_json::Value> {
         let cap = Capture::default();
-        let sub = subscriber(
-            LogFormat::Json,
-            tracing_subscriber::EnvFilter::new(filter),
-            cap.clone(),
-            false,
-        );
+        let sub = subscriber(LogFormat::Json, tracing_subscriber::EnvFilter::new(filter), cap.clone(), false);
         tracing::subscriber::with_default(sub, emit);
         let out = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
-        out.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     #[test]
@@ -912,10 +808,7 @@ mod tests {
         assert_eq!(up["status"], 502);
         assert_eq!(up["client"], "2001:db8::7");
         assert_eq!(up["endpoint"], "10.1.2.4:8080");
-        assert_eq!(
-            up["error"],
-            "connect to 10.1.2.4:8080 failed: Connection refused"
-        );
+        assert_eq!(up["error"], "connect to 10.1.2.4:8080 failed: Connection refused");
     }
 
     #[test]
@@ -942,12 +835,7 @@ mod tests {
     #[test]
     fn text_format_puts_fields_after_the_message() {
         let cap = Capture::default();
-        let sub = subscriber(
-            LogFormat::Text,
-            tracing_subscriber::EnvFilter::new("info"),
-            cap.clone(),
-            false,
-        );
+        let sub = subscriber(LogFormat::Text, tracing_subscriber::EnvFilter::new("info"), cap.clone(), false);
         tracing::subscriber::with_default(sub, || {
             WebSocketAccess {
                 route: "default/chat",

@@ -15,10 +15,7 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn new(routes: Arc<RouteHandle>) -> Self {
-        Self {
-            routes,
-            draining: AtomicBool::new(false),
-        }
+        Self { routes, draining: AtomicBool::new(false) }
     }
 
     pub fn is_ready(&self) -> bool {

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Pod, PodSpec, Probe, Service, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, Probe, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
@@ -43,11 +41,8 @@ fn helm() -> Option<PathBuf> {
     candidates.push(root().join(".tools/bin/helm"));
     candidates.push(PathBuf::from("helm"));
     for candidate in candidates {
-        let works = Process::new(&candidate)
-            .arg("version")
-            .arg("--short")
-            .output()
-            .is_ok_and(|out| out.status.success());
+        let works =
+            Process::new(&candidate).arg("version").arg("--short").output().is_ok_and(|out| out.status.success());
         if works {
             return Some(candidate);
         }
@@ -68,8 +63,8 @@ impl Docs {
     fn parse(text: &str, origin: &str) -> Docs {
         let mut docs = Vec::new();
         for document in serde_yaml::Deserializer::from_str(text) {
-            let value: serde_yaml::Value = serde::Deserialize::deserialize(document)
-                .unwrap_or_else(|e| panic!("{origin}: not YAML: {e}"));
+            let value: serde_yaml::Value =
+                serde::Deserialize::deserialize(document).unwrap_or_else(|e| panic!("{origin}: not YAML: {e}"));
             if !value.is_null() {
                 docs.push(value);
             }
@@ -81,10 +76,7 @@ impl Docs {
     fn all<T: Resource + DeserializeOwned>(&self) -> Vec<T> {
         self.0
             .iter()
-            .filter(|doc| {
-                doc["kind"].as_str() == Some(T::KIND)
-                    && doc["apiVersion"].as_str() == Some(T::API_VERSION)
-            })
+            .filter(|doc| doc["kind"].as_str() == Some(T::KIND) && doc["apiVersion"].as_str() == Some(T::API_VERSION))
             .map(|doc| {
                 serde_yaml::from_value(doc.clone())
                     .unwrap_or_else(|e| panic!("{} does not parse: {e}\n{doc:?}", T::KIND))
@@ -93,11 +85,7 @@ impl Docs {
     }
 
     fn one<T: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned>(&self, name: &str) -> T {
-        let mut found: Vec<T> = self
-            .all::<T>()
-            .into_iter()
-            .filter(|object| object_name(object) == name)
-            .collect();
+        let mut found: Vec<T> = self.all::<T>().into_iter().filter(|object| object_name(object) == name).collect();
         assert_eq!(found.len(), 1, "expected exactly one {} {name}", T::KIND);
         found.remove(0)
     }
@@ -105,23 +93,14 @@ impl Docs {
     fn raw(&self, api_version: &str, kind: &str) -> Vec<&serde_yaml::Value> {
         self.0
             .iter()
-            .filter(|doc| {
-                doc["kind"].as_str() == Some(kind)
-                    && doc["apiVersion"].as_str() == Some(api_version)
-            })
+            .filter(|doc| doc["kind"].as_str() == Some(kind) && doc["apiVersion"].as_str() == Some(api_version))
             .collect()
     }
 
     fn kinds(&self) -> BTreeSet<String> {
         self.0
             .iter()
-            .map(|doc| {
-                format!(
-                    "{}/{}",
-                    doc["apiVersion"].as_str().unwrap_or("?"),
-                    doc["kind"].as_str().unwrap_or("?")
-                )
-            })
+            .map(|doc| format!("{}/{}", doc["apiVersion"].as_str().unwrap_or("?"), doc["kind"].as_str().unwrap_or("?")))
             .collect()
     }
 }
@@ -139,21 +118,11 @@ fn render(flags: &[&str]) -> Option<Docs> {
         .env("HELM_CACHE_HOME", homes.join("cache"))
         .env("HELM_CONFIG_HOME", homes.join("config"))
         .env("HELM_DATA_HOME", homes.join("data"))
-        .args([
-            "template",
-            RELEASE,
-            "charts/wsingress",
-            "--namespace",
-            NAMESPACE,
-        ])
+        .args(["template", RELEASE, "charts/wsingress", "--namespace", NAMESPACE])
         .args(flags)
         .output()
         .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm template {flags:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "helm template {flags:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).expect("helm output is UTF-8");
     Some(Docs::parse(&text, &format!("helm template {flags:?}")))
 }
@@ -170,32 +139,18 @@ type Grant = (String, String, String, bool);
 fn grants_of(rules: &[PolicyRule], own_namespace_only: bool) -> BTreeSet<Grant> {
     let mut grants = BTreeSet::new();
     for rule in rules {
-        assert!(
-            rule.resource_names.is_none(),
-            "resourceNames are not in ACCESS: {rule:?}"
-        );
-        assert!(
-            rule.non_resource_urls.is_none(),
-            "nonResourceURLs are not in ACCESS: {rule:?}"
-        );
+        assert!(rule.resource_names.is_none(), "resourceNames are not in ACCESS: {rule:?}");
+        assert!(rule.non_resource_urls.is_none(), "nonResourceURLs are not in ACCESS: {rule:?}");
         let groups = rule.api_groups.clone().unwrap_or_default();
         let resources = rule.resources.clone().unwrap_or_default();
-        assert!(
-            !groups.is_empty() && !resources.is_empty(),
-            "empty rule {rule:?}"
-        );
+        assert!(!groups.is_empty() && !resources.is_empty(), "empty rule {rule:?}");
         for group in &groups {
             for resource in &resources {
                 for verb in &rule.verbs {
                     for value in [group, resource, verb] {
                         assert_ne!(value, "*", "wildcards grant more than ACCESS: {rule:?}");
                     }
-                    grants.insert((
-                        group.clone(),
-                        resource.clone(),
-                        verb.clone(),
-                        own_namespace_only,
-                    ));
+                    grants.insert((group.clone(), resource.clone(), verb.clone(), own_namespace_only));
                 }
             }
         }
@@ -220,37 +175,23 @@ fn access_grants() -> BTreeSet<Grant> {
 
 fn parse_cli(container: &Container) -> Cli {
     let args = container.args.clone().unwrap_or_default();
-    assert!(
-        container.command.is_none(),
-        "{}: keep the image's ENTRYPOINT",
-        container.name
-    );
+    assert!(container.command.is_none(), "{}: keep the image's ENTRYPOINT", container.name);
     let argv = std::iter::once("wsingress".to_string()).chain(args.iter().cloned());
-    Cli::try_parse_from(argv).unwrap_or_else(|e| {
-        panic!(
-            "container {} args {args:?} rejected by the CLI:\n{e}",
-            container.name
-        )
-    })
+    Cli::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("container {} args {args:?} rejected by the CLI:\n{e}", container.name))
 }
 
 fn serve_args(container: &Container) -> ServeArgs {
     match parse_cli(container).command {
         Command::Serve(args) => *args,
-        other => panic!(
-            "container {} does not run `serve`: {other:?}",
-            container.name
-        ),
+        other => panic!("container {} does not run `serve`: {other:?}", container.name),
     }
 }
 
 fn echo_args(container: &Container) -> EchoArgs {
     match parse_cli(container).command {
         Command::Echo(args) => args,
-        other => panic!(
-            "container {} does not run `echo`: {other:?}",
-            container.name
-        ),
+        other => panic!("container {} does not run `echo`: {other:?}", container.name),
     }
 }
 
@@ -271,20 +212,12 @@ fn resolve_port(container: &Container, port: &IntOrString) -> i32 {
 }
 
 fn check_http_probe(container: &Container, probe: Option<&Probe>, path: &str, port: u16) {
-    let probe =
-        probe.unwrap_or_else(|| panic!("container {} lacks a {path} probe", container.name));
-    let get = probe.http_get.as_ref().unwrap_or_else(|| {
-        panic!(
-            "container {}: the {path} probe is not an HTTP GET",
-            container.name
-        )
-    });
-    assert_eq!(
-        get.path.as_deref(),
-        Some(path),
-        "container {}",
-        container.name
-    );
+    let probe = probe.unwrap_or_else(|| panic!("container {} lacks a {path} probe", container.name));
+    let get = probe
+        .http_get
+        .as_ref()
+        .unwrap_or_else(|| panic!("container {}: the {path} probe is not an HTTP GET", container.name));
+    assert_eq!(get.path.as_deref(), Some(path), "container {}", container.name);
     assert_eq!(
         resolve_port(container, &get.port),
         i32::from(port),
@@ -297,18 +230,8 @@ fn check_http_probe(container: &Container, probe: Option<&Probe>, path: &str, po
 fn check_serve_container(container: &Container) -> ServeArgs {
     let args = serve_args(container);
     let admin = args.admin_listen.port();
-    check_http_probe(
-        container,
-        container.liveness_probe.as_ref(),
-        "/healthz",
-        admin,
-    );
-    check_http_probe(
-        container,
-        container.readiness_probe.as_ref(),
-        "/readyz",
-        admin,
-    );
+    check_http_probe(container, container.liveness_probe.as_ref(), "/healthz", admin);
+    check_http_probe(container, container.readiness_probe.as_ref(), "/readyz", admin);
     assert_eq!(
         resolve_port(container, &IntOrString::String("http".into())),
         i32::from(args.listen.port()),
@@ -319,11 +242,7 @@ fn check_serve_container(container: &Container) -> ServeArgs {
         i32::from(admin),
         "the port named admin must be --admin-listen's"
     );
-    assert_ne!(
-        args.listen.port(),
-        admin,
-        "admin must not share the proxy port"
-    );
+    assert_ne!(args.listen.port(), admin, "admin must not share the proxy port");
     args
 }
 
@@ -332,48 +251,17 @@ fn check_security(pod: &PodSpec, container: &Container) {
     let name = &container.name;
     let psc = pod.security_context.clone().unwrap_or_default();
     let sc = container.security_context.clone().unwrap_or_default();
-    assert_eq!(
-        sc.run_as_non_root.or(psc.run_as_non_root),
-        Some(true),
-        "{name}: runAsNonRoot"
-    );
-    assert_eq!(
-        sc.run_as_user.or(psc.run_as_user),
-        Some(NONROOT_UID),
-        "{name}: runAsUser"
-    );
-    assert_eq!(
-        sc.read_only_root_filesystem,
-        Some(true),
-        "{name}: readOnlyRootFilesystem"
-    );
-    assert_eq!(
-        sc.allow_privilege_escalation,
-        Some(false),
-        "{name}: allowPrivilegeEscalation"
-    );
+    assert_eq!(sc.run_as_non_root.or(psc.run_as_non_root), Some(true), "{name}: runAsNonRoot");
+    assert_eq!(sc.run_as_user.or(psc.run_as_user), Some(NONROOT_UID), "{name}: runAsUser");
+    assert_eq!(sc.read_only_root_filesystem, Some(true), "{name}: readOnlyRootFilesystem");
+    assert_eq!(sc.allow_privilege_escalation, Some(false), "{name}: allowPrivilegeEscalation");
     assert_ne!(sc.privileged, Some(true), "{name}: privileged");
-    let drop = sc
-        .capabilities
-        .as_ref()
-        .and_then(|c| c.drop.clone())
-        .unwrap_or_default();
-    assert!(
-        drop.iter().any(|c| c == "ALL"),
-        "{name}: capabilities.drop must contain ALL"
-    );
-    let add = sc
-        .capabilities
-        .as_ref()
-        .and_then(|c| c.add.clone())
-        .unwrap_or_default();
+    let drop = sc.capabilities.as_ref().and_then(|c| c.drop.clone()).unwrap_or_default();
+    assert!(drop.iter().any(|c| c == "ALL"), "{name}: capabilities.drop must contain ALL");
+    let add = sc.capabilities.as_ref().and_then(|c| c.add.clone()).unwrap_or_default();
     assert!(add.is_empty(), "{name}: adds capabilities {add:?}");
     let seccomp = sc.seccomp_profile.or(psc.seccomp_profile).map(|s| s.type_);
-    assert_eq!(
-        seccomp.as_deref(),
-        Some("RuntimeDefault"),
-        "{name}: seccompProfile"
-    );
+    assert_eq!(seccomp.as_deref(), Some("RuntimeDefault"), "{name}: seccompProfile");
 }
 
 /// The pod outlives preStop sleep + --shutdown-timeout.
@@ -393,26 +281,15 @@ fn check_grace(pod: &PodSpec, container: &Container, shutdown: Duration) {
 }
 
 fn pod_spec(deployment: &Deployment) -> &PodSpec {
-    deployment
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .expect("deployment has a pod spec")
+    deployment.spec.template.spec.as_ref().expect("deployment has a pod spec")
 }
 
 fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
-    pod.containers
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no container {name}"))
+    pod.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no container {name}"))
 }
 
 fn is_wsingress_image(container: &Container) -> bool {
-    container
-        .image
-        .as_deref()
-        .is_some_and(|i| i.contains("/wsingress:") || i.contains("/wsingress@"))
+    container.image.as_deref().is_some_and(|i| i.contains("/wsingress:") || i.contains("/wsingress@"))
 }
 
 fn env_field_ref(container: &Container, name: &str) -> Option<String> {
@@ -426,10 +303,7 @@ fn env_field_ref(container: &Container, name: &str) -> Option<String> {
         .map(|f| f.field_path.clone())
 }
 
-fn labels_match(
-    selector: &BTreeMap<String, String>,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
+fn labels_match(selector: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
     let labels = labels.cloned().unwrap_or_default();
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -440,74 +314,44 @@ fn check_controller(docs: &Docs) -> ServeArgs {
     let pod = pod_spec(&deployment);
     let wsingress = container(pod, "wsingress");
     let args = check_serve_container(wsingress);
-    assert!(
-        args.upstream.is_none() && args.manifests.is_none(),
-        "the controller runs in cluster mode"
-    );
+    assert!(args.upstream.is_none() && args.manifests.is_none(), "the controller runs in cluster mode");
     check_security(pod, wsingress);
     check_grace(pod, wsingress, args.shutdown_timeout);
-    assert_eq!(
-        env_field_ref(wsingress, "POD_NAME").as_deref(),
-        Some("metadata.name")
-    );
-    assert_eq!(
-        env_field_ref(wsingress, "POD_NAMESPACE").as_deref(),
-        Some("metadata.namespace")
-    );
+    assert_eq!(env_field_ref(wsingress, "POD_NAME").as_deref(), Some("metadata.name"));
+    assert_eq!(env_field_ref(wsingress, "POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
 
     // The service account the pod runs as is the one the bindings name.
-    let account = pod
-        .service_account_name
-        .clone()
-        .expect("serviceAccountName");
+    let account = pod.service_account_name.clone().expect("serviceAccountName");
     let _: ServiceAccount = docs.one(&account);
     for binding in docs.all::<ClusterRoleBinding>() {
-        let subjects = binding.subjects.unwrap_or_default();
-        assert!(subjects.iter().any(|s| s.kind == "ServiceAccount"
-            && s.name == account
-            && s.namespace.as_deref() == Some(NAMESPACE)));
-    }
-    for binding in docs.all::<RoleBinding>() {
-        assert_eq!(binding.metadata.namespace.as_deref(), Some(NAMESPACE));
         let subjects = binding.subjects.unwrap_or_default();
         assert!(
             subjects
                 .iter()
-                .any(|s| s.kind == "ServiceAccount" && s.name == account)
+                .any(|s| s.kind == "ServiceAccount" && s.name == account && s.namespace.as_deref() == Some(NAMESPACE))
         );
+    }
+    for binding in docs.all::<RoleBinding>() {
+        assert_eq!(binding.metadata.namespace.as_deref(), Some(NAMESPACE));
+        let subjects = binding.subjects.unwrap_or_default();
+        assert!(subjects.iter().any(|s| s.kind == "ServiceAccount" && s.name == account));
     }
 
     // Services select these pods and target the named ports.
-    let pod_labels = deployment
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref());
+    let pod_labels = deployment.spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref());
     let proxy: Service = docs.one(RELEASE);
     let proxy_spec = proxy.spec.as_ref().expect("service spec");
-    assert!(labels_match(
-        proxy_spec.selector.as_ref().expect("selector"),
-        pod_labels
-    ));
+    assert!(labels_match(proxy_spec.selector.as_ref().expect("selector"), pod_labels));
     let proxy_port = &proxy_spec.ports.as_ref().expect("ports")[0];
     assert_eq!(
-        resolve_port(
-            wsingress,
-            proxy_port.target_port.as_ref().expect("targetPort")
-        ),
+        resolve_port(wsingress, proxy_port.target_port.as_ref().expect("targetPort")),
         i32::from(args.listen.port())
     );
-    if let Some(admin) = docs
-        .all::<Service>()
-        .into_iter()
-        .find(|s| s.metadata.name.as_deref() == Some(&format!("{RELEASE}-admin")))
+    if let Some(admin) =
+        docs.all::<Service>().into_iter().find(|s| s.metadata.name.as_deref() == Some(&format!("{RELEASE}-admin")))
     {
         let spec = admin.spec.as_ref().expect("admin spec");
-        assert!(labels_match(
-            spec.selector.as_ref().expect("selector"),
-            pod_labels
-        ));
+        assert!(labels_match(spec.selector.as_ref().expect("selector"), pod_labels));
         let port = &spec.ports.as_ref().expect("ports")[0];
         assert_eq!(
             resolve_port(wsingress, port.target_port.as_ref().expect("targetPort")),
@@ -517,23 +361,14 @@ fn check_controller(docs: &Docs) -> ServeArgs {
 
     // Ingress status comes from the chart's own Service unless an address is given.
     if args.publish_address.is_none() {
-        assert_eq!(
-            args.publish_service.as_deref(),
-            Some(format!("{NAMESPACE}/{RELEASE}").as_str())
-        );
+        assert_eq!(args.publish_service.as_deref(), Some(format!("{NAMESPACE}/{RELEASE}").as_str()));
     }
 
     // The IngressClass served is the one created, with our controller name.
     if let Some(class) = docs.all::<IngressClass>().into_iter().next() {
-        assert_eq!(
-            class.metadata.name.as_deref(),
-            Some(args.ingress_class.as_str())
-        );
+        assert_eq!(class.metadata.name.as_deref(), Some(args.ingress_class.as_str()));
         let controller = class.spec.as_ref().and_then(|s| s.controller.clone());
-        assert_eq!(
-            controller.as_deref(),
-            Some(wsingress::translate::CONTROLLER_NAME)
-        );
+        assert_eq!(controller.as_deref(), Some(wsingress::translate::CONTROLLER_NAME));
     }
 
     // The PDB selects the controller pods.
@@ -558,10 +393,7 @@ fn rbac_grants_exactly_the_access_list() {
     assert_eq!(roles.len(), 1, "one Role (the leader-election Lease)");
     assert_eq!(roles[0].metadata.namespace.as_deref(), Some(NAMESPACE));
     let mut granted = grants_of(cluster_roles[0].rules.as_deref().unwrap_or_default(), false);
-    granted.extend(grants_of(
-        roles[0].rules.as_deref().unwrap_or_default(),
-        true,
-    ));
+    granted.extend(grants_of(roles[0].rules.as_deref().unwrap_or_default(), true));
     let wanted = access_grants();
     let extra: Vec<_> = granted.difference(&wanted).collect();
     let missing: Vec<_> = wanted.difference(&granted).collect();
@@ -573,10 +405,7 @@ fn rbac_grants_exactly_the_access_list() {
     let crb: Vec<ClusterRoleBinding> = docs.all();
     assert_eq!(crb.len(), 1);
     assert_eq!(crb[0].role_ref.kind, "ClusterRole");
-    assert_eq!(
-        Some(&crb[0].role_ref.name),
-        cluster_roles[0].metadata.name.as_ref()
-    );
+    assert_eq!(Some(&crb[0].role_ref.name), cluster_roles[0].metadata.name.as_ref());
     let rb: Vec<RoleBinding> = docs.all();
     assert_eq!(rb.len(), 1);
     assert_eq!(rb[0].role_ref.kind, "Role");
@@ -606,28 +435,19 @@ fn default_values_render_a_working_controller() {
         "policy/v1/PodDisruptionBudget",
         "v1/Pod",
     ] {
-        assert!(
-            kinds.contains(kind),
-            "default rendering lacks {kind}: {kinds:?}"
-        );
+        assert!(kinds.contains(kind), "default rendering lacks {kind}: {kinds:?}");
     }
     let args = check_controller(&docs);
     assert_eq!(args.listen.port(), 8080);
     assert_eq!(args.admin_listen.port(), 9090);
     assert_eq!(args.ingress_class, "wsingress");
     let proxy: Service = docs.one(RELEASE);
-    assert_eq!(
-        proxy.spec.as_ref().and_then(|s| s.type_.as_deref()),
-        Some("LoadBalancer")
-    );
+    assert_eq!(proxy.spec.as_ref().and_then(|s| s.type_.as_deref()), Some("LoadBalancer"));
     let class: IngressClass = docs.one("wsingress");
     let annotations = class.metadata.annotations.unwrap_or_default();
     assert!(!annotations.contains_key("ingressclass.kubernetes.io/is-default-class"));
     // Off by default: ServiceMonitor, dashboard, sidecar example.
-    assert!(
-        docs.raw("monitoring.coreos.com/v1", "ServiceMonitor")
-            .is_empty()
-    );
+    assert!(docs.raw("monitoring.coreos.com/v1", "ServiceMonitor").is_empty());
     assert!(docs.all::<ConfigMap>().is_empty());
     assert_eq!(docs.all::<Deployment>().len(), 1);
 }
@@ -635,12 +455,7 @@ fn default_values_render_a_working_controller() {
 #[test]
 fn every_value_set_renders_a_working_controller() {
     let sets: &[&[&str]] = &[
-        &[
-            "--set",
-            "service.type=NodePort",
-            "--set",
-            "service.nodePort=30080",
-        ],
+        &["--set", "service.type=NodePort", "--set", "service.nodePort=30080"],
         &["--set", "metrics.serviceMonitor.enabled=true"],
         &["--set", "ingressClass.default=true"],
         &["--set", "sidecar.enabled=true"],
@@ -708,10 +523,7 @@ fn values_reach_the_flags() {
     assert_eq!(settings.max_message_bytes, Some(1_048_576));
     let deployment: Deployment = docs.one(RELEASE);
     // 7 s preStop + 120 s shutdown + 10 s margin.
-    assert_eq!(
-        pod_spec(&deployment).termination_grace_period_seconds,
-        Some(137)
-    );
+    assert_eq!(pod_spec(&deployment).termination_grace_period_seconds, Some(137));
 }
 
 #[test]
@@ -732,12 +544,7 @@ fn node_port_and_default_class_options() {
     assert_eq!(spec.ports.expect("ports")[0].node_port, Some(30080));
     let class: IngressClass = docs.one("wsingress");
     let annotations = class.metadata.annotations.unwrap_or_default();
-    assert_eq!(
-        annotations
-            .get("ingressclass.kubernetes.io/is-default-class")
-            .map(String::as_str),
-        Some("true")
-    );
+    assert_eq!(annotations.get("ingressclass.kubernetes.io/is-default-class").map(String::as_str), Some("true"));
 }
 
 #[test]
@@ -752,25 +559,13 @@ fn service_monitor_scrapes_the_admin_service() {
     assert_eq!(endpoint["port"].as_str(), Some("admin"));
     assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
     let selector: BTreeMap<String, String> =
-        serde_yaml::from_value(monitor["spec"]["selector"]["matchLabels"].clone())
-            .expect("matchLabels");
+        serde_yaml::from_value(monitor["spec"]["selector"]["matchLabels"].clone()).expect("matchLabels");
     let admin: Service = docs.one(&format!("{RELEASE}-admin"));
-    assert!(
-        labels_match(&selector, admin.metadata.labels.as_ref()),
-        "ServiceMonitor must select the admin Service"
-    );
+    assert!(labels_match(&selector, admin.metadata.labels.as_ref()), "ServiceMonitor must select the admin Service");
     let proxy: Service = docs.one(RELEASE);
-    assert!(
-        !labels_match(&selector, proxy.metadata.labels.as_ref()),
-        "ServiceMonitor must not scrape the proxy port"
-    );
-    let port_names: Vec<_> = admin
-        .spec
-        .and_then(|s| s.ports)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| p.name)
-        .collect();
+    assert!(!labels_match(&selector, proxy.metadata.labels.as_ref()), "ServiceMonitor must not scrape the proxy port");
+    let port_names: Vec<_> =
+        admin.spec.and_then(|s| s.ports).unwrap_or_default().into_iter().filter_map(|p| p.name).collect();
     assert_eq!(port_names, ["admin"]);
 }
 
@@ -783,18 +578,12 @@ fn dashboard_config_map_when_the_dashboard_exists() {
     let maps = docs.all::<ConfigMap>();
     if !file.exists() {
         assert!(maps.is_empty(), "no dashboard file, no ConfigMap");
-        println!(
-            "note: {} is absent; the ConfigMap is not rendered",
-            file.display()
-        );
+        println!("note: {} is absent; the ConfigMap is not rendered", file.display());
         return;
     }
     assert_eq!(maps.len(), 1);
     let labels = maps[0].metadata.labels.clone().unwrap_or_default();
-    assert_eq!(
-        labels.get("grafana_dashboard").map(String::as_str),
-        Some("1")
-    );
+    assert_eq!(labels.get("grafana_dashboard").map(String::as_str), Some("1"));
     let data = maps[0].data.clone().unwrap_or_default();
     let json = data.get("wsingress.json").expect("wsingress.json key");
     let parsed: serde_json::Value = serde_json::from_str(json).expect("the dashboard is JSON");
@@ -808,11 +597,7 @@ fn sidecar_example_is_coherent() {
     };
     let deployment: Deployment = docs.one(&format!("{RELEASE}-sidecar-example"));
     let pod = pod_spec(&deployment);
-    assert_eq!(
-        pod.automount_service_account_token,
-        Some(false),
-        "a sidecar needs no API token"
-    );
+    assert_eq!(pod.automount_service_account_token, Some(false), "a sidecar needs no API token");
     let proxy = container(pod, "wsingress");
     let args = check_serve_container(proxy);
     check_security(pod, proxy);
@@ -821,35 +606,14 @@ fn sidecar_example_is_coherent() {
     let app = container(pod, "app");
     check_security(pod, app);
     let echo = echo_args(app);
-    assert_eq!(
-        upstream,
-        echo.listen.to_string(),
-        "the sidecar must point at the app's listener"
-    );
-    assert!(
-        echo.listen.ip().is_loopback(),
-        "the app listens on loopback only"
-    );
+    assert_eq!(upstream, echo.listen.to_string(), "the sidecar must point at the app's listener");
+    assert!(echo.listen.ip().is_loopback(), "the app listens on loopback only");
     let service: Service = docs.one(&format!("{RELEASE}-sidecar-example"));
     let spec = service.spec.expect("spec");
-    let pod_labels = deployment
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref());
-    assert!(labels_match(
-        spec.selector.as_ref().expect("selector"),
-        pod_labels
-    ));
+    let pod_labels = deployment.spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref());
+    assert!(labels_match(spec.selector.as_ref().expect("selector"), pod_labels));
     assert_eq!(
-        resolve_port(
-            proxy,
-            spec.ports.expect("ports")[0]
-                .target_port
-                .as_ref()
-                .expect("targetPort")
-        ),
+        resolve_port(proxy, spec.ports.expect("ports")[0].target_port.as_ref().expect("targetPort")),
         i32::from(args.listen.port())
     );
     // The controller is untouched by the sidecar switch.
@@ -863,28 +627,15 @@ fn helm_test_pod_targets_the_proxy_service() {
     assert_eq!(pods.len(), 1);
     let pod = &pods[0];
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    assert_eq!(
-        annotations.get("helm.sh/hook").map(String::as_str),
-        Some("test")
-    );
+    assert_eq!(annotations.get("helm.sh/hook").map(String::as_str), Some("test"));
     let spec = pod.spec.as_ref().expect("spec");
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
-    let env: BTreeMap<_, _> = spec.containers[0]
-        .env
-        .iter()
-        .flatten()
-        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-        .collect();
+    let env: BTreeMap<_, _> =
+        spec.containers[0].env.iter().flatten().filter_map(|e| Some((e.name.clone(), e.value.clone()?))).collect();
     let proxy: Service = docs.one(RELEASE);
     let port = proxy.spec.and_then(|s| s.ports).expect("ports")[0].port;
-    assert_eq!(
-        env.get("WS_URL").map(String::as_str),
-        Some(format!("ws://{RELEASE}.{NAMESPACE}.svc:{port}/").as_str())
-    );
-    assert_eq!(
-        env.get("WANT").map(String::as_str),
-        Some("Server received from client: hello from helm test")
-    );
+    assert_eq!(env.get("WS_URL").map(String::as_str), Some(format!("ws://{RELEASE}.{NAMESPACE}.svc:{port}/").as_str()));
+    assert_eq!(env.get("WANT").map(String::as_str), Some("Server received from client: hello from helm test"));
     // The expected prefix is the one manifests/echo.yaml's echo sends.
     let echo_docs = manifest("echo.yaml");
     let echo: Deployment = echo_docs.one("echo");
@@ -906,46 +657,24 @@ fn echo_manifest_is_coherent() {
     let ws = resolve_port(echo, &IntOrString::String("ws".into()));
     assert_eq!(ws, i32::from(args.listen.port()));
     for probe in [&echo.readiness_probe, &echo.liveness_probe] {
-        let get = probe
-            .as_ref()
-            .and_then(|p| p.http_get.as_ref())
-            .expect("HTTP probe");
+        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("HTTP probe");
         assert_eq!(get.path.as_deref(), Some("/healthz"));
         assert_eq!(resolve_port(echo, &get.port), ws);
     }
 
     let service: Service = docs.one("echo");
     let spec = service.spec.expect("spec");
-    let pod_labels = deployment
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref());
-    assert!(labels_match(
-        spec.selector.as_ref().expect("selector"),
-        pod_labels
-    ));
+    let pod_labels = deployment.spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref());
+    assert!(labels_match(spec.selector.as_ref().expect("selector"), pod_labels));
     let port = &spec.ports.expect("ports")[0];
     assert_eq!((port.name.as_deref(), port.port), (Some("ws"), 80));
-    assert_eq!(
-        resolve_port(echo, port.target_port.as_ref().expect("targetPort")),
-        ws
-    );
+    assert_eq!(resolve_port(echo, port.target_port.as_ref().expect("targetPort")), ws);
 
     let ingress: Ingress = docs.one("echo");
     let annotations = ingress.metadata.annotations.clone().unwrap_or_default();
-    assert_eq!(
-        annotations
-            .get("wsingress.io/idle-timeout")
-            .map(String::as_str),
-        Some("300s")
-    );
+    assert_eq!(annotations.get("wsingress.io/idle-timeout").map(String::as_str), Some("300s"));
     for (key, value) in &annotations {
-        assert!(
-            key.starts_with("wsingress.io/"),
-            "unexpected annotation {key}"
-        );
+        assert!(key.starts_with("wsingress.io/"), "unexpected annotation {key}");
         if key.ends_with("-timeout") || key.ends_with("-interval") {
             wsingress::cli::parse_optional_duration(value).unwrap_or_else(|e| panic!("{key}: {e}"));
         }
@@ -954,15 +683,8 @@ fn echo_manifest_is_coherent() {
         }
     }
     let spec = ingress.spec.expect("spec");
-    assert_eq!(
-        spec.ingress_class_name.as_deref(),
-        Some(wsingress::translate::DEFAULT_CLASS)
-    );
-    let backend = spec.rules.expect("rules")[0]
-        .http
-        .as_ref()
-        .expect("http")
-        .paths[0]
+    assert_eq!(spec.ingress_class_name.as_deref(), Some(wsingress::translate::DEFAULT_CLASS));
+    let backend = spec.rules.expect("rules")[0].http.as_ref().expect("http").paths[0]
         .backend
         .service
         .clone()
@@ -984,18 +706,12 @@ fn sidecar_manifest_is_coherent() {
     let app = container(pod, "app");
     check_security(pod, app);
     let echo = echo_args(app);
-    assert_eq!(
-        args.upstream.as_deref(),
-        Some(echo.listen.to_string().as_str())
-    );
+    assert_eq!(args.upstream.as_deref(), Some(echo.listen.to_string().as_str()));
     assert!(echo.listen.ip().is_loopback());
     let services = docs.all::<Service>();
     assert_eq!(services.len(), 1);
     let spec = services[0].spec.clone().expect("spec");
-    let target = spec.ports.expect("ports")[0]
-        .target_port
-        .clone()
-        .expect("targetPort");
+    let target = spec.ports.expect("ports")[0].target_port.clone().expect("targetPort");
     assert_eq!(resolve_port(proxy, &target), i32::from(args.listen.port()));
 }
 
@@ -1005,11 +721,7 @@ fn every_wsingress_container_in_the_manifests_parses() {
         let docs = manifest(name);
         let mut seen = 0;
         for deployment in docs.all::<Deployment>() {
-            for c in pod_spec(&deployment)
-                .containers
-                .iter()
-                .filter(|c| is_wsingress_image(c))
-            {
+            for c in pod_spec(&deployment).containers.iter().filter(|c| is_wsingress_image(c)) {
                 parse_cli(c);
                 seen += 1;
             }

@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec,
-};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec,
-    IngressRule, IngressServiceBackend, IngressSpec, ServiceBackendPort,
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec, IngressRule,
+    IngressServiceBackend, IngressSpec, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -45,8 +43,7 @@ const HOST: &str = "chat.test";
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "wsingress=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "wsingress=info".into()),
         )
         .with_test_writer()
         .try_init();
@@ -59,10 +56,7 @@ async fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> O
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -70,31 +64,19 @@ async fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> O
 // ---------------------------------------------------------------- objects
 
 fn meta(ns: &str, name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: (!ns.is_empty()).then(|| ns.to_string()),
-        ..ObjectMeta::default()
-    }
+    ObjectMeta { name: Some(name.into()), namespace: (!ns.is_empty()).then(|| ns.to_string()), ..ObjectMeta::default() }
 }
 
 fn ingress_class() -> IngressClass {
     IngressClass {
         metadata: meta("", "wsingress"),
-        spec: Some(IngressClassSpec {
-            controller: Some(CONTROLLER_NAME.into()),
-            ..IngressClassSpec::default()
-        }),
+        spec: Some(IngressClassSpec { controller: Some(CONTROLLER_NAME.into()), ..IngressClassSpec::default() }),
     }
 }
 
 fn ingress(name: &str, class: &str, annotations: &[(&str, &str)]) -> Ingress {
     let mut m = meta(NS, name);
-    m.annotations = Some(
-        annotations
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
+    m.annotations = Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
     Ingress {
         metadata: m,
         spec: Some(IngressSpec {
@@ -144,10 +126,7 @@ fn service(type_: &str) -> Service {
 /// One EndpointSlice of Service `chat` with these ready pod addresses (all on one port, as pods are).
 fn slice(pods: &[SocketAddr]) -> EndpointSlice {
     let mut m = meta(NS, "chat-abc12");
-    m.labels = Some(BTreeMap::from([(
-        "kubernetes.io/service-name".to_string(),
-        "chat".to_string(),
-    )]));
+    m.labels = Some(BTreeMap::from([("kubernetes.io/service-name".to_string(), "chat".to_string())]));
     EndpointSlice {
         metadata: m,
         address_type: "IPv4".into(),
@@ -174,22 +153,13 @@ fn slice(pods: &[SocketAddr]) -> EndpointSlice {
 }
 
 fn node(name: &str, internal: &str, external: Option<&str>) -> Node {
-    let mut addresses = vec![NodeAddress {
-        type_: "InternalIP".into(),
-        address: internal.into(),
-    }];
+    let mut addresses = vec![NodeAddress { type_: "InternalIP".into(), address: internal.into() }];
     if let Some(e) = external {
-        addresses.push(NodeAddress {
-            type_: "ExternalIP".into(),
-            address: e.into(),
-        });
+        addresses.push(NodeAddress { type_: "ExternalIP".into(), address: e.into() });
     }
     Node {
         metadata: meta("", name),
-        status: Some(NodeStatus {
-            addresses: Some(addresses),
-            ..NodeStatus::default()
-        }),
+        status: Some(NodeStatus { addresses: Some(addresses), ..NodeStatus::default() }),
         ..Node::default()
     }
 }
@@ -207,10 +177,7 @@ fn seed(api: &FakeKube, pods: &[SocketAddr], annotations: &[(&str, &str)]) {
 fn fast_config() -> KubeConfig {
     KubeConfig {
         debounce: Duration::from_millis(50),
-        backoff: WatchBackoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(300),
-        },
+        backoff: WatchBackoff { initial: Duration::from_millis(50), max: Duration::from_millis(300) },
         ..KubeConfig::new(Defaults::default())
     }
 }
@@ -235,17 +202,8 @@ fn start_controller(api: &FakeKube, config: KubeConfig) -> Controller {
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let publisher = Publisher::new(routes.clone(), metrics, "kube");
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(wsingress::source::kube::run(
-        api.client(),
-        config,
-        publisher,
-        shutdown.clone(),
-    ));
-    Controller {
-        routes,
-        shutdown,
-        task,
-    }
+    let task = tokio::spawn(wsingress::source::kube::run(api.client(), config, publisher, shutdown.clone()));
+    Controller { routes, shutdown, task }
 }
 
 impl Controller {
@@ -253,23 +211,11 @@ impl Controller {
     fn endpoints(&self) -> Option<Vec<(SocketAddr, bool)>> {
         let table = self.routes.load();
         let route = table.find(Some(HOST), "/")?;
-        Some(
-            route
-                .pool
-                .endpoints()
-                .iter()
-                .map(|e| (e.addr, e.ready))
-                .collect(),
-        )
+        Some(route.pool.endpoints().iter().map(|e| (e.addr, e.ready)).collect())
     }
 
     fn ready_addrs(&self) -> BTreeSet<SocketAddr> {
-        self.endpoints()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e.1)
-            .map(|e| e.0)
-            .collect()
+        self.endpoints().unwrap_or_default().into_iter().filter(|e| e.1).map(|e| e.0).collect()
     }
 
     async fn stop(self) {
@@ -294,11 +240,7 @@ async fn start_proxy(routes: Arc<RouteHandle>) -> (SocketAddr, wsingress::drain:
         drain.clone(),
         wsingress::proxy::headers::TrustedProxies::default(),
     ));
-    tokio::spawn(wsingress::proxy::server::serve(
-        listener,
-        state,
-        wsingress::proxy::server::ProxyConfig::default(),
-    ));
+    tokio::spawn(wsingress::proxy::server::serve(listener, state, wsingress::proxy::server::ProxyConfig::default()));
     (addr, drain)
 }
 
@@ -320,10 +262,7 @@ async fn start_pods(n: u8, stop: &CancellationToken) -> Vec<SocketAddr> {
             let addr = l.local_addr().expect("addr");
             let config = wsingress::echo::EchoConfig {
                 prefix: String::new(),
-                instance: format!(
-                    "pod-{}",
-                    addr.ip().to_string().rsplit('.').next().unwrap_or("?")
-                ),
+                instance: format!("pod-{}", addr.ip().to_string().rsplit('.').next().unwrap_or("?")),
             };
             tokio::spawn(wsingress::echo::serve(l, config, stop.clone()));
             addrs.push(addr);
@@ -333,29 +272,17 @@ async fn start_pods(n: u8, stop: &CancellationToken) -> Vec<SocketAddr> {
     panic!("could not bind echo pods on one port");
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Open a WebSocket to HOST through the proxy; returns it and the pod that answered.
 async fn connect(proxy: SocketAddr) -> (Ws, String) {
-    let mut req = format!("ws://{proxy}/chat")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .insert("host", HOST.parse().expect("host header"));
-    let (ws, resp) = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::connect_async(req),
-    )
-    .await
-    .expect("connect in time")
-    .expect("websocket handshake through the proxy");
-    let pod = resp
-        .headers()
-        .get("x-echo-instance")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let mut req = format!("ws://{proxy}/chat").into_client_request().expect("request");
+    req.headers_mut().insert("host", HOST.parse().expect("host header"));
+    let (ws, resp) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect in time")
+        .expect("websocket handshake through the proxy");
+    let pod = resp.headers().get("x-echo-instance").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     (ws, pod)
 }
 
@@ -379,10 +306,7 @@ async fn closed_by_peer(ws: &mut Ws, limit: Duration) -> Option<CloseCode> {
             Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => {
-                eprintln!(
-                    "tunnel ended with an error: {e} at {:?}",
-                    tokio::time::Instant::now()
-                );
+                eprintln!("tunnel ended with an error: {e} at {:?}", tokio::time::Instant::now());
                 return None;
             }
             Ok(None) => return None,
@@ -399,25 +323,11 @@ async fn ingress_routes_traffic_and_follows_endpoint_scaling_with_drain() {
     let pods = start_pods(3, &stop).await;
     let (a, b, c) = (pods[0], pods[1], pods[2]);
     let api = FakeKube::start().await;
-    seed(
-        &api,
-        &[a, b],
-        &[
-            ("wsingress.io/load-balance", "round-robin"),
-            ("wsingress.io/drain-timeout", "300ms"),
-        ],
-    );
+    seed(&api, &[a, b], &[("wsingress.io/load-balance", "round-robin"), ("wsingress.io/drain-timeout", "300ms")]);
     let ctl = start_controller(&api, fast_config());
-    eventually(Duration::from_secs(10), "first publish", || {
-        ctl.routes.has_published().then_some(())
-    })
-    .await;
+    eventually(Duration::from_secs(10), "first publish", || ctl.routes.has_published().then_some(())).await;
     // The first table already holds the full sync: never an empty table before the real one.
-    assert_eq!(
-        ctl.ready_addrs(),
-        BTreeSet::from([a, b]),
-        "first published table"
-    );
+    assert_eq!(ctl.ready_addrs(), BTreeSet::from([a, b]), "first published table");
     assert_eq!(ctl.routes.generation(), 1);
 
     let (proxy, _drain) = start_proxy(ctl.routes.clone()).await;
@@ -432,10 +342,7 @@ async fn ingress_routes_traffic_and_follows_endpoint_scaling_with_drain() {
 
     // Scale 2 → 3: new connections reach the new pod.
     api.apply(&slice(&[a, b, c]));
-    eventually(Duration::from_secs(5), "3 endpoints", || {
-        (ctl.ready_addrs().len() == 3).then_some(())
-    })
-    .await;
+    eventually(Duration::from_secs(5), "3 endpoints", || (ctl.ready_addrs().len() == 3).then_some(())).await;
     let mut seen = BTreeSet::new();
     for _ in 0..3 {
         let (mut ws, pod) = connect(proxy).await;
@@ -449,10 +356,7 @@ async fn ingress_routes_traffic_and_follows_endpoint_scaling_with_drain() {
     // the surviving pod keep working; new connections all go to it.
     let removed_at = Instant::now();
     api.apply(&slice(&[a]));
-    eventually(Duration::from_secs(5), "1 endpoint", || {
-        (ctl.ready_addrs() == BTreeSet::from([a])).then_some(())
-    })
-    .await;
+    eventually(Duration::from_secs(5), "1 endpoint", || (ctl.ready_addrs() == BTreeSet::from([a])).then_some(())).await;
     // Every client keeps reading, as real clients do (the Close is answered when read).
     let mut survivors = Vec::new();
     let mut draining = Vec::new();
@@ -470,10 +374,7 @@ async fn ingress_routes_traffic_and_follows_endpoint_scaling_with_drain() {
     for task in draining {
         let (pod, code, after) = task.await.expect("reader task");
         assert_eq!(code, Some(CloseCode::Away), "tunnel to removed {pod}");
-        assert!(
-            after >= Duration::from_millis(300),
-            "closed only after the drain timeout ({after:?})"
-        );
+        assert!(after >= Duration::from_millis(300), "closed only after the drain timeout ({after:?})");
     }
     assert!(!survivors.is_empty());
     for ws in &mut survivors {
@@ -501,15 +402,10 @@ async fn annotation_change_applies_to_new_connections() {
     let (mut before, _) = connect(proxy).await;
     echo(&mut before, "default idle timeout").await;
 
-    api.apply(&ingress(
-        "chat",
-        "wsingress",
-        &[("wsingress.io/idle-timeout", "400ms")],
-    ));
+    api.apply(&ingress("chat", "wsingress", &[("wsingress.io/idle-timeout", "400ms")]));
     eventually(Duration::from_secs(5), "idle-timeout applied", || {
         let t = ctl.routes.load();
-        (t.find(Some(HOST), "/")?.settings.idle_timeout == Some(Duration::from_millis(400)))
-            .then_some(())
+        (t.find(Some(HOST), "/")?.settings.idle_timeout == Some(Duration::from_millis(400))).then_some(())
     })
     .await;
     let (mut after, _) = connect(proxy).await;
@@ -550,20 +446,14 @@ async fn api_outage_keeps_the_last_table_and_catches_up_after() {
         assert_eq!(pod, "pod-2");
         echo(&mut ws, "during the outage").await;
         assert_eq!(ctl.ready_addrs(), BTreeSet::from([pods[0]]));
-        assert_eq!(
-            ctl.routes.generation(),
-            generation,
-            "nothing published while down"
-        );
+        assert_eq!(ctl.routes.generation(), generation, "nothing published while down");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     api.come_back();
     let back = Instant::now();
-    eventually(
-        Duration::from_secs(10),
-        "change made during the outage",
-        || (ctl.ready_addrs().len() == 2).then_some(()),
-    )
+    eventually(Duration::from_secs(10), "change made during the outage", || {
+        (ctl.ready_addrs().len() == 2).then_some(())
+    })
     .await;
     eprintln!("caught up {:?} after the API came back", back.elapsed());
     let mut seen = BTreeSet::new();
@@ -594,21 +484,15 @@ async fn stale_watch_gets_410_and_the_controller_relists() {
     api.apply(&slice(&[b]));
     api.compact();
     api.come_back();
-    eventually(
-        Duration::from_secs(10),
-        "change seen through a re-list",
-        || (ctl.ready_addrs() == BTreeSet::from([b])).then_some(()),
-    )
+    eventually(Duration::from_secs(10), "change seen through a re-list", || {
+        (ctl.ready_addrs() == BTreeSet::from([b])).then_some(())
+    })
     .await;
     eventually(Duration::from_secs(10), "every reflector re-listed", || {
         kinds.iter().all(|k| api.list_count(k) >= 2).then_some(())
     })
     .await;
-    let gone = api
-        .requests()
-        .iter()
-        .filter(|r| r.query.contains("watch=true"))
-        .count();
+    let gone = api.requests().iter().filter(|r| r.query.contains("watch=true")).count();
     assert!(gone > 4);
 
     // Compaction under live watches: each gets an ERROR 410 and re-lists; nothing is lost.
@@ -636,15 +520,9 @@ async fn bad_annotation_yields_one_event_and_the_default() {
         Some(Duration::from_secs(60)),
         "a bad annotation falls back to the default"
     );
-    let uid = api
-        .get::<Ingress>(NS, "chat")
-        .and_then(|i| i.metadata.uid)
-        .expect("uid");
+    let uid = api.get::<Ingress>(NS, "chat").and_then(|i| i.metadata.uid).expect("uid");
     let invalid = |api: &FakeKube| -> Vec<Event> {
-        api.list::<Event>()
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some("InvalidAnnotation"))
-            .collect()
+        api.list::<Event>().into_iter().filter(|e| e.reason.as_deref() == Some("InvalidAnnotation")).collect()
     };
     let events = eventually(Duration::from_secs(5), "InvalidAnnotation event", || {
         let e = invalid(&api);
@@ -666,41 +544,24 @@ async fn bad_annotation_yields_one_event_and_the_default() {
     // Unrelated changes re-translate; the unchanged warning is not posted again.
     let gen_before = ctl.routes.generation();
     api.apply(&slice(&[a, "10.1.0.2:8080".parse().expect("addr")]));
-    eventually(Duration::from_secs(5), "republished", || {
-        (ctl.routes.generation() > gen_before).then_some(())
-    })
-    .await;
+    eventually(Duration::from_secs(5), "republished", || (ctl.routes.generation() > gen_before).then_some(())).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(invalid(&api).len(), 1, "no duplicate event on resync");
 
     // Fixed, then broken again: a new event.
-    api.apply(&ingress(
-        "chat",
-        "wsingress",
-        &[("wsingress.io/idle-timeout", "5m")],
-    ));
+    api.apply(&ingress("chat", "wsingress", &[("wsingress.io/idle-timeout", "5m")]));
     eventually(Duration::from_secs(5), "fixed annotation applied", || {
         let t = ctl.routes.load();
-        (t.find(Some(HOST), "/")?.settings.idle_timeout == Some(Duration::from_secs(300)))
-            .then_some(())
+        (t.find(Some(HOST), "/")?.settings.idle_timeout == Some(Duration::from_secs(300))).then_some(())
     })
     .await;
-    api.apply(&ingress(
-        "chat",
-        "wsingress",
-        &[("wsingress.io/idle-timeout", "5 parsecs")],
-    ));
-    eventually(Duration::from_secs(5), "second event", || {
-        (invalid(&api).len() == 2).then_some(())
-    })
-    .await;
+    api.apply(&ingress("chat", "wsingress", &[("wsingress.io/idle-timeout", "5 parsecs")]));
+    eventually(Duration::from_secs(5), "second event", || (invalid(&api).len() == 2).then_some(())).await;
     ctl.stop().await;
 }
 
 fn lease_holder(api: &FakeKube) -> Option<String> {
-    api.get::<Lease>(NS, "wsingress-leader")
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
+    api.get::<Lease>(NS, "wsingress-leader").and_then(|l| l.spec).and_then(|s| s.holder_identity)
 }
 
 fn status_ips(api: &FakeKube, name: &str) -> Vec<String> {
@@ -722,10 +583,7 @@ async fn status_is_written_by_the_leader_only_and_a_follower_takes_over() {
     // Two replicas; each publishes a different address so the test can tell who wrote.
     let replica = |id: &str, addr: &str| KubeConfig {
         election: Some(fast_election(id)),
-        status: Some(StatusConfig {
-            publish: PublishFrom::Address(addr.into()),
-            resync: Duration::from_millis(300),
-        }),
+        status: Some(StatusConfig { publish: PublishFrom::Address(addr.into()), resync: Duration::from_millis(300) }),
         identity: id.into(),
         ..fast_config()
     };
@@ -736,18 +594,12 @@ async fn status_is_written_by_the_leader_only_and_a_follower_takes_over() {
     .await;
     assert_eq!(lease_holder(&api).as_deref(), Some("replica-a"));
     let second = start_controller(&api, replica("replica-b", "192.0.2.2"));
-    eventually(Duration::from_secs(10), "second replica synced", || {
-        second.routes.has_published().then_some(())
-    })
-    .await;
-    let version = api
-        .get::<Ingress>(NS, "chat")
-        .and_then(|i| i.metadata.resource_version);
+    eventually(Duration::from_secs(10), "second replica synced", || second.routes.has_published().then_some(())).await;
+    let version = api.get::<Ingress>(NS, "chat").and_then(|i| i.metadata.resource_version);
     // Several renew/retry/resync rounds: the follower writes nothing.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        api.get::<Ingress>(NS, "chat")
-            .and_then(|i| i.metadata.resource_version),
+        api.get::<Ingress>(NS, "chat").and_then(|i| i.metadata.resource_version),
         version,
         "the follower did not touch the Ingress"
     );
@@ -757,24 +609,16 @@ async fn status_is_written_by_the_leader_only_and_a_follower_takes_over() {
     first.task.abort();
     let killed = Instant::now();
     eventually(Duration::from_secs(10), "follower took over", || {
-        (lease_holder(&api).as_deref() == Some("replica-b")
-            && status_ips(&api, "chat") == ["192.0.2.2"])
-        .then_some(())
+        (lease_holder(&api).as_deref() == Some("replica-b") && status_ips(&api, "chat") == ["192.0.2.2"]).then_some(())
     })
     .await;
     let takeover = killed.elapsed();
     eprintln!("takeover after {takeover:?} (lease 2 s)");
-    assert!(
-        takeover >= Duration::from_millis(1500),
-        "not before the lease expired: {takeover:?}"
-    );
+    assert!(takeover >= Duration::from_millis(1500), "not before the lease expired: {takeover:?}");
 
     // An Ingress that stops being ours gets its status cleared by the leader.
     api.apply(&ingress("chat", "someone-else", &[]));
-    eventually(Duration::from_secs(5), "status cleared", || {
-        status_ips(&api, "chat").is_empty().then_some(())
-    })
-    .await;
+    eventually(Duration::from_secs(5), "status cleared", || status_ips(&api, "chat").is_empty().then_some(())).await;
 
     // Graceful shutdown releases the lease at once.
     second.stop().await;
@@ -786,11 +630,7 @@ async fn rbac_access_list_is_exactly_what_the_controller_uses() {
     init_tracing();
     let api = FakeKube::start().await;
     // A NodePort publish Service (node addresses), a bad annotation (an Event), election.
-    seed(
-        &api,
-        &["10.1.0.1:8080".parse().expect("addr")],
-        &[("wsingress.io/load-balance", "fastest")],
-    );
+    seed(&api, &["10.1.0.1:8080".parse().expect("addr")], &[("wsingress.io/load-balance", "fastest")]);
     let mut publish = service("NodePort");
     publish.metadata = meta("ingress", "wsingress");
     api.apply(&publish);
@@ -813,30 +653,16 @@ async fn rbac_access_list_is_exactly_what_the_controller_uses() {
         (ips == ["192.168.0.2", "198.51.100.1"]).then_some(())
     })
     .await;
-    eventually(Duration::from_secs(5), "event posted", || {
-        (!api.list::<Event>().is_empty()).then_some(())
-    })
-    .await;
+    eventually(Duration::from_secs(5), "event posted", || (!api.list::<Event>().is_empty()).then_some(())).await;
     // Renew at least once (update), then release on shutdown.
     tokio::time::sleep(Duration::from_millis(400)).await;
     ctl.stop().await;
 
-    let used: BTreeSet<(String, String, String)> = api
-        .requests()
-        .iter()
-        .filter_map(|r| r.access())
-        .map(|(g, r, v)| (g, r, v.to_string()))
-        .collect();
+    let used: BTreeSet<(String, String, String)> =
+        api.requests().iter().filter_map(|r| r.access()).map(|(g, r, v)| (g, r, v.to_string())).collect();
     let declared: BTreeSet<(String, String, String)> = ACCESS
         .iter()
-        .flat_map(|a| {
-            a.verbs
-                .iter()
-                .map(|v| (a.group.to_string(), a.resource.to_string(), v.to_string()))
-        })
+        .flat_map(|a| a.verbs.iter().map(|v| (a.group.to_string(), a.resource.to_string(), v.to_string())))
         .collect();
-    assert_eq!(
-        used, declared,
-        "rbac::ACCESS must list exactly the requests the controller makes"
-    );
+    assert_eq!(used, declared, "rbac::ACCESS must list exactly the requests the controller makes");
 }

@@ -9,9 +9,7 @@ use std::process::Command;
 #[test]
 fn kind_end_to_end() {
     if std::env::var("WSINGRESS_E2E").as_deref() != Ok("kind") {
-        println!(
-            "skipped: WSINGRESS_E2E is not \"kind\" (needs Docker + kind; runs in .github/workflows/e2e.yml)"
-        );
+        println!("skipped: WSINGRESS_E2E is not \"kind\" (needs Docker + kind; runs in .github/workflows/e2e.yml)");
         return;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -30,16 +30,9 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let config = EchoConfig {
-            prefix: prefix.into(),
-            instance: instance.into(),
-        };
+        let config = EchoConfig { prefix: prefix.into(), instance: instance.into() };
         let task = tokio::spawn(echo::serve(listener, config, shutdown.clone()));
-        Server {
-            addr,
-            shutdown,
-            task,
-        }
+        Server { addr, shutdown, task }
     }
 
     async fn connect(&self, path: &str) -> (Client, http::Response<Option<Vec<u8>>>) {
@@ -55,9 +48,7 @@ impl Server {
 }
 
 async fn within<F: std::future::Future>(future: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, future)
-        .await
-        .expect("timed out")
+    tokio::time::timeout(DEADLINE, future).await.expect("timed out")
 }
 
 /// Next data or close message (skipping nothing: pings/pongs are returned too).
@@ -74,14 +65,7 @@ async fn http(addr: SocketAddr, request: &str) -> (u16, Vec<(String, String)>, S
     let raw = String::from_utf8(raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("no end of headers");
     let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers = lines
         .map(|line| {
             let (name, value) = line.split_once(':').unwrap();
@@ -97,10 +81,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, Strin
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
 #[tokio::test]
@@ -111,14 +92,8 @@ async fn echoes_text_binary_empty_and_large_messages_with_prefix() {
     client.send(Message::text("hello")).await.unwrap();
     assert_eq!(next(&mut client).await, Message::text("echo: hello"));
 
-    client
-        .send(Message::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .unwrap();
-    assert_eq!(
-        next(&mut client).await,
-        Message::binary(b"echo: \x00\x01\x02\xff".to_vec())
-    );
+    client.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::binary(b"echo: \x00\x01\x02\xff".to_vec()));
 
     client.send(Message::text("")).await.unwrap();
     assert_eq!(next(&mut client).await, Message::text("echo: "));
@@ -135,10 +110,7 @@ async fn echoes_text_binary_empty_and_large_messages_with_prefix() {
     }
     let big_text = "x".repeat(1 << 20);
     client.send(Message::text(big_text.clone())).await.unwrap();
-    assert_eq!(
-        next(&mut client).await,
-        Message::text(format!("echo: {big_text}"))
-    );
+    assert_eq!(next(&mut client).await, Message::text(format!("echo: {big_text}")));
 
     client.close(None).await.unwrap();
     server.stop().await;
@@ -165,48 +137,26 @@ async fn fragmented_messages_are_reassembled_and_echoed() {
     // frames in the middle of a fragmented message).
     let frames = [
         Frame::message(Bytes::from_static(b"frag"), OpCode::Data(Data::Text), false),
-        Frame::message(
-            Bytes::from_static(b"men"),
-            OpCode::Data(Data::Continue),
-            false,
-        ),
+        Frame::message(Bytes::from_static(b"men"), OpCode::Data(Data::Continue), false),
         Frame::ping(Bytes::from_static(b"mid")),
-        Frame::message(
-            Bytes::from_static(b"ted"),
-            OpCode::Data(Data::Continue),
-            true,
-        ),
+        Frame::message(Bytes::from_static(b"ted"), OpCode::Data(Data::Continue), true),
     ];
     for frame in frames {
         client.send(Message::Frame(frame)).await.unwrap();
     }
-    assert_eq!(
-        next(&mut client).await,
-        Message::Pong(Bytes::from_static(b"mid"))
-    );
+    assert_eq!(next(&mut client).await, Message::Pong(Bytes::from_static(b"mid")));
     assert_eq!(next(&mut client).await, Message::text("> fragmented"));
 
     // Binary in two frames.
     client
-        .send(Message::Frame(Frame::message(
-            Bytes::from_static(&[1, 2]),
-            OpCode::Data(Data::Binary),
-            false,
-        )))
+        .send(Message::Frame(Frame::message(Bytes::from_static(&[1, 2]), OpCode::Data(Data::Binary), false)))
         .await
         .unwrap();
     client
-        .send(Message::Frame(Frame::message(
-            Bytes::from_static(&[3]),
-            OpCode::Data(Data::Continue),
-            true,
-        )))
+        .send(Message::Frame(Frame::message(Bytes::from_static(&[3]), OpCode::Data(Data::Continue), true)))
         .await
         .unwrap();
-    assert_eq!(
-        next(&mut client).await,
-        Message::binary(b"> \x01\x02\x03".to_vec())
-    );
+    assert_eq!(next(&mut client).await, Message::binary(b"> \x01\x02\x03".to_vec()));
     drop(client);
     server.stop().await;
 }
@@ -215,14 +165,8 @@ async fn fragmented_messages_are_reassembled_and_echoed() {
 async fn ping_is_answered_with_pong() {
     let server = Server::start("", "ping").await;
     let (mut client, _) = server.connect("/").await;
-    client
-        .send(Message::Ping(Bytes::from_static(b"are you there")))
-        .await
-        .unwrap();
-    assert_eq!(
-        next(&mut client).await,
-        Message::Pong(Bytes::from_static(b"are you there"))
-    );
+    client.send(Message::Ping(Bytes::from_static(b"are you there"))).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::Pong(Bytes::from_static(b"are you there")));
     drop(client);
     server.stop().await;
 }
@@ -231,10 +175,7 @@ async fn ping_is_answered_with_pong() {
 async fn close_code_and_reason_are_echoed() {
     let server = Server::start("", "close").await;
     let (mut client, _) = server.connect("/").await;
-    let frame = CloseFrame {
-        code: CloseCode::Library(4321),
-        reason: "bye now".into(),
-    };
+    let frame = CloseFrame { code: CloseCode::Library(4321), reason: "bye now".into() };
     client.close(Some(frame.clone())).await.unwrap();
     assert_eq!(next(&mut client).await, Message::Close(Some(frame)));
     // Then the server ends the connection.
@@ -250,16 +191,9 @@ async fn close_code_and_reason_are_echoed() {
 #[tokio::test]
 async fn first_offered_subprotocol_is_selected_and_instance_is_on_the_101() {
     let server = Server::start("", "backend-a").await;
-    let mut request = format!("ws://{}/chat", server.addr)
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "chat.v2, chat.v1".parse().unwrap(),
-    );
-    let (mut client, response) = within(tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap();
+    let mut request = format!("ws://{}/chat", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "chat.v2, chat.v1".parse().unwrap());
+    let (mut client, response) = within(tokio_tungstenite::connect_async(request)).await.unwrap();
     assert_eq!(response.status(), 101);
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v2");
     assert_eq!(response.headers()["x-echo-instance"], "backend-a");
@@ -293,10 +227,7 @@ async fn headers_endpoint_reports_the_request_as_seen() {
     assert_eq!(info["headers"]["host"], "app.example.test");
     assert_eq!(info["headers"]["x-forwarded-for"], "203.0.113.7, 10.0.0.1");
     assert_eq!(info["headers"]["x-real-ip"], "203.0.113.7");
-    assert_eq!(
-        info["headers"]["x-multi"],
-        serde_json::json!(["one", "two"])
-    );
+    assert_eq!(info["headers"]["x-multi"], serde_json::json!(["one", "two"]));
     let remote = info["remote"].as_str().unwrap();
     assert!(remote.starts_with("127.0.0.1:"), "remote {remote}");
     server.stop().await;
@@ -305,15 +236,9 @@ async fn headers_endpoint_reports_the_request_as_seen() {
 #[tokio::test]
 async fn headers_command_over_websocket_returns_the_upgrade_request() {
     let server = Server::start("p:", "backend-c").await;
-    let mut request = format!("ws://{}/live?room=7", server.addr)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("x-forwarded-for", "198.51.100.2".parse().unwrap());
-    let (mut client, _) = within(tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap();
+    let mut request = format!("ws://{}/live?room=7", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("x-forwarded-for", "198.51.100.2".parse().unwrap());
+    let (mut client, _) = within(tokio_tungstenite::connect_async(request)).await.unwrap();
     client.send(Message::text("__headers__")).await.unwrap();
     let Message::Text(json) = next(&mut client).await else {
         panic!("expected text");
@@ -341,11 +266,7 @@ async fn page_health_and_not_found() {
     let (status, headers, body) = get(server.addr, "/").await;
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-echo-instance"), Some("page"));
-    assert!(
-        header(&headers, "content-type")
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(header(&headers, "content-type").unwrap().starts_with("text/html"));
     assert!(body.contains("<title>wsingress echo</title>"));
     assert!(body.contains(r#"<ul id="log">"#));
     assert!(body.contains(r#"<p id="status""#));
@@ -366,10 +287,8 @@ async fn page_health_and_not_found() {
     assert_eq!(status, 404);
     assert_eq!(header(&headers, "x-echo-instance"), Some("page"));
 
-    let request = format!(
-        "POST /headers HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        server.addr
-    );
+    let request =
+        format!("POST /headers HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", server.addr);
     let (status, headers, _) = http(server.addr, &request).await;
     assert_eq!(status, 405);
     assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
@@ -392,21 +311,14 @@ async fn bad_requests_are_answered_and_the_server_keeps_serving() {
 
     // Garbage instead of HTTP: the server answers 400 or hangs up, and lives on.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    stream
-        .write_all(b"\x16\x03\x01 not http at all\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"\x16\x03\x01 not http at all\r\n\r\n").await.unwrap();
     let mut sink = Vec::new();
     let _ = within(stream.read_to_end(&mut sink)).await;
 
     // Invalid UTF-8 in a text frame: Close 1007.
     let (mut client, _) = server.connect("/").await;
     client
-        .send(Message::Frame(Frame::message(
-            Bytes::from_static(&[0xff, 0xfe]),
-            OpCode::Data(Data::Text),
-            true,
-        )))
+        .send(Message::Frame(Frame::message(Bytes::from_static(&[0xff, 0xfe]), OpCode::Data(Data::Text), true)))
         .await
         .unwrap();
     match next(&mut client).await {
@@ -428,9 +340,7 @@ async fn shutdown_sends_1001_and_stops_accepting() {
     let (mut second, _) = server.connect("/").await;
     // An idle keep-alive HTTP connection must not hold shutdown up.
     let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
     let mut buf = [0u8; 512];
     let n = within(idle.read(&mut buf)).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));

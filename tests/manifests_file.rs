@@ -72,14 +72,8 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        Self(std::env::temp_dir().join(format!(
-            "wsingress-manifests-{}-{nanos}.yaml",
-            std::process::id()
-        )))
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
+        Self(std::env::temp_dir().join(format!("wsingress-manifests-{}-{nanos}.yaml", std::process::id())))
     }
     /// Write aside and rename over, as most editors save.
     fn save(&self, text: &str) {
@@ -110,10 +104,7 @@ async fn closed(ws: &mut Ws, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next())
-            .await
-            .expect("not closed in time")
-        {
+        match tokio::time::timeout(left, ws.next()).await.expect("not closed in time") {
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
             Some(Ok(_)) => continue,
         }
@@ -121,19 +112,11 @@ async fn closed(ws: &mut Ws, within: Duration) {
 }
 
 fn ready_of(running: &Running, host: &str, path: &str) -> usize {
-    running
-        .routes
-        .load()
-        .find(Some(host), path)
-        .map_or(0, |r| r.pool.ready_len())
+    running.routes.load().find(Some(host), path).map_or(0, |r| r.pool.ready_len())
 }
 
 fn rejected(running: &Running) -> u64 {
-    running
-        .metrics
-        .config_updates
-        .with_label_values(&["file", "rejected"])
-        .get()
+    running.metrics.config_updates.with_label_values(&["file", "rejected"]).get()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,10 +152,7 @@ async fn manifests_file_routes_reloads_and_survives_a_corrupt_file() {
         &[b1.addr],
         "wsingress.io/load-balance: round-robin, wsingress.io/idle-timeout: 1s",
     ));
-    wait_until(DEADLINE, "the scaled table", || async {
-        ready_of(&running, "a.localhost", "/ws") == 2
-    })
-    .await;
+    wait_until(DEADLINE, "the scaled table", || async { ready_of(&running, "a.localhost", "/ws") == 2 }).await;
     assert_eq!(running.routes.generation(), generation + 1);
     let mut seen = BTreeSet::new();
     for _ in 0..4 {
@@ -186,19 +166,13 @@ async fn manifests_file_routes_reloads_and_survives_a_corrupt_file() {
     let idle_since = Instant::now();
     closed(&mut fresh, Duration::from_secs(5)).await;
     let took = idle_since.elapsed();
-    assert!(
-        took >= Duration::from_millis(800),
-        "closed after {took:?}, before the 1 s idle timeout"
-    );
+    assert!(took >= Duration::from_millis(800), "closed after {took:?}, before the 1 s idle timeout");
     assert_eq!(round_trip(&mut held, "still here").await, "a1:still here");
 
     // Corrupt the file: rejected, the last good table keeps serving.
     let good_generation = running.routes.generation();
     file.save("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: a\nspec: [\n");
-    wait_until(DEADLINE, "the rejection", || async {
-        rejected(&running) == 1
-    })
-    .await;
+    wait_until(DEADLINE, "the rejection", || async { rejected(&running) == 1 }).await;
     assert_eq!(running.routes.generation(), good_generation);
     assert_eq!(ready_of(&running, "a.localhost", "/ws"), 2);
     let (mut after, who) = open(proxy, "b.localhost", "/").await;
@@ -211,10 +185,7 @@ async fn manifests_file_routes_reloads_and_survives_a_corrupt_file() {
 
     // Fixed again: applied.
     file.save(&manifest(&[a2.addr], &[b1.addr], ""));
-    wait_until(DEADLINE, "the fixed table", || async {
-        running.routes.generation() == good_generation + 1
-    })
-    .await;
+    wait_until(DEADLINE, "the fixed table", || async { running.routes.generation() == good_generation + 1 }).await;
     let (_ws, who) = open(proxy, "a.localhost", "/ws").await;
     assert_eq!(who, "a2");
 

@@ -31,51 +31,33 @@ struct HttpResponse {
 
 impl HttpResponse {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 /// One request on a fresh connection (`Connection: close`), read to EOF.
 async fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
         .await
         .map_err(|_| std::io::Error::other("response timed out"))??;
     let text = String::from_utf8(raw).map_err(std::io::Error::other)?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+    let (head, body) =
+        text.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let chunked = headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
+    let chunked =
+        headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Ok(HttpResponse { status, headers, body })
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -115,16 +97,9 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
         };
         let (name, labels) = match series.split_once('{') {
             None => (series.to_string(), BTreeMap::new()),
-            Some((name, rest)) => (
-                name.to_string(),
-                parse_labels(rest.strip_suffix('}').expect("closing brace")),
-            ),
+            Some((name, rest)) => (name.to_string(), parse_labels(rest.strip_suffix('}').expect("closing brace"))),
         };
-        out.push(Sample {
-            name,
-            labels,
-            value,
-        });
+        out.push(Sample { name, labels, value });
     }
     out
 }
@@ -161,10 +136,7 @@ fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| s.name == name)
-        .filter(|s| {
-            want.iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
+        .filter(|s| want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
         .map(|s| s.value)
         .sum()
 }
@@ -203,12 +175,7 @@ async fn start_admin() -> Admin {
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(admin::serve(listener, state.clone(), shutdown.clone()));
-    Admin {
-        addr,
-        state,
-        shutdown,
-        task,
-    }
+    Admin { addr, state, shutdown, task }
 }
 
 fn static_table(addrs: &[SocketAddr]) -> RouteTable {
@@ -228,30 +195,16 @@ async fn admin_port_serves_health_readiness_routes_and_metrics() {
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
 
     let r = http(a.addr, "GET", "/readyz").await.unwrap();
-    assert_eq!(
-        (r.status, r.body.as_str()),
-        (503, "waiting for the first route table\n")
-    );
+    assert_eq!((r.status, r.body.as_str()), (503, "waiting for the first route table\n"));
 
     let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let generation = a.state.routes.publish(static_table(&[backend]));
-    a.state
-        .metrics
-        .table_published("static", &a.state.routes.load(), 0);
+    a.state.metrics.table_published("static", &a.state.routes.load(), 0);
     let r = http(a.addr, "GET", "/readyz").await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
 
     // /routes: the table a user would debug with, including live connection counts.
-    let live = a
-        .state
-        .routes
-        .load()
-        .default_route()
-        .unwrap()
-        .pool
-        .endpoints()[0]
-        .live
-        .clone();
+    let live = a.state.routes.load().default_route().unwrap().pool.endpoints()[0].live.clone();
     let _tunnel = live.track();
     let r = http(a.addr, "GET", "/routes").await.unwrap();
     assert_eq!(r.status, 200);
@@ -267,31 +220,11 @@ async fn admin_port_serves_health_readiness_routes_and_metrics() {
 
     let r = http(a.addr, "GET", "/metrics").await.unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
+    assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let samples = parse_exposition(&r.body);
-    assert_eq!(
-        value(&samples, "wsingress_config_generation", &[]),
-        generation as f64
-    );
-    assert_eq!(
-        value(
-            &samples,
-            "wsingress_endpoints",
-            &[("route", "static/upstream"), ("state", "ready")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &samples,
-            "wsingress_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
-        ),
-        1.0
-    );
+    assert_eq!(value(&samples, "wsingress_config_generation", &[]), generation as f64);
+    assert_eq!(value(&samples, "wsingress_endpoints", &[("route", "static/upstream"), ("state", "ready")]), 1.0);
+    assert_eq!(value(&samples, "wsingress_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
 
     assert_eq!(http(a.addr, "GET", "/").await.unwrap().status, 404);
     assert_eq!(http(a.addr, "GET", "/admin").await.unwrap().status, 404);
@@ -304,11 +237,7 @@ async fn admin_port_serves_health_readiness_routes_and_metrics() {
     assert_eq!(http(a.addr, "GET", "/healthz").await.unwrap().status, 200);
 
     a.shutdown.cancel();
-    tokio::time::timeout(DEADLINE, a.task)
-        .await
-        .expect("admin stops on shutdown")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(DEADLINE, a.task).await.expect("admin stops on shutdown").unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -316,19 +245,10 @@ async fn admin_keeps_serving_other_clients_while_one_stalls() {
     let a = start_admin().await;
     // A client that connects and never sends a request must not block the others.
     let _stalled = TcpStream::connect(a.addr).await.unwrap();
-    wait_for("healthz", || async {
-        http(a.addr, "GET", "/healthz")
-            .await
-            .is_ok_and(|r| r.status == 200)
-    })
-    .await;
+    wait_for("healthz", || async { http(a.addr, "GET", "/healthz").await.is_ok_and(|r| r.status == 200) }).await;
     // Shutdown does not wait for the stalled client longer than the grace period.
     a.shutdown.cancel();
-    tokio::time::timeout(DEADLINE, a.task)
-        .await
-        .expect("admin stops despite a stalled client")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(DEADLINE, a.task).await.expect("admin stops despite a stalled client").unwrap().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -380,10 +300,7 @@ fn observability_doc_metrics_table_matches_the_registry() {
 }
 
 fn dashboard() -> serde_json::Value {
-    let path = format!(
-        "{}/charts/wsingress/dashboards/wsingress.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/charts/wsingress/dashboards/wsingress.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not valid JSON: {e}"))
 }
@@ -394,9 +311,7 @@ fn metric_tokens(s: &str) -> Vec<String> {
     let mut rest = s;
     while let Some(i) = rest.find("wsingress_") {
         let tail = &rest[i..];
-        let len = tail
-            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
-            .unwrap_or(tail.len());
+        let len = tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(tail.len());
         out.push(tail[..len].to_string());
         rest = &tail[len..];
     }
@@ -432,9 +347,7 @@ fn dashboard_queries_name_only_registered_families() {
         families.iter().any(|f| {
             token == f.name
                 || (f.kind == "histogram"
-                    && ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .any(|s| token.strip_suffix(s) == Some(f.name.as_str())))
+                    && ["_bucket", "_sum", "_count"].iter().any(|s| token.strip_suffix(s) == Some(f.name.as_str())))
         })
     };
     let mut exprs = Vec::new();
@@ -446,13 +359,7 @@ fn dashboard_queries_name_only_registered_families() {
         assert!(!tokens.is_empty(), "query names no wsingress family: {e}");
         for t in tokens {
             assert!(known(&t), "`{t}` in `{e}` is not a registered family");
-            used.insert(
-                families
-                    .iter()
-                    .find(|f| t.starts_with(&f.name))
-                    .map(|f| f.name.clone())
-                    .unwrap_or_default(),
-            );
+            used.insert(families.iter().find(|f| t.starts_with(&f.name)).map(|f| f.name.clone()).unwrap_or_default());
         }
         let balanced = |open: char, close: char| {
             e.chars().try_fold(0i32, |depth, c| {
@@ -460,10 +367,7 @@ fn dashboard_queries_name_only_registered_families() {
                 (d >= 0).then_some(d)
             }) == Some(0)
         };
-        assert!(
-            balanced('(', ')') && balanced('{', '}') && balanced('[', ']'),
-            "unbalanced: {e}"
-        );
+        assert!(balanced('(', ')') && balanced('{', '}') && balanced('[', ']'), "unbalanced: {e}");
     }
     // Every family is on the dashboard somewhere.
     for f in &families {
@@ -477,11 +381,7 @@ fn dashboard_has_datasource_and_route_variables_and_every_panel_uses_them() {
     assert_eq!(d["schemaVersion"], 39);
     assert_eq!(d["uid"], "wsingress");
     let vars = d["templating"]["list"].as_array().unwrap();
-    let var = |name: &str| {
-        vars.iter()
-            .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("no ${name} variable"))
-    };
+    let var = |name: &str| vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no ${name} variable"));
     assert_eq!(var("datasource")["type"], "datasource");
     assert_eq!(var("datasource")["query"], "prometheus");
     assert_eq!(var("route")["type"], "query");
@@ -500,20 +400,14 @@ fn dashboard_has_datasource_and_route_variables_and_every_panel_uses_them() {
         assert_eq!(p["datasource"]["type"], "prometheus", "{title}");
         assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
         let g = &p["gridPos"];
-        assert!(
-            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
-            "{title}"
-        );
+        assert!(g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24, "{title}");
         for t in p["targets"].as_array().unwrap() {
             let e = t["expr"].as_str().unwrap();
             let per_route = metric_tokens(e)
                 .iter()
                 .any(|t| !t.starts_with("wsingress_config") && !t.starts_with("wsingress_build"));
             if per_route {
-                assert!(
-                    e.contains("route=~\"$route\""),
-                    "{title}: ignores $route: {e}"
-                );
+                assert!(e.contains("route=~\"$route\""), "{title}: ignores $route: {e}");
             }
         }
     }
@@ -539,20 +433,9 @@ fn exposition_parser_reads_escapes_and_histograms() {
     let m = Metrics::new().unwrap();
     m.handshake("a\"b", Duration::from_millis(2));
     let s = parse_exposition(&String::from_utf8(m.encode()).unwrap());
+    assert_eq!(value(&s, "wsingress_websocket_handshake_duration_seconds_count", &[("route", "a\"b")]), 1.0);
     assert_eq!(
-        value(
-            &s,
-            "wsingress_websocket_handshake_duration_seconds_count",
-            &[("route", "a\"b")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &s,
-            "wsingress_websocket_handshake_duration_seconds_bucket",
-            &[("route", "a\"b"), ("le", "0.0025")]
-        ),
+        value(&s, "wsingress_websocket_handshake_duration_seconds_bucket", &[("route", "a\"b"), ("le", "0.0025")]),
         1.0
     );
 }
@@ -615,10 +498,7 @@ mod e2e {
             for i in 0..2 {
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 echo_addrs.push(l.local_addr().unwrap());
-                let config = EchoConfig {
-                    prefix: String::new(),
-                    instance: format!("echo-{i}"),
-                };
+                let config = EchoConfig { prefix: String::new(), instance: format!("echo-{i}") };
                 tasks.push(tokio::spawn(echo::serve(l, config, shutdown.clone())));
             }
             // A port nobody listens on: connects are refused.
@@ -631,23 +511,16 @@ mod e2e {
             let metrics = Arc::new(Metrics::new().unwrap());
             let readiness = Arc::new(Readiness::new(routes.clone()));
             let drain = Drain::new();
-            let state = Arc::new(ProxyState::new(
-                routes.clone(),
-                metrics.clone(),
-                drain.clone(),
-                TrustedProxies::default(),
-            ));
+            let state =
+                Arc::new(ProxyState::new(routes.clone(), metrics.clone(), drain.clone(), TrustedProxies::default()));
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let proxy = l.local_addr().unwrap();
             let proxy_task = tokio::spawn(proxy::serve(l, state, ProxyConfig::default()));
 
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let admin = l.local_addr().unwrap();
-            let admin_state = AdminState {
-                metrics: metrics.clone(),
-                readiness: readiness.clone(),
-                routes: routes.clone(),
-            };
+            let admin_state =
+                AdminState { metrics: metrics.clone(), readiness: readiness.clone(), routes: routes.clone() };
             tasks.push(tokio::spawn(admin::serve(l, admin_state, shutdown.clone())));
             Stack {
                 proxy,
@@ -690,11 +563,8 @@ mod e2e {
         }
 
         async fn ws(&self, host: &str) -> Result<WebSocketStream<TcpStream>, String> {
-            let tcp = TcpStream::connect(self.proxy)
-                .await
-                .map_err(|e| e.to_string())?;
-            match tokio::time::timeout(DEADLINE, client_async(format!("ws://{host}/ws"), tcp)).await
-            {
+            let tcp = TcpStream::connect(self.proxy).await.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(DEADLINE, client_async(format!("ws://{host}/ws"), tcp)).await {
                 Ok(Ok((ws, resp))) => {
                     assert_eq!(resp.status(), 101);
                     Ok(ws)
@@ -717,16 +587,9 @@ mod e2e {
             self.readiness.set_draining();
             self.drain.start();
             self.shutdown.cancel();
-            tokio::time::timeout(DEADLINE, self.proxy_task)
-                .await
-                .expect("proxy stops")
-                .unwrap();
+            tokio::time::timeout(DEADLINE, self.proxy_task).await.expect("proxy stops").unwrap();
             for t in self.tasks {
-                tokio::time::timeout(DEADLINE, t)
-                    .await
-                    .expect("server stops")
-                    .unwrap()
-                    .unwrap();
+                tokio::time::timeout(DEADLINE, t).await.expect("server stops").unwrap().unwrap();
             }
         }
     }
@@ -746,12 +609,7 @@ mod e2e {
 
     /// Send a Close with `code` and wait for the echo of it and the end of the stream.
     async fn close_with(mut ws: WebSocketStream<TcpStream>, code: u16) {
-        ws.close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: "".into(),
-        }))
-        .await
-        .unwrap();
+        ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: "".into() })).await.unwrap();
         let reply = next_data(&mut ws).await;
         match reply {
             Message::Close(Some(f)) => assert_eq!(u16::from(f.code), code),
@@ -777,22 +635,10 @@ mod e2e {
         }
         // While they are open: the gauge and /routes agree on 4 live tunnels.
         let samples = s.scrape().await;
-        assert_eq!(
-            value(
-                &samples,
-                "wsingress_websocket_connections_active",
-                &[("route", "default/chat")]
-            ),
-            4.0
-        );
+        assert_eq!(value(&samples, "wsingress_websocket_connections_active", &[("route", "default/chat")]), 4.0);
         let routes = http(s.admin, "GET", "/routes").await.unwrap();
         let v: serde_json::Value = serde_json::from_str(&routes.body).unwrap();
-        let chat_rule = v["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["route"]["id"] == "default/chat")
-            .unwrap();
+        let chat_rule = v["rules"].as_array().unwrap().iter().find(|r| r["route"]["id"] == "default/chat").unwrap();
         let live: u64 = chat_rule["route"]["endpoints"]
             .as_array()
             .unwrap()
@@ -826,31 +672,21 @@ mod e2e {
         assert_eq!(plain(s.proxy, "nope.test", "/").await, 404);
 
         let n = CLOSES.len() as u64;
-        let per_conn_in: u64 =
-            SIZES.iter().map(|&p| frame_len(p, true)).sum::<u64>() + frame_len(2, true);
-        let per_conn_out: u64 =
-            SIZES.iter().map(|&p| frame_len(p, false)).sum::<u64>() + frame_len(2, false);
+        let per_conn_in: u64 = SIZES.iter().map(|&p| frame_len(p, true)).sum::<u64>() + frame_len(2, true);
+        let per_conn_out: u64 = SIZES.iter().map(|&p| frame_len(p, false)).sum::<u64>() + frame_len(2, false);
         (n * per_conn_in, n * per_conn_out)
     }
 
     /// A plain GET through the proxy with the given Host; returns the status.
     async fn plain(proxy: SocketAddr, host: &str, path: &str) -> u16 {
         let mut s = TcpStream::connect(proxy).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut raw = Vec::new();
-        tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
             .await
-            .unwrap()
             .unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw)).await.unwrap().unwrap();
         let text = String::from_utf8_lossy(&raw);
-        text.split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0)
+        text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -859,10 +695,7 @@ mod e2e {
 
         // Not ready before the first table; ready after.
         let r = http(s.admin, "GET", "/readyz").await.unwrap();
-        assert_eq!(
-            (r.status, r.body.as_str()),
-            (503, "waiting for the first route table\n")
-        );
+        assert_eq!((r.status, r.body.as_str()), (503, "waiting for the first route table\n"));
         s.publish();
         let r = http(s.admin, "GET", "/readyz").await.unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
@@ -880,10 +713,7 @@ mod e2e {
             if closes >= n + 2.0 && active == 0.0 {
                 break samples;
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "closes {closes}, active {active}"
-            );
+            assert!(start.elapsed() < DEADLINE, "closes {closes}, active {active}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
@@ -904,26 +734,18 @@ mod e2e {
 
         // Messages and bytes by direction, exactly (frame headers and Close frames included).
         let msgs = "wsingress_websocket_messages_total";
-        assert_eq!(
-            v(msgs, &[chat, c2b]),
-            n * m,
-            "messages are counted by the frame scanner (ws::Scanner)"
-        );
+        assert_eq!(v(msgs, &[chat, c2b]), n * m, "messages are counted by the frame scanner (ws::Scanner)");
         assert_eq!(v(msgs, &[chat, b2c]), n * m);
         assert_eq!(v(msgs, &[edge, c2b]), 2.0, "one echo and one invalid text");
         assert_eq!(v(msgs, &[edge, b2c]), 1.0);
         let bytes = "wsingress_websocket_bytes_total";
         assert_eq!(v(bytes, &[chat, c2b]), bytes_in as f64);
         assert_eq!(v(bytes, &[chat, b2c]), bytes_out as f64);
-        assert_eq!(
-            v(bytes, &[chat, ("backend", "chat:80")]),
-            (bytes_in + bytes_out) as f64
-        );
+        assert_eq!(v(bytes, &[chat, ("backend", "chat:80")]), (bytes_in + bytes_out) as f64);
 
         // Closes by initiator and code.
         let cl = "wsingress_websocket_closes_total";
-        let closes =
-            |route, initiator, code| v(cl, &[route, ("initiator", initiator), ("code", code)]);
+        let closes = |route, initiator, code| v(cl, &[route, ("initiator", initiator), ("code", code)]);
         assert_eq!(closes(chat, "client", "1000"), 2.0);
         assert_eq!(closes(chat, "client", "4xxx"), 1.0);
         assert_eq!(closes(chat, "client", "1001"), 1.0);
@@ -942,19 +764,8 @@ mod e2e {
         let life = "wsingress_websocket_connection_duration_seconds_count";
         assert_eq!(v(life, &[chat, ("backend", "chat:80")]), n);
         assert_eq!(v(life, &[]), n + 2.0);
-        assert_eq!(
-            v(
-                "wsingress_websocket_handshake_duration_seconds_bucket",
-                &[chat, ("le", "+Inf")]
-            ),
-            n
-        );
-        assert!(
-            v(
-                "wsingress_websocket_handshake_duration_seconds_sum",
-                &[chat]
-            ) > 0.0
-        );
+        assert_eq!(v("wsingress_websocket_handshake_duration_seconds_bucket", &[chat, ("le", "+Inf")]), n);
+        assert!(v("wsingress_websocket_handshake_duration_seconds_sum", &[chat]) > 0.0);
 
         // Plain HTTP by status class; upstream errors by reason.
         let req = "wsingress_http_requests_total";
@@ -964,13 +775,7 @@ mod e2e {
         assert_eq!(v(req, &[]), 3.0);
         assert_eq!(v("wsingress_http_request_duration_seconds_count", &[]), 3.0);
         let ue = "wsingress_upstream_errors_total";
-        assert_eq!(
-            v(
-                ue,
-                &[dead, ("backend", "dead:80"), ("reason", "connect_refused")]
-            ),
-            2.0
-        );
+        assert_eq!(v(ue, &[dead, ("backend", "dead:80"), ("reason", "connect_refused")]), 2.0);
         assert_eq!(v(ue, &[]), 2.0);
 
         // Pools and config.
@@ -978,21 +783,10 @@ mod e2e {
         assert_eq!(v(eps, &[chat, ("state", "ready")]), 2.0);
         assert_eq!(v(eps, &[dead, ("state", "ready")]), 1.0);
         assert_eq!(v("wsingress_config_generation", &[]), 1.0);
-        assert_eq!(
-            v(
-                "wsingress_config_updates_total",
-                &[("source", "test"), ("result", "applied")]
-            ),
-            1.0
-        );
+        assert_eq!(v("wsingress_config_updates_total", &[("source", "test"), ("result", "applied")]), 1.0);
 
         // Every active gauge is back to zero, and label values are the bounded ones.
-        assert!(
-            samples
-                .iter()
-                .filter(|x| x.name == "wsingress_websocket_connections_active")
-                .all(|x| x.value == 0.0)
-        );
+        assert!(samples.iter().filter(|x| x.name == "wsingress_websocket_connections_active").all(|x| x.value == 0.0));
         let bounded_routes = ["default/chat", "default/edge", "default/dead", "unmatched"];
         let bounded_backends = ["chat:80", "edge:80", "dead:80"];
         for x in &samples {

@@ -25,13 +25,8 @@ async fn every_message_shape_round_trips_unchanged() {
     assert_eq!(round_trip(&mut ws, "hello").await, "hello");
     ws.send(Message::text("")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text(""));
-    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .unwrap();
-    assert_eq!(
-        next_data(&mut ws).await,
-        Message::binary(vec![0u8, 1, 2, 255])
-    );
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::binary(vec![0u8, 1, 2, 255]));
     ws.send(Message::binary(Vec::<u8>::new())).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::binary(Vec::<u8>::new()));
     // 16-bit and 64-bit length forms.
@@ -45,38 +40,13 @@ async fn every_message_shape_round_trips_unchanged() {
     assert_eq!(round_trip(&mut ws, &text_1m).await, text_1m);
 
     // A fragmented text message with a ping between its fragments.
-    ws.send(Message::Frame(Frame::message(
-        "frag",
-        OpCode::Data(Data::Text),
-        false,
-    )))
-    .await
-    .unwrap();
-    ws.send(Message::Frame(Frame::ping(b"mid".to_vec())))
-        .await
-        .unwrap();
-    ws.send(Message::Frame(Frame::message(
-        "men",
-        OpCode::Data(Data::Continue),
-        false,
-    )))
-    .await
-    .unwrap();
-    ws.send(Message::Frame(Frame::message(
-        "ted",
-        OpCode::Data(Data::Continue),
-        true,
-    )))
-    .await
-    .unwrap();
+    ws.send(Message::Frame(Frame::message("frag", OpCode::Data(Data::Text), false))).await.unwrap();
+    ws.send(Message::Frame(Frame::ping(b"mid".to_vec()))).await.unwrap();
+    ws.send(Message::Frame(Frame::message("men", OpCode::Data(Data::Continue), false))).await.unwrap();
+    ws.send(Message::Frame(Frame::message("ted", OpCode::Data(Data::Continue), true))).await.unwrap();
     let mut saw_pong = false;
     let text = loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap() {
             Message::Pong(p) => {
                 assert_eq!(&p[..], b"mid");
                 saw_pong = true;
@@ -94,16 +64,9 @@ async fn ping_is_answered_by_the_backend() {
     let e = echo("e1", "").await;
     let p = proxy(&[e.addr], &[]).await;
     let mut ws = connect(&ws_url(p.proxy_addr, "/")).await;
-    ws.send(Message::Ping(b"are you there".to_vec().into()))
-        .await
-        .unwrap();
+    ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap() {
             Message::Pong(p) => {
                 assert_eq!(&p[..], b"are you there");
                 break;
@@ -118,23 +81,11 @@ async fn client_close_code_reaches_backend_and_its_answer_comes_back() {
     let e = echo("e1", "").await;
     let p = proxy(&[e.addr], &[]).await;
     let mut ws = connect(&ws_url(p.proxy_addr, "/")).await;
-    ws.send(Message::Close(Some(CloseFrame {
-        code: CloseCode::from(4000),
-        reason: "bye".into(),
-    })))
-    .await
-    .unwrap();
+    ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(4000), reason: "bye".into() }))).await.unwrap();
     // The echo mirrors the code, so 4000 back proves it crossed both ways.
-    assert_eq!(
-        expect_close(&mut ws, Duration::from_secs(5)).await,
-        Some(4000)
-    );
+    assert_eq!(expect_close(&mut ws, Duration::from_secs(5)).await, Some(4000));
     wait_until(Duration::from_secs(5), "tunnel closed", || async {
-        p.metrics
-            .connections_active
-            .with_label_values(&["static/upstream", "static:upstream"])
-            .get()
-            == 0
+        p.metrics.connections_active.with_label_values(&["static/upstream", "static:upstream"]).get() == 0
     })
     .await;
 }
@@ -150,12 +101,7 @@ async fn closing_backend() -> std::net::SocketAddr {
                     return;
                 };
                 let _ = ws.next().await;
-                let _ = ws
-                    .close(Some(CloseFrame {
-                        code: CloseCode::from(4001),
-                        reason: "server bye".into(),
-                    }))
-                    .await;
+                let _ = ws.close(Some(CloseFrame { code: CloseCode::from(4001), reason: "server bye".into() })).await;
                 while let Some(Ok(_)) = ws.next().await {}
             });
         }
@@ -169,38 +115,19 @@ async fn backend_close_code_reaches_client() {
     let p = proxy(&[b], &[]).await;
     let mut ws = connect(&ws_url(p.proxy_addr, "/")).await;
     send_text(&mut ws, "anything").await;
-    assert_eq!(
-        expect_close(&mut ws, Duration::from_secs(5)).await,
-        Some(4001)
-    );
+    assert_eq!(expect_close(&mut ws, Duration::from_secs(5)).await, Some(4001));
 }
 
 #[tokio::test]
 async fn subprotocol_and_extension_offer_are_negotiated_with_the_backend() {
     let e = echo("e1", "").await;
     let p = proxy(&[e.addr], &[]).await;
-    let offer = [
-        ("Sec-WebSocket-Protocol", "v2.chat, v1.chat"),
-        ("Origin", "http://app.example"),
-    ];
-    let (mut ws, resp) = connect_with(&ws_url(p.proxy_addr, "/"), &offer)
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.headers()["sec-websocket-protocol"],
-        "v2.chat",
-        "the backend's choice reaches the client"
-    );
-    assert_eq!(
-        resp.headers()["x-echo-instance"],
-        "e1",
-        "backend response headers pass through"
-    );
+    let offer = [("Sec-WebSocket-Protocol", "v2.chat, v1.chat"), ("Origin", "http://app.example")];
+    let (mut ws, resp) = connect_with(&ws_url(p.proxy_addr, "/"), &offer).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "v2.chat", "the backend's choice reaches the client");
+    assert_eq!(resp.headers()["x-echo-instance"], "e1", "backend response headers pass through");
     let seen = backend_view(&mut ws).await;
-    assert_eq!(
-        seen["headers"]["sec-websocket-protocol"],
-        "v2.chat, v1.chat"
-    );
+    assert_eq!(seen["headers"]["sec-websocket-protocol"], "v2.chat, v1.chat");
     assert_eq!(seen["headers"]["origin"], "http://app.example");
     assert_eq!(seen["headers"]["upgrade"], "websocket");
 }
@@ -215,9 +142,7 @@ async fn forwarded_headers_as_the_backend_sees_them() {
         ("Connection", "Upgrade, X-Drop-Me"),
         ("X-Drop-Me", "1"),
     ];
-    let (mut ws, _) = connect_with(&ws_url(p.proxy_addr, "/"), &headers)
-        .await
-        .unwrap();
+    let (mut ws, _) = connect_with(&ws_url(p.proxy_addr, "/"), &headers).await.unwrap();
     let seen = backend_view(&mut ws).await;
     let h = &seen["headers"];
     assert_eq!(h["host"], "chat.example.com", "Host preserved");
@@ -226,28 +151,18 @@ async fn forwarded_headers_as_the_backend_sees_them() {
     assert_eq!(h["x-real-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "chat.example.com");
-    assert!(
-        h.get("x-drop-me").is_none(),
-        "fields named in Connection are hop-by-hop"
-    );
+    assert!(h.get("x-drop-me").is_none(), "fields named in Connection are hop-by-hop");
 
     // Behind a trusted proxy, the chain is extended and the real client is the original one.
     let p2 = proxy(&[e.addr], &["--trusted-proxies", "127.0.0.0/8"]).await;
     let headers = [("X-Forwarded-For", "203.0.113.9")];
-    let (mut ws, _) = connect_with(&ws_url(p2.proxy_addr, "/"), &headers)
-        .await
-        .unwrap();
+    let (mut ws, _) = connect_with(&ws_url(p2.proxy_addr, "/"), &headers).await.unwrap();
     let seen = backend_view(&mut ws).await;
     assert_eq!(seen["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen["headers"]["x-real-ip"], "203.0.113.9");
 }
 
-async fn instances(
-    url: &str,
-    n: usize,
-    headers: &[(&str, &str)],
-    hold: bool,
-) -> (Vec<String>, Vec<Ws>) {
+async fn instances(url: &str, n: usize, headers: &[(&str, &str)], hold: bool) -> (Vec<String>, Vec<Ws>) {
     let mut names = Vec::new();
     let mut held = Vec::new();
     for _ in 0..n {
@@ -279,11 +194,7 @@ async fn least_conn_spreads_live_tunnels_evenly() {
     let url = ws_url(p.proxy_addr, "/");
     // Held open, so each pick sees the live counts.
     let (names, _held) = instances(&url, 6, &[], true).await;
-    assert_eq!(
-        counts(&names),
-        HashMap::from([("a".to_string(), 3), ("b".to_string(), 3)]),
-        "{names:?}"
-    );
+    assert_eq!(counts(&names), HashMap::from([("a".to_string(), 3), ("b".to_string(), 3)]), "{names:?}");
     // With three live on `a` and one of `b`'s closed, the next two go to `b`.
     let mut held = _held;
     let idx = names.iter().position(|n| n == "b").unwrap();
@@ -293,9 +204,7 @@ async fn least_conn_spreads_live_tunnels_evenly() {
     let route = p.routes.load();
     let pool = &route.default_route().unwrap().pool;
     wait_until(Duration::from_secs(5), "b has 2 live tunnels", || async {
-        pool.endpoints()
-            .iter()
-            .any(|e| e.addr == b.addr && e.live.active() == 2)
+        pool.endpoints().iter().any(|e| e.addr == b.addr && e.live.active() == 2)
     })
     .await;
     let (next, _more) = instances(&url, 1, &[], true).await;
@@ -315,32 +224,16 @@ async fn round_robin_alternates() {
 #[tokio::test]
 async fn ip_hash_is_sticky_per_client_address() {
     let (a, b) = (echo("a", "").await, echo("b", "").await);
-    let p = proxy(
-        &[a.addr, b.addr],
-        &[
-            "--load-balance",
-            "ip-hash",
-            "--trusted-proxies",
-            "127.0.0.1",
-        ],
-    )
-    .await;
+    let p = proxy(&[a.addr, b.addr], &["--load-balance", "ip-hash", "--trusted-proxies", "127.0.0.1"]).await;
     let url = ws_url(p.proxy_addr, "/");
     let mut seen = HashMap::new();
     for i in 0..16 {
         let client = format!("198.51.100.{i}");
         let (names, _) = instances(&url, 3, &[("X-Forwarded-For", &client)], false).await;
-        assert!(
-            names.iter().all(|n| n == &names[0]),
-            "client {client} moved: {names:?}"
-        );
+        assert!(names.iter().all(|n| n == &names[0]), "client {client} moved: {names:?}");
         *seen.entry(names[0].clone()).or_insert(0) += 1;
     }
-    assert_eq!(
-        seen.len(),
-        2,
-        "16 clients all landed on one backend: {seen:?}"
-    );
+    assert_eq!(seen.len(), 2, "16 clients all landed on one backend: {seen:?}");
 }
 
 #[tokio::test]
@@ -352,17 +245,10 @@ async fn header_hash_is_sticky_per_header_value() {
     for i in 0..16 {
         let user = format!("user-{i}");
         let (names, _) = instances(&url, 3, &[("X-User", &user)], false).await;
-        assert!(
-            names.iter().all(|n| n == &names[0]),
-            "{user} moved: {names:?}"
-        );
+        assert!(names.iter().all(|n| n == &names[0]), "{user} moved: {names:?}");
         *seen.entry(names[0].clone()).or_insert(0) += 1;
     }
-    assert_eq!(
-        seen.len(),
-        2,
-        "16 users all landed on one backend: {seen:?}"
-    );
+    assert_eq!(seen.len(), 2, "16 users all landed on one backend: {seen:?}");
 }
 
 #[tokio::test]
@@ -372,21 +258,13 @@ async fn a_dead_endpoint_is_skipped() {
     let p = proxy(&[dead, live.addr], &["--load-balance", "round-robin"]).await;
     let (names, _) = instances(&ws_url(p.proxy_addr, "/"), 4, &[], false).await;
     assert_eq!(names, ["live"; 4]);
-    let refused = p
-        .metrics
-        .upstream_errors
-        .with_label_values(&["static/upstream", "static:upstream", "connect_refused"])
-        .get();
+    let refused =
+        p.metrics.upstream_errors.with_label_values(&["static/upstream", "static:upstream", "connect_refused"]).get();
     assert!(refused >= 1, "the failed connect is counted");
 }
 
 /// A TCP listener that counts connections and does whatever `answer` says with each.
-async fn raw_backend(
-    answer: &'static [u8],
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+async fn raw_backend(answer: &'static [u8]) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -419,31 +297,18 @@ async fn error_statuses() {
     assert!(String::from_utf8_lossy(&body).contains("Sec-WebSocket-Key"));
     let post = "POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n";
     assert_eq!(http_raw(p.proxy_addr, post).await.0, 400);
-    assert_eq!(
-        accepts.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "no upstream contact for a bad request"
-    );
+    assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 0, "no upstream contact for a bad request");
 
     // 504: the backend accepts TCP but never answers the handshake.
     let p = proxy(&[counted], &["--handshake-timeout", "300ms"]).await;
     let started = Instant::now();
-    let (status, _, _) = http_raw(
-        p.proxy_addr,
-        &upgrade_request("x", "/", "Connection-Extra: 1\r\n"),
-    )
-    .await;
+    let (status, _, _) = http_raw(p.proxy_addr, &upgrade_request("x", "/", "Connection-Extra: 1\r\n")).await;
     assert_eq!(status, 504);
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // 502: every endpoint refuses.
     let p = proxy(&[dead_addr().await, dead_addr().await], &[]).await;
-    assert_eq!(
-        http_raw(p.proxy_addr, &upgrade_request("x", "/", ""))
-            .await
-            .0,
-        502
-    );
+    assert_eq!(http_raw(p.proxy_addr, &upgrade_request("x", "/", "")).await.0, 502);
 
     // 502: a 101 with the wrong Sec-WebSocket-Accept is not passed on.
     let (liar, _) = raw_backend(
@@ -451,12 +316,7 @@ async fn error_statuses() {
     )
     .await;
     let p = proxy(&[liar], &[]).await;
-    assert_eq!(
-        http_raw(p.proxy_addr, &upgrade_request("x", "/", ""))
-            .await
-            .0,
-        502
-    );
+    assert_eq!(http_raw(p.proxy_addr, &upgrade_request("x", "/", "")).await.0, 502);
 
     // A non-101 answer is passed back as is.
     let (refuser, _) =
@@ -469,25 +329,9 @@ async fn error_statuses() {
 
     // 503: the route exists but its pool is empty; 404: no route for the host.
     let m = manual_proxy(&[]).await;
-    m.publisher().publish(
-        table(
-            &[("chat.example.com", "/", "default/chat", &[])],
-            RouteSettings::default(),
-        ),
-        &[],
-    );
-    assert_eq!(
-        http_raw(m.proxy_addr, &upgrade_request("chat.example.com", "/", ""))
-            .await
-            .0,
-        503
-    );
-    assert_eq!(
-        http_raw(m.proxy_addr, &upgrade_request("other.example.com", "/", ""))
-            .await
-            .0,
-        404
-    );
+    m.publisher().publish(table(&[("chat.example.com", "/", "default/chat", &[])], RouteSettings::default()), &[]);
+    assert_eq!(http_raw(m.proxy_addr, &upgrade_request("chat.example.com", "/", "")).await.0, 503);
+    assert_eq!(http_raw(m.proxy_addr, &upgrade_request("other.example.com", "/", "")).await.0, 404);
 }
 
 #[tokio::test]
@@ -497,32 +341,15 @@ async fn idle_timeout_closes_a_silent_connection_with_1001() {
     let mut ws = connect(&ws_url(p.proxy_addr, "/")).await;
     assert_eq!(round_trip(&mut ws, "x").await, "x");
     let started = Instant::now();
-    assert_eq!(
-        expect_close(&mut ws, Duration::from_secs(5)).await,
-        Some(1001)
-    );
+    assert_eq!(expect_close(&mut ws, Duration::from_secs(5)).await, Some(1001));
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
-        "closed after {took:?}"
-    );
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "closed after {took:?}");
 }
 
 #[tokio::test]
 async fn pings_keep_a_silent_connection_alive() {
     let e = echo("e1", "").await;
-    let p = proxy(
-        &[e.addr],
-        &[
-            "--idle-timeout",
-            "600ms",
-            "--ping-interval",
-            "150ms",
-            "--pong-timeout",
-            "2s",
-        ],
-    )
-    .await;
+    let p = proxy(&[e.addr], &["--idle-timeout", "600ms", "--ping-interval", "150ms", "--pong-timeout", "2s"]).await;
     let mut ws = connect(&ws_url(p.proxy_addr, "/")).await;
     let until = Instant::now() + Duration::from_millis(1800);
     let mut pings = 0;
@@ -545,30 +372,17 @@ async fn pings_keep_a_silent_connection_alive() {
 async fn a_new_table_moves_new_connections_and_keeps_established_ones() {
     let (a, b) = (echo("a", "").await, echo("b", "").await);
     let p = manual_proxy(&[]).await;
-    p.publisher().publish(
-        table(
-            &[("", "/", "default/chat", &[a.addr])],
-            RouteSettings::default(),
-        ),
-        &[],
-    );
+    p.publisher().publish(table(&[("", "/", "default/chat", &[a.addr])], RouteSettings::default()), &[]);
     let url = ws_url(p.proxy_addr, "/");
     let (mut old, inst) = instance_of(&url).await;
     assert_eq!(inst, "a");
     // Swap in a table where the route points at `b` only, and `a` is gone with drain "never".
-    let keep = RouteSettings {
-        drain_timeout: None,
-        ..RouteSettings::default()
-    };
-    p.publisher()
-        .publish(table(&[("", "/", "default/chat", &[b.addr])], keep), &[]);
+    let keep = RouteSettings { drain_timeout: None, ..RouteSettings::default() };
+    p.publisher().publish(table(&[("", "/", "default/chat", &[b.addr])], keep), &[]);
     let (_new, inst) = instance_of(&url).await;
     assert_eq!(inst, "b");
     for i in 0..5 {
-        assert_eq!(
-            round_trip(&mut old, &format!("m{i}")).await,
-            format!("m{i}")
-        );
+        assert_eq!(round_trip(&mut old, &format!("m{i}")).await, format!("m{i}"));
     }
 }
 
@@ -576,39 +390,17 @@ async fn a_new_table_moves_new_connections_and_keeps_established_ones() {
 async fn a_removed_endpoint_is_drained_with_1001_after_its_timeout() {
     let (a, b) = (echo("a", "").await, echo("b", "").await);
     let p = manual_proxy(&[]).await;
-    let settings = RouteSettings {
-        drain_timeout: Some(Duration::from_millis(300)),
-        ..RouteSettings::default()
-    };
-    p.publisher().publish(
-        table(
-            &[("", "/", "default/chat", &[a.addr, b.addr])],
-            settings.clone(),
-        ),
-        &[],
-    );
+    let settings = RouteSettings { drain_timeout: Some(Duration::from_millis(300)), ..RouteSettings::default() };
+    p.publisher().publish(table(&[("", "/", "default/chat", &[a.addr, b.addr])], settings.clone()), &[]);
     let url = ws_url(p.proxy_addr, "/");
     let (mut first, i1) = instance_of(&url).await;
     let (mut second, i2) = instance_of(&url).await;
     assert_ne!(i1, i2);
-    let (mut on_a, mut on_b) = if i1 == "a" {
-        (first, second)
-    } else {
-        (second, first)
-    };
-    p.publisher().publish(
-        table(&[("", "/", "default/chat", &[a.addr])], settings),
-        &[],
-    );
+    let (mut on_a, mut on_b) = if i1 == "a" { (first, second) } else { (second, first) };
+    p.publisher().publish(table(&[("", "/", "default/chat", &[a.addr])], settings), &[]);
     let removed_at = Instant::now();
-    assert_eq!(
-        expect_close(&mut on_b, Duration::from_secs(5)).await,
-        Some(1001)
-    );
-    assert!(
-        removed_at.elapsed() >= Duration::from_millis(250),
-        "closed before the drain timeout"
-    );
+    assert_eq!(expect_close(&mut on_b, Duration::from_secs(5)).await, Some(1001));
+    assert!(removed_at.elapsed() >= Duration::from_millis(250), "closed before the drain timeout");
     assert_eq!(round_trip(&mut on_a, "survivor").await, "survivor");
     first = on_a;
     second = on_b;

@@ -58,10 +58,7 @@ pub fn pick(pool: &Pool, policy: &Policy, key: Option<&[u8]>) -> Candidates {
         return out;
     }
     let now = now_ms();
-    let healthy = |i: usize| {
-        pool.ready_at(i)
-            .is_some_and(|e| e.live.ejected_until_ms() <= now)
-    };
+    let healthy = |i: usize| pool.ready_at(i).is_some_and(|e| e.live.ejected_until_ms() <= now);
     let first = match (policy, key) {
         (Policy::RoundRobin, _) => rotate_healthy(pool.next_index() % n, n, &healthy),
         (Policy::IpHash | Policy::HeaderHash(_), Some(key)) => match pool.ring().pick(key) {
@@ -86,10 +83,7 @@ pub fn pick(pool: &Pool, policy: &Policy, key: Option<&[u8]>) -> Candidates {
 }
 
 fn rotate_healthy(start: usize, n: usize, healthy: &impl Fn(usize) -> bool) -> usize {
-    (0..n)
-        .map(|s| (start + s) % n)
-        .find(|&i| healthy(i))
-        .unwrap_or(start)
+    (0..n).map(|s| (start + s) % n).find(|&i| healthy(i)).unwrap_or(start)
 }
 
 fn least_conn(pool: &Pool, n: usize, healthy: &impl Fn(usize) -> bool) -> usize {
@@ -114,11 +108,7 @@ mod tests {
     use crate::routes::Endpoint;
 
     fn pool(n: u8) -> Pool {
-        Pool::new(
-            (1..=n)
-                .map(|i| Endpoint::new(([10, 0, 0, i], 80).into(), true))
-                .collect(),
-        )
+        Pool::new((1..=n).map(|i| Endpoint::new(([10, 0, 0, i], 80).into(), true)).collect())
     }
 
     #[test]
@@ -129,9 +119,7 @@ mod tests {
     #[test]
     fn round_robin_rotates_and_offers_fallbacks() {
         let p = pool(3);
-        let firsts: Vec<usize> = (0..6)
-            .map(|_| pick(&p, &Policy::RoundRobin, None).as_slice()[0])
-            .collect();
+        let firsts: Vec<usize> = (0..6).map(|_| pick(&p, &Policy::RoundRobin, None).as_slice()[0]).collect();
         assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
         assert_eq!(pick(&p, &Policy::RoundRobin, None).as_slice().len(), 3);
     }

@@ -22,10 +22,7 @@ pub enum ProxyError {
     #[error("this route accepts WebSocket upgrades only")]
     WebSocketOnly,
     #[error("connect to {addr} failed: {source}")]
-    Connect {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Connect { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("connect to {0} timed out")]
     ConnectTimeout(std::net::SocketAddr),
     #[error("backend did not answer in time")]
@@ -45,9 +42,7 @@ impl ProxyError {
             Self::OriginForbidden => StatusCode::FORBIDDEN,
             Self::ClientLimit => StatusCode::TOO_MANY_REQUESTS,
             Self::WebSocketOnly => StatusCode::UPGRADE_REQUIRED,
-            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout(_) | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -56,9 +51,7 @@ impl ProxyError {
         match self {
             Self::NoEndpoints => UpgradeResult::NoEndpoints,
             Self::ConnectTimeout(_) | Self::ResponseTimeout => UpgradeResult::Timeout,
-            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => {
-                UpgradeResult::BackendError
-            }
+            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => UpgradeResult::BackendError,
             _ => UpgradeResult::Rejected,
         }
     }
@@ -89,10 +82,7 @@ mod tests {
         assert_eq!(ProxyError::NoEndpoints.status(), 503);
         assert_eq!(ProxyError::BadUpgrade("x").status(), 400);
         assert_eq!(ProxyError::ResponseTimeout.status(), 504);
-        assert_eq!(
-            ProxyError::ResponseTimeout.upgrade_result(),
-            UpgradeResult::Timeout
-        );
+        assert_eq!(ProxyError::ResponseTimeout.upgrade_result(), UpgradeResult::Timeout);
         let refused = ProxyError::Connect {
             addr: "127.0.0.1:1".parse().unwrap(),
             source: std::io::ErrorKind::ConnectionRefused.into(),

@@ -36,10 +36,7 @@ pub async fn connect(ep: &Endpoint, timeout: Duration) -> Result<TcpStream, Prox
     let stream = tokio::time::timeout(timeout, TcpStream::connect(ep.addr))
         .await
         .map_err(|_| ProxyError::ConnectTimeout(ep.addr))?
-        .map_err(|source| ProxyError::Connect {
-            addr: ep.addr,
-            source,
-        })?;
+        .map_err(|source| ProxyError::Connect { addr: ep.addr, source })?;
     // Failing to set NODELAY only costs latency.
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -78,14 +75,9 @@ impl HttpPool {
         }
     }
 
-    async fn open(
-        &self,
-        ep: &Endpoint,
-        timeout: Duration,
-    ) -> Result<SendRequest<UpBody>, ProxyError> {
+    async fn open(&self, ep: &Endpoint, timeout: Duration) -> Result<SendRequest<UpBody>, ProxyError> {
         let stream = connect(ep, timeout).await?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake::<_, UpBody>(TokioIo::new(stream)).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake::<_, UpBody>(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "backend HTTP connection ended with an error");
@@ -109,9 +101,7 @@ pub async fn forward(
     let key = match (&settings.policy, client.client) {
         (crate::routes::Policy::IpHash, std::net::IpAddr::V4(a)) => Some(a.octets().to_vec()),
         (crate::routes::Policy::IpHash, std::net::IpAddr::V6(a)) => Some(a.octets().to_vec()),
-        (crate::routes::Policy::HeaderHash(h), _) => {
-            req.headers().get(h.as_str()).map(|v| v.as_bytes().to_vec())
-        }
+        (crate::routes::Policy::HeaderHash(h), _) => req.headers().get(h.as_str()).map(|v| v.as_bytes().to_vec()),
         _ => None,
     };
     let candidates = balance::pick(&route.pool, &settings.policy, key.as_deref());
@@ -149,9 +139,7 @@ pub async fn forward(
                 Ok(s) => s,
                 Err(e) => {
                     if let Some(reason) = e.upstream_reason() {
-                        state
-                            .metrics
-                            .upstream_error(&route.id, &route.backend, reason);
+                        state.metrics.upstream_error(&route.id, &route.backend, reason);
                     }
                     balance::eject(ep);
                     last_err = e;
@@ -169,21 +157,15 @@ pub async fn forward(
             Err(e) if reused && bodiless && !matches!(e, ProxyError::ResponseTimeout) => {
                 let fresh = state.http_pool.open(ep, settings.connect_timeout).await?;
                 let up = Request::from_parts(parts.clone(), Either::Right(Empty::new()));
-                return send(state, ep, fresh, up, settings.handshake_timeout)
-                    .await
-                    .inspect_err(|e| {
-                        if let Some(reason) = e.upstream_reason() {
-                            state
-                                .metrics
-                                .upstream_error(&route.id, &route.backend, reason);
-                        }
-                    });
+                return send(state, ep, fresh, up, settings.handshake_timeout).await.inspect_err(|e| {
+                    if let Some(reason) = e.upstream_reason() {
+                        state.metrics.upstream_error(&route.id, &route.backend, reason);
+                    }
+                });
             }
             Err(e) => {
                 if let Some(reason) = e.upstream_reason() {
-                    state
-                        .metrics
-                        .upstream_error(&route.id, &route.backend, reason);
+                    state.metrics.upstream_error(&route.id, &route.backend, reason);
                 }
                 return Err(e);
             }
@@ -199,9 +181,8 @@ async fn send(
     req: Request<UpBody>,
     timeout: Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let resp = tokio::time::timeout(timeout, sender.send_request(req))
-        .await
-        .map_err(|_| ProxyError::ResponseTimeout)??;
+    let resp =
+        tokio::time::timeout(timeout, sender.send_request(req)).await.map_err(|_| ProxyError::ResponseTimeout)??;
     state.http_pool.put(ep.addr, sender);
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);

@@ -70,9 +70,7 @@ impl TrustedProxies {
                 Some((ip, len)) => (ip, Some(len)),
                 None => (item, None),
             };
-            let ip: IpAddr = ip
-                .parse()
-                .map_err(|_| format!("--trusted-proxies: `{item}` is not an IP or CIDR"))?;
+            let ip: IpAddr = ip.parse().map_err(|_| format!("--trusted-proxies: `{item}` is not an IP or CIDR"))?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let len = match len {
                 Some(l) => l.parse::<u8>().ok().filter(|&l| l <= max),
@@ -97,11 +95,7 @@ impl TrustedProxies {
     pub fn client_info(&self, peer: IpAddr, headers: &HeaderMap) -> ClientInfo {
         let peer = canonical(peer);
         if !self.contains(peer) {
-            return ClientInfo {
-                peer,
-                client: peer,
-                trusted_peer: false,
-            };
+            return ClientInfo { peer, client: peer, trusted_peer: false };
         }
         let mut client = peer;
         let hops: Vec<IpAddr> = headers
@@ -117,11 +111,7 @@ impl TrustedProxies {
                 break;
             }
         }
-        ClientInfo {
-            peer,
-            client,
-            trusted_peer: true,
-        }
+        ClientInfo { peer, client, trusted_peer: true }
     }
 }
 
@@ -185,11 +175,7 @@ pub enum RequestKind {
 /// Classify a request and validate it when it asks for a WebSocket (RFC 6455 §4.2.1):
 /// GET, HTTP/1.1, `Upgrade: websocket`, `Connection` containing `upgrade`, a 16-byte
 /// base64 `Sec-WebSocket-Key`, `Sec-WebSocket-Version: 13`.
-pub fn classify(
-    method: &Method,
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<RequestKind, &'static str> {
+pub fn classify(method: &Method, version: Version, headers: &HeaderMap) -> Result<RequestKind, &'static str> {
     if !has_token(headers, &header::UPGRADE, "websocket") {
         return Ok(RequestKind::Plain);
     }
@@ -202,16 +188,11 @@ pub fn classify(
     if version != Version::HTTP_11 {
         return Err("a WebSocket upgrade must use HTTP/1.1");
     }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or("missing Sec-WebSocket-Key")?;
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or("missing Sec-WebSocket-Key")?;
     if !valid_key(key.as_bytes()) {
         return Err("Sec-WebSocket-Key is not 16 bytes of base64");
     }
-    match headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-    {
+    match headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) {
         Some(b"13") => Ok(RequestKind::WebSocket),
         Some(_) => Err("unsupported Sec-WebSocket-Version (only 13)"),
         None => Err("missing Sec-WebSocket-Version"),
@@ -221,10 +202,7 @@ pub fn classify(
 fn valid_key(key: &[u8]) -> bool {
     use base64::Engine;
     let key = key.trim_ascii();
-    key.len() == 24
-        && base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .is_ok_and(|k| k.len() == 16)
+    key.len() == 24 && base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|k| k.len() == 16)
 }
 
 /// The `Sec-WebSocket-Accept` a server must answer for `key` (RFC 6455 §4.2.2).
@@ -244,10 +222,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -273,17 +248,10 @@ mod tests {
     #[test]
     fn forwarded_headers_untrusted_peer() {
         let trusted = TrustedProxies::default();
-        let mut h = map(&[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x-forwarded-proto", "https"),
-        ]);
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
         let info = trusted.client_info("10.1.2.3".parse().unwrap(), &h);
         assert_eq!(info.client, "10.1.2.3".parse::<IpAddr>().unwrap());
-        add_forwarded(
-            &mut h,
-            &info,
-            Some(&HeaderValue::from_static("chat.example.com")),
-        );
+        add_forwarded(&mut h, &info, Some(&HeaderValue::from_static("chat.example.com")));
         // A spoofed chain from an untrusted peer is replaced, not extended.
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-real-ip"], "10.1.2.3");
@@ -294,10 +262,7 @@ mod tests {
     #[test]
     fn forwarded_headers_trusted_chain() {
         let trusted = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.168.1.1".into()]).unwrap();
-        let mut h = map(&[
-            ("x-forwarded-for", "1.2.3.4, 10.9.9.9"),
-            ("x-forwarded-proto", "https"),
-        ]);
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4, 10.9.9.9"), ("x-forwarded-proto", "https")]);
         let info = trusted.client_info("10.0.0.5".parse().unwrap(), &h);
         assert_eq!(info.client, "1.2.3.4".parse::<IpAddr>().unwrap());
         add_forwarded(&mut h, &info, None);
@@ -319,10 +284,7 @@ mod tests {
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ("sec-websocket-version", "13"),
         ];
-        assert_eq!(
-            classify(&Method::GET, Version::HTTP_11, &map(&good)),
-            Ok(RequestKind::WebSocket)
-        );
+        assert_eq!(classify(&Method::GET, Version::HTTP_11, &map(&good)), Ok(RequestKind::WebSocket));
         assert!(classify(&Method::POST, Version::HTTP_11, &map(&good)).is_err());
         assert!(classify(&Method::GET, Version::HTTP_10, &map(&good)).is_err());
         let mut bad_key = good;
@@ -334,21 +296,12 @@ mod tests {
         let no_conn = [good[0], good[2], good[3]];
         assert!(classify(&Method::GET, Version::HTTP_11, &map(&no_conn)).is_err());
         let h2c = [("upgrade", "h2c"), ("connection", "upgrade")];
-        assert_eq!(
-            classify(&Method::GET, Version::HTTP_11, &map(&h2c)),
-            Ok(RequestKind::Plain)
-        );
-        assert_eq!(
-            classify(&Method::GET, Version::HTTP_11, &HeaderMap::new()),
-            Ok(RequestKind::Plain)
-        );
+        assert_eq!(classify(&Method::GET, Version::HTTP_11, &map(&h2c)), Ok(RequestKind::Plain));
+        assert_eq!(classify(&Method::GET, Version::HTTP_11, &HeaderMap::new()), Ok(RequestKind::Plain));
     }
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 }

@@ -15,9 +15,7 @@ pub struct Counters<K: std::hash::Hash + Eq + Clone> {
 
 impl<K: std::hash::Hash + Eq + Clone> Default for Counters<K> {
     fn default() -> Self {
-        Self {
-            map: Mutex::new(HashMap::new()),
-        }
+        Self { map: Mutex::new(HashMap::new()) }
     }
 }
 

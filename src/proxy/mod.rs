@@ -28,9 +28,6 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 pub fn text_response(status: http::StatusCode, text: &str) -> http::Response<ProxyBody> {
     let mut resp = http::Response::new(Either::Right(Full::new(Bytes::from(format!("{text}\n")))));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

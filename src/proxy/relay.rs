@@ -46,9 +46,7 @@ struct PooledBuf(Vec<u8>);
 
 impl PooledBuf {
     fn take() -> Self {
-        let buf = POOL
-            .with(|p| p.borrow_mut().pop())
-            .unwrap_or_else(|| vec![0u8; BUF_SIZE]);
+        let buf = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; BUF_SIZE]);
         Self(buf)
     }
 }
@@ -198,6 +196,8 @@ struct Tunnel<'a> {
     closing_since: Option<Instant>,
     handshake_done_at: Option<Instant>,
     first_close: Option<(Initiator, Option<u16>)>,
+    /// The proxy itself decided to close (timeouts, drain, shutdown, limits).
+    proxy_closed: bool,
     reason: Option<EndReason>,
     mask_seed: u32,
 }
@@ -239,6 +239,7 @@ pub async fn relay(
         closing_since: None,
         handshake_done_at: None,
         first_close: None,
+        proxy_closed: false,
         reason: None,
         mask_seed: seed(),
     };
@@ -338,10 +339,7 @@ impl Tunnel<'_> {
             }
             return;
         }
-        if self
-            .handshake_done_at
-            .is_some_and(|at| now >= at + HANDSHAKE_LINGER)
-        {
+        if self.handshake_done_at.is_some_and(|at| now >= at + HANDSHAKE_LINGER) {
             self.abort();
             return;
         }
@@ -353,8 +351,7 @@ impl Tunnel<'_> {
             if now >= sent + self.settings.pong_timeout {
                 // The client is gone: tell the backend, drop the client.
                 self.reason.get_or_insert(EndReason::PongTimeout);
-                self.first_close
-                    .get_or_insert((Initiator::Proxy, Some(close::GOING_AWAY)));
+                self.first_close.get_or_insert((Initiator::Proxy, Some(close::GOING_AWAY)));
                 shutdown(&self.client, Shutdown::Both);
                 self.peer_gone(0);
                 return;
@@ -368,11 +365,7 @@ impl Tunnel<'_> {
             self.halves[1].inject = Some((frame, n));
             self.try_inject(1);
         }
-        if self
-            .settings
-            .idle_timeout
-            .is_some_and(|t| now >= self.last_any + t)
-        {
+        if self.settings.idle_timeout.is_some_and(|t| now >= self.last_any + t) {
             self.begin_close(close::GOING_AWAY, EndReason::IdleTimeout);
         }
     }
@@ -403,8 +396,7 @@ impl Tunnel<'_> {
             return;
         }
         self.reason.get_or_insert(reason);
-        self.first_close
-            .get_or_insert((Initiator::Proxy, Some(code)));
+        self.first_close.get_or_insert((Initiator::Proxy, Some(code)));
         self.closing_since = Some(Instant::now());
         for d in 0..2 {
             let h = &self.halves[d];
@@ -474,9 +466,7 @@ impl Tunnel<'_> {
             h.poisoned = true;
             let (code, reason) = match e {
                 ScanError::LengthOverflow => (close::PROTOCOL_ERROR, EndReason::ProtocolError),
-                ScanError::MessageTooBig { .. } => {
-                    (close::MESSAGE_TOO_BIG, EndReason::MessageTooBig)
-                }
+                ScanError::MessageTooBig { .. } => (close::MESSAGE_TOO_BIG, EndReason::MessageTooBig),
             };
             tracing::debug!(direction = h.dir.label(), error = %e, "closing tunnel");
             // The offending bytes are dropped; the output can take a Close only if it was between frames.
@@ -494,11 +484,7 @@ impl Tunnel<'_> {
         h.messages += summary.messages;
         if summary.close_seen && !h.close_from_src {
             h.close_from_src = true;
-            let who = if d == 0 {
-                Initiator::Client
-            } else {
-                Initiator::Backend
-            };
+            let who = if d == 0 { Initiator::Client } else { Initiator::Backend };
             self.first_close.get_or_insert((who, summary.close_code));
             if self.halves[0].close_from_src && self.halves[1].close_from_src {
                 self.handshake_done_at = Some(now);
@@ -512,15 +498,8 @@ impl Tunnel<'_> {
             self.maybe_close_complete();
             return;
         }
-        let inject_at = if h.inject.is_some() {
-            if was_at_boundary {
-                Some(0)
-            } else {
-                summary.last_boundary
-            }
-        } else {
-            None
-        };
+        let inject_at =
+            if h.inject.is_some() { if was_at_boundary { Some(0) } else { summary.last_boundary } } else { None };
         self.write_out(d, buf, 0, n, inject_at);
         self.flush_metrics(d);
     }
@@ -528,14 +507,7 @@ impl Tunnel<'_> {
     /// Write `buf[start..end]` to direction `d`'s destination, with the queued control frame
     /// inserted at offset `inject_at` (relative to `start`). Whatever cannot be written now
     /// stays pending.
-    fn write_out(
-        &mut self,
-        d: usize,
-        mut buf: PooledBuf,
-        start: usize,
-        mut end: usize,
-        inject_at: Option<usize>,
-    ) {
+    fn write_out(&mut self, d: usize, mut buf: PooledBuf, start: usize, mut end: usize, inject_at: Option<usize>) {
         if let Some(at) = inject_at
             && let Some((frame, len)) = self.halves[d].inject.take()
         {
@@ -596,9 +568,8 @@ impl Tunnel<'_> {
         if self.closing_since.is_none() {
             return;
         }
-        let answered = |h: &Half, other: &Half| {
-            (h.sent_close || h.dst_done) && (other.close_from_src || other.src_done)
-        };
+        let answered =
+            |h: &Half, other: &Half| (h.sent_close || h.dst_done) && (other.close_from_src || other.src_done);
         let [a, b] = &self.halves;
         if answered(a, b) && answered(b, a) && a.pending.is_none() && b.pending.is_none() {
             self.abort();
@@ -650,11 +621,7 @@ impl Tunnel<'_> {
     /// at its next frame boundary: the client gets 1011 when the backend vanished
     /// (RFC 6455 §7.4.1), the backend gets 1001 when the client did; then the tunnel ends.
     fn peer_gone(&mut self, i: usize) {
-        let who = if i == 0 {
-            Initiator::Client
-        } else {
-            Initiator::Backend
-        };
+        let who = if i == 0 { Initiator::Client } else { Initiator::Backend };
         self.first_close.get_or_insert((who, None));
         self.reason.get_or_insert(EndReason::Disconnected);
         // Nothing more goes to the departed peer.
@@ -664,11 +631,7 @@ impl Tunnel<'_> {
         // Direction `i` carries data from the departed peer to the survivor.
         let h = &self.halves[i];
         if !h.dst_done && !h.sent_close && h.scanner.at_boundary() {
-            let code = if i == 1 {
-                close::INTERNAL_ERROR
-            } else {
-                close::GOING_AWAY
-            };
+            let code = if i == 1 { close::INTERNAL_ERROR } else { close::GOING_AWAY };
             self.queue_close(i, code);
         }
         self.halves[i].src_done = true;
@@ -712,7 +675,9 @@ impl Tunnel<'_> {
         shutdown(&self.client, Shutdown::Both);
         shutdown(&self.upstream, Shutdown::Both);
         let (initiator, close_code) = self.first_close.unwrap_or((Initiator::Client, None));
-        let close_seen = self.halves.iter().any(|h| h.close_from_src || h.sent_close);
+        // A close counts as seen when a peer sent a Close frame or the proxy chose to close;
+        // a peer that just dropped TCP is `abnormal` even though we then sent a Close.
+        let close_seen = self.halves.iter().any(|h| h.close_from_src) || self.proxy_closed;
         Outcome {
             initiator,
             close_seen,

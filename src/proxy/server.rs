@@ -27,11 +27,7 @@ pub struct ProxyConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-            max_connections_per_client: 0,
-        }
+        Self { header_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024, max_connections_per_client: 0 }
     }
 }
 
@@ -66,9 +62,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, config: ProxyC
         let over_limit = config.max_connections_per_client > 0 && slot.is_none();
         let state = state.clone();
         let http = http.clone();
-        state.clone().drain.spawn(serve_connection(
-            stream, peer, state, http, over_limit, slot,
-        ));
+        state.clone().drain.spawn(serve_connection(stream, peer, state, http, over_limit, slot));
     }
 }
 
@@ -83,13 +77,9 @@ async fn serve_connection(
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
         let state = svc_state.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(service::handle(state, req, peer, over_limit).await)
-        }
+        async move { Ok::<_, std::convert::Infallible>(service::handle(state, req, peer, over_limit).await) }
     });
-    let conn = http
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+    let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

@@ -14,7 +14,7 @@ use super::headers::{self, ClientInfo, RequestKind, TrustedProxies};
 use super::limits::RouteCounters;
 use super::{ProxyBody, forward, text_response, upgrade};
 use crate::drain::Drain;
-use crate::metrics::{Metrics, UNMATCHED};
+use crate::metrics::{HttpAccess, Metrics, UNMATCHED};
 use crate::routes::RouteHandle;
 
 /// Everything the proxy shares between connections.
@@ -29,20 +29,8 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    pub fn new(
-        routes: Arc<RouteHandle>,
-        metrics: Arc<Metrics>,
-        drain: Drain,
-        trusted: TrustedProxies,
-    ) -> Self {
-        Self {
-            routes,
-            metrics,
-            drain,
-            trusted,
-            http_pool: HttpPool::default(),
-            route_conns: RouteCounters::default(),
-        }
+    pub fn new(routes: Arc<RouteHandle>, metrics: Arc<Metrics>, drain: Drain, trusted: TrustedProxies) -> Self {
+        Self { routes, metrics, drain, trusted, http_pool: HttpPool::default(), route_conns: RouteCounters::default() }
     }
 }
 
@@ -60,10 +48,7 @@ pub async fn handle(
     let table = state.routes.load();
     let host = request_host(&req);
     let route = table.find(host.as_deref(), req.uri().path()).cloned();
-    let route_id = route
-        .as_ref()
-        .map_or(UNMATCHED, |r| r.id.as_str())
-        .to_string();
+    let route_id = route.as_ref().map_or(UNMATCHED, |r| r.id.as_str()).to_string();
 
     match kind {
         Err(why) => {
@@ -73,38 +58,18 @@ pub async fn handle(
         }
         Ok(RequestKind::WebSocket) => {
             let Some(route) = route else {
-                state
-                    .metrics
-                    .upgrade(&route_id, ProxyError::NoRoute.upgrade_result());
-                return error_response(
-                    &state,
-                    &route_id,
-                    ProxyError::NoRoute,
-                    &req,
-                    &client,
-                    started,
-                    true,
-                );
+                state.metrics.upgrade(&route_id, ProxyError::NoRoute.upgrade_result());
+                return error_response(&state, &route_id, ProxyError::NoRoute, &req, &client, started, true);
             };
             if over_client_limit {
-                state
-                    .metrics
-                    .upgrade(&route_id, ProxyError::ClientLimit.upgrade_result());
-                return error_response(
-                    &state,
-                    &route_id,
-                    ProxyError::ClientLimit,
-                    &req,
-                    &client,
-                    started,
-                    true,
-                );
+                state.metrics.upgrade(&route_id, ProxyError::ClientLimit.upgrade_result());
+                return error_response(&state, &route_id, ProxyError::ClientLimit, &req, &client, started, true);
             }
             match upgrade::upgrade(&state, req, route, client, started).await {
                 Ok(resp) => resp,
                 Err((err, req_info)) => {
                     state.metrics.upgrade(&route_id, err.upgrade_result());
-                    log_error(&route_id, &err, &req_info, &client);
+                    log_error(&route_id, &err, &req_info, &client, started, true);
                     let mut resp = text_response(err.status(), &err.to_string());
                     error_headers(&err, &mut resp, true);
                     resp
@@ -113,50 +78,31 @@ pub async fn handle(
         }
         Ok(RequestKind::Plain) => {
             let Some(route) = route else {
-                return error_response(
-                    &state,
-                    &route_id,
-                    ProxyError::NoRoute,
-                    &req,
-                    &client,
-                    started,
-                    false,
-                );
+                return error_response(&state, &route_id, ProxyError::NoRoute, &req, &client, started, false);
             };
             if over_client_limit {
-                return error_response(
-                    &state,
-                    &route_id,
-                    ProxyError::ClientLimit,
-                    &req,
-                    &client,
-                    started,
-                    false,
-                );
+                return error_response(&state, &route_id, ProxyError::ClientLimit, &req, &client, started, false);
             }
             let method = req.method().clone();
             let path = req.uri().path().to_string();
-            let resp = match forward::forward(&state, req, &route, &client).await {
-                Ok(resp) => resp,
-                Err(err) => {
-                    tracing::warn!(route = %route_id, client = %client.client, error = %err, "request failed");
-                    text_response(err.status(), &err.to_string())
-                }
+            let (resp, err) = match forward::forward(&state, req, &route, &client).await {
+                Ok(resp) => (resp, None),
+                Err(err) => (text_response(err.status(), &err.to_string()), Some(err)),
             };
             let status = resp.status().as_u16();
-            state
-                .metrics
-                .http_request(&route_id, status, started.elapsed());
-            tracing::info!(
-                target: "access",
-                kind = "http",
-                route = %route_id,
-                client = %client.client,
-                method = %method,
-                path = %path,
+            state.metrics.http_request(&route_id, status, started.elapsed());
+            HttpAccess {
+                route: &route_id,
+                method: method.as_str(),
+                path: &path,
                 status,
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            );
+                duration: started.elapsed(),
+                client: client.client,
+                endpoint: None,
+                upgrade: false,
+                error: err.as_ref().map(|e| e as &dyn std::error::Error),
+            }
+            .emit();
             resp
         }
     }
@@ -169,18 +115,26 @@ pub struct RequestInfo {
     pub path: String,
 }
 
-fn log_error(route_id: &str, err: &ProxyError, req: &RequestInfo, client: &ClientInfo) {
-    tracing::warn!(
-        target: "access",
-        kind = "websocket",
-        route = %route_id,
-        client = %client.client,
-        method = %req.method,
-        path = %req.path,
-        status = err.status().as_u16(),
-        error = %err,
-        "upgrade failed",
-    );
+fn log_error(
+    route_id: &str,
+    err: &ProxyError,
+    req: &RequestInfo,
+    client: &ClientInfo,
+    started: Instant,
+    upgrade: bool,
+) {
+    HttpAccess {
+        route: route_id,
+        method: req.method.as_str(),
+        path: &req.path,
+        status: err.status().as_u16(),
+        duration: started.elapsed(),
+        client: client.client,
+        endpoint: None,
+        upgrade,
+        error: Some(err),
+    }
+    .emit();
 }
 
 fn error_response(
@@ -192,27 +146,11 @@ fn error_response(
     started: Instant,
     websocket: bool,
 ) -> Response<ProxyBody> {
-    let info = RequestInfo {
-        method: req.method().clone(),
-        path: req.uri().path().to_string(),
-    };
-    if websocket {
-        log_error(route_id, &err, &info, client);
-    } else {
-        state
-            .metrics
-            .http_request(route_id, err.status().as_u16(), started.elapsed());
-        tracing::info!(
-            target: "access",
-            kind = "http",
-            route = %route_id,
-            client = %client.client,
-            method = %info.method,
-            path = %info.path,
-            status = err.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        );
+    let info = RequestInfo { method: req.method().clone(), path: req.uri().path().to_string() };
+    if !websocket {
+        state.metrics.http_request(route_id, err.status().as_u16(), started.elapsed());
     }
+    log_error(route_id, &err, &info, client, started, websocket);
     let mut resp = text_response(err.status(), &err.to_string());
     error_headers(&err, &mut resp, websocket);
     resp
@@ -222,15 +160,10 @@ fn error_response(
 /// close` after a refused upgrade (the client expected to switch protocols on it).
 fn error_headers(err: &ProxyError, resp: &mut Response<ProxyBody>, websocket: bool) {
     if websocket {
-        resp.headers_mut()
-            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        resp.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
-    if matches!(
-        err,
-        ProxyError::ClientLimit | ProxyError::RouteLimit | ProxyError::NoEndpoints
-    ) {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    if matches!(err, ProxyError::ClientLimit | ProxyError::RouteLimit | ProxyError::NoEndpoints) {
+        resp.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     }
 }
 

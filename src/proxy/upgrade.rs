@@ -5,7 +5,6 @@
 //! subprotocols and permessage-deflate are negotiated end to end. A non-101 answer is passed
 //! back as is. After both upgrades, the raw sockets are recovered and handed to the relay.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +22,7 @@ use super::headers::{self, ClientInfo};
 use super::relay::{self, RelaySettings, Signals};
 use super::service::{ProxyState, RequestInfo};
 use super::{ProxyBody, forward};
-use crate::metrics::{ConnMetrics, UpgradeResult, close_code_class};
+use crate::metrics::{ConnMetrics, HttpAccess, Initiator, UpgradeResult, WebSocketAccess, close_code_class};
 use crate::routes::{Endpoint, Route};
 
 type Failed = (ProxyError, RequestInfo);
@@ -37,26 +36,17 @@ pub async fn upgrade(
     client: ClientInfo,
     started: Instant,
 ) -> Result<Response<ProxyBody>, Failed> {
-    let info = RequestInfo {
-        method: req.method().clone(),
-        path: req.uri().path().to_string(),
-    };
+    let info = RequestInfo { method: req.method().clone(), path: req.uri().path().to_string() };
     let fail = |e: ProxyError| (e, info.clone());
     let settings = &route.settings;
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok());
+    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !settings.origin_allowed(origin) {
         return Err(fail(ProxyError::OriginForbidden));
     }
     let route_slot = match settings.max_connections {
-        Some(limit) => Some(
-            state
-                .route_conns
-                .acquire(&route.id, limit as usize)
-                .ok_or_else(|| fail(ProxyError::RouteLimit))?,
-        ),
+        Some(limit) => {
+            Some(state.route_conns.acquire(&route.id, limit as usize).ok_or_else(|| fail(ProxyError::RouteLimit))?)
+        }
         None => None,
     };
     let key = hash_key(&route, &req, &client);
@@ -82,19 +72,9 @@ pub async fn upgrade(
                 continue;
             }
         };
-        let attempt = handshake(
-            stream,
-            &upstream_req,
-            settings.handshake_timeout,
-            client_key.as_ref(),
-        )
-        .await;
+        let attempt = handshake(stream, &upstream_req, settings.handshake_timeout, client_key.as_ref()).await;
         return match attempt {
-            Ok(Handshake::Switched {
-                response,
-                upstream,
-                upstream_pre,
-            }) => {
+            Ok(Handshake::Switched { response, upstream, upstream_pre }) => {
                 let resp = client_response(&response);
                 let tunnel = Tunnel {
                     state: state.clone(),
@@ -107,31 +87,33 @@ pub async fn upgrade(
                 state.metrics.handshake(&route.id, started.elapsed());
                 let conn_metrics = state.metrics.connection(&route.id, &route.backend);
                 state.drain.spawn(async move {
+                    let opened = Instant::now();
                     match on_client_upgrade.await {
-                        Ok(upgraded) => {
-                            tunnel
-                                .run(upgraded, upstream, upstream_pre, conn_metrics)
-                                .await
+                        Ok(upgraded) => tunnel.run(upgraded, upstream, upstream_pre, conn_metrics).await,
+                        Err(e) => {
+                            // The client left between our 101 and its upgrade: the tunnel ended.
+                            let class = close_code_class(None, false);
+                            conn_metrics.closed(Initiator::Client, class, opened.elapsed());
+                            tracing::debug!(error = %e, "client upgrade failed after 101");
                         }
-                        Err(e) => tracing::debug!(error = %e, "client upgrade failed after 101"),
                     }
                 });
                 Ok(resp)
             }
             Ok(Handshake::Refused(resp)) => {
-                state
-                    .metrics
-                    .upgrade(&route.id, UpgradeResult::BackendRefused);
-                tracing::info!(
-                    target: "access",
-                    kind = "websocket",
-                    route = %route.id,
-                    endpoint = %endpoint.addr,
-                    client = %client.client,
-                    path = %info.path,
-                    status = resp.status().as_u16(),
-                    "backend refused the upgrade",
-                );
+                state.metrics.upgrade(&route.id, UpgradeResult::BackendRefused);
+                HttpAccess {
+                    route: &route.id,
+                    method: info.method.as_str(),
+                    path: &info.path,
+                    status: resp.status().as_u16(),
+                    duration: started.elapsed(),
+                    client: client.client,
+                    endpoint: Some(endpoint.addr),
+                    upgrade: true,
+                    error: None,
+                }
+                .emit();
                 Ok(resp)
             }
             Err(e) => {
@@ -145,9 +127,7 @@ pub async fn upgrade(
 
 fn record_upstream_error(state: &ProxyState, route: &Route, e: &ProxyError) {
     if let Some(reason) = e.upstream_reason() {
-        state
-            .metrics
-            .upstream_error(&route.id, &route.backend, reason);
+        state.metrics.upstream_error(&route.id, &route.backend, reason);
     }
 }
 
@@ -158,10 +138,7 @@ fn hash_key(route: &Route, req: &Request<Incoming>, client: &ClientInfo) -> Opti
             std::net::IpAddr::V4(a) => a.octets().to_vec(),
             std::net::IpAddr::V6(a) => a.octets().to_vec(),
         }),
-        crate::routes::Policy::HeaderHash(name) => req
-            .headers()
-            .get(name.as_str())
-            .map(|v| v.as_bytes().to_vec()),
+        crate::routes::Policy::HeaderHash(name) => req.headers().get(name.as_str()).map(|v| v.as_bytes().to_vec()),
         _ => None,
     }
 }
@@ -187,11 +164,7 @@ fn upstream_request(req: &Request<Incoming>, client: &ClientInfo) -> Request<Emp
 }
 
 enum Handshake {
-    Switched {
-        response: Response<Incoming>,
-        upstream: TcpStream,
-        upstream_pre: bytes::Bytes,
-    },
+    Switched { response: Response<Incoming>, upstream: TcpStream, upstream_pre: bytes::Bytes },
     Refused(Response<ProxyBody>),
 }
 
@@ -225,30 +198,18 @@ async fn handshake(
             return Ok::<_, ProxyError>(Handshake::Refused(passthrough(response)));
         }
         let expected = client_key.map(|k| headers::accept_key(k.as_bytes()));
-        let accept = response
-            .headers()
-            .get(header::SEC_WEBSOCKET_ACCEPT)
-            .and_then(|v| v.to_str().ok());
+        let accept = response.headers().get(header::SEC_WEBSOCKET_ACCEPT).and_then(|v| v.to_str().ok());
         if expected.is_none() || accept != expected.as_deref() {
-            return Err(ProxyError::BadHandshake(
-                "Sec-WebSocket-Accept does not match the client's key",
-            ));
+            return Err(ProxyError::BadHandshake("Sec-WebSocket-Accept does not match the client's key"));
         }
         if !headers::has_token(response.headers(), &header::UPGRADE, "websocket") {
             return Err(ProxyError::BadHandshake("101 without Upgrade: websocket"));
         }
         let upgraded = hyper::upgrade::on(&mut response).await?;
-        let (upstream, upstream_pre) =
-            into_tcp(upgraded).ok_or(ProxyError::BadHandshake("upgrade lost the socket"))?;
-        Ok(Handshake::Switched {
-            response,
-            upstream,
-            upstream_pre,
-        })
+        let (upstream, upstream_pre) = into_tcp(upgraded).ok_or(ProxyError::BadHandshake("upgrade lost the socket"))?;
+        Ok(Handshake::Switched { response, upstream, upstream_pre })
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| ProxyError::ResponseTimeout)?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| ProxyError::ResponseTimeout)?
 }
 
 /// A backend's non-101 answer, passed back as is (hop-by-hop fields removed).
@@ -260,9 +221,7 @@ fn passthrough(response: Response<Incoming>) -> Response<ProxyBody> {
 
 /// The 101 for the client: the backend's headers, with our own hop-by-hop upgrade fields.
 fn client_response(backend: &Response<Incoming>) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(
-        http_body_util::Full::new(bytes::Bytes::new()),
-    ));
+    let mut resp = Response::new(Either::Right(http_body_util::Full::new(bytes::Bytes::new())));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut h = backend.headers().clone();
     headers::strip_hop_by_hop(&mut h);
@@ -314,41 +273,24 @@ impl Tunnel {
             endpoint_removed: self.endpoint.live.removed().clone(),
         };
         let opened = Instant::now();
-        let out = relay::relay(
-            client,
-            &client_pre,
-            upstream,
-            &upstream_pre,
-            &settings,
-            &signals,
-            &metrics,
-        )
-        .await;
+        let out = relay::relay(client, &client_pre, upstream, &upstream_pre, &settings, &signals, &metrics).await;
         let lifetime = opened.elapsed();
-        metrics.closed(
-            out.initiator,
-            close_code_class(out.close_code, out.close_seen),
-            lifetime,
-        );
-        tracing::info!(
-            target: "access",
-            kind = "websocket",
-            route = %self.route.id,
-            backend = %self.route.backend,
-            endpoint = %endpoint_addr(&self.endpoint.addr),
-            client = %self.client.client,
-            duration_ms = lifetime.as_secs_f64() * 1000.0,
-            msgs_in = out.messages[0],
-            msgs_out = out.messages[1],
-            bytes_in = out.bytes[0],
-            bytes_out = out.bytes[1],
-            close_code = out.close_code.map_or(-1, i32::from),
-            initiator = out.initiator.label(),
-            reason = out.reason.label(),
-        );
+        metrics.closed(out.initiator, close_code_class(out.close_code, out.close_seen), lifetime);
+        WebSocketAccess {
+            route: &self.route.id,
+            backend: &self.route.backend,
+            endpoint: self.endpoint.addr,
+            client: self.client.client,
+            duration: lifetime,
+            msgs_in: out.messages[0],
+            msgs_out: out.messages[1],
+            bytes_in: out.bytes[0],
+            bytes_out: out.bytes[1],
+            close_code: out.close_code,
+            close_frame_seen: out.close_seen,
+            initiator: out.initiator,
+            reason: out.reason.label(),
+        }
+        .emit();
     }
-}
-
-fn endpoint_addr(a: &SocketAddr) -> String {
-    a.to_string()
 }

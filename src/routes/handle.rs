@@ -78,12 +78,7 @@ mod tests {
         RouteTable::single(Route {
             id: "static/upstream".into(),
             backend: "static:upstream".into(),
-            pool: Pool::new(
-                addrs
-                    .iter()
-                    .map(|a| Endpoint::new(a.parse().unwrap(), true))
-                    .collect(),
-            ),
+            pool: Pool::new(addrs.iter().map(|a| Endpoint::new(a.parse().unwrap(), true)).collect()),
             settings: RouteSettings::default(),
         })
     }
@@ -94,12 +89,8 @@ mod tests {
         assert!(!h.has_published());
         assert_eq!(h.publish(table(&["127.0.0.1:1", "127.0.0.1:2"])), 1);
         let first = h.load();
-        let gone = first.default_route().unwrap().pool.endpoints()[1]
-            .live
-            .clone();
-        let kept = first.default_route().unwrap().pool.endpoints()[0]
-            .live
-            .clone();
+        let gone = first.default_route().unwrap().pool.endpoints()[1].live.clone();
+        let kept = first.default_route().unwrap().pool.endpoints()[0].live.clone();
         assert_eq!(h.publish(table(&["127.0.0.1:1"])), 2);
         assert!(gone.is_removed());
         assert!(!kept.is_removed());

@@ -81,11 +81,7 @@ impl PathMatch {
     /// `ImplementationSpecific` is treated as `Prefix` too.
     pub fn prefix(path: &str) -> Self {
         let trimmed = path.trim_end_matches('/');
-        if trimmed.is_empty() {
-            Self::Prefix("/".to_string())
-        } else {
-            Self::Prefix(trimmed.to_string())
-        }
+        if trimmed.is_empty() { Self::Prefix("/".to_string()) } else { Self::Prefix(trimmed.to_string()) }
     }
 
     /// `path` is the request path without its query.
@@ -124,21 +120,12 @@ impl fmt::Display for PathMatch {
 }
 
 /// The sort key that puts rules in precedence order.
-pub(crate) fn precedence_key(
-    host: &HostMatch,
-    path: &PathMatch,
-) -> (u8, String, u8, Reverse<usize>, String) {
+pub(crate) fn precedence_key(host: &HostMatch, path: &PathMatch) -> (u8, String, u8, Reverse<usize>, String) {
     let host_name = match host {
         HostMatch::Exact(h) | HostMatch::Wildcard(h) => h.clone(),
         HostMatch::Any => String::new(),
     };
-    (
-        host.class(),
-        host_name,
-        path.class(),
-        Reverse(path.as_str().len()),
-        path.as_str().to_string(),
-    )
+    (host.class(), host_name, path.class(), Reverse(path.as_str().len()), path.as_str().to_string())
 }
 
 /// Lower-case, without port or trailing dot. Keeps IPv6 literals bracketed.
@@ -159,19 +146,11 @@ pub fn normalize_host(raw: &str) -> String {
 }
 
 /// Rules must be sorted by [`precedence_key`].
-pub(crate) fn find<'a>(
-    rules: &'a [Rule],
-    host: Option<&str>,
-    path: &str,
-) -> Option<&'a std::sync::Arc<super::Route>> {
+pub(crate) fn find<'a>(rules: &'a [Rule], host: Option<&str>, path: &str) -> Option<&'a std::sync::Arc<super::Route>> {
     let host = host.map(normalize_host);
     let host = host.as_deref();
     let group = &rules.iter().find(|r| r.host.matches(host))?.host;
-    rules
-        .iter()
-        .filter(|r| &r.host == group)
-        .find(|r| r.path.matches(path))
-        .map(|r| &r.route)
+    rules.iter().filter(|r| &r.host == group).find(|r| r.path.matches(path)).map(|r| &r.route)
 }
 
 #[cfg(test)]
@@ -190,11 +169,7 @@ mod tests {
     }
 
     fn rule(host: &str, path: PathMatch, id: &str) -> Rule {
-        Rule {
-            host: HostMatch::parse(host),
-            path,
-            route: route(id),
-        }
+        Rule { host: HostMatch::parse(host), path, route: route(id) }
     }
 
     fn table() -> RouteTable {
@@ -204,11 +179,7 @@ mod tests {
                 rule("*.example.com", PathMatch::prefix("/"), "wild-root"),
                 rule("chat.example.com", PathMatch::prefix("/"), "chat-root"),
                 rule("chat.example.com", PathMatch::prefix("/ws"), "chat-ws"),
-                rule(
-                    "chat.example.com",
-                    PathMatch::prefix("/ws/admin/"),
-                    "chat-ws-admin",
-                ),
+                rule("chat.example.com", PathMatch::prefix("/ws/admin/"), "chat-ws-admin"),
                 rule("chat.example.com", PathMatch::exact("/ws"), "chat-ws-exact"),
                 rule("api.example.com", PathMatch::prefix("/v1"), "api-v1"),
             ],
@@ -250,10 +221,7 @@ mod tests {
 
     #[test]
     fn no_match_without_default_is_none() {
-        let t = RouteTable::new(
-            vec![rule("a.example.com", PathMatch::prefix("/app"), "app")],
-            None,
-        );
+        let t = RouteTable::new(vec![rule("a.example.com", PathMatch::prefix("/app"), "app")], None);
         assert!(t.find(Some("a.example.com"), "/other").is_none());
         assert!(t.find(Some("b.example.com"), "/app").is_none());
         assert!(t.find(None, "/app").is_none());
@@ -281,10 +249,7 @@ mod tests {
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
         assert_eq!(normalize_host("[::1]"), "[::1]");
         assert_eq!(normalize_host("example.com."), "example.com");
-        assert_eq!(
-            HostMatch::parse("*.Example.com"),
-            HostMatch::Wildcard("example.com".into())
-        );
+        assert_eq!(HostMatch::parse("*.Example.com"), HostMatch::Wildcard("example.com".into()));
         assert_eq!(HostMatch::parse(""), HostMatch::Any);
     }
 }

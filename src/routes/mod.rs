@@ -46,13 +46,11 @@ impl Policy {
             "round-robin" => Ok(Self::RoundRobin),
             "ip-hash" => Ok(Self::IpHash),
             _ => match v.strip_prefix("header-hash:") {
-                Some(name) if is_header_name(name) => {
-                    Ok(Self::HeaderHash(name.to_ascii_lowercase()))
-                }
+                Some(name) if is_header_name(name) => Ok(Self::HeaderHash(name.to_ascii_lowercase())),
                 Some(name) => Err(format!("`{name}` is not a valid HTTP header name")),
-                None => Err(format!(
-                    "unknown policy `{v}` (expected least-conn, round-robin, ip-hash or header-hash:NAME)"
-                )),
+                None => {
+                    Err(format!("unknown policy `{v}` (expected least-conn, round-robin, ip-hash or header-hash:NAME)"))
+                }
             },
         }
     }
@@ -126,9 +124,7 @@ impl RouteSettings {
         }
         let Some(origin) = origin else { return false };
         let origin = origin.trim().to_ascii_lowercase();
-        self.allowed_origins
-            .iter()
-            .any(|o| o == "*" || *o == origin)
+        self.allowed_origins.iter().any(|o| o == "*" || *o == origin)
     }
 }
 
@@ -188,12 +184,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr, ready: bool) -> Self {
-        Self {
-            addr,
-            ready,
-            target: None,
-            live: Arc::default(),
-        }
+        Self { addr, ready, target: None, live: Arc::default() }
     }
 }
 
@@ -212,16 +203,9 @@ impl Pool {
     pub fn new(mut endpoints: Vec<Endpoint>) -> Self {
         endpoints.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.ready.cmp(&a.ready)));
         endpoints.dedup_by(|a, b| a.addr == b.addr);
-        let ready: Vec<usize> = (0..endpoints.len())
-            .filter(|&i| endpoints[i].ready)
-            .collect();
+        let ready: Vec<usize> = (0..endpoints.len()).filter(|&i| endpoints[i].ready).collect();
         let ring = HashRing::new(ready.iter().map(|&i| endpoints[i].addr));
-        Self {
-            endpoints,
-            ready,
-            ring,
-            next: AtomicUsize::new(0),
-        }
+        Self { endpoints, ready, ring, next: AtomicUsize::new(0) }
     }
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
@@ -284,11 +268,7 @@ impl RouteTable {
     /// Build a table; rules are ordered by precedence here, once.
     pub fn new(mut rules: Vec<Rule>, default_route: Option<Arc<Route>>) -> Self {
         rules.sort_by_key(|r| matching::precedence_key(&r.host, &r.path));
-        Self {
-            generation: 0,
-            rules,
-            default_route,
-        }
+        Self { generation: 0, rules, default_route }
     }
 
     /// Every request goes to one pool (sidecar mode, `--upstream`).
@@ -311,19 +291,15 @@ impl RouteTable {
     /// Every distinct route of the table (rules first, then the default).
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
         let mut seen: Vec<*const Route> = Vec::new();
-        self.rules
-            .iter()
-            .map(|r| &r.route)
-            .chain(self.default_route.iter())
-            .filter(move |r| {
-                let p = Arc::as_ptr(r);
-                if seen.contains(&p) {
-                    false
-                } else {
-                    seen.push(p);
-                    true
-                }
-            })
+        self.rules.iter().map(|r| &r.route).chain(self.default_route.iter()).filter(move |r| {
+            let p = Arc::as_ptr(r);
+            if seen.contains(&p) {
+                false
+            } else {
+                seen.push(p);
+                true
+            }
+        })
     }
 
     /// Swap each endpoint's live state for the one of the same address in `previous`,
@@ -337,13 +313,11 @@ impl RouteTable {
         }
         // Within the new table too, one address shares one live state.
         let mut fresh: std::collections::HashMap<SocketAddr, Arc<EndpointLive>> = old;
-        let rebuild =
-            |route: &Arc<Route>,
-             fresh: &mut std::collections::HashMap<SocketAddr, Arc<EndpointLive>>| {
-                for ep in route.pool.endpoints() {
-                    fresh.entry(ep.addr).or_insert_with(|| ep.live.clone());
-                }
-            };
+        let rebuild = |route: &Arc<Route>, fresh: &mut std::collections::HashMap<SocketAddr, Arc<EndpointLive>>| {
+            for ep in route.pool.endpoints() {
+                fresh.entry(ep.addr).or_insert_with(|| ep.live.clone());
+            }
+        };
         for r in self.routes() {
             rebuild(r, &mut fresh);
         }
@@ -357,38 +331,24 @@ impl RouteTable {
             }
             let mut pool = Pool::new(r.pool.endpoints().to_vec());
             pool.replace_live(&find);
-            let n = Arc::new(Route {
-                id: r.id.clone(),
-                backend: r.backend.clone(),
-                pool,
-                settings: r.settings.clone(),
-            });
+            let n =
+                Arc::new(Route { id: r.id.clone(), backend: r.backend.clone(), pool, settings: r.settings.clone() });
             remap.push((p, n.clone()));
             n
         };
         let rules = self
             .rules
             .iter()
-            .map(|rule| Rule {
-                host: rule.host.clone(),
-                path: rule.path.clone(),
-                route: convert(&rule.route),
-            })
+            .map(|rule| Rule { host: rule.host.clone(), path: rule.path.clone(), route: convert(&rule.route) })
             .collect();
         let default_route = self.default_route.as_ref().map(&mut convert);
-        RouteTable {
-            generation: self.generation,
-            rules,
-            default_route,
-        }
+        RouteTable { generation: self.generation, rules, default_route }
     }
 
     /// Addresses present in `self` but in no pool of `next`.
     pub(crate) fn removed_in(&self, next: &RouteTable) -> Vec<Arc<EndpointLive>> {
-        let keep: std::collections::HashSet<SocketAddr> = next
-            .routes()
-            .flat_map(|r| r.pool.endpoints().iter().map(|e| e.addr))
-            .collect();
+        let keep: std::collections::HashSet<SocketAddr> =
+            next.routes().flat_map(|r| r.pool.endpoints().iter().map(|e| e.addr)).collect();
         let mut out: Vec<Arc<EndpointLive>> = Vec::new();
         for r in self.routes() {
             for ep in r.pool.endpoints() {
@@ -426,11 +386,7 @@ impl RouteTable {
             rules: self
                 .rules
                 .iter()
-                .map(|r| RuleView {
-                    host: r.host.to_string(),
-                    path: r.path.to_string(),
-                    route: route_view(&r.route),
-                })
+                .map(|r| RuleView { host: r.host.to_string(), path: r.path.to_string(), route: route_view(&r.route) })
                 .collect(),
             default_route: self.default_route.as_deref().map(route_view),
         }
@@ -483,31 +439,17 @@ mod tests {
         assert_eq!(Policy::parse("least-conn"), Ok(Policy::LeastConn));
         assert_eq!(Policy::parse(" round-robin "), Ok(Policy::RoundRobin));
         assert_eq!(Policy::parse("ip-hash"), Ok(Policy::IpHash));
-        assert_eq!(
-            Policy::parse("header-hash:X-User"),
-            Ok(Policy::HeaderHash("x-user".into()))
-        );
+        assert_eq!(Policy::parse("header-hash:X-User"), Ok(Policy::HeaderHash("x-user".into())));
         assert!(Policy::parse("header-hash:").is_err());
         assert!(Policy::parse("header-hash:bad header").is_err());
         assert!(Policy::parse("fastest").is_err());
-        assert_eq!(
-            Policy::parse("header-hash:x-user").unwrap().to_string(),
-            "header-hash:x-user"
-        );
+        assert_eq!(Policy::parse("header-hash:x-user").unwrap().to_string(), "header-hash:x-user");
     }
 
     #[test]
     fn pool_is_canonical_and_only_ready_endpoints_rotate() {
-        let pool = Pool::new(vec![
-            ep("10.0.0.3:80", true),
-            ep("10.0.0.1:80", false),
-            ep("10.0.0.2:80", true),
-        ]);
-        let addrs: Vec<String> = pool
-            .endpoints()
-            .iter()
-            .map(|e| e.addr.to_string())
-            .collect();
+        let pool = Pool::new(vec![ep("10.0.0.3:80", true), ep("10.0.0.1:80", false), ep("10.0.0.2:80", true)]);
+        let addrs: Vec<String> = pool.endpoints().iter().map(|e| e.addr.to_string()).collect();
         assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
         let ready: Vec<String> = pool.ready().map(|e| e.addr.to_string()).collect();
         assert_eq!(ready, ["10.0.0.2:80", "10.0.0.3:80"]);
@@ -531,27 +473,16 @@ mod tests {
             pool: Pool::new(eps),
             settings: RouteSettings::default(),
         };
-        let old = RouteTable::single(route(vec![
-            ep("10.0.0.1:80", true),
-            ep("10.0.0.2:80", true),
-        ]));
-        let live1 = old.default_route().unwrap().pool.endpoints()[0]
-            .live
-            .clone();
+        let old = RouteTable::single(route(vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)]));
+        let live1 = old.default_route().unwrap().pool.endpoints()[0].live.clone();
         let _guard = live1.track();
-        let new = RouteTable::single(route(vec![
-            ep("10.0.0.1:80", true),
-            ep("10.0.0.3:80", true),
-        ]));
+        let new = RouteTable::single(route(vec![ep("10.0.0.1:80", true), ep("10.0.0.3:80", true)]));
         let removed = old.removed_in(&new);
         let new = new.adopt_live(&old);
         let adopted = &new.default_route().unwrap().pool.endpoints()[0];
         assert!(Arc::ptr_eq(&adopted.live, &live1));
         assert_eq!(adopted.live.active(), 1);
         assert_eq!(removed.len(), 1);
-        assert!(Arc::ptr_eq(
-            &removed[0],
-            &old.default_route().unwrap().pool.endpoints()[1].live
-        ));
+        assert!(Arc::ptr_eq(&removed[0], &old.default_route().unwrap().pool.endpoints()[1].live));
     }
 }

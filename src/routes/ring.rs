@@ -78,9 +78,7 @@ mod tests {
     use super::*;
 
     fn addrs(n: u8) -> Vec<SocketAddr> {
-        (1..=n)
-            .map(|i| SocketAddr::from(([10, 0, 0, i], 8080)))
-            .collect()
+        (1..=n).map(|i| SocketAddr::from(([10, 0, 0, i], 8080))).collect()
     }
 
     #[test]
@@ -113,10 +111,7 @@ mod tests {
             .count();
         // Ideal is 1/5 = 2000 keys; everything else must stay put.
         assert!(moved < 2_800, "{moved} of 10000 keys moved");
-        assert!(
-            moved > 1_200,
-            "{moved} of 10000 keys moved: new endpoint barely used"
-        );
+        assert!(moved > 1_200, "{moved} of 10000 keys moved: new endpoint barely used");
     }
 
     #[test]

@@ -67,11 +67,7 @@ pub fn note(w: &Warning) -> String {
 
 fn event_for(report: &Report, instance: &str, now: Timestamp) -> Event {
     let w = &report.warning;
-    let namespace = if w.object.namespace.is_empty() {
-        "default".to_string()
-    } else {
-        w.object.namespace.clone()
-    };
+    let namespace = if w.object.namespace.is_empty() { "default".to_string() } else { w.object.namespace.clone() };
     Event {
         metadata: ObjectMeta {
             name: Some(format!("{}.{:x}", w.object.name, now.as_nanosecond())),
@@ -122,11 +118,7 @@ pub async fn run(
             let current = reports.borrow_and_update().clone();
             failed = false;
             for report in pending(&current, &mut posted) {
-                let ns = report
-                    .regarding
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".to_string());
+                let ns = report.regarding.namespace.clone().unwrap_or_else(|| "default".to_string());
                 let api: Api<Event> = Api::namespaced(client.clone(), &ns);
                 let event = event_for(report, &instance, Timestamp::now());
                 match api.create(&PostParams::default(), &event).await {
@@ -161,11 +153,7 @@ mod tests {
     fn report(name: &str, value: &str) -> Report {
         Report {
             warning: Warning {
-                object: ObjectRef {
-                    kind: "Ingress".into(),
-                    namespace: "apps".into(),
-                    name: name.into(),
-                },
+                object: ObjectRef { kind: "Ingress".into(), namespace: "apps".into(), name: name.into() },
                 field: "metadata.annotations[wsingress.io/idle-timeout]".into(),
                 value: value.into(),
                 reason: "not a duration".into(),
@@ -189,10 +177,7 @@ mod tests {
         let p = pending(&now, &mut posted);
         assert_eq!(p.len(), 1, "duplicates in one round are posted once");
         posted.insert(a.key());
-        assert!(
-            pending(&now, &mut posted).is_empty(),
-            "resync re-posts nothing"
-        );
+        assert!(pending(&now, &mut posted).is_empty(), "resync re-posts nothing");
         // Value changed: a new event.
         let b = report("chat", "10 parsecs");
         assert_eq!(pending(std::slice::from_ref(&b), &mut posted).len(), 1);
@@ -211,14 +196,8 @@ mod tests {
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         assert_eq!(e.metadata.namespace.as_deref(), Some("apps"));
         let n = e.note.unwrap_or_default();
-        assert!(
-            n.contains("wsingress.io/idle-timeout") && n.contains("forever"),
-            "{n}"
-        );
-        let long = Warning {
-            value: "x".repeat(5000),
-            ..r.warning
-        };
+        assert!(n.contains("wsingress.io/idle-timeout") && n.contains("forever"), "{n}");
+        let long = Warning { value: "x".repeat(5000), ..r.warning };
         assert!(note(&long).len() <= NOTE_MAX);
     }
 }

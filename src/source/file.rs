@@ -32,9 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::routes::{Route, RouteTable};
 use crate::source::Publisher;
-use crate::translate::{
-    ClusterSnapshot, Defaults, ObjectRef, Warning, reasons, sort_warnings, translate,
-};
+use crate::translate::{ClusterSnapshot, Defaults, ObjectRef, Warning, reasons, sort_warnings, translate};
 
 /// Label of this source in metrics and logs.
 pub const SOURCE: &str = "file";
@@ -55,12 +53,7 @@ pub enum LoadError {
     },
     /// Documents are numbered from 1, in file order.
     #[error("document {index}{}: {message}", describe(.kind, .name))]
-    Document {
-        index: usize,
-        kind: Option<String>,
-        name: Option<String>,
-        message: String,
-    },
+    Document { index: usize, kind: Option<String>, name: Option<String>, message: String },
     #[error(
         "the file holds no documents (an empty file is refused so that a truncated save never empties the route table)"
     )]
@@ -87,34 +80,19 @@ pub fn load(text: &str, defaults: &Defaults) -> Result<(RouteTable, Vec<Warning>
 
 /// Read and translate the file once: the app calls this before binding any port, so a bad
 /// initial file exits with the configuration-error code instead of serving nothing.
-pub fn load_file(
-    path: &Path,
-    defaults: &Defaults,
-) -> Result<(RouteTable, Vec<Warning>), LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+pub fn load_file(path: &Path, defaults: &Defaults) -> Result<(RouteTable, Vec<Warning>), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
     load(&text, defaults)
 }
 
 /// The `kind` and `namespace/name` of a document, read loosely for messages.
 fn identity(value: &serde_yaml::Value) -> (Option<String>, Option<String>) {
-    let kind = value
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .map(str::to_string);
+    let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_string);
     let meta = value.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(|n| n.as_str())
-        .map(|n| {
-            let ns = meta
-                .and_then(|m| m.get("namespace"))
-                .and_then(|n| n.as_str())
-                .unwrap_or("default");
-            format!("{ns}/{n}")
-        });
+    let name = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()).map(|n| {
+        let ns = meta.and_then(|m| m.get("namespace")).and_then(|n| n.as_str()).unwrap_or("default");
+        format!("{ns}/{n}")
+    });
     (kind, name)
 }
 
@@ -146,41 +124,26 @@ pub fn parse(text: &str) -> Result<(ClusterSnapshot, Vec<Warning>), LoadError> {
             continue;
         }
         let (kind, name) = identity(value);
-        let fail = |message: String| LoadError::Document {
-            index,
-            kind: kind.clone(),
-            name: name.clone(),
-            message,
-        };
+        let fail = |message: String| LoadError::Document { index, kind: kind.clone(), name: name.clone(), message };
         if !value.is_mapping() {
-            return Err(fail(
-                "a document must be a Kubernetes object (a mapping with `kind`)".into(),
-            ));
+            return Err(fail("a document must be a Kubernetes object (a mapping with `kind`)".into()));
         }
         match kind.as_deref() {
             Some("Ingress") => {
                 let obj = Ingress::deserialize(doc).map_err(|e| fail(e.to_string()))?;
-                objects
-                    .add(index, "Ingress", obj, |o| &o.metadata)
-                    .map_err(fail)?;
+                objects.add(index, "Ingress", obj, |o| &o.metadata).map_err(fail)?;
             }
             Some("Service") => {
                 let obj = Service::deserialize(doc).map_err(|e| fail(e.to_string()))?;
-                objects
-                    .add(index, "Service", obj, |o| &o.metadata)
-                    .map_err(fail)?;
+                objects.add(index, "Service", obj, |o| &o.metadata).map_err(fail)?;
             }
             Some("EndpointSlice") => {
                 let obj = EndpointSlice::deserialize(doc).map_err(|e| fail(e.to_string()))?;
-                objects
-                    .add(index, "EndpointSlice", obj, |o| &o.metadata)
-                    .map_err(fail)?;
+                objects.add(index, "EndpointSlice", obj, |o| &o.metadata).map_err(fail)?;
             }
             Some("IngressClass") => {
                 let obj = IngressClass::deserialize(doc).map_err(|e| fail(e.to_string()))?;
-                objects
-                    .add(index, "IngressClass", obj, |o| &o.metadata)
-                    .map_err(fail)?;
+                objects.add(index, "IngressClass", obj, |o| &o.metadata).map_err(fail)?;
             }
             Some(other) => {
                 tracing::info!(
@@ -234,13 +197,7 @@ impl Collect<IngressClass> for Objects {
 }
 
 impl Objects {
-    fn add<T>(
-        &mut self,
-        index: usize,
-        kind: &str,
-        obj: T,
-        meta: impl Fn(&T) -> &ObjectMeta,
-    ) -> Result<(), String>
+    fn add<T>(&mut self, index: usize, kind: &str, obj: T, meta: impl Fn(&T) -> &ObjectMeta) -> Result<(), String>
     where
         Self: Collect<T>,
     {
@@ -258,16 +215,10 @@ impl Objects {
         if let Some((earlier, old_position)) = self.seen.insert(key, (index, position)) {
             self.list()[old_position] = None;
             self.warnings.push(Warning {
-                object: ObjectRef {
-                    kind: kind.to_string(),
-                    namespace,
-                    name,
-                },
+                object: ObjectRef { kind: kind.to_string(), namespace, name },
                 field: "metadata.name".into(),
                 value: format!("documents {earlier} and {index}"),
-                reason: format!(
-                    "defined twice (documents {earlier} and {index}); the last definition is used"
-                ),
+                reason: format!("defined twice (documents {earlier} and {index}); the last definition is used"),
                 event_reason: reasons::DUPLICATE_OBJECT,
             });
         }
@@ -300,10 +251,7 @@ async fn observe(path: &Path) -> (Seen, Option<String>) {
             text.hash(&mut h);
             (Seen::Content(h.finish()), Some(text))
         }
-        Err(e) => (
-            Seen::Unreadable(format!("cannot read {}: {e}", path.display())),
-            None,
-        ),
+        Err(e) => (Seen::Unreadable(format!("cannot read {}: {e}", path.display())), None),
     }
 }
 
@@ -355,20 +303,14 @@ pub fn same_routes(a: &RouteTable, b: &RouteTable) -> bool {
 /// Load `path` now, then poll it until `shutdown` and reload on change. Load errors are
 /// reported through `publisher.rejected` and never replace the last good table. Validate the
 /// file with [`load_file`] first when a bad initial file must stop the process.
-pub async fn run(
-    path: PathBuf,
-    defaults: Defaults,
-    publisher: Publisher,
-    shutdown: CancellationToken,
-) {
+pub async fn run(path: PathBuf, defaults: Defaults, publisher: Publisher, shutdown: CancellationToken) {
     let mut last_stat = stat(&path).await;
     let (seen, text) = observe(&path).await;
     let already_served = match (&seen, text.as_deref()) {
         // The app usually publishes `load_file`'s table before starting us: do not publish
         // the same routes twice (but do if the file changed in between).
         (Seen::Content(_), Some(text)) if publisher.routes().has_published() => {
-            load(text, &defaults)
-                .is_ok_and(|(table, _)| same_routes(&publisher.routes().load(), &table))
+            load(text, &defaults).is_ok_and(|(table, _)| same_routes(&publisher.routes().load(), &table))
         }
         _ => false,
     };
@@ -443,10 +385,7 @@ endpoints:
 "#;
 
     fn endpoints(table: &RouteTable, host: &str) -> Vec<String> {
-        table
-            .find(Some(host), "/")
-            .map(|r| r.pool.ready().map(|e| e.addr.to_string()).collect())
-            .unwrap_or_default()
+        table.find(Some(host), "/").map(|r| r.pool.ready().map(|e| e.addr.to_string()).collect()).unwrap_or_default()
     }
 
     #[test]
@@ -482,29 +421,20 @@ endpoints:
                 &["document 1", "Service default/a", "spec.ports[0].port"],
             ),
             // YAML syntax.
-            (
-                "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\nkind: [unclosed\n",
-                &["document 2"],
-            ),
+            ("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\nkind: [unclosed\n", &["document 2"]),
             // An old apiVersion.
             (
                 "apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n",
                 &["document 1", "Ingress default/old", "networking.k8s.io/v1"],
             ),
-            (
-                "kind: Service\napiVersion: v1\nmetadata: {}\n",
-                &["document 1", "metadata.name"],
-            ),
+            ("kind: Service\napiVersion: v1\nmetadata: {}\n", &["document 1", "metadata.name"]),
             ("- a\n- b\n", &["document 1", "mapping"]),
             ("metadata: {name: x}\n", &["document 1", "no `kind`"]),
             ("", &["no documents"]),
             ("---\n---\n", &["no documents"]),
         ];
         for (text, needles) in cases {
-            let err = load(text, &Defaults::default())
-                .map(|_| ())
-                .expect_err(text)
-                .to_string();
+            let err = load(text, &Defaults::default()).map(|_| ()).expect_err(text).to_string();
             for n in *needles {
                 assert!(err.contains(n), "{err:?} lacks {n:?}");
             }
@@ -516,17 +446,7 @@ endpoints:
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 1}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: default}\nspec: {ports: [{port: 2}]}\n";
         let (snapshot, warnings) = parse(text).unwrap();
         assert_eq!(snapshot.services.len(), 1);
-        assert_eq!(
-            snapshot.services[0]
-                .spec
-                .as_ref()
-                .unwrap()
-                .ports
-                .as_ref()
-                .unwrap()[0]
-                .port,
-            2
-        );
+        assert_eq!(snapshot.services[0].spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 2);
         assert_eq!(warnings.len(), 1);
         assert_eq!(warnings[0].event_reason, "DuplicateObject");
     }
@@ -550,14 +470,8 @@ endpoints:
     struct TempFile(PathBuf);
     impl TempFile {
         fn new(tag: &str) -> Self {
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            Self(std::env::temp_dir().join(format!(
-                "wsingress-{tag}-{}-{nanos}.yaml",
-                std::process::id()
-            )))
+            let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
+            Self(std::env::temp_dir().join(format!("wsingress-{tag}-{}-{nanos}.yaml", std::process::id())))
         }
         /// Write aside and rename over, as editors and ConfigMap updates do.
         fn replace(&self, text: &str) {
@@ -588,48 +502,30 @@ endpoints:
         let routes = Arc::new(RouteHandle::new());
         let publisher = Publisher::new(routes.clone(), metrics.clone(), SOURCE);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            file.0.clone(),
-            Defaults::default(),
-            publisher.clone(),
-            shutdown.clone(),
-        ));
-        let rejected = || {
-            metrics
-                .config_updates
-                .with_label_values(&[SOURCE, "rejected"])
-                .get()
-        };
+        let task = tokio::spawn(run(file.0.clone(), Defaults::default(), publisher.clone(), shutdown.clone()));
+        let rejected = || metrics.config_updates.with_label_values(&[SOURCE, "rejected"]).get();
 
         until("the first table", || publisher.routes().generation() == 1).await;
-        assert_eq!(
-            endpoints(&routes.load(), "chat.example.com"),
-            ["127.0.0.1:8010"]
-        );
+        assert_eq!(endpoints(&routes.load(), "chat.example.com"), ["127.0.0.1:8010"]);
 
         // Scale out, edited in place (same inode).
-        let scaled = GOOD.replace(
-            "  - addresses: [127.0.0.1]\n",
-            "  - addresses: [127.0.0.1]\n  - addresses: [127.0.0.2]\n",
-        );
+        let scaled =
+            GOOD.replace("  - addresses: [127.0.0.1]\n", "  - addresses: [127.0.0.1]\n  - addresses: [127.0.0.2]\n");
         std::fs::write(&file.0, &scaled).unwrap();
         until("the scaled table", || routes.generation() == 2).await;
-        assert_eq!(
-            endpoints(&routes.load(), "chat.example.com"),
-            ["127.0.0.1:8010", "127.0.0.2:8010"]
-        );
+        assert_eq!(endpoints(&routes.load(), "chat.example.com"), ["127.0.0.1:8010", "127.0.0.2:8010"]);
 
         // Corrupt it (rename-on-save): rejected, the last good table keeps serving.
         file.replace(&scaled.replace("pathType: Prefix", "pathType: [oops"));
         until("the rejection", || rejected() == 1).await;
         assert_eq!(routes.generation(), 2);
-        assert_eq!(
-            endpoints(&routes.load(), "chat.example.com"),
-            ["127.0.0.1:8010", "127.0.0.2:8010"]
-        );
+        assert_eq!(endpoints(&routes.load(), "chat.example.com"), ["127.0.0.1:8010", "127.0.0.2:8010"]);
 
         // Fixed, with another setting: applied.
-        file.replace(&GOOD.replace("metadata: {name: chat}\nspec:\n  ingressClassName", "metadata: {name: chat, annotations: {wsingress.io/idle-timeout: 300s}}\nspec:\n  ingressClassName"));
+        file.replace(&GOOD.replace(
+            "metadata: {name: chat}\nspec:\n  ingressClassName",
+            "metadata: {name: chat, annotations: {wsingress.io/idle-timeout: 300s}}\nspec:\n  ingressClassName",
+        ));
         until("the fixed table", || routes.generation() == 3).await;
         let table = routes.load();
         let route = table.find(Some("chat.example.com"), "/").unwrap();
@@ -643,10 +539,7 @@ endpoints:
         assert_eq!(rejected(), 1);
 
         shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     #[test]
@@ -676,23 +569,12 @@ endpoints:
         let (table, warnings) = load_file(&file.0, &Defaults::default()).unwrap();
         assert_eq!(publisher.publish(table, &warnings), 1);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            file.0.clone(),
-            Defaults::default(),
-            publisher,
-            shutdown.clone(),
-        ));
+        let task = tokio::spawn(run(file.0.clone(), Defaults::default(), publisher, shutdown.clone()));
         file.replace(&GOOD.replace("port: 8010", "port: 8020"));
-        until("the edit", || {
-            endpoints(&routes.load(), "chat.example.com") == ["127.0.0.1:8020"]
-        })
-        .await;
+        until("the edit", || endpoints(&routes.load(), "chat.example.com") == ["127.0.0.1:8020"]).await;
         assert_eq!(routes.generation(), 2);
         shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -708,31 +590,13 @@ endpoints:
         let routes = Arc::new(RouteHandle::new());
         let publisher = Publisher::new(routes.clone(), metrics.clone(), SOURCE);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            file.0.clone(),
-            Defaults::default(),
-            publisher,
-            shutdown.clone(),
-        ));
-        until("the rejection", || {
-            metrics
-                .config_updates
-                .with_label_values(&[SOURCE, "rejected"])
-                .get()
-                == 1
-        })
-        .await;
+        let task = tokio::spawn(run(file.0.clone(), Defaults::default(), publisher, shutdown.clone()));
+        until("the rejection", || metrics.config_updates.with_label_values(&[SOURCE, "rejected"]).get() == 1).await;
         assert!(!routes.has_published());
         file.replace(GOOD);
         until("the first table", || routes.has_published()).await;
-        assert_eq!(
-            endpoints(&routes.load(), "chat.example.com"),
-            ["127.0.0.1:8010"]
-        );
+        assert_eq!(endpoints(&routes.load(), "chat.example.com"), ["127.0.0.1:8010"]);
         shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 }

@@ -67,10 +67,7 @@ pub struct WatchBackoff {
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(800),
-            max: Duration::from_secs(30),
-        }
+        Self { initial: Duration::from_millis(800), max: Duration::from_secs(30) }
     }
 }
 
@@ -87,9 +84,7 @@ impl Iterator for BackoffState {
         self.next = (base * 2).min(self.config.max);
         // Jitter without a random source: the clock's sub-second nanos are unpredictable enough
         // to keep replicas from retrying in lock step.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let jitter = base.mul_f64(f64::from(nanos % 1000) / 4000.0);
         Some(base + jitter)
     }
@@ -103,10 +98,7 @@ impl Backoff for BackoffState {
 
 impl WatchBackoff {
     fn start(self) -> BackoffState {
-        BackoffState {
-            config: self,
-            next: self.initial,
-        }
+        BackoffState { config: self, next: self.initial }
     }
 }
 
@@ -149,8 +141,8 @@ impl KubeConfig {
             other => Ok(other.map(str::to_string)),
         };
         let watch_namespace = non_empty(&args.watch_namespace, "watch-namespace")?;
-        let election_namespace = non_empty(&args.election_namespace, "election-namespace")?
-            .unwrap_or_else(|| default_namespace.to_string());
+        let election_namespace =
+            non_empty(&args.election_namespace, "election-namespace")?.unwrap_or_else(|| default_namespace.to_string());
         let identity = non_empty(&args.pod_name, "pod-name")?
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| format!("wsingress-{}", std::process::id()));
@@ -160,16 +152,10 @@ impl KubeConfig {
         if args.ingress_class.trim().is_empty() {
             return Err(KubeError::EmptyFlag("ingress-class"));
         }
-        let publish = PublishFrom::from_flags(
-            args.publish_service.as_deref(),
-            args.publish_address.as_deref(),
-        )?;
+        let publish = PublishFrom::from_flags(args.publish_service.as_deref(), args.publish_address.as_deref())?;
         Ok(Self {
             watch_namespace,
-            defaults: Defaults {
-                class_name: args.ingress_class.trim().to_string(),
-                settings: args.route.settings(),
-            },
+            defaults: Defaults { class_name: args.ingress_class.trim().to_string(), settings: args.route.settings() },
             status: publish.map(StatusConfig::new),
             election: Some(ElectionConfig::new(
                 election_namespace,
@@ -195,13 +181,9 @@ pub async fn run_from_args(
     // Flags first, so a typo is reported even where no cluster is reachable.
     KubeConfig::from_args(args, "default").map_err(|e| ConfigError(e.to_string()))?;
     let client = kube::Client::try_default().await.map_err(|e| {
-        ConfigError(format!(
-            "{}; outside a cluster use --upstream or --manifests",
-            KubeError::Client(e)
-        ))
+        ConfigError(format!("{}; outside a cluster use --upstream or --manifests", KubeError::Client(e)))
     })?;
-    let config = KubeConfig::from_args(args, client.default_namespace())
-        .map_err(|e| ConfigError(e.to_string()))?;
+    let config = KubeConfig::from_args(args, client.default_namespace()).map_err(|e| ConfigError(e.to_string()))?;
     Ok(Box::pin(async move {
         if let Err(e) = run(client, config, publisher, shutdown).await {
             tracing::error!(error = %e, "the Kubernetes controller stopped; the last routes keep serving");
@@ -216,9 +198,7 @@ pub async fn run(
     publisher: Publisher,
     shutdown: CancellationToken,
 ) -> Result<(), KubeError> {
-    KubeSource::new(client, config)
-        .run(publisher, shutdown)
-        .await
+    KubeSource::new(client, config).run(publisher, shutdown).await
 }
 
 /// The reflector stores translation reads.
@@ -279,11 +259,7 @@ impl KubeSource {
         }
     }
 
-    pub async fn run(
-        self,
-        publisher: Publisher,
-        shutdown: CancellationToken,
-    ) -> Result<(), KubeError> {
+    pub async fn run(self, publisher: Publisher, shutdown: CancellationToken) -> Result<(), KubeError> {
         let changed = Arc::new(Notify::new());
         let backoff = self.config.backoff;
         // Dropping the set (also when this future is dropped) aborts every task.
@@ -291,22 +267,8 @@ impl KubeSource {
         let children = shutdown.child_token();
 
         let stores = Stores {
-            ingresses: spawn_reflector(
-                &mut tasks,
-                self.api::<Ingress>(),
-                "Ingress",
-                backoff,
-                &changed,
-                &children,
-            ),
-            services: spawn_reflector(
-                &mut tasks,
-                self.api::<Service>(),
-                "Service",
-                backoff,
-                &changed,
-                &children,
-            ),
+            ingresses: spawn_reflector(&mut tasks, self.api::<Ingress>(), "Ingress", backoff, &changed, &children),
+            services: spawn_reflector(&mut tasks, self.api::<Service>(), "Service", backoff, &changed, &children),
             endpoint_slices: spawn_reflector(
                 &mut tasks,
                 self.api::<EndpointSlice>(),
@@ -327,12 +289,7 @@ impl KubeSource {
 
         let (leader_tx, leader_rx) = watch::channel(self.config.election.is_none());
         if let Some(election) = self.config.election.clone() {
-            tasks.spawn(leader::run(
-                self.client.clone(),
-                election,
-                leader_tx,
-                children.clone(),
-            ));
+            tasks.spawn(leader::run(self.client.clone(), election, leader_tx, children.clone()));
         }
         let (reports_tx, reports_rx) = watch::channel(Arc::new(Vec::<Report>::new()));
         tasks.spawn(events::run(
@@ -377,10 +334,7 @@ impl KubeSource {
                 publisher.publish(table, &warnings);
                 let reports = warnings
                     .into_iter()
-                    .map(|w| Report {
-                        regarding: object_reference(&snapshot, &w.object),
-                        warning: w,
-                    })
+                    .map(|w| Report { regarding: object_reference(&snapshot, &w.object), warning: w })
                     .collect();
                 reports_tx.send_replace(Arc::new(reports));
                 published = Some(fingerprint);
@@ -472,11 +426,7 @@ where
 /// Ingress status, in a stable order. Equal fingerprints translate to the same table, so
 /// status writes and no-op resyncs do not publish again.
 fn fingerprint(s: &ClusterSnapshot) -> u64 {
-    fn add<K: Serialize + ResourceExt>(
-        h: &mut DefaultHasher,
-        items: &[K],
-        strip: impl Fn(&mut serde_json::Value),
-    ) {
+    fn add<K: Serialize + ResourceExt>(h: &mut DefaultHasher, items: &[K], strip: impl Fn(&mut serde_json::Value)) {
         let mut values: Vec<(String, String, Vec<u8>)> = items
             .iter()
             .map(|k| {
@@ -512,11 +462,7 @@ fn status_fingerprint(s: &ClusterSnapshot) -> u64 {
         .ingresses
         .iter()
         .map(|i| {
-            (
-                i.namespace().unwrap_or_default(),
-                i.name_any(),
-                serde_json::to_string(&i.status).unwrap_or_default(),
-            )
+            (i.namespace().unwrap_or_default(), i.name_any(), serde_json::to_string(&i.status).unwrap_or_default())
         })
         .collect();
     items.sort();
@@ -527,19 +473,13 @@ fn status_fingerprint(s: &ClusterSnapshot) -> u64 {
 
 /// The Ingresses this controller serves (class filtering is translation's).
 fn served_ingresses(s: &ClusterSnapshot, defaults: &Defaults) -> BTreeSet<IngressKey> {
-    translate::served_ingresses(s, defaults)
-        .into_iter()
-        .map(|o| (o.namespace, o.name))
-        .collect()
+    translate::served_ingresses(s, defaults).into_iter().map(|o| (o.namespace, o.name)).collect()
 }
 
 /// The full reference of the object a warning names (uid and apiVersion when it is in the
 /// snapshot), for the Event's `regarding`.
 fn object_reference(s: &ClusterSnapshot, o: &ObjectRef) -> ObjectReference {
-    fn find<K: Resource<DynamicType = ()> + ResourceExt>(
-        items: &[K],
-        o: &ObjectRef,
-    ) -> Option<ObjectReference> {
+    fn find<K: Resource<DynamicType = ()> + ResourceExt>(items: &[K], o: &ObjectRef) -> Option<ObjectReference> {
         items
             .iter()
             .find(|k| k.name_any() == o.name && k.namespace().unwrap_or_default() == o.namespace)
@@ -564,9 +504,7 @@ fn object_reference(s: &ClusterSnapshot, o: &ObjectRef) -> ObjectReference {
 mod tests {
     use super::*;
     use clap::Parser;
-    use k8s_openapi::api::networking::v1::{
-        IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
-    };
+    use k8s_openapi::api::networking::v1::{IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus};
     use kube::api::ObjectMeta;
 
     fn ingress(name: &str) -> Ingress {
@@ -584,15 +522,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_max_and_resets() {
-        let mut b = WatchBackoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(350),
-        }
-        .start();
+        let mut b = WatchBackoff { initial: Duration::from_millis(100), max: Duration::from_millis(350) }.start();
         let d: Vec<Duration> = (0..4).map(|_| b.next().unwrap_or_default()).collect();
-        let within = |d: Duration, base: u64| {
-            d >= Duration::from_millis(base) && d <= Duration::from_millis(base + base / 4)
-        };
+        let within =
+            |d: Duration, base: u64| d >= Duration::from_millis(base) && d <= Duration::from_millis(base + base / 4);
         assert!(within(d[0], 100) && within(d[1], 200), "{d:?}");
         assert!(within(d[2], 350) && within(d[3], 350), "{d:?}");
         b.reset();
@@ -601,10 +534,7 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_status_and_versions_only() {
-        let a = ClusterSnapshot {
-            ingresses: vec![ingress("chat"), ingress("feed")],
-            ..ClusterSnapshot::default()
-        };
+        let a = ClusterSnapshot { ingresses: vec![ingress("chat"), ingress("feed")], ..ClusterSnapshot::default() };
         let mut b = a.clone();
         b.ingresses.reverse();
         b.ingresses[0].metadata.resource_version = Some("7".into());
@@ -628,28 +558,13 @@ mod tests {
 
     #[test]
     fn warnings_point_at_the_object_with_its_uid() {
-        let s = ClusterSnapshot {
-            ingresses: vec![ingress("chat")],
-            ..ClusterSnapshot::default()
-        };
-        let r = object_reference(
-            &s,
-            &ObjectRef {
-                kind: "Ingress".into(),
-                namespace: "apps".into(),
-                name: "chat".into(),
-            },
-        );
+        let s = ClusterSnapshot { ingresses: vec![ingress("chat")], ..ClusterSnapshot::default() };
+        let r =
+            object_reference(&s, &ObjectRef { kind: "Ingress".into(), namespace: "apps".into(), name: "chat".into() });
         assert_eq!(r.uid.as_deref(), Some("uid-chat"));
         assert_eq!(r.api_version.as_deref(), Some("networking.k8s.io/v1"));
-        let missing = object_reference(
-            &s,
-            &ObjectRef {
-                kind: "Service".into(),
-                namespace: "apps".into(),
-                name: "gone".into(),
-            },
-        );
+        let missing =
+            object_reference(&s, &ObjectRef { kind: "Service".into(), namespace: "apps".into(), name: "gone".into() });
         assert_eq!(missing.name.as_deref(), Some("gone"));
         assert!(missing.uid.is_none());
     }
@@ -669,36 +584,22 @@ mod tests {
             "ws",
         ])
         .unwrap();
-        let crate::cli::Command::Serve(args) = cli.command else {
-            panic!("not serve")
-        };
+        let crate::cli::Command::Serve(args) = cli.command else { panic!("not serve") };
         let c = KubeConfig::from_args(&args, "ingress").unwrap();
         assert_eq!(c.watch_namespace.as_deref(), Some("apps"));
         assert_eq!(c.defaults.class_name, "ws");
         assert_eq!(c.identity, "wsingress-0");
         let e = c.election.unwrap();
-        assert_eq!(
-            (e.namespace.as_str(), e.lease_name.as_str()),
-            ("ingress", "wsingress-leader")
-        );
+        assert_eq!((e.namespace.as_str(), e.lease_name.as_str()), ("ingress", "wsingress-leader"));
         assert_eq!(
             c.status.map(|s| s.publish),
-            Some(PublishFrom::Service {
-                namespace: "ingress".into(),
-                name: "wsingress".into()
-            })
+            Some(PublishFrom::Service { namespace: "ingress".into(), name: "wsingress".into() })
         );
         let mut bad = (*args).clone();
         bad.publish_service = Some("nope".into());
-        assert!(matches!(
-            KubeConfig::from_args(&bad, "x"),
-            Err(KubeError::Status(_))
-        ));
+        assert!(matches!(KubeConfig::from_args(&bad, "x"), Err(KubeError::Status(_))));
         bad.publish_service = None;
         bad.pod_name = Some(String::new());
-        assert!(matches!(
-            KubeConfig::from_args(&bad, "x"),
-            Err(KubeError::EmptyFlag("pod-name"))
-        ));
+        assert!(matches!(KubeConfig::from_args(&bad, "x"), Err(KubeError::EmptyFlag("pod-name"))));
     }
 }

@@ -115,10 +115,7 @@ impl Elector {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let seen = (
-            holder.clone(),
-            spec.renew_time.as_ref().map(|t| t.0.to_string()),
-        );
+        let seen = (holder.clone(), spec.renew_time.as_ref().map(|t| t.0.to_string()));
         if self.observed.as_ref() != Some(&seen) {
             self.observed = Some(seen);
             self.observed_at = Instant::now();
@@ -134,20 +131,12 @@ impl Elector {
         lease.spec = Some(LeaseSpec {
             holder_identity: Some(me),
             lease_duration_seconds: Some(self.config.lease_seconds()),
-            acquire_time: if ours {
-                spec.acquire_time.clone()
-            } else {
-                Some(now.clone())
-            },
+            acquire_time: if ours { spec.acquire_time.clone() } else { Some(now.clone()) },
             renew_time: Some(now),
             lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!ours)),
             ..spec
         });
-        match self
-            .api
-            .replace(&self.config.lease_name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.config.lease_name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(Round::Held),
             Err(e) if Self::is_conflict(&e) => Ok(Round::Other),
             Err(e) => Err(e.into()),
@@ -167,10 +156,7 @@ impl Elector {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         lease.spec = Some(spec);
-        self.api
-            .replace(&self.config.lease_name, &PostParams::default(), &lease)
-            .await
-            .map(|_| ())
+        self.api.replace(&self.config.lease_name, &PostParams::default(), &lease).await.map(|_| ())
     }
 }
 
@@ -216,19 +202,14 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::warn!(error = %e, lease = %elector.config.lease_name, "leader election: lease request failed");
-                let stale =
-                    last_renewal.is_none_or(|t| t.elapsed() >= elector.config.renew_deadline());
+                let stale = last_renewal.is_none_or(|t| t.elapsed() >= elector.config.renew_deadline());
                 if leading && stale {
                     tracing::warn!(identity = %elector.config.identity, "could not renew the lease in time; stepping down");
                     leader.send_replace(false);
                 }
             }
         }
-        let pause = if *leader.borrow() {
-            elector.config.renew_every
-        } else {
-            elector.config.retry_every
-        };
+        let pause = if *leader.borrow() { elector.config.renew_every } else { elector.config.retry_every };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => break,

@@ -25,11 +25,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(routes: Arc<RouteHandle>, metrics: Arc<Metrics>, source: &'static str) -> Self {
-        Self {
-            routes,
-            metrics,
-            source,
-        }
+        Self { routes, metrics, source }
     }
 
     pub fn routes(&self) -> &Arc<RouteHandle> {
@@ -52,24 +48,14 @@ impl Publisher {
         }
         let generation = self.routes.publish(table);
         let current = self.routes.load();
-        self.metrics
-            .table_published(self.source, &current, warnings.len());
-        tracing::info!(
-            source = self.source,
-            generation,
-            routes = current.routes().count(),
-            "route table published"
-        );
+        self.metrics.table_published(self.source, &current, warnings.len());
+        tracing::info!(source = self.source, generation, routes = current.routes().count(), "route table published");
         generation
     }
 
     /// The source could not produce a table; the last good one keeps serving.
     pub fn rejected(&self, why: &str) {
         self.metrics.table_rejected(self.source);
-        tracing::error!(
-            source = self.source,
-            error = why,
-            "route update rejected; keeping the last good table"
-        );
+        tracing::error!(source = self.source, error = why, "route update rejected; keeping the last good table");
     }
 }

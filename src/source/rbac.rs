@@ -19,48 +19,13 @@ pub struct Access {
 const WATCH: &[&str] = &["list", "watch"];
 
 pub const ACCESS: &[Access] = &[
-    Access {
-        group: "networking.k8s.io",
-        resource: "ingresses",
-        verbs: WATCH,
-        own_namespace_only: false,
-    },
-    Access {
-        group: "networking.k8s.io",
-        resource: "ingresses/status",
-        verbs: &["patch"],
-        own_namespace_only: false,
-    },
-    Access {
-        group: "networking.k8s.io",
-        resource: "ingressclasses",
-        verbs: WATCH,
-        own_namespace_only: false,
-    },
-    Access {
-        group: "",
-        resource: "services",
-        verbs: &["get", "list", "watch"],
-        own_namespace_only: false,
-    },
-    Access {
-        group: "discovery.k8s.io",
-        resource: "endpointslices",
-        verbs: WATCH,
-        own_namespace_only: false,
-    },
-    Access {
-        group: "",
-        resource: "nodes",
-        verbs: &["list"],
-        own_namespace_only: false,
-    },
-    Access {
-        group: "events.k8s.io",
-        resource: "events",
-        verbs: &["create"],
-        own_namespace_only: false,
-    },
+    Access { group: "networking.k8s.io", resource: "ingresses", verbs: WATCH, own_namespace_only: false },
+    Access { group: "networking.k8s.io", resource: "ingresses/status", verbs: &["patch"], own_namespace_only: false },
+    Access { group: "networking.k8s.io", resource: "ingressclasses", verbs: WATCH, own_namespace_only: false },
+    Access { group: "", resource: "services", verbs: &["get", "list", "watch"], own_namespace_only: false },
+    Access { group: "discovery.k8s.io", resource: "endpointslices", verbs: WATCH, own_namespace_only: false },
+    Access { group: "", resource: "nodes", verbs: &["list"], own_namespace_only: false },
+    Access { group: "events.k8s.io", resource: "events", verbs: &["create"], own_namespace_only: false },
     Access {
         group: "coordination.k8s.io",
         resource: "leases",
@@ -71,24 +36,11 @@ pub const ACCESS: &[Access] = &[
 
 /// The Markdown table of [`ACCESS`] for the README (docs/controller.md carries it verbatim).
 pub fn readme_table() -> String {
-    let mut out =
-        String::from("| API group | resource | verbs | granted by |\n|---|---|---|---|\n");
+    let mut out = String::from("| API group | resource | verbs | granted by |\n|---|---|---|---|\n");
     for a in ACCESS {
-        let group = if a.group.is_empty() {
-            "\"\" (core)"
-        } else {
-            a.group
-        };
-        let scope = if a.own_namespace_only {
-            "Role in the election namespace"
-        } else {
-            "ClusterRole"
-        };
-        out.push_str(&format!(
-            "| `{group}` | `{}` | {} | {scope} |\n",
-            a.resource,
-            a.verbs.join(", ")
-        ));
+        let group = if a.group.is_empty() { "\"\" (core)" } else { a.group };
+        let scope = if a.own_namespace_only { "Role in the election namespace" } else { "ClusterRole" };
+        out.push_str(&format!("| `{group}` | `{}` | {} | {scope} |\n", a.resource, a.verbs.join(", ")));
     }
     out
 }
@@ -100,24 +52,16 @@ mod tests {
     #[test]
     fn the_docs_carry_the_generated_table() {
         let docs = include_str!("../../docs/controller.md");
-        assert!(
-            docs.contains(&readme_table()),
-            "docs/controller.md is out of date; paste:\n{}",
-            readme_table()
-        );
+        assert!(docs.contains(&readme_table()), "docs/controller.md is out of date; paste:\n{}", readme_table());
     }
 
     #[test]
     fn no_duplicates_and_verbs_are_rbac_verbs() {
-        let known = [
-            "get", "list", "watch", "create", "update", "patch", "delete",
-        ];
+        let known = ["get", "list", "watch", "create", "update", "patch", "delete"];
         for (i, a) in ACCESS.iter().enumerate() {
             assert!(a.verbs.iter().all(|v| known.contains(v)), "{a:?}");
             assert!(
-                ACCESS[i + 1..]
-                    .iter()
-                    .all(|b| (b.group, b.resource) != (a.group, a.resource)),
+                ACCESS[i + 1..].iter().all(|b| (b.group, b.resource) != (a.group, a.resource)),
                 "{a:?} listed twice"
             );
         }

@@ -26,15 +26,11 @@ pub fn parse_upstreams(list: &str) -> Result<Vec<SocketAddr>, UpstreamError> {
             out.push(addr);
             continue;
         }
-        let (host, port) = item
-            .rsplit_once(':')
-            .ok_or_else(|| UpstreamError::BadAddress(item.to_string()))?;
+        let (host, port) = item.rsplit_once(':').ok_or_else(|| UpstreamError::BadAddress(item.to_string()))?;
         if host.is_empty() || port.parse::<u16>().is_err() {
             return Err(UpstreamError::BadAddress(item.to_string()));
         }
-        let resolved = item
-            .to_socket_addrs()
-            .map_err(|e| UpstreamError::Resolve(item.to_string(), e))?;
+        let resolved = item.to_socket_addrs().map_err(|e| UpstreamError::Resolve(item.to_string(), e))?;
         out.extend(resolved);
     }
     if out.is_empty() {
@@ -65,13 +61,7 @@ mod tests {
         assert_eq!(a[1].port(), 8011);
         assert!(!parse_upstreams("localhost:8010").unwrap().is_empty());
         assert!(matches!(parse_upstreams(""), Err(UpstreamError::Empty)));
-        assert!(matches!(
-            parse_upstreams("127.0.0.1"),
-            Err(UpstreamError::BadAddress(_))
-        ));
-        assert!(matches!(
-            parse_upstreams("host:99999"),
-            Err(UpstreamError::BadAddress(_))
-        ));
+        assert!(matches!(parse_upstreams("127.0.0.1"), Err(UpstreamError::BadAddress(_))));
+        assert!(matches!(parse_upstreams("host:99999"), Err(UpstreamError::BadAddress(_))));
     }
 }

@@ -36,18 +36,12 @@ pub enum StatusError {
 
 impl PublishFrom {
     /// From the two flags; `None` when neither is given (status is then left alone).
-    pub fn from_flags(
-        service: Option<&str>,
-        address: Option<&str>,
-    ) -> Result<Option<Self>, StatusError> {
+    pub fn from_flags(service: Option<&str>, address: Option<&str>) -> Result<Option<Self>, StatusError> {
         match (service, address) {
             (Some(_), Some(_)) => Err(StatusError::Both),
             (Some(s), None) => match s.trim().split_once('/') {
                 Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                    Ok(Some(Self::Service {
-                        namespace: ns.to_string(),
-                        name: name.to_string(),
-                    }))
+                    Ok(Some(Self::Service { namespace: ns.to_string(), name: name.to_string() }))
                 }
                 _ => Err(StatusError::BadService(s.to_string())),
             },
@@ -68,10 +62,7 @@ pub struct StatusConfig {
 
 impl StatusConfig {
     pub fn new(publish: PublishFrom) -> Self {
-        Self {
-            publish,
-            resync: Duration::from_secs(30),
-        }
+        Self { publish, resync: Duration::from_secs(30) }
     }
 }
 
@@ -90,27 +81,15 @@ pub struct StatusInput {
 /// One status entry: an IP or a hostname.
 fn entry(address: &str) -> IngressLoadBalancerIngress {
     if address.parse::<IpAddr>().is_ok() {
-        IngressLoadBalancerIngress {
-            ip: Some(address.to_string()),
-            ..IngressLoadBalancerIngress::default()
-        }
+        IngressLoadBalancerIngress { ip: Some(address.to_string()), ..IngressLoadBalancerIngress::default() }
     } else {
-        IngressLoadBalancerIngress {
-            hostname: Some(address.to_string()),
-            ..IngressLoadBalancerIngress::default()
-        }
+        IngressLoadBalancerIngress { hostname: Some(address.to_string()), ..IngressLoadBalancerIngress::default() }
     }
 }
 
 /// Status entries for addresses, sorted and de-duplicated.
-pub fn entries<'a>(
-    addresses: impl IntoIterator<Item = &'a str>,
-) -> Vec<IngressLoadBalancerIngress> {
-    let set: BTreeSet<&str> = addresses
-        .into_iter()
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .collect();
+pub fn entries<'a>(addresses: impl IntoIterator<Item = &'a str>) -> Vec<IngressLoadBalancerIngress> {
+    let set: BTreeSet<&str> = addresses.into_iter().map(str::trim).filter(|a| !a.is_empty()).collect();
     set.into_iter().map(entry).collect()
 }
 
@@ -138,17 +117,8 @@ pub fn service_addresses(service: &Service, nodes: &[Node]) -> Vec<IngressLoadBa
         "NodePort" if !external.is_empty() => out.extend(external),
         "NodePort" => {
             for node in nodes {
-                let addrs = node
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.addresses.clone())
-                    .unwrap_or_default();
-                let pick = |t: &str| {
-                    addrs
-                        .iter()
-                        .find(|a| a.type_ == t)
-                        .map(|a| a.address.clone())
-                };
+                let addrs = node.status.as_ref().and_then(|s| s.addresses.clone()).unwrap_or_default();
+                let pick = |t: &str| addrs.iter().find(|a| a.type_ == t).map(|a| a.address.clone());
                 out.extend(pick("ExternalIP").or_else(|| pick("InternalIP")));
             }
         }
@@ -161,22 +131,14 @@ pub fn service_addresses(service: &Service, nodes: &[Node]) -> Vec<IngressLoadBa
 
 /// The (ip, hostname) pairs of a status, sorted: what we compare.
 fn comparable(entries: &[IngressLoadBalancerIngress]) -> Vec<(Option<String>, Option<String>)> {
-    let mut v: Vec<_> = entries
-        .iter()
-        .map(|e| (e.ip.clone(), e.hostname.clone()))
-        .collect();
+    let mut v: Vec<_> = entries.iter().map(|e| (e.ip.clone(), e.hostname.clone())).collect();
     v.sort();
     v.dedup();
     v
 }
 
 fn current_status(ingress: &Ingress) -> Vec<IngressLoadBalancerIngress> {
-    ingress
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.clone())
-        .unwrap_or_default()
+    ingress.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.clone()).unwrap_or_default()
 }
 
 /// One status write: set `Some(entries)` or clear (`None`).
@@ -201,18 +163,10 @@ pub fn plan(
         let have = comparable(current);
         if served.contains(key) {
             if have != want_cmp {
-                out.push(StatusChange {
-                    ingress: key.clone(),
-                    set: (!want.is_empty()).then(|| want.to_vec()),
-                });
+                out.push(StatusChange { ingress: key.clone(), set: (!want.is_empty()).then(|| want.to_vec()) });
             }
-        } else if !have.is_empty()
-            && (written.contains(key) || (!want_cmp.is_empty() && have == want_cmp))
-        {
-            out.push(StatusChange {
-                ingress: key.clone(),
-                set: None,
-            });
+        } else if !have.is_empty() && (written.contains(key) || (!want_cmp.is_empty() && have == want_cmp)) {
+            out.push(StatusChange { ingress: key.clone(), set: None });
         }
     }
     out
@@ -239,16 +193,9 @@ async fn resolve(
                 .await?
                 .ok_or_else(|| ResolveError::ServiceNotFound(namespace.clone(), name.clone()))?;
             let node_port = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort")
-                && svc
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.external_ips.as_ref())
-                    .is_none_or(Vec::is_empty);
+                && svc.spec.as_ref().and_then(|s| s.external_ips.as_ref()).is_none_or(Vec::is_empty);
             let nodes = if node_port {
-                Api::<Node>::all(client.clone())
-                    .list(&ListParams::default())
-                    .await?
-                    .items
+                Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items
             } else {
                 Vec::new()
             };
@@ -276,12 +223,7 @@ pub async fn run(
                     let current: BTreeMap<IngressKey, Vec<IngressLoadBalancerIngress>> = ingresses
                         .state()
                         .iter()
-                        .map(|i| {
-                            (
-                                (i.namespace().unwrap_or_default(), i.name_any()),
-                                current_status(i),
-                            )
-                        })
+                        .map(|i| ((i.namespace().unwrap_or_default(), i.name_any()), current_status(i)))
                         .collect();
                     for change in plan(&current, &served_now, &want, &written) {
                         if !*leader.borrow() {
@@ -308,10 +250,7 @@ async fn write(client: &kube::Client, change: &StatusChange, written: &mut BTree
     let (ns, name) = &change.ingress;
     let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
     let body = json!({"status": {"loadBalancer": {"ingress": change.set}}});
-    match api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
-        .await
-    {
+    match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)).await {
         Ok(_) => {
             if change.set.is_some() {
                 written.insert(change.ingress.clone());
@@ -330,18 +269,14 @@ async fn write(client: &kube::Client, change: &StatusChange, written: &mut BTree
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeStatus, ServiceSpec,
-        ServiceStatus,
+        LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeStatus, ServiceSpec, ServiceStatus,
     };
 
     #[test]
     fn flags() {
         assert_eq!(
             PublishFrom::from_flags(Some("ingress/wsingress"), None),
-            Ok(Some(PublishFrom::Service {
-                namespace: "ingress".into(),
-                name: "wsingress".into()
-            }))
+            Ok(Some(PublishFrom::Service { namespace: "ingress".into(), name: "wsingress".into() }))
         );
         assert_eq!(
             PublishFrom::from_flags(None, Some("lb.example.com")),
@@ -351,10 +286,7 @@ mod tests {
         for bad in ["wsingress", "/x", "a/", "a/b/c"] {
             assert!(PublishFrom::from_flags(Some(bad), None).is_err(), "{bad}");
         }
-        assert_eq!(
-            PublishFrom::from_flags(None, Some(" ")),
-            Err(StatusError::EmptyAddress)
-        );
+        assert_eq!(PublishFrom::from_flags(None, Some(" ")), Err(StatusError::EmptyAddress));
     }
 
     #[test]
@@ -362,10 +294,7 @@ mod tests {
         let e = entries(["10.0.0.1", "lb.example.com", "2001:db8::1", "10.0.0.1"]);
         assert_eq!(e.len(), 3);
         assert!(e.iter().any(|x| x.ip.as_deref() == Some("2001:db8::1")));
-        assert!(
-            e.iter()
-                .any(|x| x.hostname.as_deref() == Some("lb.example.com") && x.ip.is_none())
-        );
+        assert!(e.iter().any(|x| x.hostname.as_deref() == Some("lb.example.com") && x.ip.is_none()));
     }
 
     fn svc(type_: &str) -> Service {
@@ -378,10 +307,7 @@ mod tests {
             status: Some(ServiceStatus {
                 load_balancer: Some(LoadBalancerStatus {
                     ingress: Some(vec![
-                        LoadBalancerIngress {
-                            ip: Some("203.0.113.7".into()),
-                            ..LoadBalancerIngress::default()
-                        },
+                        LoadBalancerIngress { ip: Some("203.0.113.7".into()), ..LoadBalancerIngress::default() },
                         LoadBalancerIngress {
                             hostname: Some("lb.example.com".into()),
                             ..LoadBalancerIngress::default()
@@ -398,13 +324,7 @@ mod tests {
         Node {
             status: Some(NodeStatus {
                 addresses: Some(
-                    addrs
-                        .iter()
-                        .map(|(t, a)| NodeAddress {
-                            type_: (*t).into(),
-                            address: (*a).into(),
-                        })
-                        .collect(),
+                    addrs.iter().map(|(t, a)| NodeAddress { type_: (*t).into(), address: (*a).into() }).collect(),
                 ),
                 ..NodeStatus::default()
             }),
@@ -415,28 +335,13 @@ mod tests {
     #[test]
     fn service_types() {
         let lb = comparable(&service_addresses(&svc("LoadBalancer"), &[]));
-        assert_eq!(
-            lb,
-            vec![
-                (None, Some("lb.example.com".into())),
-                (Some("203.0.113.7".into()), None)
-            ]
-        );
+        assert_eq!(lb, vec![(None, Some("lb.example.com".into())), (Some("203.0.113.7".into()), None)]);
         let nodes = [
-            node(&[
-                ("InternalIP", "192.168.0.2"),
-                ("ExternalIP", "198.51.100.2"),
-            ]),
+            node(&[("InternalIP", "192.168.0.2"), ("ExternalIP", "198.51.100.2")]),
             node(&[("InternalIP", "192.168.0.3"), ("Hostname", "n3")]),
         ];
         let np = comparable(&service_addresses(&svc("NodePort"), &nodes));
-        assert_eq!(
-            np,
-            vec![
-                (Some("192.168.0.3".into()), None),
-                (Some("198.51.100.2".into()), None)
-            ]
-        );
+        assert_eq!(np, vec![(Some("192.168.0.3".into()), None), (Some("198.51.100.2".into()), None)]);
         let cip = comparable(&service_addresses(&svc("ClusterIP"), &[]));
         assert_eq!(cip, vec![(Some("10.96.0.10".into()), None)]);
     }
@@ -458,19 +363,12 @@ mod tests {
         let served: BTreeSet<IngressKey> = [k("new"), k("done"), k("stale")].into();
         let written: BTreeSet<IngressKey> = [k("left-written")].into();
         let p = plan(&ingresses, &served, &want, &written);
-        let by: BTreeMap<String, Option<Vec<_>>> =
-            p.into_iter().map(|c| (c.ingress.1, c.set)).collect();
+        let by: BTreeMap<String, Option<Vec<_>>> = p.into_iter().map(|c| (c.ingress.1, c.set)).collect();
         assert_eq!(by.get("new"), Some(&Some(want.clone())));
         assert_eq!(by.get("stale"), Some(&Some(want.clone())));
-        assert!(
-            !by.contains_key("done"),
-            "unchanged status is not rewritten"
-        );
+        assert!(!by.contains_key("done"), "unchanged status is not rewritten");
         assert_eq!(by.get("left"), Some(&None), "carries our address: cleared");
         assert_eq!(by.get("left-written"), Some(&None), "we wrote it: cleared");
-        assert!(
-            !by.contains_key("foreign"),
-            "another controller's status is kept"
-        );
+        assert!(!by.contains_key("foreign"), "another controller's status is kept");
     }
 }

@@ -235,9 +235,7 @@ pub fn spec(key: &str) -> Option<&'static AnnotationSpec> {
 
 /// The README annotation table (Markdown), generated from [`ANNOTATIONS`].
 pub fn readme_table() -> String {
-    let mut out = String::from(
-        "| key | applies to | default | meaning | nginx equivalent |\n|---|---|---|---|---|\n",
-    );
+    let mut out = String::from("| key | applies to | default | meaning | nginx equivalent |\n|---|---|---|---|---|\n");
     for s in ANNOTATIONS {
         out.push_str(&format!(
             "| `{}` | {} | {} | {} | {} |\n",
@@ -302,19 +300,13 @@ pub fn route_settings(
             break;
         }
         let Some(spec) = spec(key) else {
-            report.warn(
-                key,
-                value,
-                format!("unknown annotation `{key}` (see the README's annotation table)"),
-            );
+            report.warn(key, value, format!("unknown annotation `{key}` (see the README's annotation table)"));
             continue;
         };
         match (spec.applies_to, kind) {
-            (AppliesTo::Service, AnnotatedKind::Ingress) => report.warn(
-                key,
-                value,
-                format!("`{key}` applies to Services only; ignored on an Ingress"),
-            ),
+            (AppliesTo::Service, AnnotatedKind::Ingress) => {
+                report.warn(key, value, format!("`{key}` applies to Services only; ignored on an Ingress"))
+            }
             (AppliesTo::Service, AnnotatedKind::Service) => {} // read by translate
             (AppliesTo::Route, _) => {
                 if key == ALLOWED_ORIGINS {
@@ -375,9 +367,7 @@ fn apply_nginx_aliases(
             other => report.warn(
                 NGINX_LOAD_BALANCE,
                 v,
-                format!(
-                    "unknown ingress-nginx load-balance `{other}` (round_robin, least_conn or ewma)"
-                ),
+                format!("unknown ingress-nginx load-balance `{other}` (round_robin, least_conn or ewma)"),
             ),
         }
     }
@@ -408,10 +398,7 @@ fn nginx_hash_policy(value: &str) -> Result<Policy, String> {
     match v {
         "$remote_addr" | "$binary_remote_addr" => Ok(Policy::IpHash),
         _ => match v.strip_prefix("$http_") {
-            Some(name)
-                if !name.is_empty()
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-            {
+            Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
                 Policy::parse(&format!("header-hash:{}", name.replace('_', "-")))
             }
             _ => Err(format!(
@@ -425,9 +412,7 @@ fn nginx_hash_policy(value: &str) -> Result<Policy, String> {
 fn parse_nginx_seconds(value: &str) -> Result<u64, String> {
     match value.trim().parse::<u64>() {
         Ok(n) if n > 0 && n <= 10 * 365 * 86400 => Ok(n),
-        _ => Err(format!(
-            "`{value}` is not a number of seconds (ingress-nginx timeouts are whole seconds)"
-        )),
+        _ => Err(format!("`{value}` is not a number of seconds (ingress-nginx timeouts are whole seconds)")),
     }
 }
 
@@ -478,17 +463,13 @@ fn check_origin(origin: &str) -> Result<(), String> {
             "`{origin}` is not an origin (expected scheme://host[:port], e.g. https://app.example.com); it matches nothing"
         ));
     };
-    let scheme_ok = !scheme.is_empty()
-        && scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.');
+    let scheme_ok =
+        !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.');
     let host_ok = !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '@']);
     if scheme_ok && host_ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{origin}` is not an origin (expected scheme://host[:port] without a path); it matches nothing"
-        ))
+        Err(format!("`{origin}` is not an origin (expected scheme://host[:port] without a path); it matches nothing"))
     }
 }
 
@@ -540,10 +521,7 @@ pub fn exposure(
         }
         None => "/".to_string(),
     };
-    let port = annotations
-        .get(PORT)
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty());
+    let port = annotations.get(PORT).map(|p| p.trim().to_string()).filter(|p| !p.is_empty());
     Some(Exposure { host, path, port })
 }
 
@@ -553,26 +531,13 @@ mod tests {
     use std::time::Duration;
 
     fn obj() -> ObjectRef {
-        ObjectRef {
-            kind: "Ingress".into(),
-            namespace: "default".into(),
-            name: "chat".into(),
-        }
+        ObjectRef { kind: "Ingress".into(), namespace: "default".into(), name: "chat".into() }
     }
 
     fn settings_of(pairs: &[(&str, &str)]) -> (RouteSettings, Vec<Warning>) {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut w = Vec::new();
-        let s = route_settings(
-            &obj(),
-            Some(&map),
-            AnnotatedKind::Ingress,
-            &RouteSettings::default(),
-            &mut w,
-        );
+        let s = route_settings(&obj(), Some(&map), AnnotatedKind::Ingress, &RouteSettings::default(), &mut w);
         (s, w)
     }
 
@@ -588,10 +553,7 @@ mod tests {
             (DRAIN_TIMEOUT, "never"),
             (MAX_MESSAGE_BYTES, "1Mi"),
             (MAX_CONNECTIONS, "1000"),
-            (
-                ALLOWED_ORIGINS,
-                "https://App.example.com, http://localhost:3000",
-            ),
+            (ALLOWED_ORIGINS, "https://App.example.com, http://localhost:3000"),
             (WEBSOCKET_ONLY, "true"),
         ]);
         assert_eq!(w, vec![]);
@@ -604,10 +566,7 @@ mod tests {
         assert_eq!(s.drain_timeout, None);
         assert_eq!(s.max_message_bytes, Some(1 << 20));
         assert_eq!(s.max_connections, Some(1000));
-        assert_eq!(
-            s.allowed_origins,
-            vec!["http://localhost:3000", "https://app.example.com"]
-        );
+        assert_eq!(s.allowed_origins, vec!["http://localhost:3000", "https://app.example.com"]);
         assert!(s.websocket_only);
         let (s, w) = settings_of(&[(IDLE_TIMEOUT, "never"), (MAX_CONNECTIONS, "unlimited")]);
         assert!(w.is_empty());
@@ -656,103 +615,31 @@ mod tests {
     fn nginx_aliases_map_and_ours_win() {
         type Case<'a> = (&'a [(&'a str, &'a str)], Policy, Option<u64>, usize);
         let cases: &[Case] = &[
+            (&[(NGINX_PROXY_READ_TIMEOUT, "3600")], Policy::LeastConn, Some(3600), 0),
+            (&[(NGINX_PROXY_READ_TIMEOUT, "120"), (NGINX_PROXY_SEND_TIMEOUT, "600")], Policy::LeastConn, Some(600), 0),
+            (&[(NGINX_PROXY_READ_TIMEOUT, "3600"), (IDLE_TIMEOUT, "300s")], Policy::LeastConn, Some(300), 0),
+            (&[(NGINX_PROXY_READ_TIMEOUT, "1h")], Policy::LeastConn, Some(60), 1),
+            (&[(NGINX_UPSTREAM_HASH_BY, "$remote_addr")], Policy::IpHash, Some(60), 0),
+            (&[(NGINX_UPSTREAM_HASH_BY, "$binary_remote_addr")], Policy::IpHash, Some(60), 0),
+            (&[(NGINX_UPSTREAM_HASH_BY, "$http_x_user_id")], Policy::HeaderHash("x-user-id".into()), Some(60), 0),
+            (&[(NGINX_UPSTREAM_HASH_BY, "$request_uri")], Policy::LeastConn, Some(60), 1),
+            (&[(NGINX_LOAD_BALANCE, "round_robin")], Policy::RoundRobin, Some(60), 0),
+            (&[(NGINX_LOAD_BALANCE, "ewma")], Policy::LeastConn, Some(60), 1),
             (
-                &[(NGINX_PROXY_READ_TIMEOUT, "3600")],
-                Policy::LeastConn,
-                Some(3600),
-                0,
-            ),
-            (
-                &[
-                    (NGINX_PROXY_READ_TIMEOUT, "120"),
-                    (NGINX_PROXY_SEND_TIMEOUT, "600"),
-                ],
-                Policy::LeastConn,
-                Some(600),
-                0,
-            ),
-            (
-                &[(NGINX_PROXY_READ_TIMEOUT, "3600"), (IDLE_TIMEOUT, "300s")],
-                Policy::LeastConn,
-                Some(300),
-                0,
-            ),
-            (
-                &[(NGINX_PROXY_READ_TIMEOUT, "1h")],
-                Policy::LeastConn,
-                Some(60),
-                1,
-            ),
-            (
-                &[(NGINX_UPSTREAM_HASH_BY, "$remote_addr")],
+                &[(NGINX_LOAD_BALANCE, "round_robin"), (NGINX_UPSTREAM_HASH_BY, "$remote_addr")],
                 Policy::IpHash,
                 Some(60),
                 0,
             ),
             (
-                &[(NGINX_UPSTREAM_HASH_BY, "$binary_remote_addr")],
-                Policy::IpHash,
-                Some(60),
-                0,
-            ),
-            (
-                &[(NGINX_UPSTREAM_HASH_BY, "$http_x_user_id")],
-                Policy::HeaderHash("x-user-id".into()),
-                Some(60),
-                0,
-            ),
-            (
-                &[(NGINX_UPSTREAM_HASH_BY, "$request_uri")],
-                Policy::LeastConn,
-                Some(60),
-                1,
-            ),
-            (
-                &[(NGINX_LOAD_BALANCE, "round_robin")],
-                Policy::RoundRobin,
-                Some(60),
-                0,
-            ),
-            (
-                &[(NGINX_LOAD_BALANCE, "ewma")],
-                Policy::LeastConn,
-                Some(60),
-                1,
-            ),
-            (
-                &[
-                    (NGINX_LOAD_BALANCE, "round_robin"),
-                    (NGINX_UPSTREAM_HASH_BY, "$remote_addr"),
-                ],
-                Policy::IpHash,
-                Some(60),
-                0,
-            ),
-            (
-                &[
-                    (NGINX_UPSTREAM_HASH_BY, "$remote_addr"),
-                    (LOAD_BALANCE, "round-robin"),
-                ],
+                &[(NGINX_UPSTREAM_HASH_BY, "$remote_addr"), (LOAD_BALANCE, "round-robin")],
                 Policy::RoundRobin,
                 Some(60),
                 0,
             ),
             // Ours invalid: reported, and the alias value stays.
-            (
-                &[
-                    (NGINX_UPSTREAM_HASH_BY, "$remote_addr"),
-                    (LOAD_BALANCE, "sticky"),
-                ],
-                Policy::IpHash,
-                Some(60),
-                1,
-            ),
-            (
-                &[(NGINX_AFFINITY, "cookie")],
-                Policy::LeastConn,
-                Some(60),
-                1,
-            ),
+            (&[(NGINX_UPSTREAM_HASH_BY, "$remote_addr"), (LOAD_BALANCE, "sticky")], Policy::IpHash, Some(60), 1),
+            (&[(NGINX_AFFINITY, "cookie")], Policy::LeastConn, Some(60), 1),
         ];
         for (pairs, policy, idle, warns) in cases {
             let (s, w) = settings_of(pairs);
@@ -760,85 +647,40 @@ mod tests {
             assert_eq!(s.idle_timeout, idle.map(Duration::from_secs), "{pairs:?}");
             assert_eq!(w.len(), *warns, "{pairs:?}: {w:?}");
         }
-        let (s, w) = settings_of(&[
-            (NGINX_LIMIT_CONNECTIONS, "50"),
-            (NGINX_PROXY_CONNECT_TIMEOUT, "2"),
-        ]);
+        let (s, w) = settings_of(&[(NGINX_LIMIT_CONNECTIONS, "50"), (NGINX_PROXY_CONNECT_TIMEOUT, "2")]);
         assert!(w.is_empty());
         assert_eq!(s.max_connections, Some(50));
         assert_eq!(s.connect_timeout, Duration::from_secs(2));
         let (s, _) = settings_of(&[(NGINX_LIMIT_CONNECTIONS, "50"), (MAX_CONNECTIONS, "7")]);
         assert_eq!(s.max_connections, Some(7));
         let (_, w) = settings_of(&[(NGINX_AFFINITY, "cookie")]);
-        assert!(
-            w[0].reason
-                .contains("not supported, use ip-hash or header-hash")
-        );
+        assert!(w[0].reason.contains("not supported, use ip-hash or header-hash"));
     }
 
     #[test]
     fn service_exposure() {
         let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
         let mut w = Vec::new();
         let e = exposure(&obj(), Some(&map(&[(EXPOSE, "true")])), &mut w);
-        assert_eq!(
-            e,
-            Some(Exposure {
-                host: String::new(),
-                path: "/".into(),
-                port: None
-            })
-        );
+        assert_eq!(e, Some(Exposure { host: String::new(), path: "/".into(), port: None }));
         let e = exposure(
             &obj(),
-            Some(&map(&[
-                (EXPOSE, "true"),
-                (HOST, "*.chat.example.com"),
-                (PATH, "/ws"),
-                (PORT, "ws"),
-            ])),
+            Some(&map(&[(EXPOSE, "true"), (HOST, "*.chat.example.com"), (PATH, "/ws"), (PORT, "ws")])),
             &mut w,
         );
         assert_eq!(
             e,
-            Some(Exposure {
-                host: "*.chat.example.com".into(),
-                path: "/ws".into(),
-                port: Some("ws".into())
-            })
+            Some(Exposure { host: "*.chat.example.com".into(), path: "/ws".into(), port: Some("ws".into()) })
         );
         assert!(w.is_empty());
-        assert_eq!(
-            exposure(&obj(), Some(&map(&[(EXPOSE, "false")])), &mut w),
-            None
-        );
-        assert_eq!(
-            exposure(&obj(), Some(&map(&[(HOST, "a.example.com")])), &mut w),
-            None
-        );
+        assert_eq!(exposure(&obj(), Some(&map(&[(EXPOSE, "false")])), &mut w), None);
+        assert_eq!(exposure(&obj(), Some(&map(&[(HOST, "a.example.com")])), &mut w), None);
         assert!(w.is_empty());
-        assert_eq!(
-            exposure(&obj(), Some(&map(&[(EXPOSE, "yes")])), &mut w),
-            None
-        );
-        let e = exposure(
-            &obj(),
-            Some(&map(&[(EXPOSE, "true"), (HOST, "bad host"), (PATH, "ws")])),
-            &mut w,
-        );
-        assert_eq!(
-            e,
-            Some(Exposure {
-                host: String::new(),
-                path: "/".into(),
-                port: None
-            })
-        );
+        assert_eq!(exposure(&obj(), Some(&map(&[(EXPOSE, "yes")])), &mut w), None);
+        let e = exposure(&obj(), Some(&map(&[(EXPOSE, "true"), (HOST, "bad host"), (PATH, "ws")])), &mut w);
+        assert_eq!(e, Some(Exposure { host: String::new(), path: "/".into(), port: None }));
         assert_eq!(w.len(), 3, "{w:?}");
     }
 
@@ -848,8 +690,7 @@ mod tests {
     fn readme_table_matches_annotations() {
         let table = readme_table();
         let root = env!("CARGO_MANIFEST_DIR");
-        let docs =
-            std::fs::read_to_string(format!("{root}/docs/annotations.md")).unwrap_or_default();
+        let docs = std::fs::read_to_string(format!("{root}/docs/annotations.md")).unwrap_or_default();
         assert!(
             between_markers(&docs).map(str::trim) == Some(table.trim()),
             "docs/annotations.md is out of date; put this between its markers:\n{table}"
@@ -862,9 +703,9 @@ mod tests {
                 "README.md's annotation table differs from src/translate/annotations.rs; \
                  paste the table from docs/annotations.md"
             ),
-            None => println!(
-                "skipped: README.md has no <!-- annotations:start --> / <!-- annotations:end --> markers yet"
-            ),
+            None => {
+                println!("skipped: README.md has no <!-- annotations:start --> / <!-- annotations:end --> markers yet")
+            }
         }
     }
 

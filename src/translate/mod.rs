@@ -89,10 +89,7 @@ pub struct Defaults {
 
 impl Default for Defaults {
     fn default() -> Self {
-        Self {
-            class_name: DEFAULT_CLASS.to_string(),
-            settings: RouteSettings::default(),
-        }
+        Self { class_name: DEFAULT_CLASS.to_string(), settings: RouteSettings::default() }
     }
 }
 
@@ -146,13 +143,7 @@ impl Warning {
         reason: impl Into<String>,
         event_reason: &'static str,
     ) -> Self {
-        Self {
-            object: object.clone(),
-            field: field.into(),
-            value: value.into(),
-            reason: reason.into(),
-            event_reason,
-        }
+        Self { object: object.clone(), field: field.into(), value: value.into(), reason: reason.into(), event_reason }
     }
 }
 
@@ -198,8 +189,7 @@ impl Classes {
         let mut names = BTreeSet::new();
         let mut default = false;
         for class in &snapshot.ingress_classes {
-            let ours =
-                class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME);
+            let ours = class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME);
             if !ours {
                 continue;
             }
@@ -214,10 +204,8 @@ impl Classes {
                 .is_some_and(|v| v.trim() == "true");
             default |= is_default;
         }
-        let declared = snapshot
-            .ingress_classes
-            .iter()
-            .any(|c| c.metadata.name.as_deref() == Some(defaults.class_name.as_str()));
+        let declared =
+            snapshot.ingress_classes.iter().any(|c| c.metadata.name.as_deref() == Some(defaults.class_name.as_str()));
         if !declared {
             names.insert(defaults.class_name.clone());
         }
@@ -225,19 +213,10 @@ impl Classes {
     }
 
     fn serves(&self, ing: &Ingress) -> bool {
-        if let Some(name) = ing
-            .spec
-            .as_ref()
-            .and_then(|s| s.ingress_class_name.as_deref())
-        {
+        if let Some(name) = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
             return self.names.contains(name);
         }
-        match ing
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
-        {
+        match ing.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION)) {
             Some(name) => self.names.contains(name.trim()),
             None => self.default,
         }
@@ -268,13 +247,7 @@ impl Source<'_> {
             Self::Ingress(_) => 0,
             Self::Service(_) => 1,
         };
-        (
-            ts.is_none(),
-            ts,
-            namespace_of(m),
-            m.name.as_deref().unwrap_or(""),
-            kind,
-        )
+        (ts.is_none(), ts, namespace_of(m), m.name.as_deref().unwrap_or(""), kind)
     }
 }
 
@@ -318,26 +291,15 @@ impl<'a> Translation<'a> {
     fn new(snapshot: &'a ClusterSnapshot, defaults: &'a Defaults) -> Self {
         let mut services = BTreeMap::new();
         for svc in &snapshot.services {
-            let key = (
-                namespace_of(&svc.metadata),
-                svc.metadata.name.as_deref().unwrap_or(""),
-            );
+            let key = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or(""));
             services.entry(key).or_insert(svc);
         }
         let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
         for slice in &snapshot.endpoint_slices {
-            let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
+            let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
                 continue;
             };
-            slices
-                .entry((namespace_of(&slice.metadata), service.as_str()))
-                .or_default()
-                .push(slice);
+            slices.entry((namespace_of(&slice.metadata), service.as_str())).or_default().push(slice);
         }
         for list in slices.values_mut() {
             list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -381,13 +343,7 @@ impl<'a> Translation<'a> {
         );
         let namespace = namespace_of(&ing.metadata);
         let Some(spec) = &ing.spec else {
-            self.warn(
-                &object,
-                "spec",
-                "",
-                "the Ingress has no spec",
-                reasons::INVALID_RULE,
-            );
+            self.warn(&object, "spec", "", "the Ingress has no spec", reasons::INVALID_RULE);
             return;
         };
         let rules = spec.rules.as_deref().unwrap_or_default();
@@ -428,24 +384,17 @@ impl<'a> Translation<'a> {
             };
             for (j, p) in http.paths.iter().enumerate() {
                 let field = format!("spec.rules[{i}].http.paths[{j}]");
-                let Some(path) = self.path_match(&object, &field, p.path.as_deref(), &p.path_type)
-                else {
+                let Some(path) = self.path_match(&object, &field, p.path.as_deref(), &p.path_type) else {
                     continue;
                 };
                 if !self.claim(&object, &field, &host, &path) {
                     continue;
                 }
-                let Some(route) =
-                    self.ingress_backend(&object, namespace, &settings, &p.backend, &field)
-                else {
+                let Some(route) = self.ingress_backend(&object, namespace, &settings, &p.backend, &field) else {
                     self.claims.remove(&(host.clone(), path.clone()));
                     continue;
                 };
-                self.rules.push(Rule {
-                    host: host.clone(),
-                    path,
-                    route,
-                });
+                self.rules.push(Rule { host: host.clone(), path, route });
             }
         }
     }
@@ -521,40 +470,21 @@ impl<'a> Translation<'a> {
     }
 
     /// Take host + path for `object`, or warn that an older object holds it.
-    fn claim(
-        &mut self,
-        object: &ObjectRef,
-        field: &str,
-        host: &HostMatch,
-        path: &PathMatch,
-    ) -> bool {
+    fn claim(&mut self, object: &ObjectRef, field: &str, host: &HostMatch, path: &PathMatch) -> bool {
         let key = (host.clone(), path.clone());
         if let Some(claim) = self.claims.get(&key) {
             let reason = if &claim.owner == object {
-                format!(
-                    "host {host} path {path} appears twice in this object; the first one is used"
-                )
+                format!("host {host} path {path} appears twice in this object; the first one is used")
             } else {
                 format!(
                     "host {host} path {path} is already routed by {} (older, or the same age and first by namespace/name); this rule is ignored",
                     claim.owner
                 )
             };
-            self.warn(
-                object,
-                field,
-                format!("{host} {path}"),
-                reason,
-                reasons::RULE_CONFLICT,
-            );
+            self.warn(object, field, format!("{host} {path}"), reason, reasons::RULE_CONFLICT);
             return false;
         }
-        self.claims.insert(
-            key,
-            Claim {
-                owner: object.clone(),
-            },
-        );
+        self.claims.insert(key, Claim { owner: object.clone() });
         true
     }
 
@@ -569,10 +499,9 @@ impl<'a> Translation<'a> {
     ) -> Option<Arc<Route>> {
         let Some(service) = &backend.service else {
             let (value, reason) = match &backend.resource {
-                Some(r) => (
-                    format!("{}/{}", r.kind, r.name),
-                    "resource backends are not supported; only Service backends",
-                ),
+                Some(r) => {
+                    (format!("{}/{}", r.kind, r.name), "resource backends are not supported; only Service backends")
+                }
                 None => (String::new(), "the backend names no Service"),
             };
             self.warn(
@@ -589,34 +518,24 @@ impl<'a> Translation<'a> {
         } else {
             format!("{field}.backend.service")
         };
-        let port = service
-            .port
-            .as_ref()
-            .and_then(|p| match (&p.name, p.number) {
-                (Some(name), _) if !name.is_empty() => Some(PortRef::Name(name.clone())),
-                (_, Some(n)) => Some(PortRef::Number(n)),
-                _ => None,
-            });
+        let port = service.port.as_ref().and_then(|p| match (&p.name, p.number) {
+            (Some(name), _) if !name.is_empty() => Some(PortRef::Name(name.clone())),
+            (_, Some(n)) => Some(PortRef::Number(n)),
+            _ => None,
+        });
         let port_text = port.as_ref().map(PortRef::text).unwrap_or_default();
         let key = (object.clone(), service.name.clone(), port_text.clone());
         if let Some(route) = self.routes.get(&key) {
             return Some(route.clone());
         }
         let backend_label = format!("{}:{}", service.name, port_text);
-        let endpoints = match self
-            .services
-            .get(&(namespace, service.name.as_str()))
-            .copied()
-        {
+        let endpoints = match self.services.get(&(namespace, service.name.as_str())).copied() {
             None => {
                 self.warn(
                     object,
                     format!("{field}.name"),
                     service.name.as_str(),
-                    format!(
-                        "Service {namespace}/{} not found; the route answers 503 until it exists",
-                        service.name
-                    ),
+                    format!("Service {namespace}/{} not found; the route answers 503 until it exists", service.name),
                     reasons::SERVICE_NOT_FOUND,
                 );
                 Vec::new()
@@ -691,11 +610,7 @@ impl<'a> Translation<'a> {
         if !self.claim(&object, &field, &host, &path) {
             return;
         }
-        let ports = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.as_deref())
-            .unwrap_or_default();
+        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
         let chosen: Option<&ServicePort> = match &exposure.port {
             Some(p) => {
                 let port = match p.parse::<i32>() {
@@ -716,10 +631,7 @@ impl<'a> Translation<'a> {
             }
             None => {
                 if ports.len() > 1 {
-                    let first = ports[0]
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| ports[0].port.to_string());
+                    let first = ports[0].name.clone().unwrap_or_else(|| ports[0].port.to_string());
                     self.warn(
                         &object,
                         annotations::annotation_field(annotations::PORT),
@@ -746,11 +658,7 @@ impl<'a> Translation<'a> {
         };
         let name = object.name.clone();
         let port_text = match (chosen, &exposure.port) {
-            (Some(sp), _) => sp
-                .name
-                .clone()
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| sp.port.to_string()),
+            (Some(sp), _) => sp.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| sp.port.to_string()),
             (None, Some(p)) => p.clone(),
             (None, None) => String::new(),
         };
@@ -759,12 +667,7 @@ impl<'a> Translation<'a> {
             Some(sp) => self.service_endpoints(&object, "spec", &backend_label, svc, sp),
             None => Vec::new(),
         };
-        let route = Arc::new(Route {
-            id: object.id(),
-            backend: backend_label,
-            pool: Pool::new(endpoints),
-            settings,
-        });
+        let route = Arc::new(Route { id: object.id(), backend: backend_label, pool: Pool::new(endpoints), settings });
         self.rules.push(Rule { host, path, route });
     }
 
@@ -792,11 +695,7 @@ impl<'a> Translation<'a> {
         }
         let port_name = port.name.as_deref().unwrap_or("");
         let mut out = Vec::new();
-        let slices = self
-            .slices
-            .get(&(namespace, name))
-            .cloned()
-            .unwrap_or_default();
+        let slices = self.slices.get(&(namespace, name)).cloned().unwrap_or_default();
         for slice in slices {
             let Some(number) = slice
                 .ports
@@ -856,13 +755,7 @@ impl<'a> Translation<'a> {
                     "Service {namespace}/{name} has only terminating endpoints for port {backend_label}; the route answers 503"
                 )
             };
-            self.warn(
-                object,
-                field,
-                backend_label,
-                reason,
-                reasons::NO_READY_ENDPOINTS,
-            );
+            self.warn(object, field, backend_label, reason, reasons::NO_READY_ENDPOINTS);
         }
         out
     }
@@ -875,8 +768,7 @@ impl<'a> Translation<'a> {
         reason: impl Into<String>,
         event_reason: &'static str,
     ) {
-        self.warnings
-            .push(Warning::new(object, field, value, reason, event_reason));
+        self.warnings.push(Warning::new(object, field, value, reason, event_reason));
     }
 
     fn finish(mut self) -> (RouteTable, Vec<Warning>) {
@@ -904,9 +796,7 @@ fn find_service_port<'s>(svc: &'s Service, port: &PortRef) -> Option<&'s Service
     let ports = svc.spec.as_ref()?.ports.as_deref()?;
     match port {
         PortRef::Number(n) => ports.iter().find(|p| p.port == *n),
-        PortRef::Name(name) => ports
-            .iter()
-            .find(|p| p.name.as_deref() == Some(name.as_str())),
+        PortRef::Name(name) => ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())),
     }
 }
 
@@ -920,9 +810,7 @@ pub(crate) fn valid_host(host: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })

@@ -71,42 +71,32 @@ fn load_fixture(path: &Path) -> Fixture {
     let mut snapshot = ClusterSnapshot::default();
     let mut expect = None;
     for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc)
-            .unwrap_or_else(|e| panic!("{name}: document {i}: {e}"));
+        let value = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: document {i}: {e}"));
         if value.is_null() {
             continue;
         }
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
         let ctx = format!("{name}: document {i} ({kind})");
         match kind.as_str() {
-            "Ingress" => snapshot.ingresses.push(
-                serde_yaml::from_value::<Ingress>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")),
-            ),
-            "Service" => snapshot.services.push(
-                serde_yaml::from_value::<Service>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")),
-            ),
-            "EndpointSlice" => snapshot.endpoint_slices.push(
-                serde_yaml::from_value::<EndpointSlice>(value)
-                    .unwrap_or_else(|e| panic!("{ctx}: {e}")),
-            ),
-            "IngressClass" => snapshot.ingress_classes.push(
-                serde_yaml::from_value::<IngressClass>(value)
-                    .unwrap_or_else(|e| panic!("{ctx}: {e}")),
-            ),
+            "Ingress" => snapshot
+                .ingresses
+                .push(serde_yaml::from_value::<Ingress>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
+            "Service" => snapshot
+                .services
+                .push(serde_yaml::from_value::<Service>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
+            "EndpointSlice" => snapshot
+                .endpoint_slices
+                .push(serde_yaml::from_value::<EndpointSlice>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
+            "IngressClass" => snapshot
+                .ingress_classes
+                .push(serde_yaml::from_value::<IngressClass>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
             "Expectations" => {
-                expect = Some(
-                    serde_yaml::from_value::<Expectations>(value)
-                        .unwrap_or_else(|e| panic!("{ctx}: {e}")),
-                )
+                expect = Some(serde_yaml::from_value::<Expectations>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")))
             }
             other => panic!("{name}: document {i}: unexpected kind {other}"),
         }
     }
-    Fixture {
-        name,
-        snapshot,
-        expect: expect.unwrap_or_else(|| panic!("{}: no Expectations document", path.display())),
-    }
+    Fixture { name, snapshot, expect: expect.unwrap_or_else(|| panic!("{}: no Expectations document", path.display())) }
 }
 
 fn all_fixtures() -> Vec<Fixture> {
@@ -122,11 +112,7 @@ fn all_fixtures() -> Vec<Fixture> {
 
 fn defaults_for(f: &Fixture) -> Defaults {
     Defaults {
-        class_name: f
-            .expect
-            .class_name
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CLASS.to_string()),
+        class_name: f.expect.class_name.clone().unwrap_or_else(|| DEFAULT_CLASS.to_string()),
         ..Defaults::default()
     }
 }
@@ -166,16 +152,8 @@ fn check_fixture(f: &Fixture) {
     let (table, warnings) = translate(&f.snapshot, &defaults);
     let name = &f.name;
 
-    let got: Vec<(String, String, String)> = warnings
-        .iter()
-        .map(|w| {
-            (
-                object_text(&w.object),
-                w.field.clone(),
-                w.event_reason.to_string(),
-            )
-        })
-        .collect();
+    let got: Vec<(String, String, String)> =
+        warnings.iter().map(|w| (object_text(&w.object), w.field.clone(), w.event_reason.to_string())).collect();
     let mut want = f.expect.warnings.clone();
     want.sort();
     let mut got_sorted = got.clone();
@@ -185,22 +163,13 @@ fn check_fixture(f: &Fixture) {
         let (obj, field, reason) = &f.expect.warnings[*i];
         let w = warnings
             .iter()
-            .find(|w| {
-                &object_text(&w.object) == obj && &w.field == field && w.event_reason == reason
-            })
+            .find(|w| &object_text(&w.object) == obj && &w.field == field && w.event_reason == reason)
             .unwrap();
-        assert!(
-            w.reason.contains(needle.as_str()),
-            "{name}: warning {i}: {:?} lacks {needle:?}",
-            w.reason
-        );
+        assert!(w.reason.contains(needle.as_str()), "{name}: warning {i}: {:?} lacks {needle:?}", w.reason);
     }
 
     if let Some(served) = &f.expect.served {
-        let got: Vec<String> = served_ingresses(&f.snapshot, &defaults)
-            .iter()
-            .map(ObjectRef::id)
-            .collect();
+        let got: Vec<String> = served_ingresses(&f.snapshot, &defaults).iter().map(ObjectRef::id).collect();
         assert_eq!(&got, served, "{name}: served Ingresses");
     }
     if let Some(n) = f.expect.rules {
@@ -211,11 +180,7 @@ fn check_fixture(f: &Fixture) {
         let ctx = format!("{name}: {:?} {}", r.host, r.path);
         let route = table.find(r.host.as_deref(), &r.path);
         let Some(want_id) = &r.route else {
-            assert!(
-                route.is_none(),
-                "{ctx}: expected no route, got {:?}",
-                route.map(|r| &r.id)
-            );
+            assert!(route.is_none(), "{ctx}: expected no route, got {:?}", route.map(|r| &r.id));
             continue;
         };
         let route = route.unwrap_or_else(|| panic!("{ctx}: no route"));
@@ -224,13 +189,8 @@ fn check_fixture(f: &Fixture) {
             assert_eq!(&route.backend, b, "{ctx}: backend");
         }
         let mut ready: Vec<String> = route.pool.ready().map(|e| e.addr.to_string()).collect();
-        let mut terminating: Vec<String> = route
-            .pool
-            .endpoints()
-            .iter()
-            .filter(|e| !e.ready)
-            .map(|e| e.addr.to_string())
-            .collect();
+        let mut terminating: Vec<String> =
+            route.pool.endpoints().iter().filter(|e| !e.ready).map(|e| e.addr.to_string()).collect();
         ready.sort();
         terminating.sort();
         if let Some(want) = &r.ready {
@@ -248,11 +208,7 @@ fn check_fixture(f: &Fixture) {
                 .iter()
                 .find(|e| &e.addr.to_string() == addr)
                 .unwrap_or_else(|| panic!("{ctx}: no endpoint {addr}"));
-            assert_eq!(
-                ep.target.as_deref(),
-                Some(target.as_str()),
-                "{ctx}: target of {addr}"
-            );
+            assert_eq!(ep.target.as_deref(), Some(target.as_str()), "{ctx}: target of {addr}");
         }
         check_settings(&ctx, &route.settings, &r.settings);
     }
@@ -267,11 +223,7 @@ fn fixtures() {
 
 fn rendered(snapshot: &ClusterSnapshot, defaults: &Defaults) -> String {
     let (table, warnings) = translate(snapshot, defaults);
-    format!(
-        "{}\n{}",
-        serde_json::to_string(&table.view()).unwrap(),
-        serde_json::to_string(&warnings).unwrap()
-    )
+    format!("{}\n{}", serde_json::to_string(&table.view()).unwrap(), serde_json::to_string(&warnings).unwrap())
 }
 
 /// Replicas see objects in different orders; the table and warnings must not change.
@@ -295,12 +247,7 @@ fn output_does_not_depend_on_input_order() {
                     eps.reverse();
                 }
             }
-            assert_eq!(
-                rendered(&s, &defaults),
-                base,
-                "{}: order changed the output",
-                f.name
-            );
+            assert_eq!(rendered(&s, &defaults), base, "{}: order changed the output", f.name);
         }
     }
 }
@@ -329,25 +276,10 @@ fn flag_defaults_reach_routes_without_annotations() {
 
 #[test]
 fn host_validation() {
-    for ok in [
-        "chat.example.com",
-        "*.example.com",
-        "localhost",
-        "a-b.c",
-        "Chat.Example.com.",
-    ] {
+    for ok in ["chat.example.com", "*.example.com", "localhost", "a-b.c", "Chat.Example.com."] {
         assert!(valid_host(ok), "{ok}");
     }
-    for bad in [
-        "",
-        "*",
-        "a*.example.com",
-        "chat.example.com:80",
-        "a..b",
-        "-a.com",
-        "a b",
-        "*.*.a",
-    ] {
+    for bad in ["", "*", "a*.example.com", "chat.example.com:80", "a..b", "-a.com", "a b", "*.*.a"] {
         assert!(!valid_host(bad), "{bad}");
     }
 }

@@ -9,22 +9,16 @@ const MAX_SECONDS: f64 = 10.0 * 365.0 * 86400.0;
 /// `300s`, `5m`, `1h`, `250ms`, or a bare number of seconds.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let v = value.trim();
-    let split = v
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(v.len());
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{value}` is not a duration (e.g. 300s, 5m, 1h, 250ms)"))?;
+    let n: f64 = num.parse().map_err(|_| format!("`{value}` is not a duration (e.g. 300s, 5m, 1h, 250ms)"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         _ => {
-            return Err(format!(
-                "`{value}`: unknown unit `{unit}` (use ms, s, m or h)"
-            ));
+            return Err(format!("`{value}`: unknown unit `{unit}` (use ms, s, m or h)"));
         }
     };
     if !secs.is_finite() || !(0.0..=MAX_SECONDS).contains(&secs) {
@@ -59,9 +53,7 @@ pub fn parse_bytes(value: &str) -> Result<Option<u64>, String> {
     }
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{value}` is not a byte size (e.g. 1048576, 64Ki, 1Mi)"))?;
+    let n: u64 = num.parse().map_err(|_| format!("`{value}` is not a byte size (e.g. 1048576, 64Ki, 1Mi)"))?;
     let factor: u64 = match unit {
         "" => 1,
         "Ki" => 1 << 10,
@@ -71,14 +63,10 @@ pub fn parse_bytes(value: &str) -> Result<Option<u64>, String> {
         "M" => 1_000_000,
         "G" => 1_000_000_000,
         _ => {
-            return Err(format!(
-                "`{value}`: unknown unit `{unit}` (use Ki, Mi, Gi, k, M or G)"
-            ));
+            return Err(format!("`{value}`: unknown unit `{unit}` (use Ki, Mi, Gi, k, M or G)"));
         }
     };
-    let bytes = n
-        .checked_mul(factor)
-        .ok_or_else(|| format!("`{value}` is out of range"))?;
+    let bytes = n.checked_mul(factor).ok_or_else(|| format!("`{value}` is out of range"))?;
     Ok((bytes > 0).then_some(bytes))
 }
 
@@ -108,10 +96,7 @@ mod tests {
         assert_eq!(parse_optional_duration("never"), Ok(None));
         assert_eq!(parse_optional_duration("off"), Ok(None));
         assert_eq!(parse_optional_duration("0"), Ok(None));
-        assert_eq!(
-            parse_optional_duration("30s"),
-            Ok(Some(Duration::from_secs(30)))
-        );
+        assert_eq!(parse_optional_duration("30s"), Ok(Some(Duration::from_secs(30))));
         assert!(parse_optional_duration("soon").is_err());
         assert!(parse_positive_duration("0s").is_err());
         assert_eq!(parse_positive_duration("2s"), Ok(Duration::from_secs(2)));

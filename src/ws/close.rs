@@ -79,36 +79,16 @@ mod tests {
 
     #[test]
     fn wire_codes_follow_rfc_6455_and_the_iana_registry() {
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
-        ] {
+        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014] {
             assert!(is_valid_wire_code(code), "{code}");
         }
         for code in [3000, 3999, 4000, 4999] {
             assert!(is_valid_wire_code(code), "{code}");
         }
-        for code in [
-            0,
-            999,
-            1004,
-            1005,
-            1006,
-            1015,
-            1016,
-            2000,
-            2999,
-            5000,
-            u16::MAX,
-        ] {
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, u16::MAX] {
             assert!(!is_valid_wire_code(code), "{code}");
         }
-        for code in [
-            NORMAL,
-            GOING_AWAY,
-            PROTOCOL_ERROR,
-            MESSAGE_TOO_BIG,
-            INTERNAL_ERROR,
-        ] {
+        for code in [NORMAL, GOING_AWAY, PROTOCOL_ERROR, MESSAGE_TOO_BIG, INTERNAL_ERROR] {
             assert!(is_valid_wire_code(code));
         }
         assert!(is_valid_wire_code(TRY_AGAIN_LATER) && is_valid_wire_code(BAD_GATEWAY));

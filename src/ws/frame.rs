@@ -154,12 +154,7 @@ fn parse_header(h: &[u8]) -> Result<Header, ScanError> {
     if b1 & MASK != 0 {
         mask.copy_from_slice(&h[key_at..key_at + 4]);
     }
-    Ok(Header {
-        fin: b0 & FIN != 0,
-        opcode: b0 & 0x0F,
-        mask,
-        len,
-    })
+    Ok(Header { fin: b0 & FIN != 0, opcode: b0 & 0x0F, mask, len })
 }
 
 /// Follows one direction of a WebSocket stream.
@@ -293,16 +288,9 @@ impl Scanner {
             // Data frame (text, binary, continuation, or reserved 0x3–0x7, which the limit
             // treats as a message of its own so it cannot bypass it). Control frames in
             // between fragments do not count towards the message size.
-            let size = if h.opcode == OP_CONTINUATION {
-                self.message_len.saturating_add(h.len)
-            } else {
-                h.len
-            };
+            let size = if h.opcode == OP_CONTINUATION { self.message_len.saturating_add(h.len) } else { h.len };
             if size > self.limit {
-                return Err(ScanError::MessageTooBig {
-                    size,
-                    limit: self.limit,
-                });
+                return Err(ScanError::MessageTooBig { size, limit: self.limit });
             }
             if h.fin {
                 self.message_len = 0;
@@ -361,12 +349,7 @@ impl Scanner {
 /// A payload longer than 125 bytes (§5.5) is cut to its first 125 bytes; build Close
 /// payloads with [`crate::ws::close::close_payload`], which always fits. Returns the
 /// bytes written at the start of `out`.
-pub fn encode_control(
-    opcode: u8,
-    payload: &[u8],
-    mask: Option<[u8; 4]>,
-    out: &mut [u8; 131],
-) -> usize {
+pub fn encode_control(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>, out: &mut [u8; 131]) -> usize {
     let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
     let len = payload.len();
     out[0] = FIN | (opcode & 0x0F);

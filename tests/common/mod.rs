@@ -37,28 +37,14 @@ pub async fn echo(instance: &str, prefix: &str) -> Echo {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let config = EchoConfig {
-        prefix: prefix.to_string(),
-        instance: instance.to_string(),
-    };
+    let config = EchoConfig { prefix: prefix.to_string(), instance: instance.to_string() };
     tokio::spawn(echo::serve(listener, config, stop.clone()));
-    Echo {
-        addr,
-        instance: instance.to_string(),
-        stop,
-    }
+    Echo { addr, instance: instance.to_string(), stop }
 }
 
 /// `serve` arguments on ephemeral loopback ports, plus `extra` flags.
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
-    let mut argv = vec![
-        "wsingress",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ];
+    let mut argv = vec!["wsingress", "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).unwrap().command {
         Command::Serve(s) => *s,
@@ -69,9 +55,7 @@ pub fn serve_args(extra: &[&str]) -> ServeArgs {
 /// A proxy in front of `backends` (static upstream mode) with extra flags.
 pub async fn proxy(backends: &[SocketAddr], extra: &[&str]) -> Running {
     let args = serve_args(extra);
-    app::start(&args, RouteSource::Static(backends.to_vec()))
-        .await
-        .unwrap()
+    app::start(&args, RouteSource::Static(backends.to_vec())).await.unwrap()
 }
 
 pub fn ws_url(addr: SocketAddr, path: &str) -> String {
@@ -82,13 +66,7 @@ pub fn ws_url(addr: SocketAddr, path: &str) -> String {
 pub async fn connect_with(
     url: &str,
     headers: &[(&str, &str)],
-) -> Result<
-    (
-        Ws,
-        tokio_tungstenite::tungstenite::handshake::client::Response,
-    ),
-    tokio_tungstenite::tungstenite::Error,
-> {
+) -> Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error> {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
         req.headers_mut().insert(
@@ -96,12 +74,9 @@ pub async fn connect_with(
             HeaderValue::from_str(v).unwrap(),
         );
     }
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(req),
-    )
-    .await
-    .expect("connect timed out")
+    tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect timed out")
 }
 
 pub async fn connect(url: &str) -> Ws {
@@ -154,25 +129,14 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>)
 }
 
 pub fn parse_response(buf: &[u8]) -> (u16, String, Vec<u8>) {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(buf.len(), |p| p + 4);
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
     let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, head, buf[end..].to_vec())
 }
 
 pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String, Vec<u8>) {
-    http_raw(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
-    )
-    .await
+    http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await
 }
 
 /// Poll `cond` every 20 ms until it holds or `within` passes.
@@ -249,10 +213,7 @@ pub async fn expect_close(ws: &mut Ws, within: Duration) -> Option<u16> {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next())
-            .await
-            .expect("no Close in time")
-        {
+        match tokio::time::timeout(left, ws.next()).await.expect("no Close in time") {
             Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
             Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("error before Close: {e}"),

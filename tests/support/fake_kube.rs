@@ -48,19 +48,11 @@ pub struct Collection {
 
 impl Collection {
     pub fn of<K: k8s_openapi::Resource>() -> Self {
-        Self {
-            group: K::GROUP.to_string(),
-            version: K::VERSION.to_string(),
-            plural: K::URL_PATH_SEGMENT.to_string(),
-        }
+        Self { group: K::GROUP.to_string(), version: K::VERSION.to_string(), plural: K::URL_PATH_SEGMENT.to_string() }
     }
 
     fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
     }
 
     fn kind(&self) -> String {
@@ -150,10 +142,7 @@ impl Shared {
     }
 
     fn connections(&self) -> CancellationToken {
-        self.connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.connections.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -177,9 +166,7 @@ impl FakeKube {
     }
 
     pub async fn start_with(bookmark_every: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake api");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake api");
         let addr = listener.local_addr().expect("local addr");
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -213,14 +200,8 @@ impl FakeKube {
     }
 
     pub fn apply_value(&self, coll: Collection, mut value: Value) {
-        let ns = value["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        let name = value["metadata"]["name"]
-            .as_str()
-            .expect("metadata.name")
-            .to_string();
+        let ns = value["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let name = value["metadata"]["name"].as_str().expect("metadata.name").to_string();
         value["apiVersion"] = json!(coll.api_version());
         value["kind"] = json!(coll.kind());
         let mut s = self.shared.store();
@@ -251,29 +232,16 @@ impl FakeKube {
         namespace: &str,
         name: &str,
     ) -> Option<K> {
-        let key = (
-            Collection::of::<K>(),
-            namespace.to_string(),
-            name.to_string(),
-        );
+        let key = (Collection::of::<K>(), namespace.to_string(), name.to_string());
         let v = self.shared.store().objects.get(&key).cloned()?;
         Some(serde_json::from_value(v).expect("deserialize stored object"))
     }
 
     pub fn list<K: k8s_openapi::Resource + serde::de::DeserializeOwned>(&self) -> Vec<K> {
         let coll = Collection::of::<K>();
-        let values: Vec<Value> = self
-            .shared
-            .store()
-            .objects
-            .iter()
-            .filter(|((c, _, _), _)| *c == coll)
-            .map(|(_, v)| v.clone())
-            .collect();
-        values
-            .into_iter()
-            .map(|v| serde_json::from_value(v).expect("deserialize stored object"))
-            .collect()
+        let values: Vec<Value> =
+            self.shared.store().objects.iter().filter(|((c, _, _), _)| *c == coll).map(|(_, v)| v.clone()).collect();
+        values.into_iter().map(|v| serde_json::from_value(v).expect("deserialize stored object")).collect()
     }
 
     /// Forget all history up to now: every watch behind the new version ends with an ERROR
@@ -291,11 +259,7 @@ impl FakeKube {
     /// Stop answering: drop every open connection (watches included) and close new ones at once.
     pub fn go_down(&self) {
         self.shared.down.store(true, Ordering::SeqCst);
-        let mut c = self
-            .shared
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut c = self.shared.connections.lock().unwrap_or_else(|p| p.into_inner());
         c.cancel();
         *c = CancellationToken::new();
     }
@@ -312,40 +276,23 @@ impl FakeKube {
     pub fn list_count(&self, plural: &str) -> usize {
         self.requests()
             .iter()
-            .filter(|r| {
-                r.access()
-                    .is_some_and(|(_, res, verb)| res == plural && verb == "list")
-            })
+            .filter(|r| r.access().is_some_and(|(_, res, verb)| res == plural && verb == "list"))
             .count()
     }
 }
 
 /// Stamp a new resourceVersion on `value` and record the change.
-fn commit(
-    s: &mut Store,
-    coll: &Collection,
-    ns: &str,
-    kind: &'static str,
-    value: &mut Value,
-) -> u64 {
+fn commit(s: &mut Store, coll: &Collection, ns: &str, kind: &'static str, value: &mut Value) -> u64 {
     s.rv += 1;
     let rv = s.rv;
     value["metadata"]["resourceVersion"] = json!(rv.to_string());
-    s.history.push(HistoryEvent {
-        rv,
-        coll: coll.clone(),
-        namespace: ns.to_string(),
-        kind,
-        object: value.clone(),
-    });
+    s.history.push(HistoryEvent { rv, coll: coll.clone(), namespace: ns.to_string(), kind, object: value.clone() });
     rv
 }
 
 fn delete_object(shared: &Shared, coll: &Collection, ns: &str, name: &str) -> Option<Value> {
     let mut s = shared.store();
-    let mut value = s
-        .objects
-        .remove(&(coll.clone(), ns.to_string(), name.to_string()))?;
+    let mut value = s.objects.remove(&(coll.clone(), ns.to_string(), name.to_string()))?;
     let rv = commit(&mut s, coll, ns, "DELETED", &mut value);
     drop(s);
     shared.changed.send_replace(rv);
@@ -373,8 +320,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let shared = svc_shared.clone();
                 async move { Ok::<_, Infallible>(handle(shared, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 () = token.cancelled() => {}
@@ -391,10 +337,7 @@ struct ResourcePath {
 }
 
 fn cluster_scoped(plural: &str) -> bool {
-    matches!(
-        plural,
-        "ingressclasses" | "nodes" | "namespaces" | "clusterroles"
-    )
+    matches!(plural, "ingressclasses" | "nodes" | "namespaces" | "clusterroles")
 }
 
 fn parse_path(path: &str) -> Option<ResourcePath> {
@@ -415,11 +358,7 @@ fn parse_path(path: &str) -> Option<ResourcePath> {
         _ => return None,
     };
     Some(ResourcePath {
-        coll: Collection {
-            group: group.to_string(),
-            version: version.to_string(),
-            plural: plural.to_string(),
-        },
+        coll: Collection { group: group.to_string(), version: version.to_string(), plural: plural.to_string() },
         namespace,
         name,
         sub,
@@ -486,12 +425,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let content_type = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let content_type =
+        req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
@@ -517,11 +452,7 @@ fn route(
     let Some(p) = parse_path(path) else {
         return error(StatusCode::NOT_FOUND, "NotFound", "no such path");
     };
-    let ns = if cluster_scoped(&p.coll.plural) {
-        None
-    } else {
-        p.namespace.clone()
-    };
+    let ns = if cluster_scoped(&p.coll.plural) { None } else { p.namespace.clone() };
     match (method, &p.name) {
         (&Method::GET, None) => {
             if query_param(query, "watch").is_some_and(|w| w == "true" || w == "1") {
@@ -534,35 +465,19 @@ fn route(
             let key = (p.coll, ns.unwrap_or_default(), name.clone());
             match shared.store().objects.get(&key) {
                 Some(v) => json_response(StatusCode::OK, v),
-                None => error(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("\"{name}\" not found"),
-                ),
+                None => error(StatusCode::NOT_FOUND, "NotFound", &format!("\"{name}\" not found")),
             }
         }
         (&Method::POST, None) => create(shared, p.coll, ns.unwrap_or_default(), body),
         (&Method::PUT, Some(name)) => replace(shared, p.coll, ns.unwrap_or_default(), name, body),
-        (&Method::PATCH, Some(name)) => patch(
-            shared,
-            p.coll,
-            ns.unwrap_or_default(),
-            name,
-            p.sub.as_deref(),
-            content_type,
-            body,
-        ),
-        (&Method::DELETE, Some(name)) => {
-            match delete_object(shared, &p.coll, &ns.unwrap_or_default(), name) {
-                Some(v) => json_response(StatusCode::OK, &v),
-                None => error(StatusCode::NOT_FOUND, "NotFound", "not found"),
-            }
+        (&Method::PATCH, Some(name)) => {
+            patch(shared, p.coll, ns.unwrap_or_default(), name, p.sub.as_deref(), content_type, body)
         }
-        _ => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "not supported by the fake",
-        ),
+        (&Method::DELETE, Some(name)) => match delete_object(shared, &p.coll, &ns.unwrap_or_default(), name) {
+            Some(v) => json_response(StatusCode::OK, &v),
+            None => error(StatusCode::NOT_FOUND, "NotFound", "not found"),
+        },
+        _ => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported by the fake"),
     }
 }
 
@@ -606,19 +521,12 @@ fn matches_selectors(obj: &Value, query: &str) -> bool {
     true
 }
 
-fn list_collection(
-    shared: &Shared,
-    coll: &Collection,
-    ns: Option<&str>,
-    query: &str,
-) -> Response<Body> {
+fn list_collection(shared: &Shared, coll: &Collection, ns: Option<&str>, query: &str) -> Response<Body> {
     let s = shared.store();
     let items: Vec<Value> = s
         .objects
         .iter()
-        .filter(|((c, n, _), v)| {
-            c == coll && ns.is_none_or(|ns| ns == n) && matches_selectors(v, query)
-        })
+        .filter(|((c, n, _), v)| c == coll && ns.is_none_or(|ns| ns == n) && matches_selectors(v, query))
         .map(|(_, v)| v.clone())
         .collect();
     let list = json!({
@@ -645,11 +553,7 @@ fn create(shared: &Shared, coll: Collection, ns: String, body: &[u8]) -> Respons
     };
     let key = (coll.clone(), ns.clone(), name.clone());
     if s.objects.contains_key(&key) {
-        return error(
-            StatusCode::CONFLICT,
-            "AlreadyExists",
-            &format!("\"{name}\" already exists"),
-        );
+        return error(StatusCode::CONFLICT, "AlreadyExists", &format!("\"{name}\" already exists"));
     }
     s.uid += 1;
     value["apiVersion"] = json!(coll.api_version());
@@ -667,24 +571,14 @@ fn create(shared: &Shared, coll: Collection, ns: String, body: &[u8]) -> Respons
     json_response(StatusCode::CREATED, &value)
 }
 
-fn replace(
-    shared: &Shared,
-    coll: Collection,
-    ns: String,
-    name: &str,
-    body: &[u8],
-) -> Response<Body> {
+fn replace(shared: &Shared, coll: Collection, ns: String, name: &str, body: &[u8]) -> Response<Body> {
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
         return error(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
     };
     let mut s = shared.store();
     let key = (coll.clone(), ns.clone(), name.to_string());
     let Some(old) = s.objects.get(&key) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("\"{name}\" not found"),
-        );
+        return error(StatusCode::NOT_FOUND, "NotFound", &format!("\"{name}\" not found"));
     };
     let sent = value["metadata"]["resourceVersion"].as_str().unwrap_or("");
     let have = old["metadata"]["resourceVersion"].as_str().unwrap_or("");
@@ -752,11 +646,7 @@ fn patch(
     let mut s = shared.store();
     let key = (coll.clone(), ns.clone(), name.to_string());
     let Some(mut value) = s.objects.get(&key).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("\"{name}\" not found"),
-        );
+        return error(StatusCode::NOT_FOUND, "NotFound", &format!("\"{name}\" not found"));
     };
     match sub {
         // The status subresource only changes status.
@@ -770,11 +660,7 @@ fn patch(
             }
         }
         Some(other) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("subresource {other} not supported by the fake"),
-            );
+            return error(StatusCode::NOT_FOUND, "NotFound", &format!("subresource {other} not supported by the fake"));
         }
         None => {
             let mut patch = patch;
@@ -798,12 +684,7 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-fn watch_collection(
-    shared: &Arc<Shared>,
-    coll: Collection,
-    ns: Option<String>,
-    query: &str,
-) -> Response<Body> {
+fn watch_collection(shared: &Arc<Shared>, coll: Collection, ns: Option<String>, query: &str) -> Response<Body> {
     let from = query_param(query, "resourceVersion").unwrap_or_default();
     let bookmarks = query_param(query, "allowWatchBookmarks").is_some_and(|v| v == "true");
     let timeout = query_param(query, "timeoutSeconds")
@@ -817,11 +698,8 @@ fn watch_collection(
         match from.parse::<u64>() {
             Ok(rv) if rv != 0 => {
                 if rv < s.compacted {
-                    let gone = status_value(
-                        410,
-                        "Expired",
-                        &format!("too old resource version: {rv} ({})", s.compacted),
-                    );
+                    let gone =
+                        status_value(410, "Expired", &format!("too old resource version: {rv} ({})", s.compacted));
                     drop(s);
                     // The real API server answers 200 and reports 410 inside the stream.
                     let line = watch_line("ERROR", &gone);
@@ -840,9 +718,7 @@ fn watch_collection(
                     .objects
                     .iter()
                     .filter(|((c, n, _), v)| {
-                        *c == coll
-                            && ns.as_deref().is_none_or(|ns| ns == n)
-                            && matches_selectors(v, &query)
+                        *c == coll && ns.as_deref().is_none_or(|ns| ns == n) && matches_selectors(v, &query)
                     })
                     .map(|(_, v)| v.clone())
                     .collect();
@@ -916,9 +792,8 @@ fn watch_collection(
         }
     });
 
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
-    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(Frame::data(b)), rx)) });
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")

@@ -38,11 +38,7 @@ fn fin(opcode: u8) -> u8 {
 
 /// Scan `data` cut at `cuts` (ascending offsets); returns one summary per chunk, stopping
 /// at the first error.
-fn scan_cut(
-    scanner: &mut Scanner,
-    data: &[u8],
-    cuts: &[usize],
-) -> Vec<(Summary, Result<(), ScanError>)> {
+fn scan_cut(scanner: &mut Scanner, data: &[u8], cuts: &[usize]) -> Vec<(Summary, Result<(), ScanError>)> {
     let mut results = Vec::new();
     let mut start = 0;
     for &end in cuts.iter().chain(std::iter::once(&data.len())) {
@@ -180,11 +176,7 @@ fn length_with_top_bit_set_is_an_overflow_wherever_it_is_split() {
         let chunks = scan_cut(&mut Scanner::new(None), &data, &[cut]);
         let expected_err_chunk = usize::from(cut < bad_header_end);
         assert_eq!(chunks.len(), expected_err_chunk + 1, "cut {cut}");
-        assert_eq!(
-            chunks[expected_err_chunk].1,
-            Err(ScanError::LengthOverflow),
-            "cut {cut}"
-        );
+        assert_eq!(chunks[expected_err_chunk].1, Err(ScanError::LengthOverflow), "cut {cut}");
         assert_eq!(totals(data.len(), &[cut], &chunks).frames, 1);
     }
 }
@@ -276,9 +268,7 @@ fn at_boundary_transitions() {
     let mut s = Summary::default();
     let mut states = Vec::new();
     for byte in &data {
-        scanner
-            .scan(std::slice::from_ref(byte), &mut s)
-            .expect("scan");
+        scanner.scan(std::slice::from_ref(byte), &mut s).expect("scan");
         states.push(scanner.at_boundary());
     }
     // Inside the header and the payload: false; after the last payload byte: true.
@@ -369,10 +359,7 @@ fn close_code_is_unmasked_even_when_split() {
     // Unmasked, from a server.
     let mut data = Vec::new();
     push_frame(&mut data, fin(OP_CLOSE), None, &1011u16.to_be_bytes());
-    assert_eq!(
-        scan_whole(&mut Scanner::new(None), &data).0.close_code,
-        Some(1011)
-    );
+    assert_eq!(scan_whole(&mut Scanner::new(None), &data).0.close_code, Some(1011));
 }
 
 #[test]
@@ -411,29 +398,14 @@ fn message_too_big_on_one_frame_before_its_payload() {
     let mut scanner = Scanner::new(Some(100));
     assert_eq!(scanner.max_message(), Some(100));
     let (s, r) = scan_whole(&mut scanner, &data);
-    assert_eq!(
-        r,
-        Err(ScanError::MessageTooBig {
-            size: 101,
-            limit: 100
-        })
-    );
-    assert_eq!(
-        (s.frames, s.messages, s.last_boundary),
-        (1, 1, Some(ok_end))
-    );
+    assert_eq!(r, Err(ScanError::MessageTooBig { size: 101, limit: 100 }));
+    assert_eq!((s.frames, s.messages, s.last_boundary), (1, 1, Some(ok_end)));
 
     // A 64-bit length against a limit.
     let mut data = Vec::new();
     push_header(&mut data, fin(OP_BINARY), None, 1 << 40);
     let (_, r) = scan_whole(&mut Scanner::new(Some(1 << 20)), &data);
-    assert_eq!(
-        r,
-        Err(ScanError::MessageTooBig {
-            size: 1 << 40,
-            limit: 1 << 20
-        })
-    );
+    assert_eq!(r, Err(ScanError::MessageTooBig { size: 1 << 40, limit: 1 << 20 }));
     assert_eq!(Scanner::new(None).max_message(), None);
 }
 
@@ -453,13 +425,7 @@ fn message_too_big_across_fragments_ignoring_control_frames() {
     data.extend_from_slice(&[0; 1]);
 
     let (s, r) = scan_whole(&mut Scanner::new(Some(100)), &data);
-    assert_eq!(
-        r,
-        Err(ScanError::MessageTooBig {
-            size: 101,
-            limit: 100
-        })
-    );
+    assert_eq!(r, Err(ScanError::MessageTooBig { size: 101, limit: 100 }));
     assert_eq!((s.frames, s.messages, s.pings, s.pongs), (7, 1, 1, 1));
     assert_eq!(s.last_boundary, Some(ok_end));
 
@@ -498,46 +464,30 @@ fn encode_control_round_trips_through_the_scanner() {
             assert_eq!(written, clamped + if mask.is_some() { 6 } else { 2 });
             let mut scanner = Scanner::new(None);
             let (s, _) = scan_whole(&mut scanner, &buf[..written]);
-            assert_eq!(
-                (s.frames, s.pings, s.pongs),
-                (1, u64::from(op == OP_PING), u64::from(op == OP_PONG))
-            );
+            assert_eq!((s.frames, s.pings, s.pongs), (1, u64::from(op == OP_PING), u64::from(op == OP_PONG)));
             assert!(scanner.at_boundary());
         }
     }
     // Byte layout of a masked ping.
     let written = encode_control(OP_PING, b"ab", Some([1, 2, 3, 4]), &mut buf);
-    assert_eq!(
-        &buf[..written],
-        &[0x89, 0x82, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2]
-    );
+    assert_eq!(&buf[..written], &[0x89, 0x82, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2]);
 }
 
 #[test]
 fn encode_control_round_trips_through_tungstenite() {
     let mut buf = [0u8; 131];
-    for (op, payload) in [
-        (OP_PING, &b"ping!"[..]),
-        (OP_PONG, &b""[..]),
-        (OP_CLOSE, &b"\x03\xe8ok"[..]),
-    ] {
+    for (op, payload) in [(OP_PING, &b"ping!"[..]), (OP_PONG, &b""[..]), (OP_CLOSE, &b"\x03\xe8ok"[..])] {
         for mask in [None, Some(KEY)] {
             let written = encode_control(op, payload, mask, &mut buf);
             let mut cursor = Cursor::new(&buf[..written]);
-            let (header, len) = FrameHeader::parse(&mut cursor)
-                .expect("valid header")
-                .expect("complete header");
+            let (header, len) = FrameHeader::parse(&mut cursor).expect("valid header").expect("complete header");
             assert!(header.is_final && !header.rsv1 && !header.rsv2 && !header.rsv3);
             assert_eq!(u8::from(header.opcode), op);
             assert_eq!(header.mask, mask);
             assert_eq!(len, payload.len() as u64);
             let at = cursor.position() as usize;
             let key = mask.unwrap_or([0; 4]);
-            let unmasked: Vec<u8> = buf[at..written]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ key[i % 4])
-                .collect();
+            let unmasked: Vec<u8> = buf[at..written].iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
             assert_eq!(unmasked, payload);
         }
     }
@@ -547,10 +497,7 @@ fn encode_control_round_trips_through_tungstenite() {
 fn frames_written_by_tungstenite_are_followed() {
     let mut data = Vec::new();
     let mut expected = 0;
-    for (i, len) in [0usize, 5, 125, 126, 4000, 65535, 65536, 70_000]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, len) in [0usize, 5, 125, 126, 4000, 65535, 65536, 70_000].into_iter().enumerate() {
         let opcode = if i % 2 == 0 { OP_TEXT } else { OP_BINARY };
         let header = FrameHeader {
             is_final: true,
@@ -558,19 +505,12 @@ fn frames_written_by_tungstenite_are_followed() {
             mask: (i % 3 != 0).then_some([i as u8, 2, 3, 4]),
             ..FrameHeader::default()
         };
-        Frame::from_payload(header, vec![b'z'; len].into())
-            .format(&mut data)
-            .expect("format");
+        Frame::from_payload(header, vec![b'z'; len].into()).format(&mut data).expect("format");
         expected += 1;
     }
     Frame::ping(vec![1, 2]).format(&mut data).expect("format");
-    let close = FrameHeader {
-        mask: Some(KEY),
-        ..FrameHeader::default()
-    };
-    Frame::from_payload(close, 1008u16.to_be_bytes().to_vec().into())
-        .format(&mut data)
-        .expect("format");
+    let close = FrameHeader { mask: Some(KEY), ..FrameHeader::default() };
+    Frame::from_payload(close, 1008u16.to_be_bytes().to_vec().into()).format(&mut data).expect("format");
 
     let cuts: Vec<usize> = (1..data.len()).step_by(7).collect();
     let chunks = scan_cut(&mut Scanner::new(None), &data, &cuts);
@@ -615,11 +555,7 @@ enum Event {
 }
 
 /// Encode `count` random frames; return the bytes and the events the spec predicts.
-fn random_stream(
-    rng: &mut Rng,
-    count: usize,
-    limit: Option<u64>,
-) -> (Vec<u8>, Vec<(usize, Event)>) {
+fn random_stream(rng: &mut Rng, count: usize, limit: Option<u64>) -> (Vec<u8>, Vec<(usize, Event)>) {
     let mut data = Vec::new();
     let mut events = Vec::new();
     let mut message_len = 0u64;
@@ -638,11 +574,7 @@ fn random_stream(
             0xB,
         ]);
         let is_fin = rng.chance(70);
-        let rsv = if rng.chance(10) {
-            (rng.below(8) as u8) << 4
-        } else {
-            0
-        };
+        let rsv = if rng.chance(10) { (rng.below(8) as u8) << 4 } else { 0 };
         let mask = rng.chance(50).then(|| (rng.next() as u32).to_be_bytes());
         let len = match rng.below(20) {
             0..=11 => rng.below(126),
@@ -657,39 +589,21 @@ fn random_stream(
         }
 
         let start = data.len();
-        push_frame(
-            &mut data,
-            (if is_fin { FIN } else { 0 }) | rsv | opcode,
-            mask,
-            &payload,
-        );
+        push_frame(&mut data, (if is_fin { FIN } else { 0 }) | rsv | opcode, mask, &payload);
         let header_end = data.len() - len;
         debug_assert!(header_end > start);
 
         if opcode & CONTROL_BIT == 0 {
-            let size = if opcode == OP_CONTINUATION {
-                message_len + len as u64
-            } else {
-                len as u64
-            };
+            let size = if opcode == OP_CONTINUATION { message_len + len as u64 } else { len as u64 };
             if let Some(limit) = limit.filter(|&l| size > l) {
                 events.push((header_end, Event::TooBig { size, limit }));
                 return (data, events);
             }
             message_len = if is_fin { 0 } else { size };
         }
-        events.push((
-            header_end,
-            Event::Header {
-                opcode,
-                fin: is_fin,
-            },
-        ));
+        events.push((header_end, Event::Header { opcode, fin: is_fin }));
         if opcode == OP_CLOSE && len >= 2 {
-            events.push((
-                header_end + 2,
-                Event::Code(u16::from_be_bytes([payload[0], payload[1]])),
-            ));
+            events.push((header_end + 2, Event::Code(u16::from_be_bytes([payload[0], payload[1]]))));
         }
         events.push((data.len(), Event::End));
     }
@@ -697,11 +611,7 @@ fn random_stream(
 }
 
 /// The summary (and result) the model predicts for the chunk `start..end`.
-fn expect_chunk(
-    events: &[(usize, Event)],
-    start: usize,
-    end: usize,
-) -> (Summary, Result<(), ScanError>) {
+fn expect_chunk(events: &[(usize, Event)], start: usize, end: usize) -> (Summary, Result<(), ScanError>) {
     let mut s = Summary::default();
     // Events are in offset order.
     let first = events.partition_point(|(at, _)| *at <= start);
@@ -734,11 +644,7 @@ fn random_cuts(rng: &mut Rng, len: usize) -> Vec<usize> {
     let style = rng.below(4);
     loop {
         // Tiny steps alternate with occasional big jumps so long payloads stay cheap.
-        let style = if style < 2 && rng.chance(10) {
-            2
-        } else {
-            style
-        };
+        let style = if style < 2 && rng.chance(10) { 2 } else { style };
         let step = match style {
             0 => rng.below(4) as usize,      // tiny, sometimes empty chunks
             1 => rng.below(20) as usize,     // splits inside headers
@@ -772,10 +678,7 @@ fn random_streams_in_random_chunks_match_the_model() {
             let ends = cuts.iter().copied().chain(std::iter::once(data.len()));
             for (i, (start, end)) in starts.zip(ends).enumerate().take(chunks.len()) {
                 let expected = expect_chunk(&events, start, end);
-                assert_eq!(
-                    chunks[i], expected,
-                    "round {round} chunk {i} ({start}..{end})"
-                );
+                assert_eq!(chunks[i], expected, "round {round} chunk {i} ({start}..{end})");
                 if expected.1.is_err() {
                     checked_errors += 1;
                 }
@@ -785,10 +688,7 @@ fn random_streams_in_random_chunks_match_the_model() {
             }
         }
     }
-    assert!(
-        checked_errors > 10,
-        "the limit was exercised {checked_errors} times"
-    );
+    assert!(checked_errors > 10, "the limit was exercised {checked_errors} times");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -809,19 +709,14 @@ fn bench(frame_len: usize) -> (f64, f64) {
         let mut s = Summary::default();
         for chunk in data.chunks(64 << 10) {
             s.reset();
-            scanner
-                .scan(std::hint::black_box(chunk), &mut s)
-                .expect("bench stream is valid");
+            scanner.scan(std::hint::black_box(chunk), &mut s).expect("bench stream is valid");
             std::hint::black_box(&s);
         }
         bytes += data.len() as u64;
         rounds += 1;
     }
     let secs = started.elapsed().as_secs_f64();
-    (
-        bytes as f64 / secs / 1e9,
-        secs * 1e9 / (rounds * frames as u64) as f64,
-    )
+    (bytes as f64 / secs / 1e9, secs * 1e9 / (rounds * frames as u64) as f64)
 }
 
 #[test]
@@ -829,9 +724,6 @@ fn bench(frame_len: usize) -> (f64, f64) {
 fn bench_scan_throughput() {
     for frame_len in [64 << 10, 1 << 10] {
         let (gbps, ns_per_frame) = bench(frame_len);
-        println!(
-            "scan {} B masked frames in 64 KiB reads: {gbps:.1} GB/s, {ns_per_frame:.2} ns/frame",
-            frame_len
-        );
+        println!("scan {} B masked frames in 64 KiB reads: {gbps:.1} GB/s, {ns_per_frame:.2} ns/frame", frame_len);
     }
 }
