@@ -36,11 +36,24 @@ fn spawn_serve(args: &[&str]) -> (std::process::Child, std::net::SocketAddr, std
     (child, proxy, admin)
 }
 
+/// Kills the child if the test fails before it exits.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn sigterm_sends_1001_to_every_client_and_exits() {
     let e = echo("e1", "").await;
     let upstream = e.addr.to_string();
-    let (mut child, proxy, admin) = spawn_serve(&["--upstream", &upstream, "--shutdown-timeout", "10s"]);
+    let (child, proxy, admin) = spawn_serve(&["--upstream", &upstream, "--shutdown-timeout", "10s"]);
+    let mut guard = KillOnDrop(Some(child));
     assert_eq!(http_get(admin, "x", "/readyz").await.0, 200);
     let mut clients = Vec::new();
     for i in 0..5 {
@@ -48,12 +61,14 @@ async fn sigterm_sends_1001_to_every_client_and_exits() {
         assert_eq!(round_trip(&mut ws, &format!("c{i}")).await, format!("c{i}"));
         clients.push(ws);
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let pid = guard.0.as_ref().map(|c| c.id()).unwrap();
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(status.success());
     for ws in &mut clients {
         assert_eq!(expect_close(ws, Duration::from_secs(10)).await, Some(1001));
     }
     // The clients answered the Close, so the drain completes and the process exits cleanly.
+    let mut child = guard.0.take().unwrap();
     let exit = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (pinned, from package registries, under
+# ./.tools/), validates the chart and manifests, then runs every Rust test. Safe to re-run.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh --no-install   # skip the tool installs (offline, tools already there)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ "${1:-}" != "--no-install" ]; then
+    scripts/install-tools.sh
+fi
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
+
+echo "== chart and manifest validation"
+scripts/validate-k8s.sh
+
+echo "== cargo test"
+# Tools were installed above: a test that needs one must not skip.
+export WSINGRESS_REQUIRE_TOOLS=1
+cargo test --all-targets --no-fail-fast
