@@ -12,8 +12,10 @@
 //! towards it (its pending bytes stay in the borrowed buffer), never the other one.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
@@ -137,7 +139,7 @@ struct Half {
     scanner: Scanner,
     pending: Option<Pending>,
     /// A control frame to put on this direction's output at the next frame boundary.
-    inject: Option<([u8; CTRL_ROOM], usize)>,
+    inject: Option<Box<([u8; CTRL_ROOM], usize)>>,
     /// Our own Close went out on this output: forward nothing more.
     sent_close: bool,
     /// The source sent a Close frame.
@@ -254,24 +256,53 @@ pub async fn relay(
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
+    let shutdown = signals.shutdown.cancelled();
+    let removed = signals.endpoint_removed.cancelled();
+    tokio::pin!(shutdown, removed);
+    let mut turn = 0usize;
     while !t.done() {
+        // The timer is re-armed only when the next deadline moved earlier; when activity moved
+        // it later, the timer fires early, finds nothing due, and is armed again. So traffic
+        // never touches the timer wheel.
         let deadline = t.next_deadline();
-        if deadline != armed {
-            if let Some(at) = deadline {
+        match (deadline, armed) {
+            (Some(at), Some(current)) if at >= current => {}
+            (Some(at), _) => {
                 sleep.as_mut().reset(at.into());
+                armed = Some(at);
             }
-            armed = deadline;
+            (None, _) => armed = None,
         }
-        let [h0, h1] = &t.halves;
-        let event = tokio::select! {
-            r = t.client.readable(), if h0.wants_read() => Event::Readable(0, r),
-            r = t.upstream.readable(), if h1.wants_read() => Event::Readable(1, r),
-            r = t.upstream.writable(), if h0.pending.is_some() => Event::Writable(0, r),
-            r = t.client.writable(), if h1.pending.is_some() => Event::Writable(1, r),
-            () = &mut sleep, if armed.is_some() => Event::Timer,
-            () = signals.shutdown.cancelled(), if t.closing_since.is_none() => Event::Shutdown,
-            () = signals.endpoint_removed.cancelled(), if !t.removed && t.closing_since.is_none() => Event::Removed,
-        };
+        turn = turn.wrapping_add(1);
+        let event = std::future::poll_fn(|cx| {
+            // Readiness is polled through the sockets' own waker slots (no waiter lists),
+            // alternating which direction goes first.
+            for k in 0..2 {
+                let d = (turn + k) % 2;
+                let h = &t.halves[d];
+                if h.wants_read()
+                    && let Poll::Ready(r) = t.src(d).poll_read_ready(cx)
+                {
+                    return Poll::Ready(Event::Readable(d, r));
+                }
+                if h.pending.is_some()
+                    && let Poll::Ready(r) = t.dst(d).poll_write_ready(cx)
+                {
+                    return Poll::Ready(Event::Writable(d, r));
+                }
+            }
+            if armed.is_some() && sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            if t.closing_since.is_none() && shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if !t.removed && t.closing_since.is_none() && removed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Removed);
+            }
+            Poll::Pending
+        })
+        .await;
         match event {
             Event::Readable(d, Ok(())) => t.pump(d),
             Event::Readable(d, Err(_)) => t.src_failed(d),
@@ -362,7 +393,7 @@ impl Tunnel<'_> {
             self.ping_sent = Some(now);
             let mut frame = [0u8; CTRL_ROOM];
             let n = encode_control(OP_PING, b"wsingress", None, &mut frame);
-            self.halves[1].inject = Some((frame, n));
+            self.halves[1].inject = Some(Box::new((frame, n)));
             self.try_inject(1);
         }
         if self.settings.idle_timeout.is_some_and(|t| now >= self.last_any + t) {
@@ -377,7 +408,7 @@ impl Tunnel<'_> {
         let plen = close::close_payload(code, "", &mut payload);
         let mut frame = [0u8; CTRL_ROOM];
         let n = encode_control(OP_CLOSE, &payload[..plen], mask, &mut frame);
-        self.halves[d].inject = Some((frame, n));
+        self.halves[d].inject = Some(Box::new((frame, n)));
     }
 
     fn next_mask(&mut self) -> [u8; 4] {
@@ -424,8 +455,7 @@ impl Tunnel<'_> {
     fn pump(&mut self, d: usize) {
         for _ in 0..READS_PER_WAKE {
             let mut buf = PooledBuf::take();
-            let r = self.src(d).try_read(&mut buf.0[..BUF_SIZE - CTRL_ROOM]);
-            match r {
+            match read_some(self.src(d), &mut buf.0[..BUF_SIZE - CTRL_ROOM]) {
                 Ok(0) => {
                     self.src_eof(d);
                     return;
@@ -438,7 +468,6 @@ impl Tunnel<'_> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.src_failed(d);
                     return;
@@ -509,8 +538,9 @@ impl Tunnel<'_> {
     /// stays pending.
     fn write_out(&mut self, d: usize, mut buf: PooledBuf, start: usize, mut end: usize, inject_at: Option<usize>) {
         if let Some(at) = inject_at
-            && let Some((frame, len)) = self.halves[d].inject.take()
+            && let Some(ctrl) = self.halves[d].inject.take()
         {
+            let (frame, len) = *ctrl;
             let at = start + at;
             let is_close = frame[0] & 0x0f == OP_CLOSE;
             if is_close {
@@ -689,6 +719,28 @@ impl Tunnel<'_> {
     }
 }
 
+/// One `recv` into `buf`. A short read means the socket was drained at that moment, so the
+/// readiness is cleared too (tokio keeps it if an event arrived meanwhile): the next wait goes
+/// straight to epoll instead of costing a `recv` that would only say EAGAIN.
+fn read_some(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = None;
+    let r = s.try_io(tokio::io::Interest::READABLE, || {
+        let n = loop {
+            match std::io::Read::read(&mut &*SockRef::from(s), buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        got = Some(n);
+        if n > 0 && n < buf.len() { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
+    });
+    match (r, got) {
+        (Ok(n), _) => Ok(n),
+        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+        (Err(e), _) => Err(e),
+    }
+}
+
 fn shutdown(s: &TcpStream, how: Shutdown) {
     // ENOTCONN after the peer left is expected and harmless.
     let _ = SockRef::from(s).shutdown(how);
@@ -697,4 +749,31 @@ fn shutdown(s: &TcpStream, how: Shutdown) {
 fn seed() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now()) as u32 | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The relay future is what an idle tunnel costs besides its sockets: keep it small.
+    #[tokio::test]
+    async fn an_idle_tunnel_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        let settings = RelaySettings {
+            idle_timeout: None,
+            ping_interval: None,
+            pong_timeout: Duration::from_secs(1),
+            drain_timeout: None,
+            max_message: None,
+        };
+        let signals = Signals { shutdown: CancellationToken::new(), endpoint_removed: CancellationToken::new() };
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let conn = metrics.connection("r", "b");
+        let fut = relay(a, &[], b, &[], &settings, &signals, &conn);
+        let size = std::mem::size_of_val(&fut);
+        println!("relay future: {size} bytes");
+        assert!(size <= 1024, "relay future grew to {size} bytes");
+    }
 }
