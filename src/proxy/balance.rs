@@ -27,6 +27,19 @@ pub fn eject(ep: &Endpoint) {
     ep.live.eject_until_ms(now_ms() + EJECT_FOR_MS);
 }
 
+/// The key a hash policy balances on: the client address for `ip-hash`, the header's value
+/// for `header-hash` (none when absent: least-conn then).
+pub fn hash_key(policy: &Policy, headers: &http::HeaderMap, client: std::net::IpAddr) -> Option<Vec<u8>> {
+    match policy {
+        Policy::IpHash => Some(match client {
+            std::net::IpAddr::V4(a) => a.octets().to_vec(),
+            std::net::IpAddr::V6(a) => a.octets().to_vec(),
+        }),
+        Policy::HeaderHash(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
 /// Up to [`MAX_ATTEMPTS`] ready-endpoint positions, best first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Candidates {

@@ -98,12 +98,7 @@ pub async fn forward(
     if settings.websocket_only {
         return Err(ProxyError::WebSocketOnly);
     }
-    let key = match (&settings.policy, client.client) {
-        (crate::routes::Policy::IpHash, std::net::IpAddr::V4(a)) => Some(a.octets().to_vec()),
-        (crate::routes::Policy::IpHash, std::net::IpAddr::V6(a)) => Some(a.octets().to_vec()),
-        (crate::routes::Policy::HeaderHash(h), _) => req.headers().get(h.as_str()).map(|v| v.as_bytes().to_vec()),
-        _ => None,
-    };
+    let key = balance::hash_key(&settings.policy, req.headers(), client.client);
     let candidates = balance::pick(&route.pool, &settings.policy, key.as_deref());
     if candidates.is_empty() {
         return Err(ProxyError::NoEndpoints);
@@ -112,10 +107,7 @@ pub async fn forward(
     let host = parts.headers.get(header::HOST).cloned();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::add_forwarded(&mut parts.headers, client, host.as_ref());
-    parts.uri = parts.uri.path_and_query().map_or_else(
-        || http::Uri::from_static("/"),
-        |pq| http::Uri::try_from(pq.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")),
-    );
+    parts.uri = headers::origin_form(&parts.uri);
     parts.version = http::Version::HTTP_11;
     let bodiless = body.is_end_stream();
     let mut body = if bodiless { None } else { Some(body) };

@@ -163,6 +163,13 @@ pub fn add_forwarded(headers: &mut HeaderMap, info: &ClientInfo, host: Option<&H
     }
 }
 
+/// The request target in origin form (`/path?query`), as sent to a backend (RFC 9112 §3.2.1).
+pub fn origin_form(uri: &http::Uri) -> http::Uri {
+    uri.path_and_query()
+        .and_then(|pq| http::Uri::try_from(pq.as_str()).ok())
+        .unwrap_or_else(|| http::Uri::from_static("/"))
+}
+
 /// What kind of request this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {

@@ -49,7 +49,7 @@ pub async fn upgrade(
         }
         None => None,
     };
-    let key = hash_key(&route, &req, &client);
+    let key = balance::hash_key(&settings.policy, req.headers(), client.client);
     let candidates = balance::pick(&route.pool, &settings.policy, key.as_deref());
     if candidates.is_empty() {
         return Err(fail(ProxyError::NoEndpoints));
@@ -131,28 +131,13 @@ fn record_upstream_error(state: &ProxyState, route: &Route, e: &ProxyError) {
     }
 }
 
-/// The balancing key for hash policies.
-fn hash_key(route: &Route, req: &Request<Incoming>, client: &ClientInfo) -> Option<Vec<u8>> {
-    match &route.settings.policy {
-        crate::routes::Policy::IpHash => Some(match client.client {
-            std::net::IpAddr::V4(a) => a.octets().to_vec(),
-            std::net::IpAddr::V6(a) => a.octets().to_vec(),
-        }),
-        crate::routes::Policy::HeaderHash(name) => req.headers().get(name.as_str()).map(|v| v.as_bytes().to_vec()),
-        _ => None,
-    }
-}
-
 /// The request sent to the backend: the client's end-to-end headers (Host preserved),
 /// hop-by-hop fields removed (RFC 9110 §7.6.1), X-Forwarded-* added, and the upgrade
 /// fields set again (RFC 6455 §4.1).
 fn upstream_request(req: &Request<Incoming>, client: &ClientInfo) -> Request<Empty<bytes::Bytes>> {
     let mut out = Request::new(Empty::new());
     *out.method_mut() = http::Method::GET;
-    *out.uri_mut() = req.uri().path_and_query().map_or_else(
-        || http::Uri::from_static("/"),
-        |pq| http::Uri::try_from(pq.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")),
-    );
+    *out.uri_mut() = headers::origin_form(req.uri());
     let mut h = req.headers().clone();
     headers::strip_hop_by_hop(&mut h);
     let host = req.headers().get(header::HOST).cloned();
