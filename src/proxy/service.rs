@@ -87,7 +87,11 @@ pub async fn handle(
             let path = req.uri().path().to_string();
             let (resp, err) = match forward::forward(&state, req, &route, &client).await {
                 Ok(resp) => (resp, None),
-                Err(err) => (text_response(err.status(), &err.to_string()), Some(err)),
+                Err(err) => {
+                    let mut resp = text_response(err.status(), &err.to_string());
+                    error_headers(&err, &mut resp, false);
+                    (resp, Some(err))
+                }
             };
             let status = resp.status().as_u16();
             state.metrics.http_request(&route_id, status, started.elapsed());
