@@ -421,13 +421,23 @@ pub const ACCESS_LOG_TARGET: &str = "wsingress::access";
 /// Install the process-wide tracing subscriber: level filter from `RUST_LOG` (default
 /// `info`), one line per event on stdout, as JSON objects (fields at the top level) or as
 /// human-readable text. A second call is a no-op (tests may call it freely).
-pub fn init_tracing(format: LogFormat) {
+///
+/// Lines are written by a logging thread through a buffer that is flushed whenever no more
+/// lines are waiting: one `write` per burst instead of one per access-log line, and the proxy
+/// threads never block on a slow stdout consumer for longer than the queue allows. Keep the
+/// returned guard alive until exit; dropping it flushes what is left.
+pub fn init_tracing(format: LogFormat) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let (filter, bad_filter) = env_filter();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let installed = tracing::subscriber::set_global_default(subscriber(format, filter, std::io::stdout, ansi)).is_ok();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("wsingress-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+    let installed = tracing::subscriber::set_global_default(subscriber(format, filter, writer, ansi)).is_ok();
     if installed && let Some(e) = bad_filter {
         tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
     }
+    installed.then_some(guard)
 }
 
 /// The `RUST_LOG` filter, or `info` (and the parse error) when it is unset or invalid.

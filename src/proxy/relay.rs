@@ -216,9 +216,9 @@ enum Event {
 /// that were already read during the handshake.
 pub async fn relay(
     client: TcpStream,
-    client_pre: &[u8],
+    client_pre: bytes::Bytes,
     upstream: TcpStream,
-    upstream_pre: &[u8],
+    upstream_pre: bytes::Bytes,
     settings: &RelaySettings,
     signals: &Signals,
     metrics: &ConnMetrics,
@@ -245,13 +245,24 @@ pub async fn relay(
         reason: None,
         mask_seed: seed(),
     };
+    // Bytes read during the handshakes go first. They are dropped right after: they may share
+    // the HTTP parser's whole read buffer, which an idle tunnel must not keep alive.
     for (d, pre) in [(0usize, client_pre), (1, upstream_pre)] {
-        if !pre.is_empty() {
+        for chunk in pre.chunks(BUF_SIZE - CTRL_ROOM) {
+            while t.halves[d].pending.is_some() {
+                if t.dst(d).writable().await.is_err() {
+                    t.dst_failed(d);
+                }
+                t.flush(d);
+            }
+            if t.halves[d].dst_done {
+                break;
+            }
             let mut buf = PooledBuf::take();
-            let n = pre.len().min(BUF_SIZE - CTRL_ROOM);
-            buf.0[..n].copy_from_slice(&pre[..n]);
-            t.process(d, buf, n);
+            buf.0[..chunk.len()].copy_from_slice(chunk);
+            t.process(d, buf, chunk.len());
         }
+        drop(pre);
     }
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
@@ -614,8 +625,14 @@ impl Tunnel<'_> {
             self.maybe_close_complete();
             return;
         }
+        if self.handshake_done_at.is_some() && self.halves.iter().all(|h| h.pending.is_none()) {
+            // Both Close frames went through and one side closed TCP: the tunnel is over.
+            // Closing both sockets sends the FIN the other side waits for (RFC 6455 §7.1.1).
+            self.abort();
+            return;
+        }
         if self.halves[d].close_from_src {
-            // Close handshake followed by TCP close: pass the FIN on.
+            // A Close followed by TCP close: pass the FIN on.
             self.end_output_when_flushed(d);
             return;
         }
@@ -702,8 +719,7 @@ impl Tunnel<'_> {
     fn finish(mut self) -> Outcome {
         self.flush_metrics(0);
         self.flush_metrics(1);
-        shutdown(&self.client, Shutdown::Both);
-        shutdown(&self.upstream, Shutdown::Both);
+        // Dropping the sockets closes them (FIN, or RST when unread data is left).
         let (initiator, close_code) = self.first_close.unwrap_or((Initiator::Client, None));
         // A close counts as seen when a peer sent a Close frame or the proxy chose to close;
         // a peer that just dropped TCP is `abnormal` even though we then sent a Close.
@@ -771,7 +787,7 @@ mod tests {
         let signals = Signals { shutdown: CancellationToken::new(), endpoint_removed: CancellationToken::new() };
         let metrics = crate::metrics::Metrics::new().unwrap();
         let conn = metrics.connection("r", "b");
-        let fut = relay(a, &[], b, &[], &settings, &signals, &conn);
+        let fut = relay(a, bytes::Bytes::new(), b, bytes::Bytes::new(), &settings, &signals, &conn);
         let size = std::mem::size_of_val(&fut);
         println!("relay future: {size} bytes");
         assert!(size <= 1024, "relay future grew to {size} bytes");

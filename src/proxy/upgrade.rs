@@ -258,7 +258,7 @@ impl Tunnel {
             endpoint_removed: self.endpoint.live.removed().clone(),
         };
         let opened = Instant::now();
-        let out = relay::relay(client, &client_pre, upstream, &upstream_pre, &settings, &signals, &metrics).await;
+        let out = relay::relay(client, client_pre, upstream, upstream_pre, &settings, &signals, &metrics).await;
         let lifetime = opened.elapsed();
         metrics.closed(out.initiator, close_code_class(out.close_code, out.close_seen), lifetime);
         WebSocketAccess {
