@@ -6,6 +6,7 @@
 pub mod balance;
 pub mod error;
 pub mod forward;
+pub mod handshake;
 pub mod headers;
 pub mod limits;
 pub mod relay;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Empty};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::balance;
 use super::error::ProxyError;
+use super::handshake::{self, Answer};
 use super::headers::{self, ClientInfo};
 use super::relay::{self, RelaySettings, Signals};
 use super::service::{ProxyState, RequestInfo};
@@ -54,9 +55,10 @@ pub async fn upgrade(
     if candidates.is_empty() {
         return Err(fail(ProxyError::NoEndpoints));
     }
-    let client_key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let client_key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned().unwrap_or(HeaderValue::from_static(""));
     let on_client_upgrade = hyper::upgrade::on(&mut req);
-    let upstream_req = upstream_request(&req, &client);
+    let mut fields = upstream_fields(&req, &client);
+    let target = headers::origin_form(req.uri());
 
     let mut last_err = ProxyError::NoEndpoints;
     for &i in candidates.as_slice() {
@@ -72,10 +74,19 @@ pub async fn upgrade(
                 continue;
             }
         };
-        let attempt = handshake(stream, &upstream_req, settings.handshake_timeout, client_key.as_ref()).await;
+        if !fields.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&endpoint.addr.to_string())
+        {
+            fields.insert(header::HOST, v);
+        }
+        let head = handshake::request_head(&target.to_string(), &fields);
+        let exchange = handshake::exchange(stream, &head, client_key.as_bytes());
+        let attempt = tokio::time::timeout(settings.handshake_timeout, exchange)
+            .await
+            .unwrap_or(Err(ProxyError::ResponseTimeout));
         return match attempt {
-            Ok(Handshake::Switched { response, upstream, upstream_pre }) => {
-                let resp = client_response(&response);
+            Ok(Answer::Switched { headers: backend_headers, stream: upstream, early: upstream_pre }) => {
+                let resp = client_response(backend_headers);
                 let tunnel = Tunnel {
                     state: state.clone(),
                     route: route.clone(),
@@ -100,7 +111,8 @@ pub async fn upgrade(
                 });
                 Ok(resp)
             }
-            Ok(Handshake::Refused(resp)) => {
+            Ok(Answer::Refused { status, headers: backend_headers, body }) => {
+                let resp = passthrough(status, backend_headers, body);
                 state.metrics.upgrade(&route.id, UpgradeResult::BackendRefused);
                 HttpAccess {
                     route: &route.id,
@@ -131,84 +143,34 @@ fn record_upstream_error(state: &ProxyState, route: &Route, e: &ProxyError) {
     }
 }
 
-/// The request sent to the backend: the client's end-to-end headers (Host preserved),
-/// hop-by-hop fields removed (RFC 9110 §7.6.1), X-Forwarded-* added, and the upgrade
-/// fields set again (RFC 6455 §4.1).
-fn upstream_request(req: &Request<Incoming>, client: &ClientInfo) -> Request<Empty<bytes::Bytes>> {
-    let mut out = Request::new(Empty::new());
-    *out.method_mut() = http::Method::GET;
-    *out.uri_mut() = headers::origin_form(req.uri());
+/// The fields sent to the backend: the client's end-to-end headers (Host preserved, and
+/// `Sec-WebSocket-Key`/`-Protocol`/`-Extensions`/`Origin` with them), hop-by-hop fields
+/// removed (RFC 9110 §7.6.1), X-Forwarded-* added, and the upgrade fields set again
+/// (RFC 6455 §4.1).
+fn upstream_fields(req: &Request<Incoming>, client: &ClientInfo) -> http::HeaderMap {
     let mut h = req.headers().clone();
     headers::strip_hop_by_hop(&mut h);
     let host = req.headers().get(header::HOST).cloned();
     headers::add_forwarded(&mut h, client, host.as_ref());
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    *out.headers_mut() = h;
-    out
-}
-
-enum Handshake {
-    Switched { response: Response<Incoming>, upstream: TcpStream, upstream_pre: bytes::Bytes },
-    Refused(Response<ProxyBody>),
-}
-
-async fn handshake(
-    stream: TcpStream,
-    template: &Request<Empty<bytes::Bytes>>,
-    timeout: std::time::Duration,
-    client_key: Option<&HeaderValue>,
-) -> Result<Handshake, ProxyError> {
-    let mut req = Request::new(Empty::new());
-    *req.method_mut() = template.method().clone();
-    *req.uri_mut() = template.uri().clone();
-    *req.headers_mut() = template.headers().clone();
-    if !req.headers().contains_key(header::HOST)
-        && let Ok(peer) = stream.peer_addr()
-        && let Ok(v) = HeaderValue::from_str(&peer.to_string())
-    {
-        req.headers_mut().insert(header::HOST, v);
-    }
-    let exchange = async move {
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "backend connection ended with an error");
-            }
-        });
-        let mut response = sender.send_request(req).await?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Ok::<_, ProxyError>(Handshake::Refused(passthrough(response)));
-        }
-        let expected = client_key.map(|k| headers::accept_key(k.as_bytes()));
-        let accept = response.headers().get(header::SEC_WEBSOCKET_ACCEPT).and_then(|v| v.to_str().ok());
-        if expected.is_none() || accept != expected.as_deref() {
-            return Err(ProxyError::BadHandshake("Sec-WebSocket-Accept does not match the client's key"));
-        }
-        if !headers::has_token(response.headers(), &header::UPGRADE, "websocket") {
-            return Err(ProxyError::BadHandshake("101 without Upgrade: websocket"));
-        }
-        let upgraded = hyper::upgrade::on(&mut response).await?;
-        let (upstream, upstream_pre) = into_tcp(upgraded).ok_or(ProxyError::BadHandshake("upgrade lost the socket"))?;
-        Ok(Handshake::Switched { response, upstream, upstream_pre })
-    };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| ProxyError::ResponseTimeout)?
+    h
 }
 
 /// A backend's non-101 answer, passed back as is (hop-by-hop fields removed).
-fn passthrough(response: Response<Incoming>) -> Response<ProxyBody> {
-    let (mut parts, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(body))
+fn passthrough(status: StatusCode, mut fields: http::HeaderMap, body: bytes::Bytes) -> Response<ProxyBody> {
+    headers::strip_hop_by_hop(&mut fields);
+    fields.remove(header::CONTENT_LENGTH);
+    let mut resp = Response::new(Either::Right(http_body_util::Full::new(body)));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = fields;
+    resp
 }
 
 /// The 101 for the client: the backend's headers, with our own hop-by-hop upgrade fields.
-fn client_response(backend: &Response<Incoming>) -> Response<ProxyBody> {
+fn client_response(mut h: http::HeaderMap) -> Response<ProxyBody> {
     let mut resp = Response::new(Either::Right(http_body_util::Full::new(bytes::Bytes::new())));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let mut h = backend.headers().clone();
     headers::strip_hop_by_hop(&mut h);
     h.remove(header::CONTENT_LENGTH);
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
