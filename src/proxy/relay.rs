@@ -509,16 +509,34 @@ impl Tunnel<'_> {
                 ScanError::MessageTooBig { .. } => (close::MESSAGE_TOO_BIG, EndReason::MessageTooBig),
             };
             tracing::debug!(direction = h.dir.label(), error = %e, "closing tunnel");
-            // The offending bytes are dropped; the output can take a Close only if it was between frames.
-            if was_at_boundary {
-                h.scanner = Scanner::new(None);
-            } else {
-                h.dst_done = true;
-                shutdown(self.dst(d), Shutdown::Write);
-            }
+            h.messages += summary.messages;
+            // Frames completed before the bad header still go through and the Close follows
+            // them; if the output was inside a frame, it cannot take a Close and is just ended.
+            let boundary = summary.last_boundary.or(was_at_boundary.then_some(0));
+            h.scanner = Scanner::new(None);
             self.reason.get_or_insert(reason);
-            self.closing_since = None;
-            self.begin_close(code, reason);
+            if self.first_close.is_none() {
+                self.first_close = Some((Initiator::Proxy, Some(code)));
+                self.proxy_closed = true;
+            }
+            match boundary {
+                Some(b) if !self.halves[d].sent_close && !self.halves[d].dst_done => {
+                    self.queue_close(d, code);
+                    self.write_out(d, buf, 0, b, Some(b));
+                }
+                _ => {
+                    self.halves[d].dst_done = true;
+                    shutdown(self.dst(d), Shutdown::Write);
+                }
+            }
+            self.flush_metrics(d);
+            // The sender of the bad frame gets the same Close.
+            let back = 1 - d;
+            if !self.halves[back].sent_close && !self.halves[back].dst_done {
+                self.queue_close(back, code);
+                self.try_inject(back);
+            }
+            self.closing_since.get_or_insert(now);
             return;
         }
         h.messages += summary.messages;
@@ -677,7 +695,8 @@ impl Tunnel<'_> {
         self.halves[towards_gone].pending = None;
         // Direction `i` carries data from the departed peer to the survivor.
         let h = &self.halves[i];
-        if !h.dst_done && !h.sent_close && h.scanner.at_boundary() {
+        // A peer that sent its Close and then reset has said goodbye already: no second Close.
+        if !h.dst_done && !h.sent_close && !h.close_from_src && h.scanner.at_boundary() {
             let code = if i == 1 { close::INTERNAL_ERROR } else { close::GOING_AWAY };
             self.queue_close(i, code);
         }
