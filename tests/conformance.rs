@@ -701,6 +701,60 @@ async fn frames_before_a_bad_length_in_the_same_write_still_arrive() {
     assert_eq!(frames.last().and_then(Parsed::close_code), Some(1002), "{summary:?}");
 }
 
+/// Autobahn 3.6 and friends through the proxy (seen under load): the backend sends Close 1002
+/// and its socket then resets; the proxy forwarded the Close but answered the reset with a
+/// second Close, 1011, which a direct client never sees (RFC 6455 §5.5.1: one Close per side).
+/// Known gap in src/proxy/relay.rs (`peer_gone` ignores that the departed peer already sent
+/// its Close). Run with `--ignored`.
+#[tokio::test]
+#[ignore = "relay sends a second Close (1011) after relaying the backend's Close when the backend then resets (src/proxy/relay.rs peer_gone); fix there, then un-ignore"]
+async fn backend_close_then_reset_reaches_the_client_as_one_close() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        let key = text
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key")))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap();
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept_for(&key)
+        );
+        s.write_all(response.as_bytes()).await.unwrap();
+        // Close 1002, then an abortive close (RST), like a server dropping a connection it failed.
+        s.write_all(&frame_with(0x80 | CLOSE, &close_payload(1002, b"protocol error"), None, Len::Minimal))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    });
+    let proxy = proxy(&[addr], &[]).await;
+    let (mut client, status, _, mut got) = open_raw(proxy.proxy_addr, "").await;
+    assert!(status.contains(" 101 "), "{status}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut chunk = [0u8; 1024];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, client.read(&mut chunk)).await.expect("end of stream in time") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let codes: Vec<Option<u16>> = parse_frames(&got).0.iter().map(Parsed::close_code).collect();
+    assert_eq!(codes, [Some(1002)], "the client must see exactly the backend's Close");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Autobahn|Testsuite (fast subset), when Python 2.7 exists here
 
