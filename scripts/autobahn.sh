@@ -7,7 +7,7 @@
 #   --fast   sections 1-8, 10, 11 (no 9 "limits/performance", 12/13 "permessage-deflate"):
 #            about 250 cases per target, well under a minute. The default.
 #   --full   all 517 cases, with a third target that negotiates permessage-deflate so that
-#            sections 12 and 13 really compress (11-13 min). Writes its summary into
+#            sections 12 and 13 really compress (about 25 min on 2 busy CPUs). Writes its summary into
 #            docs/conformance.md (between the autobahn-summary markers) unless --no-docs.
 #
 # Targets (each run directly and through `wsingress serve --upstream`):
