@@ -173,6 +173,11 @@ impl Half {
         }
     }
 
+    /// This output carried a Close (ours or the source's), or cannot take one any more.
+    fn told(&self) -> bool {
+        self.sent_close || self.close_from_src || self.dst_done
+    }
+
     fn wants_read(&self) -> bool {
         !self.src_done && self.pending.is_none()
     }
@@ -200,6 +205,8 @@ struct Tunnel<'a> {
     first_close: Option<(Initiator, Option<u16>)>,
     /// The proxy itself decided to close (timeouts, drain, shutdown, limits).
     proxy_closed: bool,
+    /// After bad framing: the output whose peer still needs a Close if nobody else sends one.
+    fail_close: Option<(usize, u16)>,
     reason: Option<EndReason>,
     mask_seed: u32,
 }
@@ -242,6 +249,7 @@ pub async fn relay(
         handshake_done_at: None,
         first_close: None,
         proxy_closed: false,
+        fail_close: None,
         reason: None,
         mask_seed: seed(),
     };
@@ -377,6 +385,13 @@ impl Tunnel<'_> {
         let now = Instant::now();
         if let Some(since) = self.closing_since {
             if now >= since + CLOSE_LINGER {
+                if let Some((back, code)) = self.fail_close.take()
+                    && !self.halves[back].told()
+                {
+                    // Best effort: the Close goes out if the output is between frames and has room.
+                    self.queue_close(back, code);
+                    self.try_inject(back);
+                }
                 self.abort();
             }
             return;
@@ -393,7 +408,7 @@ impl Tunnel<'_> {
             if now >= sent + self.settings.pong_timeout {
                 // The client is gone: tell the backend, drop the client.
                 self.reason.get_or_insert(EndReason::PongTimeout);
-                self.first_close.get_or_insert((Initiator::Proxy, Some(close::GOING_AWAY)));
+                self.mark_proxy_close(close::GOING_AWAY);
                 shutdown(&self.client, Shutdown::Both);
                 self.peer_gone(0);
                 return;
@@ -432,20 +447,25 @@ impl Tunnel<'_> {
         x.to_le_bytes()
     }
 
+    /// Record that the proxy itself decided to close with `code`, unless a peer closed first.
+    fn mark_proxy_close(&mut self, code: u16) {
+        if self.first_close.is_none() {
+            self.first_close = Some((Initiator::Proxy, Some(code)));
+            self.proxy_closed = true;
+        }
+    }
+
     /// The proxy closes the tunnel: Close `code` to both sides at their next frame boundary.
     fn begin_close(&mut self, code: u16, reason: EndReason) {
         if self.closing_since.is_some() {
             return;
         }
         self.reason.get_or_insert(reason);
-        self.first_close.get_or_insert((Initiator::Proxy, Some(code)));
+        self.mark_proxy_close(code);
         self.closing_since = Some(Instant::now());
         for d in 0..2 {
-            let h = &self.halves[d];
-            if h.sent_close || h.dst_done {
-                continue;
-            }
-            if h.close_from_src && self.halves[1 - d].close_from_src {
+            // One Close per output: skip one that already carried ours or the peer's.
+            if self.halves[d].told() {
                 continue;
             }
             self.queue_close(d, code);
@@ -515,10 +535,7 @@ impl Tunnel<'_> {
             let boundary = summary.last_boundary.or(was_at_boundary.then_some(0));
             h.scanner = Scanner::new(None);
             self.reason.get_or_insert(reason);
-            if self.first_close.is_none() {
-                self.first_close = Some((Initiator::Proxy, Some(code)));
-                self.proxy_closed = true;
-            }
+            self.mark_proxy_close(code);
             match boundary {
                 Some(b) if !self.halves[d].sent_close && !self.halves[d].dst_done => {
                     self.queue_close(d, code);
@@ -530,11 +547,11 @@ impl Tunnel<'_> {
                 }
             }
             self.flush_metrics(d);
-            // The sender of the bad frame gets the same Close.
+            // The sender of the bad frame hears the other peer's answer to our Close (as it
+            // would without a proxy), or our own Close when none came by the linger deadline.
             let back = 1 - d;
-            if !self.halves[back].sent_close && !self.halves[back].dst_done {
-                self.queue_close(back, code);
-                self.try_inject(back);
+            if !self.halves[back].told() {
+                self.fail_close = Some((back, code));
             }
             self.closing_since.get_or_insert(now);
             return;
@@ -627,8 +644,7 @@ impl Tunnel<'_> {
         if self.closing_since.is_none() {
             return;
         }
-        let answered =
-            |h: &Half, other: &Half| (h.sent_close || h.dst_done) && (other.close_from_src || other.src_done);
+        let answered = |h: &Half, other: &Half| h.told() && (other.close_from_src || other.src_done);
         let [a, b] = &self.halves;
         if answered(a, b) && answered(b, a) && a.pending.is_none() && b.pending.is_none() {
             self.abort();
