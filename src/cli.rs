@@ -169,37 +169,12 @@ pub struct OptionalDuration(pub Option<Duration>);
 
 /// `300s`, `5m`, `1h`, `250ms`, or a bare number of seconds.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let v = value.trim();
-    let split = v
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{value}` is not a duration (e.g. 300s, 5m, 1h, 250ms)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "`{value}`: unknown unit `{unit}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
-        return Err(format!("`{value}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    crate::translate::units::parse_duration(value)
 }
 
 /// Like [`parse_duration`], plus `never`/`off` (and `0`) for none.
 pub fn parse_optional_duration(value: &str) -> Result<OptionalDuration, String> {
-    match value.trim() {
-        "never" | "off" | "none" => Ok(OptionalDuration(None)),
-        v => parse_duration(v).map(|d| OptionalDuration(if d.is_zero() { None } else { Some(d) })),
-    }
+    crate::translate::units::parse_optional_duration(value).map(OptionalDuration)
 }
 
 #[cfg(test)]

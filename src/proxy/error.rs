@@ -1,0 +1,104 @@
+//! One error type for the proxy, classified once at the edge into an HTTP status, a
+//! WebSocket close code, an upgrade-result label and an upstream-error reason label.
+
+use http::StatusCode;
+
+use crate::metrics::UpgradeResult;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("the pool has no ready endpoint")]
+    NoEndpoints,
+    #[error("invalid WebSocket upgrade request: {0}")]
+    BadUpgrade(&'static str),
+    #[error("origin not allowed on this route")]
+    OriginForbidden,
+    #[error("route connection limit reached")]
+    RouteLimit,
+    #[error("too many connections from this client")]
+    ClientLimit,
+    #[error("this route accepts WebSocket upgrades only")]
+    WebSocketOnly,
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(std::net::SocketAddr),
+    #[error("backend did not answer in time")]
+    ResponseTimeout,
+    #[error("backend handshake invalid: {0}")]
+    BadHandshake(&'static str),
+    #[error("backend connection failed: {0}")]
+    Backend(#[from] hyper::Error),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoEndpoints | Self::RouteLimit => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            Self::OriginForbidden => StatusCode::FORBIDDEN,
+            Self::ClientLimit => StatusCode::TOO_MANY_REQUESTS,
+            Self::WebSocketOnly => StatusCode::UPGRADE_REQUIRED,
+            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::ConnectTimeout(_) | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn upgrade_result(&self) -> UpgradeResult {
+        match self {
+            Self::NoEndpoints => UpgradeResult::NoEndpoints,
+            Self::ConnectTimeout(_) | Self::ResponseTimeout => UpgradeResult::Timeout,
+            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => {
+                UpgradeResult::BackendError
+            }
+            _ => UpgradeResult::Rejected,
+        }
+    }
+
+    /// `reason` label of `wsingress_upstream_errors_total`, for errors that involve a backend.
+    pub fn upstream_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Connect { source, .. } => Some(match source.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connect_refused",
+                _ => "connect_error",
+            }),
+            Self::ConnectTimeout(_) => Some("connect_timeout"),
+            Self::ResponseTimeout => Some("response_timeout"),
+            Self::BadHandshake(_) => Some("bad_handshake"),
+            Self::Backend(_) => Some("backend_io"),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(ProxyError::NoRoute.status(), 404);
+        assert_eq!(ProxyError::NoEndpoints.status(), 503);
+        assert_eq!(ProxyError::BadUpgrade("x").status(), 400);
+        assert_eq!(ProxyError::ResponseTimeout.status(), 504);
+        assert_eq!(
+            ProxyError::ResponseTimeout.upgrade_result(),
+            UpgradeResult::Timeout
+        );
+        let refused = ProxyError::Connect {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert_eq!(refused.status(), 502);
+        assert_eq!(refused.upstream_reason(), Some("connect_refused"));
+        assert_eq!(ProxyError::OriginForbidden.upstream_reason(), None);
+    }
+}

@@ -1,0 +1,735 @@
+//! The frame-aware relay: after the 101, both directions of a tunnel in one task.
+//!
+//! Bytes are forwarded unchanged (no unmasking, no re-framing, no message buffering) while
+//! a streaming [`Scanner`] per direction follows the frame headers: it counts messages and
+//! bytes, records close codes, sees pongs, and tells where frame boundaries are, so the
+//! proxy injects its own Ping or Close only between frames (RFC 6455 §5.4: control frames
+//! may be injected in the middle of a fragmented message, never inside a frame).
+//!
+//! An idle tunnel owns its two sockets, two small scanners and a timer — no read buffer:
+//! it waits with `readable()` and borrows a pooled buffer only for the burst of data.
+//! Each direction is independent: a peer that stops reading stalls only the direction
+//! towards it (its pending bytes stay in the borrowed buffer), never the other one.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{ConnMetrics, Direction, Initiator};
+use crate::ws::close;
+use crate::ws::frame::{OP_CLOSE, OP_PING};
+use crate::ws::{ScanError, Scanner, Summary, encode_control};
+
+/// Read buffer size; the last [`CTRL_ROOM`] bytes stay free to insert a control frame.
+const BUF_SIZE: usize = 64 * 1024;
+const CTRL_ROOM: usize = 131;
+/// Reads per wake-up of one direction before yielding to the other.
+const READS_PER_WAKE: usize = 4;
+/// After the proxy sent its Close frames: how long to wait for the peers' replies.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// After both endpoints exchanged Close frames: how long to wait for them to close TCP.
+const HANDSHAKE_LINGER: Duration = Duration::from_secs(5);
+/// Buffers kept per worker thread.
+const POOL_MAX: usize = 32;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer borrowed from the worker thread's pool while data flows.
+struct PooledBuf(Vec<u8>);
+
+impl PooledBuf {
+    fn take() -> Self {
+        let buf = POOL
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; BUF_SIZE]);
+        Self(buf)
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(buf);
+            }
+        });
+    }
+}
+
+/// Timers and limits of one tunnel (from the route's settings).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub idle_timeout: Option<Duration>,
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub drain_timeout: Option<Duration>,
+    pub max_message: Option<u64>,
+}
+
+/// Signals from outside the tunnel.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    /// Process shutdown: close with 1001 now.
+    pub shutdown: CancellationToken,
+    /// The endpoint left its pool: close with 1001 after the drain timeout.
+    pub endpoint_removed: CancellationToken,
+}
+
+/// Why the tunnel ended, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Close frames exchanged and TCP closed.
+    Closed,
+    /// A side closed TCP or reset without a close handshake.
+    Disconnected,
+    IdleTimeout,
+    PongTimeout,
+    Drained,
+    Shutdown,
+    ProtocolError,
+    MessageTooBig,
+}
+
+impl EndReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Disconnected => "disconnected",
+            Self::IdleTimeout => "idle_timeout",
+            Self::PongTimeout => "pong_timeout",
+            Self::Drained => "drained",
+            Self::Shutdown => "shutdown",
+            Self::ProtocolError => "protocol_error",
+            Self::MessageTooBig => "message_too_big",
+        }
+    }
+}
+
+/// What happened in a tunnel.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub initiator: Initiator,
+    pub close_seen: bool,
+    pub close_code: Option<u16>,
+    pub reason: EndReason,
+    /// Indexed by direction: 0 client→backend, 1 backend→client.
+    pub messages: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+/// Bytes accepted for a socket but not yet written.
+struct Pending {
+    buf: PooledBuf,
+    start: usize,
+    end: usize,
+}
+
+/// One direction: reads `src`, writes `dst`.
+struct Half {
+    dir: Direction,
+    scanner: Scanner,
+    pending: Option<Pending>,
+    /// A control frame to put on this direction's output at the next frame boundary.
+    inject: Option<([u8; CTRL_ROOM], usize)>,
+    /// Our own Close went out on this output: forward nothing more.
+    sent_close: bool,
+    /// The source sent a Close frame.
+    close_from_src: bool,
+    /// The source reached EOF or failed.
+    src_done: bool,
+    /// The destination cannot be written any more (error, or we shut it down).
+    dst_done: bool,
+    /// The source broke framing: discard what it sends.
+    poisoned: bool,
+    messages: u64,
+    bytes: u64,
+    flushed: (u64, u64),
+}
+
+impl Half {
+    fn new(dir: Direction, max_message: Option<u64>) -> Self {
+        Self {
+            dir,
+            scanner: Scanner::new(max_message),
+            pending: None,
+            inject: None,
+            sent_close: false,
+            close_from_src: false,
+            src_done: false,
+            dst_done: false,
+            poisoned: false,
+            messages: 0,
+            bytes: 0,
+            flushed: (0, 0),
+        }
+    }
+
+    fn wants_read(&self) -> bool {
+        !self.src_done && self.pending.is_none()
+    }
+
+    fn finished(&self) -> bool {
+        (self.src_done || self.dst_done) && self.pending.is_none()
+    }
+}
+
+struct Tunnel<'a> {
+    client: TcpStream,
+    upstream: TcpStream,
+    /// [0] client→backend, [1] backend→client.
+    halves: [Half; 2],
+    settings: &'a RelaySettings,
+    metrics: &'a ConnMetrics,
+    last_client: Instant,
+    last_any: Instant,
+    ping_sent: Option<Instant>,
+    drain_at: Option<Instant>,
+    removed: bool,
+    /// The proxy started closing (our Close frames queued) at this instant.
+    closing_since: Option<Instant>,
+    handshake_done_at: Option<Instant>,
+    first_close: Option<(Initiator, Option<u16>)>,
+    reason: Option<EndReason>,
+    mask_seed: u32,
+}
+
+enum Event {
+    Readable(usize, io::Result<()>),
+    Writable(usize, io::Result<()>),
+    Timer,
+    Shutdown,
+    Removed,
+}
+
+/// Relay until both sides are done. `client_pre`/`upstream_pre` are bytes each side sent
+/// that were already read during the handshake.
+pub async fn relay(
+    client: TcpStream,
+    client_pre: &[u8],
+    upstream: TcpStream,
+    upstream_pre: &[u8],
+    settings: &RelaySettings,
+    signals: &Signals,
+    metrics: &ConnMetrics,
+) -> Outcome {
+    let now = Instant::now();
+    let mut t = Tunnel {
+        client,
+        upstream,
+        halves: [
+            Half::new(Direction::ClientToBackend, settings.max_message),
+            Half::new(Direction::BackendToClient, settings.max_message),
+        ],
+        settings,
+        metrics,
+        last_client: now,
+        last_any: now,
+        ping_sent: None,
+        drain_at: None,
+        removed: false,
+        closing_since: None,
+        handshake_done_at: None,
+        first_close: None,
+        reason: None,
+        mask_seed: seed(),
+    };
+    for (d, pre) in [(0usize, client_pre), (1, upstream_pre)] {
+        if !pre.is_empty() {
+            let mut buf = PooledBuf::take();
+            let n = pre.len().min(BUF_SIZE - CTRL_ROOM);
+            buf.0[..n].copy_from_slice(&pre[..n]);
+            t.process(d, buf, n);
+        }
+    }
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
+    while !t.done() {
+        let deadline = t.next_deadline();
+        if deadline != armed {
+            if let Some(at) = deadline {
+                sleep.as_mut().reset(at.into());
+            }
+            armed = deadline;
+        }
+        let [h0, h1] = &t.halves;
+        let event = tokio::select! {
+            r = t.client.readable(), if h0.wants_read() => Event::Readable(0, r),
+            r = t.upstream.readable(), if h1.wants_read() => Event::Readable(1, r),
+            r = t.upstream.writable(), if h0.pending.is_some() => Event::Writable(0, r),
+            r = t.client.writable(), if h1.pending.is_some() => Event::Writable(1, r),
+            () = &mut sleep, if armed.is_some() => Event::Timer,
+            () = signals.shutdown.cancelled(), if t.closing_since.is_none() => Event::Shutdown,
+            () = signals.endpoint_removed.cancelled(), if !t.removed && t.closing_since.is_none() => Event::Removed,
+        };
+        match event {
+            Event::Readable(d, Ok(())) => t.pump(d),
+            Event::Readable(d, Err(_)) => t.src_failed(d),
+            Event::Writable(d, Ok(())) => t.flush(d),
+            Event::Writable(d, Err(_)) => t.dst_failed(d),
+            Event::Timer => {
+                armed = None;
+                t.on_timer();
+            }
+            Event::Shutdown => t.begin_close(close::GOING_AWAY, EndReason::Shutdown),
+            Event::Removed => {
+                t.removed = true;
+                // `None` = never: established tunnels stay on the removed endpoint.
+                t.drain_at = settings.drain_timeout.map(|after| Instant::now() + after);
+            }
+        }
+    }
+    t.finish()
+}
+
+impl Tunnel<'_> {
+    fn socket(&self, i: usize) -> &TcpStream {
+        if i == 0 { &self.client } else { &self.upstream }
+    }
+    /// Source socket of direction `d`.
+    fn src(&self, d: usize) -> &TcpStream {
+        self.socket(d)
+    }
+    /// Destination socket of direction `d`.
+    fn dst(&self, d: usize) -> &TcpStream {
+        self.socket(1 - d)
+    }
+
+    fn done(&self) -> bool {
+        self.halves[0].finished() && self.halves[1].finished()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let s = self.settings;
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Option<Instant>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n: Instant| n.min(at)));
+            }
+        };
+        if let Some(since) = self.closing_since {
+            consider(Some(since + CLOSE_LINGER));
+            return next;
+        }
+        consider(s.idle_timeout.map(|t| self.last_any + t));
+        match self.ping_sent {
+            Some(at) => consider(Some(at + s.pong_timeout)),
+            None => consider(s.ping_interval.map(|p| self.last_client + p)),
+        }
+        consider(self.drain_at);
+        consider(self.handshake_done_at.map(|at| at + HANDSHAKE_LINGER));
+        next
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if let Some(since) = self.closing_since {
+            if now >= since + CLOSE_LINGER {
+                self.abort();
+            }
+            return;
+        }
+        if self
+            .handshake_done_at
+            .is_some_and(|at| now >= at + HANDSHAKE_LINGER)
+        {
+            self.abort();
+            return;
+        }
+        if self.drain_at.is_some_and(|at| now >= at) {
+            self.begin_close(close::GOING_AWAY, EndReason::Drained);
+            return;
+        }
+        if let Some(sent) = self.ping_sent {
+            if now >= sent + self.settings.pong_timeout {
+                // The client is gone: tell the backend, drop the client.
+                self.reason.get_or_insert(EndReason::PongTimeout);
+                self.first_close
+                    .get_or_insert((Initiator::Proxy, Some(close::GOING_AWAY)));
+                shutdown(&self.client, Shutdown::Both);
+                self.peer_gone(0);
+                return;
+            }
+        } else if let Some(p) = self.settings.ping_interval
+            && now >= self.last_client + p
+        {
+            self.ping_sent = Some(now);
+            let mut frame = [0u8; CTRL_ROOM];
+            let n = encode_control(OP_PING, b"wsingress", None, &mut frame);
+            self.halves[1].inject = Some((frame, n));
+            self.try_inject(1);
+        }
+        if self
+            .settings
+            .idle_timeout
+            .is_some_and(|t| now >= self.last_any + t)
+        {
+            self.begin_close(close::GOING_AWAY, EndReason::IdleTimeout);
+        }
+    }
+
+    /// Queue a Close on direction `d`'s output (masked towards the backend, RFC 6455 §5.3).
+    fn queue_close(&mut self, d: usize, code: u16) {
+        let mask = (d == 0).then(|| self.next_mask());
+        let mut payload = [0u8; 125];
+        let plen = close::close_payload(code, "", &mut payload);
+        let mut frame = [0u8; CTRL_ROOM];
+        let n = encode_control(OP_CLOSE, &payload[..plen], mask, &mut frame);
+        self.halves[d].inject = Some((frame, n));
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        // xorshift32: masks must be unpredictable to the page script, not secret (RFC 6455 §10.3).
+        let mut x = self.mask_seed;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_seed = x;
+        x.to_le_bytes()
+    }
+
+    /// The proxy closes the tunnel: Close `code` to both sides at their next frame boundary.
+    fn begin_close(&mut self, code: u16, reason: EndReason) {
+        if self.closing_since.is_some() {
+            return;
+        }
+        self.reason.get_or_insert(reason);
+        self.first_close
+            .get_or_insert((Initiator::Proxy, Some(code)));
+        self.closing_since = Some(Instant::now());
+        for d in 0..2 {
+            let h = &self.halves[d];
+            if h.sent_close || h.dst_done {
+                continue;
+            }
+            if h.close_from_src && self.halves[1 - d].close_from_src {
+                continue;
+            }
+            self.queue_close(d, code);
+            self.try_inject(d);
+        }
+    }
+
+    /// Write a queued control frame now if direction `d` is between frames and idle.
+    fn try_inject(&mut self, d: usize) {
+        let h = &self.halves[d];
+        if h.inject.is_none() || h.pending.is_some() || !h.scanner.at_boundary() || h.dst_done {
+            return;
+        }
+        let buf = PooledBuf::take();
+        self.write_out(d, buf, 0, 0, Some(0));
+    }
+
+    fn pump(&mut self, d: usize) {
+        for _ in 0..READS_PER_WAKE {
+            let mut buf = PooledBuf::take();
+            let r = self.src(d).try_read(&mut buf.0[..BUF_SIZE - CTRL_ROOM]);
+            match r {
+                Ok(0) => {
+                    self.src_eof(d);
+                    return;
+                }
+                Ok(n) => {
+                    let full = n == BUF_SIZE - CTRL_ROOM;
+                    self.process(d, buf, n);
+                    if !full || !self.halves[d].wants_read() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.src_failed(d);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handle `n` bytes read from direction `d`'s source, held in `buf[..n]`.
+    fn process(&mut self, d: usize, buf: PooledBuf, n: usize) {
+        let now = Instant::now();
+        self.last_any = now;
+        if d == 0 {
+            self.last_client = now;
+            self.ping_sent = None;
+        }
+        let h = &mut self.halves[d];
+        h.bytes += n as u64;
+        if h.poisoned {
+            return;
+        }
+        let was_at_boundary = h.scanner.at_boundary();
+        let mut summary = Summary::default();
+        if let Err(e) = h.scanner.scan(&buf.0[..n], &mut summary) {
+            h.poisoned = true;
+            let (code, reason) = match e {
+                ScanError::LengthOverflow => (close::PROTOCOL_ERROR, EndReason::ProtocolError),
+                ScanError::MessageTooBig { .. } => {
+                    (close::MESSAGE_TOO_BIG, EndReason::MessageTooBig)
+                }
+            };
+            tracing::debug!(direction = h.dir.label(), error = %e, "closing tunnel");
+            // The offending bytes are dropped; the output can take a Close only if it was between frames.
+            if was_at_boundary {
+                h.scanner = Scanner::new(None);
+            } else {
+                h.dst_done = true;
+                shutdown(self.dst(d), Shutdown::Write);
+            }
+            self.reason.get_or_insert(reason);
+            self.closing_since = None;
+            self.begin_close(code, reason);
+            return;
+        }
+        h.messages += summary.messages;
+        if summary.close_seen && !h.close_from_src {
+            h.close_from_src = true;
+            let who = if d == 0 {
+                Initiator::Client
+            } else {
+                Initiator::Backend
+            };
+            self.first_close.get_or_insert((who, summary.close_code));
+            if self.halves[0].close_from_src && self.halves[1].close_from_src {
+                self.handshake_done_at = Some(now);
+                self.reason.get_or_insert(EndReason::Closed);
+            }
+        }
+        let h = &mut self.halves[d];
+        if h.sent_close || h.dst_done {
+            // After our Close on this output, what the source sends is read and dropped.
+            self.flush_metrics(d);
+            self.maybe_close_complete();
+            return;
+        }
+        let inject_at = if h.inject.is_some() {
+            if was_at_boundary {
+                Some(0)
+            } else {
+                summary.last_boundary
+            }
+        } else {
+            None
+        };
+        self.write_out(d, buf, 0, n, inject_at);
+        self.flush_metrics(d);
+    }
+
+    /// Write `buf[start..end]` to direction `d`'s destination, with the queued control frame
+    /// inserted at offset `inject_at` (relative to `start`). Whatever cannot be written now
+    /// stays pending.
+    fn write_out(
+        &mut self,
+        d: usize,
+        mut buf: PooledBuf,
+        start: usize,
+        mut end: usize,
+        inject_at: Option<usize>,
+    ) {
+        if let Some(at) = inject_at
+            && let Some((frame, len)) = self.halves[d].inject.take()
+        {
+            let at = start + at;
+            let is_close = frame[0] & 0x0f == OP_CLOSE;
+            if is_close {
+                // Nothing after our Close: the rest of the chunk is dropped.
+                end = at;
+                self.halves[d].sent_close = true;
+            }
+            buf.0.copy_within(at..end, at + len);
+            buf.0[at..at + len].copy_from_slice(&frame[..len]);
+            end += len;
+        }
+        let mut start = start;
+        while start < end {
+            match self.dst(d).try_write(&buf.0[start..end]) {
+                Ok(0) => break,
+                Ok(w) => start += w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.dst_failed(d);
+                    return;
+                }
+            }
+        }
+        if start < end {
+            self.halves[d].pending = Some(Pending { buf, start, end });
+        } else {
+            self.after_flush(d);
+        }
+    }
+
+    fn flush(&mut self, d: usize) {
+        if let Some(p) = self.halves[d].pending.take() {
+            self.write_out(d, p.buf, p.start, p.end, None);
+        }
+    }
+
+    /// Direction `d`'s output is idle again.
+    fn after_flush(&mut self, d: usize) {
+        let h = &self.halves[d];
+        if h.inject.is_some() && h.scanner.at_boundary() {
+            self.try_inject(d);
+            return;
+        }
+        if h.src_done {
+            self.end_output_when_flushed(d);
+        }
+        if self.closing_since.is_some() {
+            self.maybe_close_complete();
+        }
+    }
+
+    /// After the proxy's Close went out both ways, stop once both peers answered or left.
+    fn maybe_close_complete(&mut self) {
+        if self.closing_since.is_none() {
+            return;
+        }
+        let answered = |h: &Half, other: &Half| {
+            (h.sent_close || h.dst_done) && (other.close_from_src || other.src_done)
+        };
+        let [a, b] = &self.halves;
+        if answered(a, b) && answered(b, a) && a.pending.is_none() && b.pending.is_none() {
+            self.abort();
+        }
+    }
+
+    /// Orderly EOF on direction `d`'s source.
+    fn src_eof(&mut self, d: usize) {
+        self.halves[d].src_done = true;
+        if self.closing_since.is_some() {
+            self.end_output_when_flushed(d);
+            self.maybe_close_complete();
+            return;
+        }
+        if self.halves[d].close_from_src {
+            // Close handshake followed by TCP close: pass the FIN on.
+            self.end_output_when_flushed(d);
+            return;
+        }
+        self.peer_gone(d);
+    }
+
+    /// Read error (reset) on direction `d`'s source.
+    fn src_failed(&mut self, d: usize) {
+        self.halves[d].src_done = true;
+        // The same socket is the other direction's destination.
+        self.halves[1 - d].dst_done = true;
+        self.halves[1 - d].pending = None;
+        if self.closing_since.is_some() {
+            self.maybe_close_complete();
+            return;
+        }
+        self.peer_gone(d);
+    }
+
+    /// Write error on direction `d`'s destination.
+    fn dst_failed(&mut self, d: usize) {
+        self.halves[d].dst_done = true;
+        self.halves[d].pending = None;
+        self.halves[1 - d].src_done = true;
+        if self.closing_since.is_some() {
+            self.maybe_close_complete();
+            return;
+        }
+        self.peer_gone(1 - d);
+    }
+
+    /// Socket `i` (0 client, 1 backend) left without a Close frame. The other side is told
+    /// at its next frame boundary: the client gets 1011 when the backend vanished
+    /// (RFC 6455 §7.4.1), the backend gets 1001 when the client did; then the tunnel ends.
+    fn peer_gone(&mut self, i: usize) {
+        let who = if i == 0 {
+            Initiator::Client
+        } else {
+            Initiator::Backend
+        };
+        self.first_close.get_or_insert((who, None));
+        self.reason.get_or_insert(EndReason::Disconnected);
+        // Nothing more goes to the departed peer.
+        let towards_gone = 1 - i;
+        self.halves[towards_gone].dst_done = true;
+        self.halves[towards_gone].pending = None;
+        // Direction `i` carries data from the departed peer to the survivor.
+        let h = &self.halves[i];
+        if !h.dst_done && !h.sent_close && h.scanner.at_boundary() {
+            let code = if i == 1 {
+                close::INTERNAL_ERROR
+            } else {
+                close::GOING_AWAY
+            };
+            self.queue_close(i, code);
+        }
+        self.halves[i].src_done = true;
+        self.closing_since = Some(Instant::now());
+        if self.halves[i].inject.is_some() {
+            self.try_inject(i);
+        } else {
+            self.end_output_when_flushed(i);
+        }
+        self.maybe_close_complete();
+    }
+
+    /// Shut direction `d`'s destination for writing once its pending bytes are out.
+    fn end_output_when_flushed(&mut self, d: usize) {
+        let h = &mut self.halves[d];
+        if h.pending.is_none() && h.inject.is_none() && !h.dst_done {
+            h.dst_done = true;
+            shutdown(self.dst(d), Shutdown::Write);
+        }
+    }
+
+    /// Stop everything now.
+    fn abort(&mut self) {
+        for h in &mut self.halves {
+            h.src_done = true;
+            h.dst_done = true;
+            h.pending = None;
+        }
+    }
+
+    fn flush_metrics(&mut self, d: usize) {
+        let h = &mut self.halves[d];
+        let (m, b) = h.flushed;
+        self.metrics.add(h.dir, h.messages - m, h.bytes - b);
+        h.flushed = (h.messages, h.bytes);
+    }
+
+    fn finish(mut self) -> Outcome {
+        self.flush_metrics(0);
+        self.flush_metrics(1);
+        shutdown(&self.client, Shutdown::Both);
+        shutdown(&self.upstream, Shutdown::Both);
+        let (initiator, close_code) = self.first_close.unwrap_or((Initiator::Client, None));
+        let close_seen = self.halves.iter().any(|h| h.close_from_src || h.sent_close);
+        Outcome {
+            initiator,
+            close_seen,
+            close_code,
+            reason: self.reason.unwrap_or(EndReason::Disconnected),
+            messages: [self.halves[0].messages, self.halves[1].messages],
+            bytes: [self.halves[0].bytes, self.halves[1].bytes],
+        }
+    }
+}
+
+fn shutdown(s: &TcpStream, how: Shutdown) {
+    // ENOTCONN after the peer left is expected and harmless.
+    let _ = SockRef::from(s).shutdown(how);
+}
+
+fn seed() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) as u32 | 1
+}

@@ -1,0 +1,353 @@
+//! Table-driven translate tests: every fixture in `tests/fixtures/translate/*.yaml` holds
+//! Kubernetes objects (multi-document YAML) and a final `kind: Expectations` document
+//! listing requests with the route they must reach and the exact warnings expected.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use serde::Deserialize;
+
+use super::units::{parse_bytes, parse_optional_duration, parse_positive_duration};
+use super::*;
+use crate::routes::Policy;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Expectations {
+    #[allow(dead_code)]
+    kind: String,
+    /// `--ingress-class` for this fixture (default `wsingress`).
+    class_name: Option<String>,
+    #[serde(default)]
+    requests: Vec<Request>,
+    /// `[object, field, eventReason]` with object as `Kind/namespace/name`; the exact list.
+    #[serde(default)]
+    warnings: Vec<(String, String, String)>,
+    /// Substrings the warning reasons must contain, by index into `warnings`.
+    #[serde(default)]
+    reasons: BTreeMap<usize, String>,
+    /// `namespace/name` of the Ingresses served, when the fixture checks it.
+    served: Option<Vec<String>>,
+    /// Number of rules in the table, when the fixture checks it.
+    rules: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Request {
+    host: Option<String>,
+    path: String,
+    /// Route id, or absent/null when nothing may match (404).
+    route: Option<String>,
+    backend: Option<String>,
+    /// Ready endpoints as `ip:port` (`[v6]:port`), in any order; checked when given.
+    ready: Option<Vec<String>>,
+    /// Kept-for-drain endpoints (ready = false); checked when given, else must be none.
+    #[serde(default)]
+    terminating: Vec<String>,
+    /// `ip:port` → targetRef name.
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
+    #[serde(default)]
+    settings: BTreeMap<String, String>,
+}
+
+struct Fixture {
+    name: String,
+    snapshot: ClusterSnapshot,
+    expect: Expectations,
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/translate")
+}
+
+fn load_fixture(path: &Path) -> Fixture {
+    let text = std::fs::read_to_string(path).unwrap();
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut snapshot = ClusterSnapshot::default();
+    let mut expect = None;
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc)
+            .unwrap_or_else(|e| panic!("{name}: document {i}: {e}"));
+        if value.is_null() {
+            continue;
+        }
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let ctx = format!("{name}: document {i} ({kind})");
+        match kind.as_str() {
+            "Ingress" => snapshot.ingresses.push(
+                serde_yaml::from_value::<Ingress>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")),
+            ),
+            "Service" => snapshot.services.push(
+                serde_yaml::from_value::<Service>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")),
+            ),
+            "EndpointSlice" => snapshot.endpoint_slices.push(
+                serde_yaml::from_value::<EndpointSlice>(value)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}")),
+            ),
+            "IngressClass" => snapshot.ingress_classes.push(
+                serde_yaml::from_value::<IngressClass>(value)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}")),
+            ),
+            "Expectations" => {
+                expect = Some(
+                    serde_yaml::from_value::<Expectations>(value)
+                        .unwrap_or_else(|e| panic!("{ctx}: {e}")),
+                )
+            }
+            other => panic!("{name}: document {i}: unexpected kind {other}"),
+        }
+    }
+    Fixture {
+        name,
+        snapshot,
+        expect: expect.unwrap_or_else(|| panic!("{}: no Expectations document", path.display())),
+    }
+}
+
+fn all_fixtures() -> Vec<Fixture> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 10, "fixtures missing: {paths:?}");
+    paths.iter().map(|p| load_fixture(p)).collect()
+}
+
+fn defaults_for(f: &Fixture) -> Defaults {
+    Defaults {
+        class_name: f
+            .expect
+            .class_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CLASS.to_string()),
+        ..Defaults::default()
+    }
+}
+
+fn object_text(o: &ObjectRef) -> String {
+    format!("{}/{}/{}", o.kind, o.namespace, o.name)
+}
+
+fn check_settings(ctx: &str, s: &RouteSettings, want: &BTreeMap<String, String>) {
+    for (k, v) in want {
+        let ok = match k.as_str() {
+            "policy" => s.policy == Policy::parse(v).unwrap(),
+            "idleTimeout" => s.idle_timeout == parse_optional_duration(v).unwrap(),
+            "pingInterval" => s.ping_interval == parse_optional_duration(v).unwrap(),
+            "drainTimeout" => s.drain_timeout == parse_optional_duration(v).unwrap(),
+            "pongTimeout" => s.pong_timeout == parse_positive_duration(v).unwrap(),
+            "connectTimeout" => s.connect_timeout == parse_positive_duration(v).unwrap(),
+            "handshakeTimeout" => s.handshake_timeout == parse_positive_duration(v).unwrap(),
+            "maxMessageBytes" => s.max_message_bytes == parse_bytes(v).unwrap(),
+            "maxConnections" => {
+                s.max_connections
+                    == match v.as_str() {
+                        "unlimited" => None,
+                        n => Some(n.parse().unwrap()),
+                    }
+            }
+            "allowedOrigins" => s.allowed_origins.join(",") == *v,
+            "websocketOnly" => s.websocket_only.to_string() == *v,
+            other => panic!("{ctx}: unknown setting {other}"),
+        };
+        assert!(ok, "{ctx}: setting {k}: want {v}, got {s:?}");
+    }
+}
+
+fn check_fixture(f: &Fixture) {
+    let defaults = defaults_for(f);
+    let (table, warnings) = translate(&f.snapshot, &defaults);
+    let name = &f.name;
+
+    let got: Vec<(String, String, String)> = warnings
+        .iter()
+        .map(|w| {
+            (
+                object_text(&w.object),
+                w.field.clone(),
+                w.event_reason.to_string(),
+            )
+        })
+        .collect();
+    let mut want = f.expect.warnings.clone();
+    want.sort();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(got_sorted, want, "{name}: warnings (all: {warnings:#?})");
+    for (i, needle) in &f.expect.reasons {
+        let (obj, field, reason) = &f.expect.warnings[*i];
+        let w = warnings
+            .iter()
+            .find(|w| {
+                &object_text(&w.object) == obj && &w.field == field && w.event_reason == reason
+            })
+            .unwrap();
+        assert!(
+            w.reason.contains(needle.as_str()),
+            "{name}: warning {i}: {:?} lacks {needle:?}",
+            w.reason
+        );
+    }
+
+    if let Some(served) = &f.expect.served {
+        let got: Vec<String> = served_ingresses(&f.snapshot, &defaults)
+            .iter()
+            .map(ObjectRef::id)
+            .collect();
+        assert_eq!(&got, served, "{name}: served Ingresses");
+    }
+    if let Some(n) = f.expect.rules {
+        assert_eq!(table.rules().len(), n, "{name}: rule count");
+    }
+
+    for r in &f.expect.requests {
+        let ctx = format!("{name}: {:?} {}", r.host, r.path);
+        let route = table.find(r.host.as_deref(), &r.path);
+        let Some(want_id) = &r.route else {
+            assert!(
+                route.is_none(),
+                "{ctx}: expected no route, got {:?}",
+                route.map(|r| &r.id)
+            );
+            continue;
+        };
+        let route = route.unwrap_or_else(|| panic!("{ctx}: no route"));
+        assert_eq!(&route.id, want_id, "{ctx}: route id");
+        if let Some(b) = &r.backend {
+            assert_eq!(&route.backend, b, "{ctx}: backend");
+        }
+        let mut ready: Vec<String> = route.pool.ready().map(|e| e.addr.to_string()).collect();
+        let mut terminating: Vec<String> = route
+            .pool
+            .endpoints()
+            .iter()
+            .filter(|e| !e.ready)
+            .map(|e| e.addr.to_string())
+            .collect();
+        ready.sort();
+        terminating.sort();
+        if let Some(want) = &r.ready {
+            let mut want = want.clone();
+            want.sort();
+            assert_eq!(ready, want, "{ctx}: ready endpoints");
+        }
+        let mut want_term = r.terminating.clone();
+        want_term.sort();
+        assert_eq!(terminating, want_term, "{ctx}: terminating endpoints");
+        for (addr, target) in &r.targets {
+            let ep = route
+                .pool
+                .endpoints()
+                .iter()
+                .find(|e| &e.addr.to_string() == addr)
+                .unwrap_or_else(|| panic!("{ctx}: no endpoint {addr}"));
+            assert_eq!(
+                ep.target.as_deref(),
+                Some(target.as_str()),
+                "{ctx}: target of {addr}"
+            );
+        }
+        check_settings(&ctx, &route.settings, &r.settings);
+    }
+}
+
+#[test]
+fn fixtures() {
+    for f in all_fixtures() {
+        check_fixture(&f);
+    }
+}
+
+fn rendered(snapshot: &ClusterSnapshot, defaults: &Defaults) -> String {
+    let (table, warnings) = translate(snapshot, defaults);
+    format!(
+        "{}\n{}",
+        serde_json::to_string(&table.view()).unwrap(),
+        serde_json::to_string(&warnings).unwrap()
+    )
+}
+
+/// Replicas see objects in different orders; the table and warnings must not change.
+#[test]
+fn output_does_not_depend_on_input_order() {
+    for f in all_fixtures() {
+        let defaults = defaults_for(&f);
+        let base = rendered(&f.snapshot, &defaults);
+        for shift in 1..4 {
+            let mut s = f.snapshot.clone();
+            s.ingresses.reverse();
+            s.services.reverse();
+            s.endpoint_slices.reverse();
+            s.ingress_classes.reverse();
+            let n = s.ingresses.len().max(1);
+            s.ingresses.rotate_left(shift % n);
+            let n = s.endpoint_slices.len().max(1);
+            s.endpoint_slices.rotate_left(shift % n);
+            for slice in &mut s.endpoint_slices {
+                if let Some(eps) = &mut slice.endpoints {
+                    eps.reverse();
+                }
+            }
+            assert_eq!(
+                rendered(&s, &defaults),
+                base,
+                "{}: order changed the output",
+                f.name
+            );
+        }
+    }
+}
+
+#[test]
+fn empty_snapshot_is_an_empty_table() {
+    let (table, warnings) = translate(&ClusterSnapshot::default(), &Defaults::default());
+    assert!(table.rules().is_empty());
+    assert!(table.default_route().is_none());
+    assert!(warnings.is_empty());
+}
+
+#[test]
+fn flag_defaults_reach_routes_without_annotations() {
+    let f = load_fixture(&fixtures_dir().join("basic.yaml"));
+    let mut defaults = defaults_for(&f);
+    defaults.settings.idle_timeout = None;
+    defaults.settings.policy = Policy::RoundRobin;
+    let (table, _) = translate(&f.snapshot, &defaults);
+    // `default/api` carries no annotations: the flags decide.
+    let api = table.find(Some("chat.example.com"), "/api").unwrap();
+    assert_eq!(api.id, "default/api");
+    assert_eq!(api.settings.policy, Policy::RoundRobin);
+    assert_eq!(api.settings.idle_timeout, None);
+}
+
+#[test]
+fn host_validation() {
+    for ok in [
+        "chat.example.com",
+        "*.example.com",
+        "localhost",
+        "a-b.c",
+        "Chat.Example.com.",
+    ] {
+        assert!(valid_host(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "*",
+        "a*.example.com",
+        "chat.example.com:80",
+        "a..b",
+        "-a.com",
+        "a b",
+        "*.*.a",
+    ] {
+        assert!(!valid_host(bad), "{bad}");
+    }
+}

@@ -1,0 +1,211 @@
+//! Helpers for loopback integration tests: real echo backends, an in-process proxy on
+//! ephemeral ports, a real WebSocket client, a raw HTTP client, and polling with deadlines.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use wsingress::app::{self, RouteSource, Running};
+use wsingress::cli::{Cli, Command, ServeArgs};
+use wsingress::echo::{self, EchoConfig};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A running echo backend; stops when dropped.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub instance: String,
+    stop: CancellationToken,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn echo(instance: &str, prefix: &str) -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let config = EchoConfig { prefix: prefix.to_string(), instance: instance.to_string() };
+    tokio::spawn(echo::serve(listener, config, stop.clone()));
+    Echo { addr, instance: instance.to_string(), stop }
+}
+
+/// `serve` arguments on ephemeral loopback ports, plus `extra` flags.
+pub fn serve_args(extra: &[&str]) -> ServeArgs {
+    let mut argv = vec!["wsingress", "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).unwrap().command {
+        Command::Serve(s) => *s,
+        _ => unreachable!(),
+    }
+}
+
+/// A proxy in front of `backends` (static upstream mode) with extra flags.
+pub async fn proxy(backends: &[SocketAddr], extra: &[&str]) -> Running {
+    let args = serve_args(extra);
+    app::start(&args, RouteSource::Static(backends.to_vec())).await.unwrap()
+}
+
+pub fn ws_url(addr: SocketAddr, path: &str) -> String {
+    format!("ws://{addr}{path}")
+}
+
+/// Connect with extra request headers.
+pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error> {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req)).await.expect("connect timed out")
+}
+
+pub async fn connect(url: &str) -> Ws {
+    connect_with(url, &[]).await.unwrap().0
+}
+
+/// Next data message (skipping control frames), with a deadline.
+pub async fn next_data(ws: &mut Ws) -> Message {
+    let deadline = Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout(deadline, ws.next()).await.expect("no message in time").expect("stream ended").expect("read error");
+        match msg {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+/// Send text and return the echoed text.
+pub async fn round_trip(ws: &mut Ws, text: &str) -> String {
+    send_text(ws, text).await;
+    match next_data(ws).await {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// The backend's view of the handshake: `__headers__` → JSON.
+pub async fn backend_view(ws: &mut Ws) -> serde_json::Value {
+    let text = round_trip(ws, "__headers__").await;
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A raw HTTP/1.1 exchange on a fresh connection (`Connection: close`); returns status, head and body.
+pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+    read.expect("response in time").ok();
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> (u16, String, Vec<u8>) {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head, buf[end..].to_vec())
+}
+
+pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String, Vec<u8>) {
+    http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await
+}
+
+/// Poll `cond` every 20 ms until it holds or `within` passes.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A handshake request for raw-socket tests.
+pub fn upgrade_request(host: &str, path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// A port nothing listens on.
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A route table for manual publishing: `(host, path prefix, route id, backends)`.
+pub fn table(rules: &[(&str, &str, &str, &[SocketAddr])], settings: wsingress::routes::RouteSettings) -> wsingress::routes::RouteTable {
+    use std::sync::Arc;
+    use wsingress::routes::{Endpoint, HostMatch, PathMatch, Pool, Route, RouteTable, Rule};
+    let rules = rules
+        .iter()
+        .map(|(host, path, id, addrs)| Rule {
+            host: HostMatch::parse(host),
+            path: PathMatch::prefix(path),
+            route: Arc::new(Route {
+                id: id.to_string(),
+                backend: format!("{id}:80"),
+                pool: Pool::new(addrs.iter().map(|a| Endpoint::new(*a, true)).collect()),
+                settings: settings.clone(),
+            }),
+        })
+        .collect();
+    RouteTable::new(rules, None)
+}
+
+/// A proxy whose tables the test publishes itself.
+pub async fn manual_proxy(extra: &[&str]) -> Running {
+    let args = serve_args(extra);
+    app::start(&args, RouteSource::Manual).await.unwrap()
+}
+
+/// Which echo instance serves a new connection to `url`.
+pub async fn instance_of(url: &str) -> (Ws, String) {
+    let mut ws = connect(url).await;
+    let v = backend_view(&mut ws).await;
+    let inst = v["instance"].as_str().unwrap().to_string();
+    (ws, inst)
+}
+
+/// Read until a Close frame arrives; returns its code (None for a Close without code,
+/// panics when the stream ends without one).
+pub async fn expect_close(ws: &mut Ws, within: Duration) -> Option<u16> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await.expect("no Close in time") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("error before Close: {e}"),
+            None => panic!("stream ended without Close"),
+        }
+    }
+}
