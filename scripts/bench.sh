@@ -6,6 +6,7 @@
 #
 # Options: --rounds N  --duration SECONDS  --idle N  --targets direct,nginx,haproxy,wsingress
 #          --no-install  --no-build  --no-docs (print the table only; docs/performance.md is left alone)
+#          --keep (keep the temporary folder with configs, logs and results.jsonl)
 #
 # Each proxy runs pinned to CPU 0 with one worker/thread; the load generator (target/release/wsbench)
 # and the two echo backends share CPU 1. Modes run interleaved (every target once per mode, the order
@@ -18,7 +19,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 ROUNDS=3 DURATION=8 WARMUP=1 IDLE=9900 HOLD=3 QUICK=0
-INSTALL=1 BUILD=1 DOCS=1 TARGETS=direct,nginx,haproxy,wsingress
+INSTALL=1 BUILD=1 DOCS=1 KEEP=0 TARGETS=direct,nginx,haproxy,wsingress
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; ROUNDS=1; DURATION=2; WARMUP=0.5; IDLE=2000; HOLD=1 ;;
@@ -29,7 +30,8 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;
     --no-docs) DOCS=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --keep) KEEP=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 64 ;;
   esac
   shift
@@ -82,6 +84,7 @@ STARTED=()   # pids this script started; only these are stopped
 cleanup() {
   for pid in "${STARTED[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ "$KEEP" = 1 ] && log "work files kept in $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -127,7 +127,7 @@ async fn windowed(opts: &Opts, target: Target, size: usize) -> Result<Value, Run
         "ops_per_s": round2(total.ops as f64 / secs),
         "mb_per_s": round2(total.bytes as f64 / secs / 1e6),
         "latency_us": percentiles_us(&mut total.latency_ns),
-        "proxy": procfs::report(&opts.proxy_pid, before, after, total.ops),
+        "proxy": procfs::report(&opts.proxy_pid, &before, &after, total.ops),
         "errors": total.errors,
         "error_samples": total.error_samples,
     });
@@ -413,7 +413,7 @@ async fn idle(opts: &Opts, target: Target, size: usize) -> Result<Value, RunErro
         let grown = (after.rss_kib as f64 - before.rss_kib as f64) * 1024.0;
         let per_conn = if n > 0 { grown / n as f64 } else { 0.0 };
         let at_100k = (before.rss_kib as f64 * 1024.0 + per_conn * 100_000.0) / (1024.0 * 1024.0);
-        let mut p = procfs::report(&opts.proxy_pid, before, opened, n as u64);
+        let mut p = procfs::report(&opts.proxy_pid, &before, &opened, n as u64);
         p["rss_after_kib"] = json!(after.rss_kib);
         p["bytes_per_conn"] = json!(per_conn.round());
         p["rss_at_100k_mib"] = json!(round2(at_100k));
