@@ -218,7 +218,9 @@ run_case() {
   # shellcheck disable=SC2086
   out=$("${ON_LOAD_CPU[@]}" "$WSBENCH" $args --url "${URL[$t]}" "${pidarg[@]}" --json --label "$t" 2>"$WORK/wsbench.err") || rc=$?
   [ -n "$out" ] || out=null
-  printf '{"round":%d,"case":"%s","target":"%s","exit":%d,"result":%s}\n' "$round" "$case" "$t" "$rc" "$out" >>"$RESULTS"
+  local load1; load1=$(cut -d' ' -f1 /proc/loadavg)
+  printf '{"round":%d,"case":"%s","target":"%s","exit":%d,"load1":%s,"result":%s}\n' \
+    "$round" "$case" "$t" "$rc" "$load1" "$out" >>"$RESULTS"
   local summary
   summary=$(python3 scripts/bench/report.py --one "$RESULTS")
   log "round $round $case $t: $summary"

@@ -16,11 +16,11 @@ set linetype 2 lc rgb "#2b5d9b"
 set linetype 3 lc rgb "#d9822b"
 
 set multiplot layout 1,2
-set title "Throughput as a fraction of a direct connection (higher is better)"
+set title "Throughput ÷ direct connection (higher is better)"
 set ylabel "× direct"
 plot for [i=2:n+1] tp using i:xtic(1)
 
-set title "Proxy CPU per operation and memory per idle connection, nginx = 1 (lower is better)"
+set title "Proxy CPU per operation, memory per idle connection ÷ nginx (lower is better)"
 set ylabel "× nginx"
 plot for [i=2:n+1] cost using i:xtic(1)
 unset multiplot

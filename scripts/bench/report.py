@@ -282,6 +282,11 @@ def markdown(summary, targets, meta, chart_name):
         f"- {m.get('rounds')} round(s), interleaved; {m.get('duration')} s windows after {m.get('warmup')} s warm-up;"
         f" median of rounds, min–max across rounds{' (quick smoke run)' if m.get('quick') else ''}",
     ]
+    loads = sorted(r["load1"] for r in m.get("_rows", []) if r.get("load1") is not None)
+    if loads:
+        lines.append(f"- machine load (1-minute load average after each run): median {statistics.median(loads):.1f},"
+                     f" max {loads[-1]:.1f}; the benchmark itself accounts for about 3, more means other work"
+                     " shared the cores and the throughput figures of those runs are low")
     if "wsingress" not in measured:
         lines += ["", "**wsingress: not yet measured** — the proxy did not answer when this run was made"
                   " (`wsingress serve` was started and probed, and skipped)."]
@@ -315,6 +320,24 @@ def markdown(summary, targets, meta, chart_name):
         for c, t, s in errs:
             lines.append(f"- {c} / {t}: {s['errors']} errors, {s['failed_runs']} failed run(s);"
                          f" e.g. {'; '.join(s['error_samples']) or '—'}")
+    lines += ["", "## Reading the numbers", "",
+              "- **Proxy CPU per operation** is the proxy process's run time over the measuring window (per-thread",
+              "  `schedstat`, nanoseconds; `/proc/PID/stat` utime+stime if a thread exited) divided by the",
+              "  operations completed in it. For nginx it is the one worker process. This is the figure to compare:",
+              "  the other core is saturated by the load generator and the backends, so throughput ratios understate",
+              "  every proxy.",
+              "- **Direct runs never cross cores** (load generator and backend share CPU 1), while every proxied message",
+              "  crosses between the two cores four times per round trip. On a virtual machine a wakeup of a halted",
+              "  vCPU is expensive, so `pingpong-1` (one message in flight, the proxy idle between messages) mostly",
+              "  measures wakeups, for every proxy alike: in a check on the machine below, wsingress alone on CPU 0",
+              "  used 58.8 µs of CPU per round trip (p50 137 µs), and 8.2 µs (p50 17 µs) when it shared CPU 1 with the",
+              "  load generator. Busy cases (`pingpong-64`, `stream`, `handshake`) amortise the wakeups.",
+              "- **Idle memory** is the growth of the proxy's VmRSS while the connections were opened and held",
+              "  (the process is restarted before each round, so freed memory from earlier cases is not reused).",
+              "  The direct row has no proxy, so no memory figure; the backends' memory is never counted.",
+              "- Latency is the round trip as the load generator sees it (handshake: connect to close); p99 on a",
+              "  shared 2-core machine is dominated by scheduling, so compare it across targets of the same run only.",
+              ]
     lines += ["", "## Reproduce", "", "```sh",
               "scripts/bench.sh          # 3 rounds, about 10 minutes of measuring (plus the release build)",
               "scripts/bench.sh --quick  # 1 round, short windows, 2,000 idle connections: a smoke run",
@@ -344,6 +367,7 @@ def main():
         print(one_line(rows[-1]) if rows else "no runs")
         return
     meta = json.load(open(a.meta)) if a.meta else {}
+    meta["_rows"] = rows
     summary = summarise(rows)
     targets = [t for t in TARGETS if any(t in by for by in summary.values())]
     print()
