@@ -263,7 +263,10 @@ async fn stream_loop(plan: Arc<Plan>, id: u64) -> Tally {
                     seq += 1;
                     payload.set_seq(seq);
                     slot.send(Instant::now());
-                    write_side.write_all(payload.frame()).await?;
+                    // Bounded: if the reader gave up, nobody drains the echoes and the write could block.
+                    timeout(plan.timeout, write_side.write_all(payload.frame()))
+                        .await
+                        .map_err(|_| WsError::Timeout)??;
                 }
                 Ok::<_, WsError>(write_side)
             }
@@ -490,5 +493,77 @@ pub fn print_human(r: &Value) {
         for e in samples {
             println!("    {}", e.as_str().unwrap_or(""));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo_server() -> Target {
+        use futures_util::{SinkExt, StreamExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if (msg.is_binary() || msg.is_text()) && ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Target::parse(&format!("ws://{addr}/")).unwrap()
+    }
+
+    fn plan(target: Target, size: usize) -> Arc<Plan> {
+        let start = Instant::now() + Duration::from_millis(50);
+        Arc::new(Plan {
+            target,
+            size,
+            window: 3,
+            timeout: Duration::from_secs(5),
+            start,
+            end: start + Duration::from_millis(300),
+        })
+    }
+
+    #[tokio::test]
+    async fn every_mode_loop_completes_checked_operations_without_errors() {
+        let target = echo_server().await;
+        for (name, tally) in [
+            (
+                "handshake",
+                handshake_loop(plan(target.clone(), 64), 1).await,
+            ),
+            (
+                "pingpong",
+                pingpong_loop(plan(target.clone(), 1024), 2).await,
+            ),
+            (
+                "stream",
+                stream_loop(plan(target.clone(), 64 * 1024), 3).await,
+            ),
+        ] {
+            assert_eq!(tally.errors, 0, "{name}: {:?}", tally.error_samples);
+            assert!(tally.ops > 0, "{name}: no operations");
+            assert_eq!(tally.latency_ns.len() as u64, tally.ops, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_target_is_reported_as_errors_not_a_hang() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let target = Target::parse(&format!("ws://{addr}/")).unwrap();
+        let tally = pingpong_loop(plan(target, 16), 1).await;
+        assert_eq!(tally.ops, 0);
+        assert!(tally.errors > 0);
     }
 }
