@@ -7,6 +7,7 @@
 # Options: --rounds N  --duration SECONDS  --idle N  --targets direct,nginx,haproxy,wsingress
 #          --no-install  --no-build  --no-docs (print the table only; docs/performance.md is left alone)
 #          --keep (keep the temporary folder with configs, logs and results.jsonl)
+#          --report-only (redo the table, docs/performance.md and .png from target/bench-results.jsonl)
 #
 # Each proxy runs pinned to CPU 0 with one worker/thread; the load generator (target/release/wsbench)
 # and the two echo backends share CPU 1. Modes run interleaved (every target once per mode, the order
@@ -19,7 +20,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 ROUNDS=3 DURATION=8 WARMUP=1 IDLE=9900 HOLD=3 QUICK=0
-INSTALL=1 BUILD=1 DOCS=1 KEEP=0 TARGETS=direct,nginx,haproxy,wsingress
+INSTALL=1 BUILD=1 DOCS=1 KEEP=0 REPORT_ONLY=0 TARGETS=direct,nginx,haproxy,wsingress
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; ROUNDS=1; DURATION=2; WARMUP=0.5; IDLE=2000; HOLD=1 ;;
@@ -31,13 +32,31 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --no-docs) DOCS=0 ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --report-only) REPORT_ONLY=1 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 64 ;;
   esac
   shift
 done
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Table on stdout; with docs on, also docs/performance.md and docs/performance.png.
+report() {
+  local results=${1:-$ROOT/target/bench-results.jsonl} meta=${2:-$ROOT/target/bench-meta.json} tmp
+  if [ "$DOCS" = 1 ]; then
+    tmp=$(mktemp -d)
+    python3 scripts/bench/report.py "$results" --meta "$meta" --markdown docs/performance.md \
+      --chart docs/performance.png --workdir "$tmp"
+    rm -rf "$tmp"
+  else
+    python3 scripts/bench/report.py "$results" --meta "$meta"
+  fi
+}
+if [ "$REPORT_ONLY" = 1 ]; then
+  report
+  exit 0
+fi
 T0=$(date +%s)
 
 # ---------------------------------------------------------------- tools
@@ -256,8 +275,8 @@ json.dump({
   "nproc": int(sh("nproc") or 0),
   "cpu": cpu,
   "kernel": sh("uname -r"),
-  "nginx": sh("nginx -v 2>&1").replace("nginx version: ", ""),
-  "haproxy": sh("haproxy -v 2>&1 | head -1").split(" - ")[0],
+  "nginx": sh("nginx -v 2>&1").replace("nginx version: nginx/", "nginx "),
+  "haproxy": " ".join(sh("haproxy -v 2>&1 | head -1").split()[0:3:2]),
   "rustc": sh("rustc --version"),
   "commit": sh("git rev-parse --short HEAD"),
   "echo": "$ECHO_KIND",
@@ -268,10 +287,6 @@ json.dump({
 }, open(sys.argv[1], "w"))
 EOF
 cp "$RESULTS" "$ROOT/target/bench-results.jsonl"
-if [ "$DOCS" = 1 ]; then
-  python3 scripts/bench/report.py "$RESULTS" --meta "$META" --markdown docs/performance.md \
-    --chart docs/performance.png --workdir "$WORK"
-else
-  python3 scripts/bench/report.py "$RESULTS" --meta "$META"
-fi
+cp "$META" "$ROOT/target/bench-meta.json"
+report
 log "raw results: target/bench-results.jsonl; measuring took $((T_DONE - T_BUILT)) s"

@@ -278,7 +278,8 @@ def markdown(summary, targets, meta, chart_name):
         "",
         f"- date: {m.get('date')}; commit {m.get('commit')}",
         f"- machine: {m.get('nproc')} CPUs, {m.get('cpu')}, Linux {m.get('kernel')}",
-        f"- peers: nginx {m.get('nginx')}, {m.get('haproxy')}; echo backends: {m.get('echo')}",
+        f"- peers: {m.get('nginx')}, {m.get('haproxy')}; echo backends: {m.get('echo')};"
+        f" wsingress built from the same commit",
         f"- {m.get('rounds')} round(s), interleaved; {m.get('duration')} s windows after {m.get('warmup')} s warm-up;"
         f" median of rounds, min–max across rounds{' (quick smoke run)' if m.get('quick') else ''}",
     ]
@@ -297,8 +298,8 @@ def markdown(summary, targets, meta, chart_name):
         "## Throughput, latency and the proxy's CPU per operation",
         "",
         "On 2 cores the load generator and backends saturate their core, so throughput ratios understate",
-        "what a proxy could do; the proxy's own CPU time per operation (user+system from /proc/PID/stat",
-        "over the measuring window, divided by the operations completed) is the fairer figure.",
+        "what a proxy could do; the proxy's own CPU time per operation (its run time over the measuring window,",
+        "from /proc, divided by the operations completed) is the fairer figure.",
         "",
     ]
     lines += table_lines(summary, targets, True)
@@ -349,7 +350,9 @@ def markdown(summary, targets, meta, chart_name):
               "The configurations are in `scripts/bench/` (`nginx.conf.in`, `haproxy.cfg.in`). wsbench speaks",
               "WebSocket itself (masked client frames, every echo compared with what was sent, a sequence number in",
               "each message), reads the proxy's CPU time and VmRSS from /proc, and exits 1 when a run had errors.",
-              f"This run took {m.get('measure_s')} s of measuring (build {m.get('build_s')} s).", ""]
+              f"This run took {m.get('measure_s')} s of measuring"
+              + (f" after a {m.get('build_s')} s build." if m.get("build_s", 0) > 5 else " (binaries already built).")
+              + " Regenerate this page from the last run's raw results with `scripts/bench.sh --report-only`.", ""]
     return "\n".join(lines)
 
 
