@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# WebSocket relay benchmark: direct vs nginx vs HAProxy vs wsingress, in one run.
+#
+#   scripts/bench.sh            # full run: 3 rounds, ~10 minutes of measuring on 2 cores
+#   scripts/bench.sh --quick    # smoke run: 1 round, short windows, 2,000 idle connections (~2 minutes)
+#
+# Options: --rounds N  --duration SECONDS  --idle N  --targets direct,nginx,haproxy,wsingress
+#          --no-install  --no-build  --no-docs (print the table only; docs/performance.md is left alone)
+#          --keep (keep the temporary folder with configs, logs and results.jsonl)
+#          --report-only (redo the table, docs/performance.md and .png from target/bench-results.jsonl)
+#
+# Each proxy runs pinned to CPU 0 with one worker/thread; the load generator (target/release/wsbench)
+# and the two echo backends share CPU 1. Modes run interleaved (every target once per mode, the order
+# rotated each round), and proxies are restarted at the start of every round so idle memory is
+# measured on a fresh process. Results: one JSON line per run in $WORK/results.jsonl, a table on
+# stdout, docs/performance.md and docs/performance.png.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+ROUNDS=3 DURATION=8 WARMUP=1 IDLE=9900 HOLD=3 QUICK=0
+INSTALL=1 BUILD=1 DOCS=1 KEEP=0 REPORT_ONLY=0 TARGETS=direct,nginx,haproxy,wsingress
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1; ROUNDS=1; DURATION=2; WARMUP=0.5; IDLE=2000; HOLD=1 ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    --idle) IDLE=$2; shift ;;
+    --targets) TARGETS=$2; shift ;;
+    --no-install) INSTALL=0 ;;
+    --no-build) BUILD=0 ;;
+    --no-docs) DOCS=0 ;;
+    --keep) KEEP=1 ;;
+    --report-only) REPORT_ONLY=1 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown option $1" >&2; exit 64 ;;
+  esac
+  shift
+done
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Table on stdout; with docs on, also docs/performance.md and docs/performance.png.
+report() {
+  local results=${1:-$ROOT/target/bench-results.jsonl} meta=${2:-$ROOT/target/bench-meta.json} tmp
+  if [ "$DOCS" = 1 ]; then
+    tmp=$(mktemp -d)
+    python3 scripts/bench/report.py "$results" --meta "$meta" --markdown docs/performance.md \
+      --chart docs/performance.png --workdir "$tmp"
+    rm -rf "$tmp"
+  else
+    python3 scripts/bench/report.py "$results" --meta "$meta"
+  fi
+}
+if [ "$REPORT_ONLY" = 1 ]; then
+  report
+  exit 0
+fi
+T0=$(date +%s)
+
+# ---------------------------------------------------------------- tools
+need_pkgs=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
+command -v gnuplot >/dev/null 2>&1 || need_pkgs+=(gnuplot-nox)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+command -v taskset >/dev/null 2>&1 || need_pkgs+=(util-linux)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$INSTALL" = 1 ]; then
+    log "installing ${need_pkgs[*]} from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    log "missing: ${need_pkgs[*]} (run without --no-install)"; exit 69
+  fi
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+if [ "$BUILD" = 1 ]; then
+  log "building release binaries (first build takes several minutes)"
+  cargo build --release --quiet --bin wsingress --bin wsbench
+fi
+WSBENCH=$ROOT/target/release/wsbench
+WSINGRESS=$ROOT/target/release/wsingress
+[ -x "$WSBENCH" ] || { log "no $WSBENCH: build it first"; exit 69; }
+T_BUILT=$(date +%s)
+
+# ---------------------------------------------------------------- CPU placement
+NCPU=$(nproc)
+if [ "$NCPU" -ge 2 ]; then
+  ON_PROXY_CPU=(taskset -c 0); ON_LOAD_CPU=(taskset -c 1)
+else
+  log "one CPU only: nothing is pinned"
+  ON_PROXY_CPU=(); ON_LOAD_CPU=()
+fi
+
+WORK=$(mktemp -d /tmp/wsbench.XXXXXX)
+RESULTS=$WORK/results.jsonl
+: > "$RESULTS"
+STARTED=()   # pids this script started; only these are stopped
+cleanup() {
+  for pid in "${STARTED[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ "$KEEP" = 1 ] && log "work files kept in $WORK" || rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop_pid() {
+  local pid=$1
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local keep=()
+  for p in "${STARTED[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  STARTED=("${keep[@]}")
+}
+
+# Free loopback ports, all asked for at once so none repeats.
+read -r -a PORTS <<<"$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(6)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks: s.close()')"
+B1=${PORTS[0]} B2=${PORTS[1]} P_NGINX=${PORTS[2]} P_HAPROXY=${PORTS[3]} P_WSI=${PORTS[4]} P_ADMIN=${PORTS[5]}
+
+probe() { "${ON_LOAD_CPU[@]}" "$WSBENCH" probe --url "$1" --duration "${2:-5}" --json >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------- echo backends
+ECHO_KIND=""
+start_backends() {
+  if [ -x "$WSINGRESS" ]; then
+    "${ON_LOAD_CPU[@]}" "$WSINGRESS" echo --listen "127.0.0.1:$B1" >"$WORK/echo1.log" 2>&1 & STARTED+=($!); E1=$!
+    "${ON_LOAD_CPU[@]}" "$WSINGRESS" echo --listen "127.0.0.1:$B2" >"$WORK/echo2.log" 2>&1 & STARTED+=($!); E2=$!
+    if probe "ws://127.0.0.1:$B1/" 3 && probe "ws://127.0.0.1:$B2/" 3; then
+      ECHO_KIND="wsingress echo"; return
+    fi
+    log "note: \`wsingress echo\` does not answer yet; using the Node ws stand-in"
+    stop_pid "$E1"; stop_pid "$E2"
+  fi
+  local nm=$ROOT/.tools/node/node_modules
+  if [ ! -d "$nm/ws" ]; then
+    command -v npm >/dev/null 2>&1 || { log "need npm for the stand-in echo backend"; exit 69; }
+    log "installing ws@8 under .tools/node"
+    mkdir -p "$ROOT/.tools/node"
+    (cd "$ROOT/.tools/node" && npm install --no-save --silent --no-audit --no-fund ws@8 >/dev/null)
+  fi
+  WS_NODE_MODULES=$nm "${ON_LOAD_CPU[@]}" node scripts/bench/echo-server.js "$B1" >"$WORK/echo1.log" 2>&1 & STARTED+=($!)
+  WS_NODE_MODULES=$nm "${ON_LOAD_CPU[@]}" node scripts/bench/echo-server.js "$B2" >"$WORK/echo2.log" 2>&1 & STARTED+=($!)
+  probe "ws://127.0.0.1:$B1/" 10 && probe "ws://127.0.0.1:$B2/" 10 || { log "echo backends did not start"; exit 70; }
+  ECHO_KIND="Node ws $(node -p "require('$nm/ws/package.json').version") (stand-in)"
+}
+
+# ---------------------------------------------------------------- proxies
+declare -A PID URL
+URL[direct]="ws://127.0.0.1:$B1/"
+URL[nginx]="ws://127.0.0.1:$P_NGINX/"
+URL[haproxy]="ws://127.0.0.1:$P_HAPROXY/"
+URL[wsingress]="ws://127.0.0.1:$P_WSI/"
+SKIPPED=()
+
+fill() {
+  sed -e "s|@DIR@|$2|g" -e "s|@PORT@|$3|g" -e "s|@BACKEND1@|$B1|g" -e "s|@BACKEND2@|$B2|g" \
+      -e "s|@MAXCONN@|9990|g" "$1"
+}
+
+start_target() {
+  local t=$1
+  case "$t" in
+    direct) PID[direct]="" ;;
+    nginx)
+      local d=$WORK/nginx; mkdir -p "$d"
+      fill scripts/bench/nginx.conf.in "$d" "$P_NGINX" >"$d/nginx.conf"
+      "${ON_PROXY_CPU[@]}" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >"$d/stdout.log" 2>&1 & STARTED+=($!)
+      local master=$! worker=""
+      for _ in $(seq 100); do
+        worker=$(pgrep -P "$master" | head -1 || true)
+        [ -n "$worker" ] && break; sleep 0.05
+      done
+      PID[nginx]=$worker; MASTER_NGINX=$master ;;
+    haproxy)
+      local d=$WORK/haproxy; mkdir -p "$d"
+      fill scripts/bench/haproxy.cfg.in "$d" "$P_HAPROXY" >"$d/haproxy.cfg"
+      "${ON_PROXY_CPU[@]}" haproxy -db -f "$d/haproxy.cfg" >"$d/haproxy.log" 2>&1 & STARTED+=($!)
+      PID[haproxy]=$! ;;
+    wsingress)
+      [ -x "$WSINGRESS" ] || { PID[wsingress]=""; return 1; }
+      "${ON_PROXY_CPU[@]}" "$WSINGRESS" serve --upstream "127.0.0.1:$B1,127.0.0.1:$B2" --workers 1 \
+        --listen "127.0.0.1:$P_WSI" --admin-listen "127.0.0.1:$P_ADMIN" --idle-timeout 300s \
+        >"$WORK/wsingress.log" 2>&1 & STARTED+=($!)
+      PID[wsingress]=$! ;;
+  esac
+  probe "${URL[$t]}" 5
+}
+
+stop_target() {
+  case "$1" in
+    direct) ;;
+    nginx) [ -n "${MASTER_NGINX:-}" ] && stop_pid "$MASTER_NGINX"; MASTER_NGINX="" ;;
+    *) [ -n "${PID[$1]:-}" ] && stop_pid "${PID[$1]}" ;;
+  esac
+  PID[$1]=""
+}
+
+# ---------------------------------------------------------------- runs
+IFS=, read -r -a WANTED <<<"$TARGETS"
+start_backends
+log "echo backends: $ECHO_KIND on :$B1 and :$B2"
+
+ACTIVE=()
+for t in "${WANTED[@]}"; do
+  if start_target "$t"; then
+    ACTIVE+=("$t")
+  else
+    log "note: $t does not answer at ${URL[$t]}; skipped (not yet measured)"
+    [ "$t" = wsingress ] && tail -3 "$WORK/wsingress.log" 2>/dev/null | sed 's/^/    /' >&2 || true
+    stop_target "$t"; SKIPPED+=("$t")
+  fi
+done
+log "targets: ${ACTIVE[*]}"
+
+# case name | wsbench arguments
+CASES=(
+  "idle|idle -c $IDLE --duration $HOLD --sample 100 --size 64"
+  "handshake|handshake -c 16 --size 128 --duration $DURATION --warmup $WARMUP"
+  "pingpong-1|pingpong -c 1 --size 1024 --duration $DURATION --warmup $WARMUP"
+  "pingpong-64|pingpong -c 64 --size 1024 --duration $DURATION --warmup $WARMUP"
+  "stream|stream -c 4 --window 4 --size 65536 --duration $DURATION --warmup $WARMUP"
+)
+
+run_case() {
+  local round=$1 case=$2 args=$3 t=$4 pidarg=()
+  [ -n "${PID[$t]:-}" ] && pidarg=(--proxy-pid "${PID[$t]}")
+  local out rc=0
+  # shellcheck disable=SC2086
+  out=$("${ON_LOAD_CPU[@]}" "$WSBENCH" $args --url "${URL[$t]}" "${pidarg[@]}" --json --label "$t" 2>"$WORK/wsbench.err") || rc=$?
+  [ -n "$out" ] || out=null
+  local load1; load1=$(cut -d' ' -f1 /proc/loadavg)
+  printf '{"round":%d,"case":"%s","target":"%s","exit":%d,"load1":%s,"result":%s}\n' \
+    "$round" "$case" "$t" "$rc" "$load1" "$out" >>"$RESULTS"
+  local summary
+  summary=$(python3 scripts/bench/report.py --one "$RESULTS")
+  log "round $round $case $t: $summary"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  if [ "$round" -gt 1 ]; then
+    for t in "${ACTIVE[@]}"; do stop_target "$t"; done
+    for t in "${ACTIVE[@]}"; do start_target "$t" || log "warning: $t did not come back in round $round"; done
+  fi
+  n=${#ACTIVE[@]}
+  for entry in "${CASES[@]}"; do
+    case=${entry%%|*} args=${entry#*|}
+    for i in $(seq 0 $((n - 1))); do
+      t=${ACTIVE[$(((i + round - 1) % n))]}
+      run_case "$round" "$case" "$args" "$t"
+      sleep 0.5
+    done
+  done
+done
+T_DONE=$(date +%s)
+
+# ---------------------------------------------------------------- report
+META=$WORK/meta.json
+python3 - "$META" <<EOF
+import json, sys, subprocess
+def sh(c):
+    try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception: return ""
+cpu = next((l.split(":",1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+json.dump({
+  "date": sh("date -u +%Y-%m-%dT%H:%MZ"),
+  "nproc": int(sh("nproc") or 0),
+  "cpu": cpu,
+  "kernel": sh("uname -r"),
+  "nginx": sh("nginx -v 2>&1").replace("nginx version: nginx/", "nginx "),
+  "haproxy": " ".join(sh("haproxy -v 2>&1 | head -1").split()[0:3:2]),
+  "rustc": sh("rustc --version"),
+  "commit": sh("git rev-parse --short HEAD"),
+  "echo": "$ECHO_KIND",
+  "rounds": $ROUNDS, "duration": "$DURATION", "warmup": "$WARMUP", "idle": $IDLE, "quick": bool($QUICK),
+  "skipped": "${SKIPPED[*]}".split(),
+  "measure_s": $((T_DONE - T_BUILT)), "build_s": $((T_BUILT - T0)),
+  "cases": [c.split("|",1) for c in """$(printf '%s\n' "${CASES[@]}")""".strip().splitlines()],
+}, open(sys.argv[1], "w"))
+EOF
+cp "$RESULTS" "$ROOT/target/bench-results.jsonl"
+cp "$META" "$ROOT/target/bench-meta.json"
+report
+log "raw results: target/bench-results.jsonl; measuring took $((T_DONE - T_BUILT)) s"
