@@ -91,10 +91,7 @@ fn parse_secs(v: &str) -> Result<Duration, String> {
     } else {
         (v, 1.0)
     };
-    let x: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{v}` is not a duration (10, 2.5s, 500ms)"))?;
+    let x: f64 = num.trim().parse().map_err(|_| format!("`{v}` is not a duration (10, 2.5s, 500ms)"))?;
     Duration::try_from_secs_f64(x * scale).map_err(|e| format!("`{v}`: {e}"))
 }
 
@@ -112,14 +109,9 @@ fn main() -> ExitCode {
         }
     };
     let runtime = if opts.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(opts.threads)
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_multi_thread().worker_threads(opts.threads).enable_all().build()
     };
     let runtime = match runtime {
         Ok(r) => r,
@@ -137,11 +129,7 @@ fn main() -> ExitCode {
             } else {
                 modes::print_human(&report);
             }
-            if errors > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
+            if errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
         }
         Err(e) => {
             eprintln!("wsbench: {e}");

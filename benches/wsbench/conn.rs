@@ -57,17 +57,12 @@ pub struct Target {
 impl Target {
     /// Parse `ws://HOST:PORT/PATH` (plain `ws` only; the bench measures relays, not TLS).
     pub fn parse(url: &str) -> std::result::Result<Self, String> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
+        let rest = url.strip_prefix("ws://").ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let with_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
+        let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
             authority.to_owned()
         } else {
             format!("{authority}:80")
@@ -76,11 +71,7 @@ impl Target {
             .map_err(|e| format!("`{authority}`: {e}"))?
             .next()
             .ok_or_else(|| format!("`{authority}` resolves to no address"))?;
-        Ok(Self {
-            addr,
-            host_header: authority.to_owned(),
-            path: path.to_owned(),
-        })
+        Ok(Self { addr, host_header: authority.to_owned(), path: path.to_owned() })
     }
 }
 
@@ -140,20 +131,13 @@ pub struct Payload {
 
 impl Payload {
     pub fn new(size: usize, seed: u64) -> Self {
-        let plain: Vec<u8> = (0..size)
-            .map(|i| (i as u64).wrapping_mul(31).wrapping_add(seed) as u8)
-            .collect();
+        let plain: Vec<u8> = (0..size).map(|i| (i as u64).wrapping_mul(31).wrapping_add(seed) as u8).collect();
         let mask = (random_u64() as u32).to_ne_bytes();
         let mut frame = Vec::with_capacity(size + 14);
         push_header(&mut frame, OP_BINARY, size, mask);
         let header_len = frame.len();
         frame.extend(plain.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        Self {
-            plain,
-            frame,
-            header_len,
-            mask,
-        }
+        Self { plain, frame, header_len, mask }
     }
 
     pub fn set_seq(&mut self, seq: u64) {
@@ -180,23 +164,11 @@ impl Payload {
             return Err(WsError::Mismatch("echo came back as text".into()));
         }
         if msg.payload.len() != self.plain.len() {
-            return Err(WsError::Mismatch(format!(
-                "sent {} bytes, echo has {}",
-                self.plain.len(),
-                msg.payload.len()
-            )));
+            return Err(WsError::Mismatch(format!("sent {} bytes, echo has {}", self.plain.len(), msg.payload.len())));
         }
         if msg.payload[..] != self.plain[..] {
-            let at = msg
-                .payload
-                .iter()
-                .zip(&self.plain)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            return Err(WsError::Mismatch(format!(
-                "payload differs at byte {at} of {}",
-                self.plain.len()
-            )));
+            let at = msg.payload.iter().zip(&self.plain).position(|(a, b)| a != b).unwrap_or(0);
+            return Err(WsError::Mismatch(format!("payload differs at byte {at} of {}", self.plain.len())));
         }
         Ok(())
     }
@@ -234,16 +206,11 @@ impl FrameReader {
             match opcode {
                 OP_TEXT | OP_BINARY => {
                     if assembling.is_some() {
-                        return Err(WsError::Protocol(
-                            "new message inside a fragmented one".into(),
-                        ));
+                        return Err(WsError::Protocol("new message inside a fragmented one".into()));
                     }
                     let binary = opcode == OP_BINARY;
                     if fin {
-                        return Ok(Message {
-                            binary,
-                            payload: frame,
-                        });
+                        return Ok(Message { binary, payload: frame });
                     }
                     assembling = Some((binary, frame));
                 }
@@ -253,10 +220,7 @@ impl FrameReader {
                     };
                     acc.extend_from_slice(&frame);
                     if fin {
-                        return Ok(Message {
-                            binary,
-                            payload: acc,
-                        });
+                        return Ok(Message { binary, payload: acc });
                     }
                     assembling = Some((binary, acc));
                 }
@@ -278,9 +242,7 @@ impl FrameReader {
         }
         let fin = b[0] & 0x80 != 0;
         if b[0] & 0x70 != 0 {
-            return Err(WsError::Protocol(
-                "RSV bits set without an extension".into(),
-            ));
+            return Err(WsError::Protocol("RSV bits set without an extension".into()));
         }
         let opcode = b[0] & 0x0F;
         if b[1] & 0x80 != 0 {
@@ -300,8 +262,8 @@ impl FrameReader {
                 }
                 let mut l = [0u8; 8];
                 l.copy_from_slice(&b[2..10]);
-                let len = usize::try_from(u64::from_be_bytes(l))
-                    .map_err(|_| WsError::Protocol("frame too long".into()))?;
+                let len =
+                    usize::try_from(u64::from_be_bytes(l)).map_err(|_| WsError::Protocol("frame too long".into()))?;
                 (10, len)
             }
             n => (2, n as usize),
@@ -336,20 +298,13 @@ impl WsConn {
         let stream = match source {
             None => TcpStream::connect(target.addr).await?,
             Some(ip) => {
-                let socket = if ip.is_ipv4() {
-                    TcpSocket::new_v4()?
-                } else {
-                    TcpSocket::new_v6()?
-                };
+                let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
                 socket.bind(SocketAddr::new(ip, 0))?;
                 socket.connect(target.addr).await?
             }
         };
         stream.set_nodelay(true)?;
-        let mut conn = Self {
-            stream,
-            reader: FrameReader::default(),
-        };
+        let mut conn = Self { stream, reader: FrameReader::default() };
         conn.handshake(target).await?;
         Ok(conn)
     }
@@ -373,17 +328,13 @@ impl WsConn {
             }
             buf.reserve(READ_CHUNK);
             if self.stream.read_buf(buf).await? == 0 {
-                return Err(WsError::Handshake(
-                    "connection closed before the response head".into(),
-                ));
+                return Err(WsError::Handshake("connection closed before the response head".into()));
             }
         };
         let head = buf.split_to(head_len);
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
-        response
-            .parse(&head)
-            .map_err(|e| WsError::Handshake(format!("bad response head: {e}")))?;
+        response.parse(&head).map_err(|e| WsError::Handshake(format!("bad response head: {e}")))?;
         if response.code != Some(101) {
             return Err(WsError::Handshake(format!(
                 "status {} {}",
@@ -399,9 +350,7 @@ impl WsConn {
                 .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
         };
         if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
-            return Err(WsError::Handshake(
-                "101 without `Upgrade: websocket`".into(),
-            ));
+            return Err(WsError::Handshake("101 without `Upgrade: websocket`".into()));
         }
         if header("sec-websocket-accept").as_deref() != Some(accept_for(&key).as_str()) {
             return Err(WsError::Handshake("wrong Sec-WebSocket-Accept".into()));
@@ -431,13 +380,7 @@ impl WsConn {
         let mask = (random_u64() as u32).to_ne_bytes();
         let mut frame = Vec::with_capacity(8);
         push_header(&mut frame, OP_CLOSE, 2, mask);
-        frame.extend(
-            1000u16
-                .to_be_bytes()
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ mask[i]),
-        );
+        frame.extend(1000u16.to_be_bytes().iter().enumerate().map(|(i, b)| b ^ mask[i]));
         self.stream.write_all(&frame).await?;
         match self.recv().await {
             Err(WsError::Closed(_)) => {}
@@ -455,13 +398,7 @@ impl WsConn {
     /// Split for a writer and a reader running at the same time (streaming with a window).
     pub fn into_split(self) -> (ReadSide, OwnedWriteHalf) {
         let (read, write) = self.stream.into_split();
-        (
-            ReadSide {
-                io: read,
-                reader: self.reader,
-            },
-            write,
-        )
+        (ReadSide { io: read, reader: self.reader }, write)
     }
 }
 
@@ -485,10 +422,7 @@ mod tests {
     #[test]
     fn accept_matches_rfc_example() {
         // RFC 6455 §1.3.
-        assert_eq!(
-            accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_for("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -497,11 +431,7 @@ mod tests {
             let mut p = Payload::new(size, 7);
             p.set_seq(0x0102_0304_0506_0708);
             let f = p.frame();
-            let unmasked: Vec<u8> = f[p.header_len..]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ p.mask[i % 4])
-                .collect();
+            let unmasked: Vec<u8> = f[p.header_len..].iter().enumerate().map(|(i, b)| b ^ p.mask[i % 4]).collect();
             assert_eq!(unmasked, p.plain(), "size {size}");
             assert_eq!(f.len() - p.header_len, size);
         }
@@ -549,12 +479,7 @@ mod tests {
                 buf.extend_from_slice(&chunk[..n]);
             }
             let head = String::from_utf8_lossy(&buf).to_string();
-            let key = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-                .unwrap()
-                .trim()
-                .to_owned();
+            let key = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap().trim().to_owned();
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Accept: {}\r\n\r\n",
@@ -580,10 +505,7 @@ mod tests {
     async fn echoes_check_out_against_a_real_server_in_all_length_forms() {
         let target = tungstenite_echo().await;
         let mut conn = WsConn::connect(&target, None).await.unwrap();
-        for (seq, size) in [1usize, 125, 126, 4000, 65_535, 65_536, 200_000]
-            .into_iter()
-            .enumerate()
-        {
+        for (seq, size) in [1usize, 125, 126, 4000, 65_535, 65_536, 200_000].into_iter().enumerate() {
             let mut p = Payload::new(size, 3);
             p.set_seq(seq as u64);
             conn.echo(&p).await.unwrap();
@@ -628,10 +550,7 @@ mod tests {
         .await;
         let mut conn = WsConn::connect(&target, None).await.unwrap();
         let err = conn.echo(&Payload::new(50, 9)).await.unwrap_err();
-        assert!(
-            matches!(err, WsError::Mismatch(ref m) if m.contains("byte 49")),
-            "{err}"
-        );
+        assert!(matches!(err, WsError::Mismatch(ref m) if m.contains("byte 49")), "{err}");
     }
 
     #[tokio::test]

@@ -48,11 +48,7 @@ impl Plan {
 }
 
 pub async fn run(opts: &Opts, target: Target) -> Result<Value, RunError> {
-    let size = opts.size.unwrap_or(if opts.mode == Mode::Stream {
-        64 * 1024
-    } else {
-        1024
-    });
+    let size = opts.size.unwrap_or(if opts.mode == Mode::Stream { 64 * 1024 } else { 1024 });
     match opts.mode {
         Mode::Probe => Ok(probe(opts, &target, size).await),
         Mode::Idle => idle(opts, target, size).await,
@@ -78,24 +74,14 @@ async fn windowed(opts: &Opts, target: Target, size: usize) -> Result<Value, Run
         _ => 8,
     });
     if connections == 0 || opts.window == 0 {
-        return Err(RunError::Usage(
-            "--connections and --window must be at least 1".into(),
-        ));
+        return Err(RunError::Usage("--connections and --window must be at least 1".into()));
     }
     if opts.mode == Mode::Stream && size < 8 {
-        return Err(RunError::Usage(
-            "stream needs --size of at least 8 (sequence number)".into(),
-        ));
+        return Err(RunError::Usage("stream needs --size of at least 8 (sequence number)".into()));
     }
     let start = Instant::now() + opts.warmup;
-    let plan = Arc::new(Plan {
-        target,
-        size,
-        window: opts.window,
-        timeout: opts.timeout,
-        start,
-        end: start + opts.duration,
-    });
+    let plan =
+        Arc::new(Plan { target, size, window: opts.window, timeout: opts.timeout, start, end: start + opts.duration });
     let mut tasks = JoinSet::new();
     for id in 0..connections as u64 {
         let plan = plan.clone();
@@ -454,10 +440,7 @@ pub fn print_human(r: &Value) {
             if !p.is_null() {
                 println!(
                     "  proxy RSS {} -> {} KiB: {} bytes per connection; {} MiB at 100,000",
-                    p["rss_before_kib"],
-                    p["rss_after_kib"],
-                    p["bytes_per_conn"],
-                    p["rss_at_100k_mib"]
+                    p["rss_before_kib"], p["rss_after_kib"], p["bytes_per_conn"], p["rss_at_100k_mib"]
                 );
             }
         }
@@ -465,12 +448,7 @@ pub fn print_human(r: &Value) {
         _ => {
             println!(
                 "  {} ops in {} s: {} ops/s, {} MB/s ({} connections, {} B messages)",
-                r["ops"],
-                r["duration_s"],
-                r["ops_per_s"],
-                r["mb_per_s"],
-                r["connections"],
-                r["size"]
+                r["ops"], r["duration_s"], r["ops_per_s"], r["mb_per_s"], r["connections"], r["size"]
             );
             let l = &r["latency_us"];
             if !l.is_null() {
@@ -481,10 +459,7 @@ pub fn print_human(r: &Value) {
             }
             let p = &r["proxy"];
             if !p.is_null() {
-                println!(
-                    "  proxy CPU {} s = {} µs per operation",
-                    p["cpu_s"], p["cpu_us_per_op"]
-                );
+                println!("  proxy CPU {} s = {} µs per operation", p["cpu_s"], p["cpu_us_per_op"]);
             }
         }
     }
@@ -537,18 +512,9 @@ mod tests {
     async fn every_mode_loop_completes_checked_operations_without_errors() {
         let target = echo_server().await;
         for (name, tally) in [
-            (
-                "handshake",
-                handshake_loop(plan(target.clone(), 64), 1).await,
-            ),
-            (
-                "pingpong",
-                pingpong_loop(plan(target.clone(), 1024), 2).await,
-            ),
-            (
-                "stream",
-                stream_loop(plan(target.clone(), 64 * 1024), 3).await,
-            ),
+            ("handshake", handshake_loop(plan(target.clone(), 64), 1).await),
+            ("pingpong", pingpong_loop(plan(target.clone(), 1024), 2).await),
+            ("stream", stream_loop(plan(target.clone(), 64 * 1024), 3).await),
         ] {
             assert_eq!(tally.errors, 0, "{name}: {:?}", tally.error_samples);
             assert!(tally.ops > 0, "{name}: no operations");

@@ -12,10 +12,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
     #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: unexpected format")]
     Format { path: String },
 }
@@ -25,17 +22,11 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, ProcError> {
     let path = format!("/proc/{pid}/stat");
     let text = read(&path)?;
     // The command name (field 2) may contain spaces and parentheses: fields after the last ')'.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| ProcError::Format { path: path.clone() })?;
+    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| ProcError::Format { path: path.clone() })?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
     let tick = |i: usize| -> Result<u64, ProcError> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| ProcError::Format { path: path.clone() })
+        fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(|| ProcError::Format { path: path.clone() })
     };
     Ok((tick(11)? + tick(12)?) as f64 / TICKS_PER_SECOND)
 }
@@ -51,10 +42,7 @@ pub fn rss_kib(pid: u32) -> Result<u64, ProcError> {
 }
 
 fn read(path: &str) -> Result<String, ProcError> {
-    std::fs::read_to_string(path).map_err(|source| ProcError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ProcError::Read { path: path.to_owned(), source })
 }
 
 /// Run time in nanoseconds of every thread of a process, by thread id; `None` when the kernel has
@@ -63,11 +51,7 @@ pub fn thread_runtimes(pid: u32) -> Option<Vec<(u32, u64)>> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut out = Vec::new();
     for entry in dir.flatten() {
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<u32>().ok())
-        else {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
             continue;
         };
         // A thread may exit between listing and reading: skip it (caught later as a missing tid).
@@ -91,10 +75,7 @@ pub struct Sample {
 }
 
 pub fn sample(pids: &[u32]) -> Result<Sample, ProcError> {
-    let mut s = Sample {
-        threads: Some(Vec::new()),
-        ..Sample::default()
-    };
+    let mut s = Sample { threads: Some(Vec::new()), ..Sample::default() };
     for &pid in pids {
         s.cpu_s += cpu_seconds(pid)?;
         s.rss_kib += rss_kib(pid)?;
@@ -110,9 +91,7 @@ pub fn sample(pids: &[u32]) -> Result<Sample, ProcError> {
 pub fn cpu_between(before: &Sample, after: &Sample) -> (f64, &'static str) {
     if let (Some(b), Some(a)) = (&before.threads, &after.threads) {
         // Every thread seen before must still be there, or its last run time would be lost.
-        let kept = b
-            .iter()
-            .all(|(pid, tid, _)| a.iter().any(|(p, t, _)| p == pid && t == tid));
+        let kept = b.iter().all(|(pid, tid, _)| a.iter().any(|(p, t, _)| p == pid && t == tid));
         if kept {
             let sum = |v: &[(u32, u32, u64)]| v.iter().map(|&(_, _, ns)| ns).sum::<u64>();
             return (sum(a).saturating_sub(sum(b)) as f64 / 1e9, "schedstat");
@@ -161,9 +140,6 @@ mod tests {
         let after = sample(&[me]).unwrap();
         // Other test threads may exit meanwhile: then the figure comes from /proc/PID/stat.
         let (cpu, source) = cpu_between(&before, &after);
-        assert!(
-            (0.01..2.0).contains(&cpu),
-            "{cpu} s over a 200 ms busy loop ({source})"
-        );
+        assert!((0.01..2.0).contains(&cpu), "{cpu} s over a 200 ms busy loop ({source})");
     }
 }

@@ -87,28 +87,30 @@ pub async fn upgrade(
         return match attempt {
             Ok(Answer::Switched { headers: backend_headers, stream: upstream, early: upstream_pre }) => {
                 let resp = client_response(backend_headers);
-                let tunnel = Tunnel {
-                    state: state.clone(),
+                state.metrics.upgrade(&route.id, UpgradeResult::Ok);
+                state.metrics.handshake(&route.id, started.elapsed());
+                let s = &route.settings;
+                let tunnel = Box::new(Tunnel {
+                    metrics: state.metrics.connection(&route.id, &route.backend),
+                    settings: RelaySettings {
+                        idle_timeout: s.idle_timeout,
+                        ping_interval: s.ping_interval,
+                        pong_timeout: s.pong_timeout,
+                        drain_timeout: s.drain_timeout,
+                        max_message: s.max_message_bytes,
+                    },
+                    signals: Signals {
+                        shutdown: state.drain.token().clone(),
+                        endpoint_removed: endpoint.live.removed().clone(),
+                    },
+                    upstream: Some(upstream),
+                    upstream_pre,
                     route: route.clone(),
                     endpoint: endpoint.clone(),
                     client,
                     _route_slot: route_slot,
-                };
-                state.metrics.upgrade(&route.id, UpgradeResult::Ok);
-                state.metrics.handshake(&route.id, started.elapsed());
-                let conn_metrics = state.metrics.connection(&route.id, &route.backend);
-                state.drain.spawn(async move {
-                    let opened = Instant::now();
-                    match on_client_upgrade.await {
-                        Ok(upgraded) => tunnel.run(upgraded, upstream, upstream_pre, conn_metrics).await,
-                        Err(e) => {
-                            // The client left between our 101 and its upgrade: the tunnel ended.
-                            let class = close_code_class(None, false);
-                            conn_metrics.closed(Initiator::Client, class, opened.elapsed());
-                            tracing::debug!(error = %e, "client upgrade failed after 101");
-                        }
-                    }
                 });
+                state.drain.spawn(tunnel.run(on_client_upgrade));
                 Ok(resp)
             }
             Ok(Answer::Refused { status, headers: backend_headers, body }) => {
@@ -185,9 +187,14 @@ fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, bytes::Bytes)> {
     Some((parts.io.into_inner(), parts.read_buf))
 }
 
-/// An established tunnel, owned by its task.
+/// An established tunnel. Everything it keeps lives in this one heap block, so the task's
+/// future holds a pointer instead of copies of each piece at every await level.
 struct Tunnel {
-    state: Arc<ProxyState>,
+    metrics: ConnMetrics,
+    settings: RelaySettings,
+    signals: Signals,
+    upstream: Option<TcpStream>,
+    upstream_pre: bytes::Bytes,
     route: Arc<Route>,
     endpoint: Endpoint,
     client: ClientInfo,
@@ -195,34 +202,28 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    async fn run(
-        self,
-        client_upgraded: Upgraded,
-        upstream: TcpStream,
-        upstream_pre: bytes::Bytes,
-        metrics: ConnMetrics,
-    ) {
-        let Some((client, client_pre)) = into_tcp(client_upgraded) else {
+    async fn run(mut self: Box<Self>, on_client_upgrade: hyper::upgrade::OnUpgrade) {
+        let opened = Instant::now();
+        let client_upgraded = match on_client_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                // The client left between our 101 and its upgrade: the tunnel ended.
+                self.metrics.closed(Initiator::Client, close_code_class(None, false), opened.elapsed());
+                tracing::debug!(error = %e, "client upgrade failed after 101");
+                return;
+            }
+        };
+        let (Some((client, client_pre)), Some(upstream)) = (into_tcp(client_upgraded), self.upstream.take()) else {
             tracing::error!("client upgrade did not yield a TCP socket");
             return;
         };
+        let upstream_pre = std::mem::take(&mut self.upstream_pre);
         let _active = self.endpoint.live.track();
-        let s = &self.route.settings;
-        let settings = RelaySettings {
-            idle_timeout: s.idle_timeout,
-            ping_interval: s.ping_interval,
-            pong_timeout: s.pong_timeout,
-            drain_timeout: s.drain_timeout,
-            max_message: s.max_message_bytes,
-        };
-        let signals = Signals {
-            shutdown: self.state.drain.token().clone(),
-            endpoint_removed: self.endpoint.live.removed().clone(),
-        };
-        let opened = Instant::now();
-        let out = relay::relay(client, client_pre, upstream, upstream_pre, &settings, &signals, &metrics).await;
+        let out =
+            relay::relay(client, client_pre, upstream, upstream_pre, &self.settings, &self.signals, &self.metrics)
+                .await;
         let lifetime = opened.elapsed();
-        metrics.closed(out.initiator, close_code_class(out.close_code, out.close_seen), lifetime);
+        self.metrics.closed(out.initiator, close_code_class(out.close_code, out.close_seen), lifetime);
         WebSocketAccess {
             route: &self.route.id,
             backend: &self.route.backend,
