@@ -170,7 +170,7 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
 
 /// The process entry point behind `main`.
 pub fn main(cli: Cli) -> ExitCode {
-    let _log_guard = crate::metrics::init_tracing(cli.log_format);
+    crate::metrics::init_tracing(cli.log_format);
     let workers = match &cli.command {
         Command::Serve(args) => args.workers,
         _ => 0,

@@ -422,22 +422,16 @@ pub const ACCESS_LOG_TARGET: &str = "wsingress::access";
 /// `info`), one line per event on stdout, as JSON objects (fields at the top level) or as
 /// human-readable text. A second call is a no-op (tests may call it freely).
 ///
-/// Lines are written by a logging thread through a buffer that is flushed whenever no more
-/// lines are waiting: one `write` per burst instead of one per access-log line, and the proxy
-/// threads never block on a slow stdout consumer for longer than the queue allows. Keep the
-/// returned guard alive until exit; dropping it flushes what is left.
-pub fn init_tracing(format: LogFormat) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+/// Lines are written synchronously, one `write` each: measured against a logging thread
+/// (tracing-appender), which spun and woke on every line and cost more CPU per tunnel than
+/// the writes it saved.
+pub fn init_tracing(format: LogFormat) {
     let (filter, bad_filter) = env_filter();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("wsingress-log")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-    let installed = tracing::subscriber::set_global_default(subscriber(format, filter, writer, ansi)).is_ok();
+    let installed = tracing::subscriber::set_global_default(subscriber(format, filter, std::io::stdout, ansi)).is_ok();
     if installed && let Some(e) = bad_filter {
         tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
     }
-    installed.then_some(guard)
 }
 
 /// The `RUST_LOG` filter, or `info` (and the parse error) when it is unset or invalid.
