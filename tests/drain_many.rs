@@ -136,6 +136,12 @@ async fn shutdown_with_thousands_of_tunnels_sends_1001_to_every_client() {
 
     let started = Instant::now();
     let shutdown = tokio::spawn(running.shutdown(DRAIN_TIMEOUT));
+    let r = readiness.clone();
+    wait_until(Duration::from_secs(5), "readiness false", || {
+        let r = r.clone();
+        async move { !r.is_ready() }
+    })
+    .await;
     // /readyz answers 503 while the drain runs (0: the admin port already closed).
     let ready_status = readyz(admin).await;
     let clean = shutdown.await.unwrap();
