@@ -76,11 +76,31 @@ struct PathRule {
 
 #[derive(Debug, Arbitrary)]
 enum Object {
-    Ingress { meta: Meta, class: Option<u8>, default_backend: Option<(u8, Port)>, rules: Vec<(Option<Scalar>, Vec<PathRule>)> },
-    Service { meta: Meta, ports: Vec<(Option<u8>, i32, Option<Port>)> },
-    Slice { meta: Meta, service: u8, ports: Vec<(Option<u8>, i32)>, endpoints: Vec<(Vec<[u8; 4]>, Option<bool>, Option<bool>)> },
-    Class { name: u8, controller: Scalar, default: Option<bool> },
-    Other { kind: Scalar, body: Vec<(String, Scalar)> },
+    Ingress {
+        meta: Meta,
+        class: Option<u8>,
+        default_backend: Option<(u8, Port)>,
+        rules: Vec<(Option<Scalar>, Vec<PathRule>)>,
+    },
+    Service {
+        meta: Meta,
+        ports: Vec<(Option<u8>, i32, Option<Port>)>,
+    },
+    Slice {
+        meta: Meta,
+        service: u8,
+        ports: Vec<(Option<u8>, i32)>,
+        endpoints: Vec<(Vec<[u8; 4]>, Option<bool>, Option<bool>)>,
+    },
+    Class {
+        name: u8,
+        controller: Scalar,
+        default: Option<bool>,
+    },
+    Other {
+        kind: Scalar,
+        body: Vec<(String, Scalar)>,
+    },
 }
 
 fn pick<'a>(list: &[&'a str], i: u8) -> &'a str {
@@ -141,7 +161,10 @@ fn document(o: &Object) -> Value {
                         .map(|r| {
                             map(vec![
                                 ("path", r.path.value()),
-                                ("pathType", s(pick(&["Prefix", "Exact", "ImplementationSpecific", "Bogus"], r.path_type))),
+                                (
+                                    "pathType",
+                                    s(pick(&["Prefix", "Exact", "ImplementationSpecific", "Bogus"], r.path_type)),
+                                ),
                                 ("backend", backend(r.service, &r.port)),
                             ])
                         })
@@ -154,7 +177,12 @@ fn document(o: &Object) -> Value {
                 })
                 .collect();
             spec.push(("rules", Value::Sequence(rules)));
-            map(vec![("apiVersion", s("networking.k8s.io/v1")), ("kind", s("Ingress")), ("metadata", meta(m)), ("spec", map(spec))])
+            map(vec![
+                ("apiVersion", s("networking.k8s.io/v1")),
+                ("kind", s("Ingress")),
+                ("metadata", meta(m)),
+                ("spec", map(spec)),
+            ])
         }
         Object::Service { meta: m, ports } => {
             let ports = ports
@@ -165,16 +193,24 @@ fn document(o: &Object) -> Value {
                         p.push(("name", s(pick(NAMES, *n))));
                     }
                     if let Some(t) = target {
-                        p.push(("targetPort", match t {
-                            Port::Number(n) => Value::Number((*n).into()),
-                            Port::Name(i) => s(pick(NAMES, *i)),
-                            Port::Any(v) => v.value(),
-                        }));
+                        p.push((
+                            "targetPort",
+                            match t {
+                                Port::Number(n) => Value::Number((*n).into()),
+                                Port::Name(i) => s(pick(NAMES, *i)),
+                                Port::Any(v) => v.value(),
+                            },
+                        ));
                     }
                     map(p)
                 })
                 .collect();
-            map(vec![("apiVersion", s("v1")), ("kind", s("Service")), ("metadata", meta(m)), ("spec", map(vec![("ports", Value::Sequence(ports))]))])
+            map(vec![
+                ("apiVersion", s("v1")),
+                ("kind", s("Service")),
+                ("metadata", meta(m)),
+                ("spec", map(vec![("ports", Value::Sequence(ports))])),
+            ])
         }
         Object::Slice { meta: m, service, ports, endpoints } => {
             let mut md = meta(m);

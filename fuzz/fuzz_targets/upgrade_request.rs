@@ -47,7 +47,8 @@ struct Input {
 
 fuzz_target!(|input: Input| {
     let method = Method::from_bytes(&input.method).unwrap_or(Method::GET);
-    let version = [Version::HTTP_09, Version::HTTP_10, Version::HTTP_11, Version::HTTP_2][usize::from(input.version % 4)];
+    let version =
+        [Version::HTTP_09, Version::HTTP_10, Version::HTTP_11, Version::HTTP_2][usize::from(input.version % 4)];
     let mut map = HeaderMap::new();
     for (name, value) in &input.headers {
         let name = match name {
