@@ -1,0 +1,115 @@
+//! Fuzz findings and seeds as ordinary tests, so they run on every `cargo test` without
+//! nightly features: every checked-in input under `fuzz/corpus/scanner` and
+//! `fuzz/corpus/manifests_text` is replayed through the same invariants as the fuzz
+//! targets (a finding is fixed by copying its input there), plus the specific findings.
+
+use std::path::Path;
+
+use wsingress::source::file;
+use wsingress::translate::Defaults;
+use wsingress::ws::{ScanError, Scanner, Summary};
+
+fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no seeds in {}", dir.display());
+    out
+}
+
+/// What scanning a stream in the given pieces observed (stream offsets).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Seen {
+    counts: (u64, u64, u64, u64),
+    close_seen: bool,
+    close_code: Option<u16>,
+    last_boundary: Option<usize>,
+    error: Option<ScanError>,
+}
+
+fn scan(limit: Option<u64>, stream: &[u8], piece: usize) -> Seen {
+    let mut scanner = Scanner::new(limit);
+    let mut seen = Seen::default();
+    for (i, chunk) in stream.chunks(piece.max(1)).enumerate() {
+        let mut s = Summary::default();
+        let r = scanner.scan(chunk, &mut s);
+        if let Some(b) = s.last_boundary {
+            assert!(b <= chunk.len());
+            seen.last_boundary = Some(i * piece.max(1) + b);
+        }
+        seen.counts.0 += s.messages;
+        seen.counts.1 += s.frames;
+        seen.counts.2 += s.pings;
+        seen.counts.3 += s.pongs;
+        seen.close_seen |= s.close_seen;
+        seen.close_code = seen.close_code.or(s.close_code);
+        if let Err(e) = r {
+            seen.error = Some(e);
+            break;
+        }
+    }
+    seen
+}
+
+#[test]
+fn scanner_corpus_is_split_invariant() {
+    for (name, input) in corpus("scanner") {
+        // Same layout as the fuzz target: limit byte, cut count, cuts, stream.
+        let Some((&limit, rest)) = input.split_first() else { continue };
+        let Some((&ncuts, rest)) = rest.split_first() else { continue };
+        let ncuts = usize::from(ncuts % 16).min(rest.len());
+        let stream = &rest[ncuts..];
+        let limit = (limit != 0).then(|| u64::from(limit) * 3);
+        let whole = scan(limit, stream, stream.len());
+        for piece in [1, 2, 3, 7, 64] {
+            let pieces = scan(limit, stream, piece);
+            if whole.error.is_some() {
+                assert_eq!((&whole.error, whole.counts), (&pieces.error, pieces.counts), "{name}, pieces of {piece}");
+            } else {
+                assert_eq!(whole, pieces, "{name}, pieces of {piece}");
+            }
+        }
+    }
+}
+
+#[test]
+fn scanner_rejects_a_64_bit_length_with_the_top_bit_set_however_it_is_split() {
+    let mut stream = vec![0x82, 0xff];
+    stream.extend_from_slice(&((1u64 << 63) | 5).to_be_bytes());
+    stream.extend_from_slice(&[1, 2, 3, 4]);
+    for piece in 1..=stream.len() {
+        assert_eq!(scan(None, &stream, piece).error, Some(ScanError::LengthOverflow), "pieces of {piece}");
+    }
+}
+
+#[test]
+fn manifests_corpus_loads_deterministically_without_panicking() {
+    let defaults = Defaults::default();
+    for (name, input) in corpus("manifests_text") {
+        let Ok(text) = std::str::from_utf8(&input) else { continue };
+        match (file::load(text, &defaults), file::load(text, &defaults)) {
+            (Ok((a, _)), Ok((b, _))) => assert!(file::same_routes(&a, &b), "{name}"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}"),
+            _ => panic!("{name}: loaded differently twice"),
+        }
+    }
+}
+
+#[test]
+fn seed_manifests_give_routes() {
+    // The fixture-derived seeds are real configurations: they must keep producing routes
+    // (a seed that silently stops parsing would leave the fuzzer exploring error paths only).
+    let defaults = Defaults::default();
+    for (name, input) in corpus("manifests_text") {
+        if ["broken", "empty", "terminating_only"].iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let text = String::from_utf8(input).unwrap();
+        let (table, _) = file::load(&text, &defaults).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!table.rules().is_empty(), "{name}: no routes");
+    }
+}
