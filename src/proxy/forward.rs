@@ -175,6 +175,11 @@ async fn send(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let resp =
         tokio::time::timeout(timeout, sender.send_request(req)).await.map_err(|_| ProxyError::ResponseTimeout)??;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // RFC 9110 §15.2.2: a server must not switch protocols unasked. The connection is not
+        // reused and nothing of it reaches the client.
+        return Err(ProxyError::BadHandshake("101 Switching Protocols to a request that did not ask to upgrade"));
+    }
     state.http_pool.put(ep.addr, sender);
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);

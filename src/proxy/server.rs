@@ -83,7 +83,13 @@ async fn serve_connection(
     _slot: Option<super::limits::Slot>,
 ) {
     let svc_state = state.clone();
-    let svc = service_fn(move |req| {
+    // The slot must outlive this HTTP connection when it becomes a tunnel: every request
+    // carries a handle to it, and the upgrade path keeps one for the tunnel's lifetime.
+    let slot = _slot.map(|s| ClientSlot { _slot: Arc::new(s) });
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if let Some(slot) = &slot {
+            req.extensions_mut().insert(slot.clone());
+        }
         let state = svc_state.clone();
         async move { Ok::<_, std::convert::Infallible>(service::handle(state, req, peer, over_limit).await) }
     });
@@ -104,4 +110,11 @@ async fn serve_connection(
 /// Whether accepted sockets come with TCP_NODELAY already (Linux); elsewhere set it per socket.
 fn nodelay_inherited(listener: &TcpListener) -> bool {
     cfg!(target_os = "linux") && socket2::SockRef::from(listener).tcp_nodelay().unwrap_or(false)
+}
+
+/// A connection's `--max-connections-per-client` slot, shared by its requests and, after an
+/// upgrade, by its tunnel.
+#[derive(Debug, Clone)]
+pub struct ClientSlot {
+    _slot: Arc<super::limits::Slot>,
 }

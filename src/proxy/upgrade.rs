@@ -55,6 +55,7 @@ pub async fn upgrade(
     if candidates.is_empty() {
         return Err(fail(ProxyError::NoEndpoints));
     }
+    let client_slot = req.extensions().get::<super::server::ClientSlot>().cloned();
     let client_key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned().unwrap_or(HeaderValue::from_static(""));
     let on_client_upgrade = hyper::upgrade::on(&mut req);
     let mut fields = upstream_fields(&req, &client);
@@ -109,6 +110,7 @@ pub async fn upgrade(
                     endpoint: endpoint.clone(),
                     client,
                     _route_slot: route_slot,
+                    _client_slot: client_slot,
                 });
                 state.drain.spawn(tunnel.run(on_client_upgrade));
                 Ok(resp)
@@ -199,6 +201,7 @@ struct Tunnel {
     endpoint: Endpoint,
     client: ClientInfo,
     _route_slot: Option<super::limits::Slot>,
+    _client_slot: Option<super::server::ClientSlot>,
 }
 
 impl Tunnel {
