@@ -406,9 +406,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 /// The test page with the instance and prefix filled in (HTML-escaped).
 fn render_page(config: &EchoConfig) -> String {
-    PAGE_TEMPLATE
-        .replace("{{instance}}", &escape_html(&config.instance))
-        .replace("{{prefix}}", &escape_html(&config.prefix))
+    PAGE_TEMPLATE.replace("{{instance}}", &escape_html(&config.instance)).replace(
+        "{{prefix}}",
+        &if config.prefix.is_empty() { "(none)".to_string() } else { escape_html(&config.prefix) },
+    )
 }
 
 fn escape_html(text: &str) -> String {
