@@ -103,7 +103,7 @@ STARTED=()   # pids this script started; only these are stopped
 cleanup() {
   for pid in "${STARTED[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
-  [ "$KEEP" = 1 ] && log "work files kept in $WORK" || rm -rf "$WORK"
+  if [ "$KEEP" = 1 ]; then log "work files kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -149,7 +149,10 @@ start_backends() {
   fi
   WS_NODE_MODULES=$nm "${ON_LOAD_CPU[@]}" node scripts/bench/echo-server.js "$B1" >"$WORK/echo1.log" 2>&1 & STARTED+=($!)
   WS_NODE_MODULES=$nm "${ON_LOAD_CPU[@]}" node scripts/bench/echo-server.js "$B2" >"$WORK/echo2.log" 2>&1 & STARTED+=($!)
-  probe "ws://127.0.0.1:$B1/" 10 && probe "ws://127.0.0.1:$B2/" 10 || { log "echo backends did not start"; exit 70; }
+  if ! { probe "ws://127.0.0.1:$B1/" 10 && probe "ws://127.0.0.1:$B2/" 10; }; then
+    log "echo backends did not start"
+    exit 70
+  fi
   ECHO_KIND="Node ws $(node -p "require('$nm/ws/package.json').version") (stand-in)"
 }
 
