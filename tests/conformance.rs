@@ -33,40 +33,6 @@ const SESSION_DEADLINE: Duration = Duration::from_secs(15);
 // ---------------------------------------------------------------------------------------------
 // Frames on the wire (RFC 6455 §5.2)
 
-/// How the payload length is written: minimal (what §5.2 requires) or forced wider.
-#[derive(Clone, Copy)]
-enum Len {
-    Minimal,
-    Wide16,
-    Wide64,
-}
-
-/// One frame: first byte (FIN, RSV bits, opcode), payload, and the client's mask key (or none).
-fn frame_with(first: u8, payload: &[u8], mask: Option<[u8; 4]>, len: Len) -> Vec<u8> {
-    let mut out = vec![first];
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    let n = payload.len();
-    match len {
-        Len::Minimal if n < 126 => out.push(mask_bit | n as u8),
-        Len::Minimal | Len::Wide16 if n <= 0xFFFF => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(key) => {
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-    out
-}
-
 /// Masks differ per frame (as a client's must) but are the same in every run.
 fn mask_for(payload: &[u8], opcode_byte: u8) -> [u8; 4] {
     let x = (payload.len() as u32).wrapping_mul(2_654_435_761) ^ u32::from(opcode_byte).wrapping_mul(40_503);
@@ -76,7 +42,7 @@ fn mask_for(payload: &[u8], opcode_byte: u8) -> [u8; 4] {
 /// A masked client frame.
 fn cf(fin: bool, flags: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let first = if fin { 0x80 } else { 0 } | flags | opcode;
-    frame_with(first, payload, Some(mask_for(payload, first)), Len::Minimal)
+    raw_frame(first, payload, Some(mask_for(payload, first)), Len::Minimal)
 }
 
 fn text(payload: &[u8]) -> Vec<u8> {
@@ -351,14 +317,14 @@ async fn framing_and_lengths_come_back_byte_identical() {
     scenarios.push(scenario("binary 65536", vec![cf(true, 0, BINARY, &vec![0xFF; 65536])], Expect::CleanEcho));
     scenarios.push(scenario("binary 1 MiB", vec![cf(true, 0, BINARY, &filled(1 << 20, 3))], Expect::CleanEcho));
     // Non-minimal length encodings (§5.2 says "minimal", most receivers accept them).
-    let wide16 = frame_with(0x80 | TEXT, b"wide16", Some([1, 2, 3, 4]), Len::Wide16);
-    let wide64 = frame_with(0x80 | BINARY, b"wide64", Some([5, 6, 7, 8]), Len::Wide64);
+    let wide16 = raw_frame(0x80 | TEXT, b"wide16", Some([1, 2, 3, 4]), Len::Wide16);
+    let wide64 = raw_frame(0x80 | BINARY, b"wide64", Some([5, 6, 7, 8]), Len::Wide64);
     scenarios.push(scenario("non-minimal 16-bit length", vec![wide16], Expect::CleanEcho));
     scenarios.push(scenario("non-minimal 64-bit length", vec![wide64], Expect::CleanEcho));
     // A zero mask key and a pipeline of many small frames in one write.
     scenarios.push(scenario(
         "zero mask key",
-        vec![frame_with(0x80 | TEXT, b"zero mask", Some([0; 4]), Len::Minimal)],
+        vec![raw_frame(0x80 | TEXT, b"zero mask", Some([0; 4]), Len::Minimal)],
         Expect::CleanEcho,
     ));
     let many: Vec<Vec<u8>> = (0..200).map(|i| text(format!("message {i}").as_bytes())).collect();
@@ -366,7 +332,7 @@ async fn framing_and_lengths_come_back_byte_identical() {
     // A client frame without a mask: the server must fail the connection (§5.1).
     scenarios.push(scenario(
         "unmasked client frame",
-        vec![frame_with(0x80 | TEXT, b"no mask", None, Len::Minimal)],
+        vec![raw_frame(0x80 | TEXT, b"no mask", None, Len::Minimal)],
         Expect::Fails(1002),
     ));
     differential(scenarios).await;
@@ -566,7 +532,7 @@ fn accept_for(key: &str) -> String {
 /// framing and leaves judging them to the endpoints, so it must pass them on untouched.
 fn odd_but_well_framed(masked: bool) -> Vec<u8> {
     let m = |k: u8| masked.then_some([k, k ^ 0x5A, 7, 0x5A]);
-    let f = |first: u8, p: &[u8], k: u8| frame_with(first, p, m(k), Len::Minimal);
+    let f = |first: u8, p: &[u8], k: u8| raw_frame(first, p, m(k), Len::Minimal);
     [
         f(0x80 | TEXT, b"plain", 1),
         f(0x80 | RSV1 | RSV2 | RSV3 | TEXT, b"all reserved bits", 2),
@@ -578,7 +544,7 @@ fn odd_but_well_framed(masked: bool) -> Vec<u8> {
         f(CONT, b"ment", 8),
         f(0x80 | PONG, b"", 9),
         f(0x80 | CONT, b"ed", 10),
-        frame_with(0x80 | BINARY, &filled(300, 8), m(11), Len::Wide64),
+        raw_frame(0x80 | BINARY, &filled(300, 8), m(11), Len::Wide64),
         f(0x80 | BINARY, &filled(70_000, 9), 12),
         f(0x80 | CLOSE, &close_payload(999, b"invalid code, still a frame"), 13),
     ]
@@ -730,7 +696,7 @@ async fn backend_close_then_reset_reaches_the_client_as_one_close() {
         );
         s.write_all(response.as_bytes()).await.unwrap();
         // Close 1002, then an abortive close (RST), like a server dropping a connection it failed.
-        s.write_all(&frame_with(0x80 | CLOSE, &close_payload(1002, b"protocol error"), None, Len::Minimal))
+        s.write_all(&raw_frame(0x80 | CLOSE, &close_payload(1002, b"protocol error"), None, Len::Minimal))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -39,27 +39,7 @@ impl Frame {
 
 /// Encode a frame; masked (as a client must) when `mask` is given.
 fn encode(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![if fin { 0x80 } else { 0 } | (opcode & 0x0f)];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n <= 0xffff => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(key) => {
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-    out
+    raw_frame(if fin { 0x80 } else { 0 } | (opcode & 0x0f), payload, mask, Len::Minimal)
 }
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];

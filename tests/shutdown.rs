@@ -3,57 +3,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-/// Start `wsingress serve` and read the bound addresses from its first log lines.
-fn spawn_serve(args: &[&str]) -> (std::process::Child, std::net::SocketAddr, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsingress"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start wsingress");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let field = |line: &str, name: &str| -> Option<std::net::SocketAddr> {
-        let start = line.find(&format!("{name}="))? + name.len() + 1;
-        line[start..].split_whitespace().next()?.trim_matches('"').parse().ok()
-    };
-    let (proxy, admin) = loop {
-        let line = lines.next().expect("wsingress exited before serving").unwrap();
-        if line.contains("wsingress serving") {
-            break (field(&line, "proxy").unwrap(), field(&line, "admin").unwrap());
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (child, proxy, admin)
-}
-
-/// Kills the child if the test fails before it exits.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[tokio::test]
 async fn sigterm_sends_1001_to_every_client_and_exits() {
     let e = echo("e1", "").await;
     let upstream = e.addr.to_string();
-    let (child, proxy, admin) = spawn_serve(&["--upstream", &upstream, "--shutdown-timeout", "10s"]);
-    let mut guard = KillOnDrop(Some(child));
+    let args = ["--upstream", upstream.as_str(), "--shutdown-timeout", "10s"];
+    let (mut guard, proxy, admin) = spawn_serve_binary(env!("CARGO_BIN_EXE_wsingress"), &args, "info");
     assert_eq!(http_get(admin, "x", "/readyz").await.0, 200);
     let mut clients = Vec::new();
     for i in 0..5 {

@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -51,39 +49,10 @@ fn sample(pid: u32) -> Sample {
     Sample { rss_kb, fds }
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Start the proxy binary in front of `upstream`; its proxy and admin addresses.
-fn spawn_proxy(bin: &str, upstream: &str) -> (KillOnDrop, std::net::SocketAddr, std::net::SocketAddr) {
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", upstream])
-        .args(["--idle-timeout", "120s", "--shutdown-timeout", "5s"])
-        .env("RUST_LOG", "info,wsingress::access=off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start wsingress");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let field = |line: &str, name: &str| -> Option<std::net::SocketAddr> {
-        let start = line.find(&format!("{name}="))? + name.len() + 1;
-        line[start..].split_whitespace().next()?.trim_matches('"').parse().ok()
-    };
-    let (proxy, admin) = loop {
-        let line = lines.next().expect("wsingress exited before serving").unwrap();
-        if line.contains("wsingress serving") {
-            break (field(&line, "proxy").unwrap(), field(&line, "admin").unwrap());
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (KillOnDrop(child), proxy, admin)
+fn spawn_proxy(bin: &str, upstream: &str) -> (ServeProcess, std::net::SocketAddr, std::net::SocketAddr) {
+    let args = ["--upstream", upstream, "--idle-timeout", "120s", "--shutdown-timeout", "5s"];
+    spawn_serve_binary(bin, &args, "info,wsingress::access=off")
 }
 
 #[derive(Default)]
@@ -183,7 +152,7 @@ async fn soak_steady_traffic_and_churn_without_growth() {
 
     let backend = echo("soak", "").await;
     let (child, proxy_addr, admin) = spawn_proxy(&bin, &backend.addr.to_string());
-    let pid = child.0.id();
+    let pid = child.0.as_ref().map(std::process::Child::id).expect("started");
     let idle = sample(pid);
     let url = ws_url(proxy_addr, "/");
     let stop = Arc::new(AtomicBool::new(false));

@@ -221,3 +221,84 @@ pub async fn expect_close(ws: &mut Ws, within: Duration) -> Option<u16> {
         }
     }
 }
+
+/// A `wsingress serve` process started from a binary; killed when dropped.
+pub struct ServeProcess(pub Option<std::process::Child>);
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Start `BIN serve` on ephemeral loopback ports with `args` and `RUST_LOG=log`, and read the
+/// bound proxy and admin addresses from its "wsingress serving" log line.
+pub fn spawn_serve_binary(bin: &str, args: &[&str], log: &str) -> (ServeProcess, SocketAddr, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start wsingress");
+    let stdout = child.stdout.take().unwrap();
+    let process = ServeProcess(Some(child));
+    let mut lines = BufReader::new(stdout).lines();
+    let field = |line: &str, name: &str| -> Option<SocketAddr> {
+        let start = line.find(&format!("{name}="))? + name.len() + 1;
+        line[start..].split_whitespace().next()?.trim_matches('"').parse().ok()
+    };
+    let (proxy, admin) = loop {
+        let line = lines.next().expect("wsingress exited before serving").unwrap();
+        if line.contains("wsingress serving") {
+            break (field(&line, "proxy").unwrap(), field(&line, "admin").unwrap());
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (process, proxy, admin)
+}
+
+/// How a frame's payload length is written (RFC 6455 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Len {
+    /// The shortest form.
+    Minimal,
+    /// 16-bit form even when 7 bits would do.
+    Wide16,
+    /// 64-bit form even when a shorter one would do.
+    Wide64,
+}
+
+/// One raw frame: first byte (FIN, RSV bits, opcode), payload, the client's mask key (or none),
+/// and the length form.
+pub fn raw_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>, len: Len) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let n = payload.len();
+    match len {
+        Len::Minimal if n < 126 => out.push(mask_bit | n as u8),
+        Len::Minimal | Len::Wide16 if n <= 0xFFFF => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
