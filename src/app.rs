@@ -265,7 +265,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let serve = demo_serve_args(&args, &backends);
+    let serve = demo_serve_args(&args, &backends)?;
     let running = start(&serve, RouteSource::Static(backends.clone()))
         .await
         .map_err(|e| e.context("the demo needs two free local ports; pick others with --listen/--admin-listen"))?;
@@ -288,18 +288,19 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo_serve_args(args: &DemoArgs, backends: &[SocketAddr]) -> ServeArgs {
+/// The `serve` settings of the demo: the defaults, in front of `backends`.
+fn demo_serve_args(args: &DemoArgs, backends: &[SocketAddr]) -> Result<ServeArgs, ConfigError> {
     use clap::Parser;
     let upstream = backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let argv = ["wsingress", "serve", "--upstream", &upstream];
     let mut serve = match Cli::try_parse_from(argv).map(|c| c.command) {
         Ok(Command::Serve(s)) => *s,
-        // The literal argv above always parses; keep a clear message if that ever changes.
-        _ => unreachable!("demo serve arguments must parse"),
+        Ok(_) => return Err(ConfigError("demo: not a serve command".to_string())),
+        Err(e) => return Err(ConfigError(format!("demo: {e}"))),
     };
     serve.listen = args.listen;
     serve.admin_listen = args.admin_listen;
-    serve
+    Ok(serve)
 }
 
 /// SIGTERM or SIGINT (Ctrl-C).
