@@ -163,6 +163,22 @@ async fn handshake_loop(plan: Arc<Plan>, id: u64) -> Tally {
     tally
 }
 
+/// One connection for a load loop; a failure is counted (and backed off from) and gives `None`.
+async fn connect_counted(plan: &Plan, tally: &mut Tally) -> Option<WsConn> {
+    match timeout(plan.timeout, WsConn::connect(&plan.target, None)).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tally.error(e);
+            sleep(ERROR_BACKOFF).await;
+            None
+        }
+        Err(_) => {
+            tally.error(WsError::Timeout);
+            None
+        }
+    }
+}
+
 /// One connection, one message in flight: send, wait for the echo, check, repeat.
 /// A broken connection is counted as an error and replaced.
 async fn pingpong_loop(plan: Arc<Plan>, id: u64) -> Tally {
@@ -170,17 +186,8 @@ async fn pingpong_loop(plan: Arc<Plan>, id: u64) -> Tally {
     let mut payload = Payload::new(plan.size, id);
     let mut seq = 0u64;
     'connect: while Instant::now() < plan.end {
-        let mut conn = match timeout(plan.timeout, WsConn::connect(&plan.target, None)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tally.error(e);
-                sleep(ERROR_BACKOFF).await;
-                continue;
-            }
-            Err(_) => {
-                tally.error(WsError::Timeout);
-                continue;
-            }
+        let Some(mut conn) = connect_counted(&plan, &mut tally).await else {
+            continue;
         };
         loop {
             if Instant::now() >= plan.end {
@@ -222,17 +229,8 @@ async fn stream_loop(plan: Arc<Plan>, id: u64) -> Tally {
     let mut tally = Tally::default();
     let mut seq_base = 0u64;
     while Instant::now() < plan.end {
-        let conn = match timeout(plan.timeout, WsConn::connect(&plan.target, None)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tally.error(e);
-                sleep(ERROR_BACKOFF).await;
-                continue;
-            }
-            Err(_) => {
-                tally.error(WsError::Timeout);
-                continue;
-            }
+        let Some(conn) = connect_counted(&plan, &mut tally).await else {
+            continue;
         };
         let (mut read_side, mut write_side) = conn.into_split();
         let (sent_tx, mut sent_rx) = mpsc::channel::<Instant>(plan.window);
