@@ -80,12 +80,12 @@ async fn serve_connection(
     state: Arc<ProxyState>,
     http: Arc<http1::Builder>,
     over_limit: bool,
-    _slot: Option<super::limits::Slot>,
+    slot: Option<super::limits::Slot>,
 ) {
     let svc_state = state.clone();
     // The slot must outlive this HTTP connection when it becomes a tunnel: every request
     // carries a handle to it, and the upgrade path keeps one for the tunnel's lifetime.
-    let slot = _slot.map(|s| ClientSlot { _slot: Arc::new(s) });
+    let slot = slot.map(|s| ClientSlot { _slot: Arc::new(s) });
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         if let Some(slot) = &slot {
             req.extensions_mut().insert(slot.clone());

@@ -10,6 +10,7 @@ pub mod handle;
 pub mod matching;
 pub mod ring;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -227,12 +228,15 @@ impl Pool {
     pub fn next_index(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
-    fn replace_live(&mut self, find: &impl Fn(SocketAddr) -> Option<Arc<EndpointLive>>) {
-        for ep in &mut self.endpoints {
-            if let Some(live) = find(ep.addr) {
-                ep.live = live;
-            }
-        }
+    /// The same pool (order, ready set, hash ring) with each endpoint's live state taken from
+    /// `live` by address; nothing is sorted or hashed again.
+    fn relinked(&self, live: &HashMap<SocketAddr, Arc<EndpointLive>>) -> Pool {
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|ep| Endpoint { live: live.get(&ep.addr).cloned().unwrap_or_else(|| ep.live.clone()), ..ep.clone() })
+            .collect();
+        Pool { endpoints, ready: self.ready.clone(), ring: self.ring.clone(), next: AtomicUsize::new(0) }
     }
 }
 
@@ -305,23 +309,13 @@ impl RouteTable {
     /// Swap each endpoint's live state for the one of the same address in `previous`,
     /// so counters and drain signals carry over a reload.
     pub(crate) fn adopt_live(self, previous: &RouteTable) -> RouteTable {
-        let mut old = std::collections::HashMap::new();
-        for r in previous.routes() {
+        // One live state per address: the previous table's first, else the first in this one.
+        let mut live: HashMap<SocketAddr, Arc<EndpointLive>> = HashMap::new();
+        for r in previous.routes().chain(self.routes()) {
             for ep in r.pool.endpoints() {
-                old.entry(ep.addr).or_insert_with(|| ep.live.clone());
+                live.entry(ep.addr).or_insert_with(|| ep.live.clone());
             }
         }
-        // Within the new table too, one address shares one live state.
-        let mut fresh: std::collections::HashMap<SocketAddr, Arc<EndpointLive>> = old;
-        let rebuild = |route: &Arc<Route>, fresh: &mut std::collections::HashMap<SocketAddr, Arc<EndpointLive>>| {
-            for ep in route.pool.endpoints() {
-                fresh.entry(ep.addr).or_insert_with(|| ep.live.clone());
-            }
-        };
-        for r in self.routes() {
-            rebuild(r, &mut fresh);
-        }
-        let find = |addr: SocketAddr| fresh.get(&addr).cloned();
         // Routes are shared between rules; rebuild each once and remap by pointer.
         let mut remap: Vec<(*const Route, Arc<Route>)> = Vec::new();
         let mut convert = |r: &Arc<Route>| -> Arc<Route> {
@@ -329,8 +323,7 @@ impl RouteTable {
             if let Some((_, n)) = remap.iter().find(|(q, _)| *q == p) {
                 return n.clone();
             }
-            let mut pool = Pool::new(r.pool.endpoints().to_vec());
-            pool.replace_live(&find);
+            let pool = r.pool.relinked(&live);
             let n =
                 Arc::new(Route { id: r.id.clone(), backend: r.backend.clone(), pool, settings: r.settings.clone() });
             remap.push((p, n.clone()));

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 const VNODES: u32 = 160;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct HashRing {
     /// (point, index into the pool's ready list), sorted by point.
     points: Vec<(u64, u32)>,
