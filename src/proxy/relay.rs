@@ -690,12 +690,12 @@ impl Tunnel<'_> {
     fn dst_failed(&mut self, d: usize) {
         self.halves[d].dst_done = true;
         self.halves[d].pending = None;
-        self.halves[1 - d].src_done = true;
+        // The peer behind this socket may have sent something before it went (typically its
+        // Close, e.g. 1002 for a frame it rejected) that is still waiting to be read: the read
+        // side drains it and then reports the loss (EOF or reset) through `src_eof`/`src_failed`.
         if self.closing_since.is_some() {
             self.maybe_close_complete();
-            return;
         }
-        self.peer_gone(1 - d);
     }
 
     /// Socket `i` (0 client, 1 backend) left without a Close frame. The other side is told

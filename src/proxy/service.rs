@@ -50,38 +50,36 @@ pub async fn handle(
     let route = table.find(host.as_deref(), req.uri().path()).cloned();
     let route_id = route.as_ref().map_or(UNMATCHED, |r| r.id.as_str()).to_string();
 
+    let info =
+        |req: &Request<Incoming>| RequestInfo { method: req.method().clone(), path: req.uri().path().to_string() };
     match kind {
-        Err(why) => {
-            let err = ProxyError::BadUpgrade(why);
-            state.metrics.upgrade(&route_id, err.upgrade_result());
-            error_response(&state, &route_id, err, &req, &client, started, true)
-        }
+        Err(why) => error_response(&state, &route_id, ProxyError::BadUpgrade(why), &info(&req), &client, started, true),
         Ok(RequestKind::WebSocket) => {
             let Some(route) = route else {
-                state.metrics.upgrade(&route_id, ProxyError::NoRoute.upgrade_result());
-                return error_response(&state, &route_id, ProxyError::NoRoute, &req, &client, started, true);
+                return error_response(&state, &route_id, ProxyError::NoRoute, &info(&req), &client, started, true);
             };
             if over_client_limit {
-                state.metrics.upgrade(&route_id, ProxyError::ClientLimit.upgrade_result());
-                return error_response(&state, &route_id, ProxyError::ClientLimit, &req, &client, started, true);
+                return error_response(&state, &route_id, ProxyError::ClientLimit, &info(&req), &client, started, true);
             }
             match upgrade::upgrade(&state, req, route, client, started).await {
                 Ok(resp) => resp,
-                Err((err, req_info)) => {
-                    state.metrics.upgrade(&route_id, err.upgrade_result());
-                    log_error(&route_id, &err, &req_info, &client, started, true);
-                    let mut resp = text_response(err.status(), &err.to_string());
-                    error_headers(&err, &mut resp, true);
-                    resp
-                }
+                Err((err, req_info)) => error_response(&state, &route_id, err, &req_info, &client, started, true),
             }
         }
         Ok(RequestKind::Plain) => {
             let Some(route) = route else {
-                return error_response(&state, &route_id, ProxyError::NoRoute, &req, &client, started, false);
+                return error_response(&state, &route_id, ProxyError::NoRoute, &info(&req), &client, started, false);
             };
             if over_client_limit {
-                return error_response(&state, &route_id, ProxyError::ClientLimit, &req, &client, started, false);
+                return error_response(
+                    &state,
+                    &route_id,
+                    ProxyError::ClientLimit,
+                    &info(&req),
+                    &client,
+                    started,
+                    false,
+                );
             }
             let method = req.method().clone();
             let path = req.uri().path().to_string();
@@ -119,14 +117,22 @@ pub struct RequestInfo {
     pub path: String,
 }
 
-fn log_error(
+/// Answer a request the proxy refuses or could not serve: counted (as an upgrade result, or
+/// as an HTTP request), logged with the error, and given the error headers.
+fn error_response(
+    state: &ProxyState,
     route_id: &str,
-    err: &ProxyError,
+    err: ProxyError,
     req: &RequestInfo,
     client: &ClientInfo,
     started: Instant,
-    upgrade: bool,
-) {
+    websocket: bool,
+) -> Response<ProxyBody> {
+    if websocket {
+        state.metrics.upgrade(route_id, err.upgrade_result());
+    } else {
+        state.metrics.http_request(route_id, err.status().as_u16(), started.elapsed());
+    }
     HttpAccess {
         route: route_id,
         method: req.method.as_str(),
@@ -135,26 +141,10 @@ fn log_error(
         duration: started.elapsed(),
         client: client.client,
         endpoint: None,
-        upgrade,
-        error: Some(err),
+        upgrade: websocket,
+        error: Some(&err),
     }
     .emit();
-}
-
-fn error_response(
-    state: &ProxyState,
-    route_id: &str,
-    err: ProxyError,
-    req: &Request<Incoming>,
-    client: &ClientInfo,
-    started: Instant,
-    websocket: bool,
-) -> Response<ProxyBody> {
-    let info = RequestInfo { method: req.method().clone(), path: req.uri().path().to_string() };
-    if !websocket {
-        state.metrics.http_request(route_id, err.status().as_u16(), started.elapsed());
-    }
-    log_error(route_id, &err, &info, client, started, websocket);
     let mut resp = text_response(err.status(), &err.to_string());
     error_headers(&err, &mut resp, websocket);
     resp
