@@ -8,6 +8,7 @@ pub mod error;
 pub mod forward;
 pub mod handshake;
 pub mod headers;
+pub mod http1;
 pub mod limits;
 pub mod relay;
 pub mod server;
