@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh                 # 60 s per target
 #   scripts/fuzz.sh --seconds 600   # longer
 #   scripts/fuzz.sh --short         # CI form: 10 s per target
-#   scripts/fuzz.sh scanner         # one target (any of: scanner upgrade_request annotations
+#   scripts/fuzz.sh scanner         # one target (any of: scanner request_head annotations
 #                                   #   manifests_text manifests_structured)
 #   scripts/fuzz.sh --asan          # with AddressSanitizer (slower; the crate has no unsafe code)
 set -euo pipefail
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#targets[@]} -gt 0 ] || targets=(scanner upgrade_request annotations manifests_text manifests_structured)
+[ ${#targets[@]} -gt 0 ] || targets=(scanner request_head annotations manifests_text manifests_structured)
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
     echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION under .tools/cargo"

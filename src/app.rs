@@ -76,6 +76,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub drain: Drain,
+    /// Window over which tunnels spread their Close 1001s on shutdown.
+    pub shutdown_spread: Duration,
     publisher: Publisher,
     stop_background: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -87,11 +89,12 @@ impl Running {
         self.publisher.clone()
     }
 
-    /// Graceful shutdown: readiness false, stop accepting, Close 1001 to every tunnel, wait
-    /// until all are closed or `timeout` passed. True when everything closed in time.
+    /// Graceful shutdown: readiness false, stop accepting, Close 1001 to every tunnel (each
+    /// at a random instant within the shutdown spread, never later than `timeout`), wait until
+    /// all are closed or `timeout` passed. True when everything closed in time.
     pub async fn shutdown(self, timeout: Duration) -> bool {
         self.readiness.set_draining();
-        self.drain.start();
+        self.drain.start_spread(self.shutdown_spread.min(timeout * 2 / 3));
         let open = self.drain.active();
         tracing::info!(open_connections = open, timeout_s = timeout.as_secs_f64(), "draining");
         let clean = self.drain.wait(timeout).await;
@@ -106,9 +109,30 @@ impl Running {
     }
 }
 
+/// The listener settings of `serve`, validated.
+fn proxy_config(args: &ServeArgs) -> Result<ProxyConfig, ConfigError> {
+    Ok(ProxyConfig {
+        header_timeout: args.header_timeout,
+        max_header_bytes: args.max_header_bytes,
+        max_connections_per_client: args.max_connections_per_client,
+        max_connections: args.max_connections,
+        write_timeout: args.write_timeout,
+        tcp_keepalive: args.tcp_keepalive.0,
+    })
+}
+
 /// Bind and start everything for `serve`. Configuration is validated before any port is bound.
 pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Result<Running> {
     let trusted = TrustedProxies::parse(&args.trusted_proxies).map_err(ConfigError)?;
+    let config = proxy_config(args)?;
+    let shutdown_spread = args.shutdown_spread.unwrap_or(args.shutdown_timeout / 3);
+    if shutdown_spread > args.shutdown_timeout {
+        return Err(ConfigError(format!(
+            "--shutdown-spread ({shutdown_spread:?}) must not exceed --shutdown-timeout ({:?})",
+            args.shutdown_timeout
+        ))
+        .into());
+    }
     let settings = args.route.settings();
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let routes = Arc::new(RouteHandle::new());
@@ -148,11 +172,6 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
     let admin_addr = admin_listener.local_addr()?;
 
     let state = Arc::new(ProxyState::new(routes.clone(), metrics.clone(), drain.clone(), trusted));
-    let config = ProxyConfig {
-        header_timeout: args.header_timeout,
-        max_header_bytes: args.max_header_bytes,
-        max_connections_per_client: args.max_connections_per_client,
-    };
     let mut tasks = vec![tokio::spawn(proxy::serve(proxy_listener, state, config))];
     let admin_state = AdminState { metrics: metrics.clone(), readiness: readiness.clone(), routes: routes.clone() };
     let admin_stop = stop_background.clone();
@@ -165,7 +184,18 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
         tasks.push(tokio::spawn(fut));
     }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, source = route_source.label(), "wsingress serving");
-    Ok(Running { proxy_addr, admin_addr, routes, metrics, readiness, drain, publisher, stop_background, tasks })
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        routes,
+        metrics,
+        readiness,
+        drain,
+        shutdown_spread,
+        publisher,
+        stop_background,
+        tasks,
+    })
 }
 
 /// The process entry point behind `main`.

@@ -85,9 +85,21 @@ pub struct ServeArgs {
     /// Largest request head accepted (bigger: 431).
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
-    /// Live connections allowed per client address (0 = unlimited); more get 429 or are refused.
+    /// Live connections allowed per client address (after --trusted-proxies resolution; 0 = unlimited); more get 429.
     #[arg(long, default_value_t = 0)]
     pub max_connections_per_client: u32,
+    /// Open client connections allowed in total (0 = unlimited); more get 503 and are closed.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// A write to a client or backend that makes no progress for this long closes the connection.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub write_timeout: Duration,
+    /// On SIGTERM, tunnels send their Close 1001 at random instants within this window (default: a third of --shutdown-timeout).
+    #[arg(long, value_parser = parse_duration)]
+    pub shutdown_spread: Option<Duration>,
+    /// TCP keepalive on client and backend sockets: first probe after this idle time ("off" to disable).
+    #[arg(long, value_parser = parse_optional_duration, default_value = "60s")]
+    pub tcp_keepalive: OptionalDuration,
     /// CIDRs whose X-Forwarded-For is trusted to name the client (comma separated). Empty: trust none.
     #[arg(long, value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
@@ -116,6 +128,9 @@ pub struct RouteDefaults {
     /// From upgrade request sent upstream to its response head (504 after).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
+    /// Plain HTTP: from request sent upstream to its response head (504 after), and between two reads of its body.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub response_timeout: Duration,
     /// When an endpoint leaves its pool, close its tunnels with 1001 after this long ("never" to keep them).
     #[arg(long, value_parser = parse_optional_duration, default_value = "30s")]
     pub drain_timeout: OptionalDuration,
@@ -133,6 +148,7 @@ impl RouteDefaults {
             pong_timeout: self.pong_timeout,
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.handshake_timeout,
+            response_timeout: self.response_timeout,
             drain_timeout: self.drain_timeout.0,
             max_message_bytes: (self.max_message_bytes > 0).then_some(self.max_message_bytes),
             ..RouteSettings::default()

@@ -2,6 +2,8 @@
 //! Close 1001, and a tracker to wait (up to a deadline) until every tunnel is gone.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -11,6 +13,8 @@ use tokio_util::task::TaskTracker;
 pub struct Drain {
     token: CancellationToken,
     tracker: TaskTracker,
+    /// Window (nanoseconds) over which tunnels spread their Close 1001s once draining starts.
+    spread: Arc<AtomicU64>,
 }
 
 impl Drain {
@@ -18,9 +22,21 @@ impl Drain {
         Self::default()
     }
 
-    /// Start draining: accept loops stop, tunnels close with 1001.
+    /// Start draining: accept loops stop, tunnels close with 1001 now.
     pub fn start(&self) {
+        self.start_spread(Duration::ZERO);
+    }
+
+    /// Start draining; each tunnel sends its 1001 at a random instant within `spread`, so
+    /// clients do not all reconnect at once.
+    pub fn start_spread(&self, spread: Duration) {
+        self.spread.store(spread.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Release);
         self.token.cancel();
+    }
+
+    /// The spread draining started with (shared with every tunnel).
+    pub fn spread(&self) -> Arc<AtomicU64> {
+        self.spread.clone()
     }
 
     pub fn is_draining(&self) -> bool {

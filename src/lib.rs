@@ -20,6 +20,7 @@ pub mod cli;
 pub mod drain;
 pub mod echo;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod readiness;
 pub mod routes;

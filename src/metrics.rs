@@ -11,7 +11,10 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -62,26 +65,26 @@ impl Initiator {
 /// Bounded label for a close code: the registered codes by number, application ranges
 /// by class, `none` for a Close without a code and `abnormal` when no Close frame was seen.
 pub fn close_code_class(code: Option<u16>, close_frame_seen: bool) -> &'static str {
+    CLOSE_CLASSES[close_class_index(code, close_frame_seen)]
+}
+
+/// Every close-code class label, indexed by [`close_class_index`].
+const CLOSE_CLASSES: [&str; 17] = [
+    "abnormal", "none", "1000", "1001", "1002", "1003", "1007", "1008", "1009", "1010", "1011", "1012", "1013", "1014",
+    "3xxx", "4xxx", "invalid",
+];
+
+fn close_class_index(code: Option<u16>, close_frame_seen: bool) -> usize {
     if !close_frame_seen {
-        return "abnormal";
+        return 0;
     }
     match code {
-        None => "none",
-        Some(1000) => "1000",
-        Some(1001) => "1001",
-        Some(1002) => "1002",
-        Some(1003) => "1003",
-        Some(1007) => "1007",
-        Some(1008) => "1008",
-        Some(1009) => "1009",
-        Some(1010) => "1010",
-        Some(1011) => "1011",
-        Some(1012) => "1012",
-        Some(1013) => "1013",
-        Some(1014) => "1014",
-        Some(3000..=3999) => "3xxx",
-        Some(4000..=4999) => "4xxx",
-        Some(_) => "invalid",
+        None => 1,
+        Some(c @ 1000..=1003) => 2 + usize::from(c - 1000),
+        Some(c @ 1007..=1014) => 6 + usize::from(c - 1007),
+        Some(3000..=3999) => 14,
+        Some(4000..=4999) => 15,
+        Some(_) => 16,
     }
 }
 
@@ -145,6 +148,11 @@ pub struct Metrics {
     pub config_updates: IntCounterVec,
     pub config_warnings: IntGauge,
     pub build_info: IntGaugeVec,
+    pub client_connections: IntGauge,
+    pub connections_rejected: IntCounterVec,
+    /// Per-route handles of the table generation most recently asked for.
+    table_handles: ArcSwapOption<TableMetrics>,
+    build_lock: Mutex<()>,
     /// Every family as registered (the registry's `gather()` omits vectors with no series yet).
     docs: Vec<FamilyDoc>,
 }
@@ -198,6 +206,11 @@ impl Metrics {
             "Configuration warnings (bad annotations, missing Services, ...) in the last translation.",
         )?;
         register(Box::new(config_warnings.clone()), "gauge")?;
+        let client_connections = IntGauge::new(
+            "wsingress_client_connections",
+            "Client connections open on the proxy listeners (plain HTTP, upgrades in progress and tunnels).",
+        )?;
+        register(Box::new(client_connections.clone()), "gauge")?;
         let mut m = Self {
             connections_active: gauge(
                 "wsingress_websocket_connections_active",
@@ -265,6 +278,14 @@ impl Metrics {
             )?,
             config_warnings,
             build_info: gauge("wsingress_build_info", "Build information; always 1.", &["version"])?,
+            client_connections,
+            connections_rejected: counter(
+                "wsingress_connections_rejected_total",
+                "Client connections refused before their request was read, by reason: max_connections (--max-connections reached; answered 503).",
+                &["reason"],
+            )?,
+            table_handles: ArcSwapOption::empty(),
+            build_lock: Mutex::new(()),
             registry,
             docs: Vec::new(),
         };
@@ -288,22 +309,52 @@ impl Metrics {
         out
     }
 
-    /// Resolve the per-tunnel handles once, at upgrade time.
+    /// Handles for one tunnel of `route`/`backend`, resolved now (the proxy uses the handles
+    /// resolved once per table instead: [`Metrics::for_table`]).
     pub fn connection(&self, route: &str, backend: &str) -> ConnMetrics {
-        let dir = |v: &IntCounterVec, d: Direction| v.with_label_values(&[route, backend, d.label()]);
-        let active = self.connections_active.with_label_values(&[route, backend]);
-        active.inc();
-        ConnMetrics {
-            active,
-            messages: [
-                dir(&self.messages, Direction::ClientToBackend),
-                dir(&self.messages, Direction::BackendToClient),
-            ],
-            bytes: [dir(&self.bytes, Direction::ClientToBackend), dir(&self.bytes, Direction::BackendToClient)],
-            duration: self.connection_seconds.with_label_values(&[route, backend]),
-            closes: self.closes.clone(),
-            route: route.to_string(),
+        Arc::new(RouteMetrics::new(self, route, backend)).tunnel()
+    }
+
+    /// One route's handles, resolved now (for a table that was never published).
+    pub fn route_handles(&self, route: &str, backend: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics::new(self, route, backend))
+    }
+
+    /// Every route's handles for `table`, resolved once per table generation: the data path
+    /// then touches only atomics, never a label lookup.
+    pub fn for_table(&self, table: &RouteTable) -> Arc<TableMetrics> {
+        if let Some(cached) = self.table_handles.load_full()
+            && cached.generation == table.generation
+            && cached.routes.len() == table.routes().len()
+        {
+            return cached;
         }
+        let _one_builder = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cached) = self.table_handles.load_full()
+            && cached.generation == table.generation
+            && cached.routes.len() == table.routes().len()
+        {
+            return cached;
+        }
+        // Handles of routes the previous generation had already are reused, not looked up again.
+        let previous = self.table_handles.load_full();
+        let reuse: std::collections::HashMap<(&str, &str), &Arc<RouteMetrics>> =
+            previous.iter().flat_map(|t| t.routes.iter()).map(|r| ((&*r.route, &*r.backend), r)).collect();
+        let built = Arc::new(TableMetrics {
+            generation: table.generation,
+            routes: table
+                .routes()
+                .map(|r| match reuse.get(&(r.id.as_str(), r.backend.as_str())) {
+                    Some(h) => Arc::clone(h),
+                    None => Arc::new(RouteMetrics::new(self, &r.id, &r.backend)),
+                })
+                .collect(),
+        });
+        let newest = self.table_handles.load().as_ref().is_none_or(|c| c.generation <= table.generation);
+        if newest {
+            self.table_handles.store(Some(built.clone()));
+        }
+        built
     }
 
     pub fn upgrade(&self, route: &str, result: UpgradeResult) {
@@ -378,39 +429,123 @@ pub fn readme_table(metrics: &Metrics) -> String {
     out
 }
 
+/// Every route's handles for one table generation, indexed by route slot.
+#[derive(Debug)]
+pub struct TableMetrics {
+    generation: u64,
+    routes: Vec<Arc<RouteMetrics>>,
+}
+
+impl TableMetrics {
+    /// The handles of the route in `slot` of the table these were built for.
+    pub fn route(&self, slot: usize) -> Option<&Arc<RouteMetrics>> {
+        self.routes.get(slot)
+    }
+}
+
+/// The handles of one route, resolved once: what a tunnel keeps of its route (the ids for
+/// logs, and counters), instead of the route itself.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub route: Arc<str>,
+    pub backend: Arc<str>,
+    upgrades: [IntCounter; 6],
+    handshake: Histogram,
+    active: IntGauge,
+    /// Indexed by direction: 0 client→backend, 1 backend→client.
+    messages: [IntCounter; 2],
+    bytes: [IntCounter; 2],
+    duration: Histogram,
+    http: [IntCounter; 5],
+    http_seconds: Histogram,
+    closes: IntCounterVec,
+    /// Close counters by initiator and close class, resolved on first use.
+    close_handles: [[OnceLock<IntCounter>; CLOSE_CLASSES.len()]; 3],
+    upstream_errors: IntCounterVec,
+}
+
+impl RouteMetrics {
+    fn new(m: &Metrics, route: &str, backend: &str) -> Self {
+        let dir = |v: &IntCounterVec, d: Direction| v.with_label_values(&[route, backend, d.label()]);
+        let class = |c: &str| m.http_requests.with_label_values(&[route, c]);
+        Self {
+            route: route.into(),
+            backend: backend.into(),
+            upgrades: UpgradeResult::ALL.map(|r| m.upgrades.with_label_values(&[route, r.label()])),
+            handshake: m.handshake_seconds.with_label_values(&[route]),
+            active: m.connections_active.with_label_values(&[route, backend]),
+            messages: [dir(&m.messages, Direction::ClientToBackend), dir(&m.messages, Direction::BackendToClient)],
+            bytes: [dir(&m.bytes, Direction::ClientToBackend), dir(&m.bytes, Direction::BackendToClient)],
+            duration: m.connection_seconds.with_label_values(&[route, backend]),
+            http: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+            http_seconds: m.http_request_seconds.with_label_values(&[route]),
+            closes: m.closes.clone(),
+            close_handles: Default::default(),
+            upstream_errors: m.upstream_errors.clone(),
+        }
+    }
+
+    pub fn upgrade(&self, result: UpgradeResult) {
+        self.upgrades[result as usize].inc();
+    }
+
+    pub fn handshake(&self, elapsed: Duration) {
+        self.handshake.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn http_request(&self, status: u16, elapsed: Duration) {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.http[i].inc();
+        self.http_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, reason: &'static str) {
+        self.upstream_errors.with_label_values(&[&self.route, &self.backend, reason]).inc();
+    }
+
+    /// Count a tunnel open until the returned handles drop.
+    pub fn tunnel(self: Arc<Self>) -> ConnMetrics {
+        self.active.inc();
+        ConnMetrics { route: self }
+    }
+}
+
 /// Handles for one tunnel. Dropping it decrements the active gauge.
 #[derive(Debug)]
 pub struct ConnMetrics {
-    active: IntGauge,
-    /// Indexed by direction: 0 client→backend, 1 backend→client.
-    pub messages: [IntCounter; 2],
-    pub bytes: [IntCounter; 2],
-    duration: Histogram,
-    closes: IntCounterVec,
-    route: String,
+    route: Arc<RouteMetrics>,
 }
 
 impl ConnMetrics {
+    /// The route's handles and ids.
+    pub fn route(&self) -> &RouteMetrics {
+        &self.route
+    }
+
     pub fn add(&self, dir: Direction, messages: u64, bytes: u64) {
         let i = dir as usize;
         if messages > 0 {
-            self.messages[i].inc_by(messages);
+            self.route.messages[i].inc_by(messages);
         }
         if bytes > 0 {
-            self.bytes[i].inc_by(bytes);
+            self.route.bytes[i].inc_by(bytes);
         }
     }
 
     /// Called once when the tunnel ends.
-    pub fn closed(&self, initiator: Initiator, code_class: &'static str, lifetime: Duration) {
-        self.closes.with_label_values(&[&self.route, initiator.label(), code_class]).inc();
-        self.duration.observe(lifetime.as_secs_f64());
+    pub fn closed(&self, initiator: Initiator, code: Option<u16>, close_frame_seen: bool, lifetime: Duration) {
+        let class = close_class_index(code, close_frame_seen);
+        let r = &self.route;
+        r.close_handles[initiator as usize][class]
+            .get_or_init(|| r.closes.with_label_values(&[&r.route, initiator.label(), CLOSE_CLASSES[class]]))
+            .inc();
+        r.duration.observe(lifetime.as_secs_f64());
     }
 }
 
 impl Drop for ConnMetrics {
     fn drop(&mut self) {
-        self.active.dec();
+        self.route.active.dec();
     }
 }
 
@@ -574,7 +709,7 @@ mod tests {
             c.add(Direction::ClientToBackend, 2, 30);
             c.add(Direction::BackendToClient, 1, 10);
             assert_eq!(m.connections_active.with_label_values(&["default/chat", "chat:80"]).get(), 1);
-            c.closed(Initiator::Client, close_code_class(Some(1000), true), Duration::from_secs(2));
+            c.closed(Initiator::Client, Some(1000), true, Duration::from_secs(2));
         }
         assert_eq!(m.connections_active.with_label_values(&["default/chat", "chat:80"]).get(), 0);
         let text = String::from_utf8(m.encode()).unwrap();
@@ -599,16 +734,17 @@ mod tests {
     fn families_include_vectors_without_series_and_match_the_exposition() {
         let m = Metrics::new().unwrap();
         let names: Vec<String> = m.families().into_iter().map(|f| f.name).collect();
-        assert_eq!(names.len(), 15, "{names:?}");
+        assert_eq!(names.len(), 17, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("wsingress_")));
         // Give every vector one series; then the exposition lists exactly the documented families.
         let c = m.connection("default/chat", "chat:80");
-        c.closed(Initiator::Client, "1000", Duration::from_millis(5));
+        c.closed(Initiator::Client, Some(1000), true, Duration::from_millis(5));
         m.upgrade("default/chat", UpgradeResult::Ok);
         m.handshake("default/chat", Duration::from_millis(1));
         m.http_request("default/chat", 200, Duration::from_millis(1));
         m.upstream_error("default/chat", "chat:80", "connect_refused");
         m.table_rejected("file");
+        m.connections_rejected.with_label_values(&["max_connections"]).inc();
         m.endpoints.with_label_values(&["default/chat", "chat:80", "ready"]).set(1);
         let mut gathered: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
         gathered.sort();

@@ -1,6 +1,6 @@
 //! Fuzz findings and seeds as ordinary tests, so they run on every `cargo test` without
-//! nightly features: every checked-in input under `fuzz/corpus/scanner` and
-//! `fuzz/corpus/manifests_text` is replayed through the same invariants as the fuzz
+//! nightly features: every checked-in input under `fuzz/corpus/scanner`,
+//! `fuzz/corpus/request_head` and `fuzz/corpus/manifests_text` is replayed through the same invariants as the fuzz
 //! targets (a finding is fixed by copying its input there), plus the specific findings.
 
 use std::path::Path;
@@ -111,5 +111,13 @@ fn seed_manifests_give_routes() {
         let text = String::from_utf8(input).unwrap();
         let (table, _) = file::load(&text, &defaults).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!table.rules().is_empty(), "{name}: no routes");
+    }
+}
+
+#[test]
+fn request_head_corpus_keeps_the_parser_invariants() {
+    for (name, input) in corpus("request_head") {
+        let outcome = std::panic::catch_unwind(|| wsingress::proxy::http1::check_invariants(&input));
+        assert!(outcome.is_ok(), "request_head seed {name} broke an invariant");
     }
 }

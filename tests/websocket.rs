@@ -382,7 +382,7 @@ async fn a_new_table_moves_new_connections_and_keeps_established_ones() {
 }
 
 #[tokio::test]
-async fn a_removed_endpoint_is_drained_with_1001_after_its_timeout() {
+async fn a_removed_endpoint_is_drained_with_1001_within_its_timeout() {
     let (a, b) = (echo("a", "").await, echo("b", "").await);
     let p = manual_proxy(&[]).await;
     let settings = RouteSettings { drain_timeout: Some(Duration::from_millis(300)), ..RouteSettings::default() };
@@ -395,7 +395,8 @@ async fn a_removed_endpoint_is_drained_with_1001_after_its_timeout() {
     p.publisher().publish(table(&[("", "/", "default/chat", &[a.addr])], settings), &[]);
     let removed_at = Instant::now();
     assert_eq!(expect_close(&mut on_b, Duration::from_secs(5)).await, Some(1001));
-    assert!(removed_at.elapsed() >= Duration::from_millis(250), "closed before the drain timeout");
+    // Each tunnel closes at its own instant within the drain timeout (spread, not all at once).
+    assert!(removed_at.elapsed() < Duration::from_millis(300 + 250), "closed after {:?}", removed_at.elapsed());
     assert_eq!(round_trip(&mut on_a, "survivor").await, "survivor");
     first = on_a;
     second = on_b;

@@ -29,13 +29,17 @@ pub fn eject(ep: &Endpoint) {
 
 /// The key a hash policy balances on: the client address for `ip-hash`, the header's value
 /// for `header-hash` (none when absent: least-conn then).
-pub fn hash_key(policy: &Policy, headers: &http::HeaderMap, client: std::net::IpAddr) -> Option<Vec<u8>> {
+pub fn hash_key<'h>(
+    policy: &Policy,
+    header: impl Fn(&str) -> Option<&'h [u8]>,
+    client: std::net::IpAddr,
+) -> Option<Vec<u8>> {
     match policy {
         Policy::IpHash => Some(match client {
             std::net::IpAddr::V4(a) => a.octets().to_vec(),
             std::net::IpAddr::V6(a) => a.octets().to_vec(),
         }),
-        Policy::HeaderHash(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        Policy::HeaderHash(name) => header(name.as_str()).map(<[u8]>::to_vec),
         _ => None,
     }
 }
@@ -107,7 +111,7 @@ fn least_conn(pool: &Pool, n: usize, healthy: &impl Fn(usize) -> bool) -> usize 
         if !healthy(i) {
             continue;
         }
-        let active = pool.ready_at(i).map_or(usize::MAX, |e| e.live.active());
+        let active = pool.ready_at(i).map_or(usize::MAX, |e| e.live.load());
         if best.is_none_or(|(_, a)| active < a) {
             best = Some((i, active));
         }

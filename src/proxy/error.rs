@@ -3,16 +3,23 @@
 
 use http::StatusCode;
 
+use super::http1::HeadError;
 use crate::metrics::UpgradeResult;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(#[from] HeadError),
     #[error("no route for this host and path")]
     NoRoute,
     #[error("the pool has no ready endpoint")]
     NoEndpoints,
     #[error("invalid WebSocket upgrade request: {0}")]
     BadUpgrade(&'static str),
+    #[error("unsupported Sec-WebSocket-Version (this proxy speaks 13)")]
+    VersionMismatch,
+    #[error("the proxy is at its connection limit")]
+    OverCapacity,
     #[error("origin not allowed on this route")]
     OriginForbidden,
     #[error("route connection limit reached")]
@@ -36,9 +43,11 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::BadRequest(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoEndpoints | Self::RouteLimit => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoints | Self::RouteLimit | Self::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            Self::VersionMismatch => StatusCode::UPGRADE_REQUIRED,
             Self::OriginForbidden => StatusCode::FORBIDDEN,
             Self::ClientLimit => StatusCode::TOO_MANY_REQUESTS,
             Self::WebSocketOnly => StatusCode::UPGRADE_REQUIRED,
@@ -53,6 +62,18 @@ impl ProxyError {
             Self::ConnectTimeout(_) | Self::ResponseTimeout => UpgradeResult::Timeout,
             Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => UpgradeResult::BackendError,
             _ => UpgradeResult::Rejected,
+        }
+    }
+
+    /// Fields every answer for this error carries besides the status: `Retry-After` for
+    /// overload, `Upgrade` on 426 (RFC 9110 §15.5.22), `Sec-WebSocket-Version` on a version
+    /// mismatch (RFC 6455 §4.4).
+    pub fn extra_fields(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::ClientLimit | Self::RouteLimit | Self::NoEndpoints | Self::OverCapacity => &[("retry-after", "1")],
+            Self::WebSocketOnly => &[("upgrade", "websocket")],
+            Self::VersionMismatch => &[("upgrade", "websocket"), ("sec-websocket-version", "13")],
+            _ => &[],
         }
     }
 

@@ -1,25 +1,32 @@
 //! Plain HTTP forwarding over pooled HTTP/1.1 connections to the endpoints, and the TCP
-//! connect shared with the upgrade path.
+//! connect shared with the upgrade path. A request is retried on a fresh connection only when
+//! it was never sent (hyper hands it back), or when it is safe (RFC 9110 §9.2.1), bodiless
+//! and failed on a reused connection; never a POST, PUT, DELETE or PATCH that may have reached
+//! the backend.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Empty};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::ProxyBody;
 use super::balance;
 use super::error::ProxyError;
-use super::headers::{self, ClientInfo};
+use super::headers::{self, ClientInfo, Listener};
 use super::service::ProxyState;
+use super::{BodyError, ProxyBody};
+use crate::metrics::RouteMetrics;
 use crate::routes::{Endpoint, Route};
 
 /// Request bodies towards a backend: the client's, or none (so a bodiless request can be
@@ -75,9 +82,15 @@ impl HttpPool {
         }
     }
 
-    async fn open(&self, ep: &Endpoint, timeout: Duration) -> Result<SendRequest<UpBody>, ProxyError> {
+    async fn open(
+        &self,
+        ep: &Endpoint,
+        timeout: Duration,
+        write_timeout: Duration,
+    ) -> Result<SendRequest<UpBody>, ProxyError> {
         let stream = connect(ep, timeout).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake::<_, UpBody>(TokioIo::new(stream)).await?;
+        let io = super::front::HyperIo::new(super::stream::Stream::from(stream), Bytes::new(), write_timeout);
+        let (sender, conn) = hyper::client::conn::http1::handshake::<_, UpBody>(TokioIo::new(io)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "backend HTTP connection ended with an error");
@@ -87,27 +100,54 @@ impl HttpPool {
     }
 }
 
-/// Forward a plain HTTP request through `route`.
+/// Forward a plain HTTP request through `route`. Returns the response and the endpoint.
 pub async fn forward(
     state: &ProxyState,
     req: Request<Incoming>,
     route: &Route,
+    rm: &RouteMetrics,
     client: &ClientInfo,
-) -> Result<Response<ProxyBody>, ProxyError> {
+    listener: Listener,
+    write_timeout: Duration,
+) -> Result<(Response<ProxyBody>, SocketAddr), ProxyError> {
     let settings = &route.settings;
     if settings.websocket_only {
         return Err(ProxyError::WebSocketOnly);
     }
-    let key = balance::hash_key(&settings.policy, req.headers(), client.client);
+    let key =
+        balance::hash_key(&settings.policy, |name| req.headers().get(name).map(HeaderValue::as_bytes), client.client);
     let candidates = balance::pick(&route.pool, &settings.policy, key.as_deref());
     if candidates.is_empty() {
         return Err(ProxyError::NoEndpoints);
     }
+    let host = super::service::request_host(&req);
+    let safe =
+        matches!(*req.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE);
     let (mut parts, body) = req.into_parts();
-    let host = parts.headers.get(header::HOST).cloned();
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, client, host.as_ref());
-    parts.uri = headers::origin_form(&parts.uri);
+    // The client's forwarding fields, set aside: write_forwarding decides what of them stays.
+    let mut sent = HeaderMap::new();
+    for name in headers::FORWARDING {
+        let name = HeaderName::from_static(name);
+        for v in parts.headers.get_all(&name) {
+            sent.append(name.clone(), v.clone());
+        }
+        parts.headers.remove(&name);
+    }
+    headers::write_forwarding(&mut parts.headers, client, listener, host.as_deref().map(str::as_bytes), |name| {
+        sent.get_all(name).iter().map(HeaderValue::as_bytes)
+    });
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        // An absolute-form target's authority becomes the Host of the origin-form request.
+        parts.headers.insert(header::HOST, h);
+    }
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .and_then(|pq| http::Uri::try_from(pq.as_str()).ok())
+        .unwrap_or_else(|| http::Uri::from_static("/"));
     parts.version = http::Version::HTTP_11;
     let bodiless = body.is_end_stream();
     let mut body = if bodiless { None } else { Some(body) };
@@ -122,66 +162,165 @@ pub async fn forward(
         {
             parts.headers.insert(header::HOST, v);
         }
-        // A pooled connection first; a bodiless request that fails on one is retried fresh.
         let pooled = state.http_pool.take(ep.addr);
         let reused = pooled.is_some();
         let sender = match pooled {
             Some(s) => s,
-            None => match state.http_pool.open(ep, settings.connect_timeout).await {
+            None => match state.http_pool.open(ep, settings.connect_timeout, write_timeout).await {
                 Ok(s) => s,
                 Err(e) => {
-                    if let Some(reason) = e.upstream_reason() {
-                        state.metrics.upstream_error(&route.id, &route.backend, reason);
-                    }
+                    record(rm, &e);
                     balance::eject(ep);
                     last_err = e;
                     continue;
                 }
             },
         };
-        let make_body = |body: &mut Option<Incoming>| match body.take() {
-            Some(b) => Either::Left(b),
-            None => Either::Right(Empty::new()),
-        };
-        let up = Request::from_parts(parts.clone(), make_body(&mut body));
-        match send(state, ep, sender, up, settings.handshake_timeout).await {
-            Ok(resp) => return Ok(resp),
-            Err(e) if reused && bodiless && !matches!(e, ProxyError::ResponseTimeout) => {
-                let fresh = state.http_pool.open(ep, settings.connect_timeout).await?;
-                let up = Request::from_parts(parts.clone(), Either::Right(Empty::new()));
-                return send(state, ep, fresh, up, settings.handshake_timeout).await.inspect_err(|e| {
-                    if let Some(reason) = e.upstream_reason() {
-                        state.metrics.upstream_error(&route.id, &route.backend, reason);
-                    }
-                });
+        let up = Request::from_parts(parts.clone(), body.take().map_or(Either::Right(Empty::new()), Either::Left));
+        let resp = match send(&state.http_pool, ep.addr, sender, up, settings.response_timeout).await {
+            Ok(resp) => resp,
+            Err(Failure::NotSent(up, e)) => {
+                // Never written: safe to send again on a fresh connection, whatever the method.
+                tracing::debug!(error = %e, "pooled backend connection closed before the request was sent; retrying");
+                let fresh = state
+                    .http_pool
+                    .open(ep, settings.connect_timeout, write_timeout)
+                    .await
+                    .inspect_err(|e| record(rm, e))?;
+                send(&state.http_pool, ep.addr, fresh, *up, settings.response_timeout)
+                    .await
+                    .map_err(|f| f.into_error())
+                    .inspect_err(|e| record(rm, e))?
             }
-            Err(e) => {
-                if let Some(reason) = e.upstream_reason() {
-                    state.metrics.upstream_error(&route.id, &route.backend, reason);
-                }
+            Err(f) if reused && bodiless && safe && !matches!(f, Failure::Sent(ProxyError::ResponseTimeout)) => {
+                tracing::debug!(error = %f.as_error(), "reused backend connection failed; retrying a safe request");
+                let fresh = state
+                    .http_pool
+                    .open(ep, settings.connect_timeout, write_timeout)
+                    .await
+                    .inspect_err(|e| record(rm, e))?;
+                let up = Request::from_parts(parts.clone(), Either::Right(Empty::new()));
+                send(&state.http_pool, ep.addr, fresh, up, settings.response_timeout)
+                    .await
+                    .map_err(|f| f.into_error())
+                    .inspect_err(|e| record(rm, e))?
+            }
+            Err(f) => {
+                let e = f.into_error();
+                record(rm, &e);
                 return Err(e);
             }
+        };
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // RFC 9110 §15.2.2: a server must not switch protocols unasked. The connection is not
+            // reused and nothing of it reaches the client.
+            let e = ProxyError::BadHandshake("101 Switching Protocols to a request that did not ask to upgrade");
+            record(rm, &e);
+            return Err(e);
         }
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers);
+        let body = BackendBody::new(rbody, settings.response_timeout);
+        return Ok((Response::from_parts(rparts, ProxyBody::Backend(body)), ep.addr));
     }
     Err(last_err)
 }
 
+fn record(rm: &RouteMetrics, e: &ProxyError) {
+    if let Some(reason) = e.upstream_reason() {
+        rm.upstream_error(reason);
+    }
+}
+
+/// Why a send failed.
+enum Failure {
+    /// hyper never wrote the request: it comes back for another try.
+    NotSent(Box<Request<UpBody>>, ProxyError),
+    Sent(ProxyError),
+}
+
+impl Failure {
+    fn as_error(&self) -> &ProxyError {
+        match self {
+            Self::NotSent(_, e) | Self::Sent(e) => e,
+        }
+    }
+    fn into_error(self) -> ProxyError {
+        match self {
+            Self::NotSent(_, e) | Self::Sent(e) => e,
+        }
+    }
+}
+
+/// Send on `sender` and wait for the response head within `timeout`. A connection that answered
+/// goes back to the pool (hyper queues the next request until this response's body is read).
 async fn send(
-    state: &ProxyState,
-    ep: &Endpoint,
+    pool: &HttpPool,
+    addr: SocketAddr,
     mut sender: SendRequest<UpBody>,
     req: Request<UpBody>,
     timeout: Duration,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let resp =
-        tokio::time::timeout(timeout, sender.send_request(req)).await.map_err(|_| ProxyError::ResponseTimeout)??;
-    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        // RFC 9110 §15.2.2: a server must not switch protocols unasked. The connection is not
-        // reused and nothing of it reaches the client.
-        return Err(ProxyError::BadHandshake("101 Switching Protocols to a request that did not ask to upgrade"));
+) -> Result<Response<Incoming>, Failure> {
+    match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
+        Err(_) => Err(Failure::Sent(ProxyError::ResponseTimeout)),
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(req) => Err(Failure::NotSent(Box::new(req), ProxyError::Backend(e.into_error()))),
+            None => Err(Failure::Sent(ProxyError::Backend(e.into_error()))),
+        },
+        Ok(Ok(resp)) => {
+            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                pool.put(addr, sender);
+            }
+            Ok(resp)
+        }
     }
-    state.http_pool.put(ep.addr, sender);
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// A backend's response body, failing when the backend sends nothing for the response
+/// timeout between two reads (nginx's `proxy_read_timeout`).
+#[derive(Debug)]
+pub struct BackendBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl BackendBody {
+    fn new(inner: Incoming, idle: Duration) -> Self {
+        Self { inner, idle, timer: None }
+    }
+}
+
+/// The backend stopped sending mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("backend sent nothing for the response timeout mid-body")]
+pub struct BodyIdle;
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.timer = None;
+                Poll::Ready(r.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyIdle.into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -1,82 +1,117 @@
-//! The backend side of a WebSocket upgrade, over the raw socket: write the request head,
-//! read and parse the response head (RFC 9112 §4, with `httparse`), check a 101 (RFC 6455
-//! §4.2.2: `Sec-WebSocket-Accept` must answer the client's key, `Upgrade: websocket`), or
-//! read a refusal's body so it can be passed back as is. No HTTP client object, no extra
-//! task, no buffer kept once the tunnel starts.
+//! The backend side of a WebSocket upgrade, over the raw stream: write the request head, read
+//! the response head (RFC 9112 §4, with `httparse`), skip interim `1xx` answers (RFC 9110
+//! §15.2: only 101 is final among them here), check a 101 (RFC 6455 §4.2.2:
+//! `Sec-WebSocket-Accept` must answer the client's key, `Upgrade: websocket`), or hand back a
+//! refusal whose body is streamed, never buffered whole, and capped. No HTTP client object, no
+//! extra task, no buffer kept once the tunnel starts.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::StatusCode;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::error::ProxyError;
 use super::headers;
+use super::http1::{ChunkedDecoder, Field, Span, tokens};
+use super::stream::Stream;
 
 /// Largest response head accepted from a backend.
 const MAX_HEAD: usize = 64 * 1024;
-/// Largest refusal body passed back (bigger ones are answered with 502).
-const MAX_REFUSAL_BODY: usize = 1024 * 1024;
-const MAX_HEADERS: usize = 96;
+/// Largest refusal body passed back; a longer one is cut and the client connection closed.
+pub const MAX_REFUSAL_BODY: u64 = 1024 * 1024;
+const MAX_FIELDS: usize = 96;
+/// Bytes read from a backend per refusal-body read.
+const BODY_READ: usize = 8 * 1024;
+
+/// A backend's response head: its bytes, status and field spans into them.
+#[derive(Debug)]
+pub struct ResponseHead {
+    buf: Vec<u8>,
+    pub status: u16,
+    fields: Vec<Field>,
+}
+
+impl ResponseHead {
+    /// Every field line as `(name, value)`.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.fields.iter().map(|f| (f.name.get(&self.buf), f.value.get(&self.buf)))
+    }
+    /// Lines of the field `name` (lower-case).
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + Clone {
+        self.fields().filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+    }
+    /// The end-to-end fields (hop-by-hop ones removed, RFC 9110 §7.6.1), for passing on.
+    pub fn end_to_end(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.fields().filter(|(n, _)| !headers::is_hop_by_hop(n, self.values("connection")))
+    }
+    /// The end-to-end fields as a `HeaderMap`, for hyper.
+    pub fn header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.fields.len());
+        for (n, v) in self.end_to_end() {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+                map.append(n, v);
+            }
+        }
+        map
+    }
+}
 
 /// What the backend answered.
 #[derive(Debug)]
 pub enum Answer {
-    /// 101: the socket is now a WebSocket stream; `early` are bytes it sent after the head.
-    Switched { headers: HeaderMap, stream: TcpStream, early: Bytes },
-    /// Anything else, with its body (read completely).
-    Refused { status: StatusCode, headers: HeaderMap, body: Bytes },
+    /// 101: the stream is now a WebSocket stream; `early` are bytes it sent after the head.
+    Switched { head: ResponseHead, stream: Stream, early: Bytes },
+    /// Anything else; the body is read from the backend as the client takes it.
+    Refused { head: ResponseHead, body: RefusalBody },
 }
 
-/// Serialise a request head: `GET target HTTP/1.1`, the fields, an empty line.
-pub fn request_head(target: &str, fields: &HeaderMap) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(b"GET ");
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// Send `head` and read the answer. `client_key` is the client's `Sec-WebSocket-Key`.
-pub async fn exchange(mut stream: TcpStream, head: &[u8], client_key: &[u8]) -> Result<Answer, ProxyError> {
-    stream.write_all(head).await.map_err(io_error)?;
+/// Send `head` and read the answer. `client_key` is the client's `Sec-WebSocket-Key`;
+/// `read_timeout` bounds each wait for refusal-body bytes.
+pub async fn exchange(
+    mut stream: Stream,
+    head: &[u8],
+    client_key: &[u8],
+    read_timeout: Duration,
+) -> Result<Answer, ProxyError> {
+    stream.write_all_within(head, read_timeout).await.map_err(io_error)?;
     let mut buf = Vec::with_capacity(1024);
     let (status, fields, head_len) = loop {
-        if buf.len() == buf.capacity() {
-            if buf.len() >= MAX_HEAD {
-                return Err(ProxyError::BadHandshake("backend response head too large"));
+        if let Some((status, fields, len)) = parse_head(&buf)? {
+            if (100..200).contains(&status) && status != 101 {
+                // An interim answer (100 Continue, 102, 103 Early Hints): not the one we wait for.
+                buf.drain(..len);
+                continue;
             }
-            buf.reserve(buf.len());
+            break (status, fields, len);
         }
-        let n = stream.read_buf(&mut buf).await.map_err(io_error)?;
+        if buf.len() >= MAX_HEAD {
+            return Err(ProxyError::BadHandshake("backend response head too large"));
+        }
+        let want = (MAX_HEAD - buf.len()).min(4096);
+        let n = stream.read_more(&mut buf, want).await.map_err(io_error)?;
         if n == 0 {
             return Err(ProxyError::BadHandshake("backend closed the connection before answering"));
         }
-        if let Some(parsed) = parse_head(&buf)? {
-            break parsed;
-        }
     };
-    if status == StatusCode::SWITCHING_PROTOCOLS {
+    let rest = buf.split_off(head_len);
+    let head = ResponseHead { buf, status, fields };
+    if status == 101 {
         let expected = headers::accept_key(client_key);
-        let accept = fields.get(header::SEC_WEBSOCKET_ACCEPT).map(HeaderValue::as_bytes);
-        if accept != Some(expected.as_bytes()) {
+        if head.values("sec-websocket-accept").next() != Some(expected.as_bytes()) {
             return Err(ProxyError::BadHandshake("Sec-WebSocket-Accept does not match the client's key"));
         }
-        if !headers::has_token(&fields, &header::UPGRADE, "websocket") {
+        if !head.values("upgrade").any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(b"websocket"))) {
             return Err(ProxyError::BadHandshake("101 without Upgrade: websocket"));
         }
-        let early = Bytes::copy_from_slice(&buf[head_len..]);
-        return Ok(Answer::Switched { headers: fields, stream, early });
+        return Ok(Answer::Switched { head, stream, early: Bytes::from(rest) });
     }
-    let body = read_body(&mut stream, status, &fields, buf.split_off(head_len)).await?;
-    Ok(Answer::Refused { status, headers: fields, body })
+    let framing = refusal_framing(&head)?;
+    let body = RefusalBody { stream, buf: rest, pos: 0, framing, passed: 0, read_timeout, timer: None, done: false };
+    Ok(Answer::Refused { head, body })
 }
 
 fn io_error(e: std::io::Error) -> ProxyError {
@@ -84,133 +119,208 @@ fn io_error(e: std::io::Error) -> ProxyError {
         std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
             ProxyError::BadHandshake("backend reset the connection")
         }
+        std::io::ErrorKind::TimedOut => ProxyError::ResponseTimeout,
         _ => ProxyError::BadHandshake("backend I/O error during the handshake"),
     }
 }
 
-/// Parse a complete response head: status, fields and its length; `None` while incomplete.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(StatusCode, HeaderMap, usize)>, ProxyError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+/// Parse a complete response head: status, field spans and its length; `None` while incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(u16, Vec<Field>, usize)>, ProxyError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ProxyError::BadHandshake("malformed backend response head")),
     };
-    let status = resp
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(ProxyError::BadHandshake("invalid backend status code"))?;
-    let mut fields = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ProxyError::BadHandshake("invalid backend header name"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| ProxyError::BadHandshake("invalid backend header value"))?;
-        fields.append(name, value);
-    }
+    let status =
+        resp.code.filter(|c| (100..600).contains(c)).ok_or(ProxyError::BadHandshake("invalid backend status code"))?;
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = (s.as_ptr() as usize).saturating_sub(base);
+        Span::new(start..start + s.len())
+    };
+    let fields = resp.headers.iter().map(|h| Field { name: span(h.name.as_bytes()), value: span(h.value) }).collect();
     Ok(Some((status, fields, len)))
 }
 
-/// Read a refusal's body per RFC 9112 §6.3: none for 1xx/204/304, chunked, Content-Length,
-/// or until the backend closes.
-async fn read_body(
-    stream: &mut TcpStream,
-    status: StatusCode,
-    fields: &HeaderMap,
-    mut have: Vec<u8>,
-) -> Result<Bytes, ProxyError> {
-    if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Bytes::new());
+/// How a refusal's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone)]
+pub enum Framing {
+    /// No body (1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the backend closes.
+    UntilClose,
+}
+
+fn refusal_framing(head: &ResponseHead) -> Result<Framing, ProxyError> {
+    if head.status == 204 || head.status == 304 || head.status < 200 {
+        return Ok(Framing::None);
     }
-    if headers::has_token(fields, &header::TRANSFER_ENCODING, "chunked") {
-        return read_chunked(stream, have).await;
+    if head.values("transfer-encoding").any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(b"chunked"))) {
+        return Ok(Framing::Chunked(ChunkedDecoder::default()));
     }
-    if let Some(len) = fields.get(header::CONTENT_LENGTH) {
-        let len: usize = len
-            .to_str()
+    let mut length = None;
+    for v in head.values("content-length") {
+        let n: u64 = std::str::from_utf8(v)
             .ok()
-            .and_then(|v| v.trim().parse().ok())
+            .and_then(|t| t.trim().parse().ok())
             .ok_or(ProxyError::BadHandshake("invalid Content-Length from the backend"))?;
-        if len > MAX_REFUSAL_BODY {
-            return Err(ProxyError::BadHandshake("backend refusal body too large"));
+        if length.is_some_and(|l| l != n) {
+            return Err(ProxyError::BadHandshake("conflicting Content-Length from the backend"));
         }
-        while have.len() < len {
-            fill(stream, &mut have).await?;
-        }
-        have.truncate(len);
-        return Ok(Bytes::from(have));
+        length = Some(n);
     }
-    loop {
-        let before = have.len();
-        fill_or_eof(stream, &mut have).await?;
-        if have.len() == before {
-            return Ok(Bytes::from(have));
-        }
-    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
-/// Read more bytes; EOF is an error.
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), ProxyError> {
-    let before = buf.len();
-    fill_or_eof(stream, buf).await?;
-    if buf.len() == before {
-        return Err(ProxyError::BadHandshake("backend closed the connection mid-body"));
-    }
-    Ok(())
+/// A refusal's body, decoded from its framing as the client reads it: at most one read buffer
+/// at a time, each wait bounded by `read_timeout`, and at most [`MAX_REFUSAL_BODY`] bytes.
+#[derive(Debug)]
+pub struct RefusalBody {
+    stream: Stream,
+    buf: Vec<u8>,
+    pos: usize,
+    framing: Framing,
+    passed: u64,
+    read_timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
 }
 
-async fn fill_or_eof(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), ProxyError> {
-    if buf.len() >= MAX_REFUSAL_BODY + MAX_HEAD {
-        return Err(ProxyError::BadHandshake("backend refusal body too large"));
+impl RefusalBody {
+    /// How the body is delimited (the client's response head says the same).
+    pub fn framing(&self) -> &Framing {
+        &self.framing
     }
-    buf.reserve(4096);
-    stream.read_buf(buf).await.map_err(io_error)?;
-    Ok(())
-}
 
-async fn read_chunked(stream: &mut TcpStream, mut raw: Vec<u8>) -> Result<Bytes, ProxyError> {
-    let mut body = Vec::new();
-    let mut pos = 0;
-    loop {
-        let line_end = loop {
-            if let Some(i) = raw[pos..].windows(2).position(|w| w == b"\r\n") {
-                break pos + i;
+    /// The next piece of body data; `None` at its end.
+    pub async fn next_data(&mut self) -> Option<Result<Bytes, ProxyError>> {
+        std::future::poll_fn(|cx| self.poll_data(cx)).await
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ProxyError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
             }
-            fill(stream, &mut raw).await?;
-        };
-        let size_text = std::str::from_utf8(&raw[pos..line_end]).unwrap_or("");
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| ProxyError::BadHandshake("invalid chunk size from the backend"))?;
-        pos = line_end + 2;
-        if size == 0 {
-            // Trailer fields are dropped; wait for the final empty line.
-            loop {
-                if let Some(i) = raw[pos..].windows(2).position(|w| w == b"\r\n") {
-                    if i == 0 {
-                        return Ok(Bytes::from(body));
+            if self.pos < self.buf.len() {
+                let avail = &self.buf[self.pos..];
+                let (used, data) = match &mut self.framing {
+                    Framing::None => (avail.len(), None),
+                    Framing::Length(rem) => {
+                        let take = (avail.len() as u64).min(*rem) as usize;
+                        *rem -= take as u64;
+                        (take, Some(0..take))
                     }
-                    pos += i + 2;
-                } else {
-                    fill(stream, &mut raw).await?;
+                    Framing::Chunked(dec) => match dec.decode(avail) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Poll::Ready(Some(Err(ProxyError::BadHandshake(
+                                "invalid chunked body from the backend",
+                            ))));
+                        }
+                    },
+                    Framing::UntilClose => (avail.len(), Some(0..avail.len())),
+                };
+                let start = self.pos;
+                self.pos += used;
+                self.done = match &self.framing {
+                    Framing::None => true,
+                    Framing::Length(rem) => *rem == 0,
+                    Framing::Chunked(dec) => dec.is_done(),
+                    Framing::UntilClose => false,
+                };
+                if let Some(r) = data.filter(|r| !r.is_empty()) {
+                    self.passed += r.len() as u64;
+                    if self.passed > MAX_REFUSAL_BODY {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(ProxyError::BadHandshake("backend refusal body too large"))));
+                    }
+                    let bytes = Bytes::copy_from_slice(&self.buf[start + r.start..start + r.end]);
+                    return Poll::Ready(Some(Ok(bytes)));
+                }
+                continue;
+            }
+            if matches!(self.framing, Framing::None | Framing::Length(0)) {
+                self.done = true;
+                continue;
+            }
+            // Read more, within the read timeout.
+            match self.stream.poll_read_ready(cx) {
+                Poll::Pending => {
+                    let timeout = self.read_timeout;
+                    let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(ProxyError::ResponseTimeout)));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(_)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(ProxyError::BadHandshake("backend reset the connection"))));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            self.buf.clear();
+            self.buf.resize(BODY_READ, 0);
+            self.pos = 0;
+            match self.stream.read_some(&mut self.buf) {
+                Ok(0) => {
+                    self.buf.clear();
+                    self.done = true;
+                    if !matches!(self.framing, Framing::UntilClose) {
+                        return Poll::Ready(Some(Err(ProxyError::BadHandshake(
+                            "backend closed the connection mid-body",
+                        ))));
+                    }
+                }
+                Ok(n) => {
+                    self.buf.truncate(n);
+                    self.timer = None;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.buf.clear(),
+                Err(_) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(ProxyError::BadHandshake("backend reset the connection"))));
                 }
             }
         }
-        if body.len() + size > MAX_REFUSAL_BODY {
-            return Err(ProxyError::BadHandshake("backend refusal body too large"));
-        }
-        while raw.len() < pos + size + 2 {
-            fill(stream, &mut raw).await?;
-        }
-        body.extend_from_slice(&raw[pos..pos + size]);
-        pos += size + 2;
     }
+}
+
+impl Body for RefusalBody {
+    type Data = Bytes;
+    type Error = ProxyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
+        self.get_mut().poll_data(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// Serialise the start of a request head: `GET target HTTP/1.1`.
+pub fn request_line(out: &mut Vec<u8>, target: &[u8]) {
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn heads_parse_incrementally() {
@@ -219,19 +329,11 @@ mod tests {
             assert!(parse_head(&full[..cut]).unwrap().is_none(), "complete at {cut}");
         }
         let (status, fields, len) = parse_head(full).unwrap().unwrap();
-        assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
-        assert_eq!(fields.get_all("x-a").iter().count(), 2);
+        assert_eq!(status, 101);
+        assert_eq!(fields.len(), 4);
         assert_eq!(&full[len..], b"extra");
         assert!(parse_head(b"HTTP/1.1 abc\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn request_heads_serialise_fields_in_order() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("chat.example.com"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let head = request_head("/ws?room=1", &h);
-        assert_eq!(head, b"GET /ws?room=1 HTTP/1.1\r\nhost: chat.example.com\r\nupgrade: websocket\r\n\r\n");
+        assert!(parse_head(b"HTTP/1.1 999 Nope\r\n\r\n").is_err());
     }
 
     async fn answer_with(reply: &'static [u8]) -> Result<Answer, ProxyError> {
@@ -243,37 +345,84 @@ mod tests {
             let _ = s.read(&mut buf).await;
             s.write_all(reply).await.unwrap();
         });
-        let stream = TcpStream::connect(addr).await.unwrap();
-        exchange(stream, b"GET / HTTP/1.1\r\n\r\n", b"dGhlIHNhbXBsZSBub25jZQ==").await
+        let stream = Stream::from(tokio::net::TcpStream::connect(addr).await.unwrap());
+        exchange(stream, b"GET / HTTP/1.1\r\n\r\n", b"dGhlIHNhbXBsZSBub25jZQ==", Duration::from_secs(5)).await
+    }
+
+    async fn body_of(mut body: RefusalBody) -> Result<Vec<u8>, ProxyError> {
+        let mut out = Vec::new();
+        while let Some(piece) = body.next_data().await {
+            out.extend_from_slice(&piece?);
+        }
+        Ok(out)
     }
 
     #[tokio::test]
     async fn refusal_bodies_are_read_in_every_framing() {
-        let cases: [(&'static [u8], &[u8]); 3] = [
+        let cases: [(&'static [u8], &[u8]); 4] = [
             (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\nnope!", b"nope!"),
             (b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=1\r\nde\r\n0\r\nT: v\r\n\r\n", b"abcde"),
             (b"HTTP/1.1 500 Oops\r\n\r\nuntil close", b"until close"),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
         ];
         for (reply, want) in cases {
             match answer_with(reply).await.unwrap() {
-                Answer::Refused { body, .. } => assert_eq!(&body[..], want),
+                Answer::Refused { body, .. } => assert_eq!(body_of(body).await.unwrap(), want),
                 other => panic!("unexpected {other:?}"),
             }
         }
     }
 
     #[tokio::test]
-    async fn a_101_must_carry_the_right_accept_key() {
-        let good: &'static [u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi";
-        match answer_with(good).await.unwrap() {
-            Answer::Switched { early, .. } => assert_eq!(&early[..], b"\x81\x02hi"),
-            other => panic!("unexpected {other:?}"),
+    async fn interim_answers_before_the_101_are_skipped() {
+        let reply: &'static [u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi";
+        match answer_with(reply).await.unwrap() {
+            Answer::Switched { head, early, .. } => {
+                assert_eq!(head.status, 101);
+                assert_eq!(&early[..], b"\x81\x02hi");
+            }
+            other => panic!("the 1xx was taken as final: {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_101_must_carry_the_right_accept_key() {
         let bad: &'static [u8] =
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: AAAA\r\n\r\n";
         assert!(matches!(answer_with(bad).await, Err(ProxyError::BadHandshake(_))));
         let no_upgrade: &'static [u8] =
             b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
         assert!(matches!(answer_with(no_upgrade).await, Err(ProxyError::BadHandshake(_))));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_size_near_the_u64_limit_is_an_error_not_a_wrap() {
+        let reply: &'static [u8] = b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc";
+        let Answer::Refused { body, .. } = answer_with(reply).await.unwrap() else { panic!("not refused") };
+        assert!(matches!(body_of(body).await, Err(ProxyError::BadHandshake(_))));
+    }
+
+    #[tokio::test]
+    async fn refusal_bodies_are_capped() {
+        let big: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 403 F\r\nContent-Length: {}\r\n\r\n{}",
+                MAX_REFUSAL_BODY + 10,
+                "x".repeat(MAX_REFUSAL_BODY as usize + 10)
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        let Answer::Refused { body, .. } = answer_with(big).await.unwrap() else { panic!("not refused") };
+        assert!(matches!(body_of(body).await, Err(ProxyError::BadHandshake(_))));
+    }
+
+    #[test]
+    fn hop_by_hop_fields_of_a_response_are_not_passed_on() {
+        let raw = b"HTTP/1.1 101 S\r\nConnection: Upgrade, X-Private\r\nX-Private: 1\r\nKeep-Alive: 5\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
+        let (status, fields, len) = parse_head(raw).unwrap().unwrap();
+        let head = ResponseHead { buf: raw[..len].to_vec(), status, fields };
+        let names: Vec<&[u8]> = head.end_to_end().map(|(n, _)| n).collect();
+        assert_eq!(names, [b"Sec-WebSocket-Protocol".as_slice()]);
     }
 }

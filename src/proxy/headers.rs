@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Version};
 
 /// Hop-by-hop fields: "Connection", the fields it lists, and the legacy ones (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -58,6 +57,14 @@ pub struct ClientInfo {
     pub trusted_peer: bool,
 }
 
+impl ClientInfo {
+    /// A client that connected directly (no trusted proxy in between).
+    pub fn direct(peer: IpAddr) -> Self {
+        let peer = canonical(peer);
+        Self { peer, client: peer, trusted_peer: false }
+    }
+}
+
 /// CIDR list for `--trusted-proxies`.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies(Vec<(IpAddr, u8)>);
@@ -72,11 +79,22 @@ impl TrustedProxies {
             };
             let ip: IpAddr = ip.parse().map_err(|_| format!("--trusted-proxies: `{item}` is not an IP or CIDR"))?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
+            // An IPv4-mapped entry (::ffff:a.b.c.d/n) is the IPv4 network a.b.c.d/(n-96).
+            let (ip, mapped) = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or((ip, false), |v4| (IpAddr::V4(v4), true)),
+                v4 => (v4, false),
+            };
             let len = match len {
                 Some(l) => l.parse::<u8>().ok().filter(|&l| l <= max),
                 None => Some(max),
             }
             .ok_or_else(|| format!("--trusted-proxies: `{item}` has an invalid prefix length"))?;
+            let len = if mapped {
+                len.checked_sub(96)
+                    .ok_or_else(|| format!("--trusted-proxies: `{item}` has an invalid prefix length"))?
+            } else {
+                len
+            };
             out.push((ip, len));
         }
         Ok(Self(out))
@@ -91,24 +109,24 @@ impl TrustedProxies {
         })
     }
 
-    /// Resolve who the client is.
-    pub fn client_info(&self, peer: IpAddr, headers: &HeaderMap) -> ClientInfo {
+    /// Resolve who the client is from the peer and the X-Forwarded-For field lines: walking
+    /// right to left from a trusted peer, the client is the first entry that is not a trusted
+    /// address; an entry that cannot be parsed ends the walk at the last trusted hop.
+    pub fn client_info<'a>(&self, peer: IpAddr, xff: impl DoubleEndedIterator<Item = &'a [u8]>) -> ClientInfo {
         let peer = canonical(peer);
         if !self.contains(peer) {
-            return ClientInfo { peer, client: peer, trusted_peer: false };
+            return ClientInfo::direct(peer);
         }
         let mut client = peer;
-        let hops: Vec<IpAddr> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .collect();
-        for hop in hops.into_iter().rev() {
-            client = canonical(hop);
-            if !self.contains(client) {
-                break;
+        for line in xff.rev() {
+            for item in line.rsplit(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|i| !i.is_empty()) {
+                let Some(hop) = std::str::from_utf8(item).ok().and_then(|t| t.parse::<IpAddr>().ok()) else {
+                    return ClientInfo { peer, client, trusted_peer: true };
+                };
+                client = canonical(hop);
+                if !self.contains(client) {
+                    return ClientInfo { peer, client, trusted_peer: true };
+                }
             }
         }
         ClientInfo { peer, client, trusted_peer: true }
@@ -134,79 +152,178 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
     }
 }
 
-/// Set X-Real-IP, append the peer to X-Forwarded-For, set X-Forwarded-Proto/-Host (kept
-/// as sent when the peer is a trusted proxy). `Host` itself is left untouched (preserved).
-pub fn add_forwarded(headers: &mut HeaderMap, info: &ClientInfo, host: Option<&HeaderValue>) {
-    let peer = info.peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if info.trusted_peer && !prev.trim().is_empty() => format!("{prev}, {peer}"),
-        _ => peer,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR, v);
+/// The listener a request came in on: its scheme and port (for X-Forwarded-Proto/-Port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub https: bool,
+    pub port: u16,
+}
+
+impl Listener {
+    pub fn proto(self) -> &'static str {
+        if self.https { "https" } else { "http" }
     }
-    if let Ok(v) = HeaderValue::from_str(&info.client.to_string()) {
-        headers.insert(X_REAL_IP, v);
+}
+
+/// Fields the proxy itself sets towards a backend. What a client sent under these names is
+/// never passed on as is: it is dropped from an untrusted peer, and extended (X-Forwarded-For,
+/// Forwarded) or kept (the rest) from a trusted one, by [`write_forwarding`].
+pub const FORWARDING: [&str; 7] = [
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "forwarded",
+];
+
+/// Whether a field named `name` is hop-by-hop (RFC 9110 §7.6.1): one of the fixed ones, or one
+/// that a `Connection` field of the same message lists (`connection_values`).
+pub fn is_hop_by_hop<'a>(name: &[u8], mut connection_values: impl Iterator<Item = &'a [u8]>) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        || connection_values.any(|v| super::http1::tokens(v).any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// Whether `name` is one of the [`FORWARDING`] fields.
+pub fn is_forwarding(name: &[u8]) -> bool {
+    FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+}
+
+/// Receives the fields [`write_forwarding`] decides on.
+pub trait FieldSink {
+    fn put(&mut self, name: &'static str, value: std::fmt::Arguments<'_>);
+}
+
+/// Appends `name: value\r\n` to a raw request head, with no intermediate string.
+impl FieldSink for Vec<u8> {
+    fn put(&mut self, name: &'static str, value: std::fmt::Arguments<'_>) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = write!(self, "{name}: {value}\r\n");
     }
-    if !(info.trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if !(info.trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(h) => {
-                headers.insert(X_FORWARDED_HOST, h.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+}
+
+impl FieldSink for HeaderMap {
+    fn put(&mut self, name: &'static str, value: std::fmt::Arguments<'_>) {
+        if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+            self.insert(HeaderName::from_static(name), v);
         }
     }
 }
 
-/// The request target in origin form (`/path?query`), as sent to a backend (RFC 9112 §3.2.1).
-pub fn origin_form(uri: &http::Uri) -> http::Uri {
-    uri.path_and_query()
-        .and_then(|pq| http::Uri::try_from(pq.as_str()).ok())
-        .unwrap_or_else(|| http::Uri::from_static("/"))
-}
+/// An address as RFC 7239 §6 writes it: IPv6 quoted and bracketed.
+struct NodeName(IpAddr);
 
-/// What kind of request this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestKind {
-    /// Plain HTTP (including an `Upgrade` to anything but websocket: forwarded as plain
-    /// HTTP with the Upgrade field stripped, never tunnelled blindly).
-    Plain,
-    WebSocket,
-}
-
-/// Classify a request and validate it when it asks for a WebSocket (RFC 6455 §4.2.1):
-/// GET, HTTP/1.1, `Upgrade: websocket`, `Connection` containing `upgrade`, a 16-byte
-/// base64 `Sec-WebSocket-Key`, `Sec-WebSocket-Version: 13`.
-pub fn classify(method: &Method, version: Version, headers: &HeaderMap) -> Result<RequestKind, &'static str> {
-    if !has_token(headers, &header::UPGRADE, "websocket") {
-        return Ok(RequestKind::Plain);
-    }
-    if !has_token(headers, &header::CONNECTION, "upgrade") {
-        return Err("Upgrade: websocket without Connection: upgrade");
-    }
-    if method != Method::GET {
-        return Err("a WebSocket upgrade must use GET");
-    }
-    if version != Version::HTTP_11 {
-        return Err("a WebSocket upgrade must use HTTP/1.1");
-    }
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or("missing Sec-WebSocket-Key")?;
-    if !valid_key(key.as_bytes()) {
-        return Err("Sec-WebSocket-Key is not 16 bytes of base64");
-    }
-    match headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) {
-        Some(b"13") => Ok(RequestKind::WebSocket),
-        Some(_) => Err("unsupported Sec-WebSocket-Version (only 13)"),
-        None => Err("missing Sec-WebSocket-Version"),
+impl std::fmt::Display for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}"),
+            IpAddr::V6(a) => write!(f, "\"[{a}]\""),
+        }
     }
 }
 
-fn valid_key(key: &[u8]) -> bool {
+/// Joins a field's lines with ", " (RFC 9110 §5.3), trimmed, skipping empty ones.
+struct Joined<F>(F);
+
+impl<'a, F, I> std::fmt::Display for Joined<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = &'a [u8]>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for v in (self.0)().map(<[u8]>::trim_ascii).filter(|v| !v.is_empty()) {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            f.write_str(&String::from_utf8_lossy(v))?;
+        }
+        Ok(())
+    }
+}
+
+/// The forwarding fields for a backend (RFC 7239 `Forwarded` and the de-facto X-Forwarded-*):
+/// - `X-Forwarded-For`: the trusted peer's chain plus the peer, or just the peer;
+/// - `X-Real-IP`: the resolved client;
+/// - `X-Forwarded-Proto`/`-Host`/`-Port`: a trusted peer's values when it sent them, else the
+///   listener's scheme, the request's host and the listener's port;
+/// - `X-Forwarded-Prefix`: only a trusted peer's (the proxy strips no prefix of its own);
+/// - `Forwarded`: a trusted peer's elements plus one for this hop, or just this hop's.
+///
+/// `prev(name)` yields the client's lines of a forwarding field; it is consulted only when the
+/// peer is trusted, so an untrusted client can never place a value here.
+pub fn write_forwarding<'a, P, I>(
+    sink: &mut impl FieldSink,
+    info: &ClientInfo,
+    listener: Listener,
+    host: Option<&[u8]>,
+    prev: P,
+) where
+    P: Fn(&'static str) -> I,
+    I: Iterator<Item = &'a [u8]>,
+{
+    let has = |name| info.trusted_peer && prev(name).any(|v: &[u8]| !v.trim_ascii().is_empty());
+    let peer = info.peer;
+    if has("x-forwarded-for") {
+        sink.put("x-forwarded-for", format_args!("{}, {peer}", Joined(|| prev("x-forwarded-for"))));
+    } else {
+        sink.put("x-forwarded-for", format_args!("{peer}"));
+    }
+    sink.put("x-real-ip", format_args!("{}", info.client));
+    if has("x-forwarded-proto") {
+        sink.put("x-forwarded-proto", format_args!("{}", Joined(|| prev("x-forwarded-proto"))));
+    } else {
+        sink.put("x-forwarded-proto", format_args!("{}", listener.proto()));
+    }
+    if has("x-forwarded-host") {
+        sink.put("x-forwarded-host", format_args!("{}", Joined(|| prev("x-forwarded-host"))));
+    } else if let Some(h) = host {
+        sink.put("x-forwarded-host", format_args!("{}", Joined(|| std::iter::once(h))));
+    }
+    if has("x-forwarded-port") {
+        sink.put("x-forwarded-port", format_args!("{}", Joined(|| prev("x-forwarded-port"))));
+    } else {
+        sink.put("x-forwarded-port", format_args!("{}", listener.port));
+    }
+    if has("x-forwarded-prefix") {
+        sink.put("x-forwarded-prefix", format_args!("{}", Joined(|| prev("x-forwarded-prefix"))));
+    }
+    let this_hop = ForwardedElement { peer, host, proto: listener.proto() };
+    if has("forwarded") {
+        sink.put("forwarded", format_args!("{}, {this_hop}", Joined(|| prev("forwarded"))));
+    } else {
+        sink.put("forwarded", format_args!("{this_hop}"));
+    }
+}
+
+/// This hop's element of `Forwarded` (RFC 7239 §4): `for=...;host="...";proto=...`.
+struct ForwardedElement<'a> {
+    peer: IpAddr,
+    host: Option<&'a [u8]>,
+    proto: &'static str,
+}
+
+impl std::fmt::Display for ForwardedElement<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "for={}", NodeName(self.peer))?;
+        if let Some(h) = self.host {
+            f.write_str(";host=\"")?;
+            for &b in h.trim_ascii() {
+                if b.is_ascii_graphic() && b != b'"' && b != b'\\' {
+                    std::fmt::Write::write_char(f, char::from(b))?;
+                }
+            }
+            f.write_str("\"")?;
+        }
+        write!(f, ";proto={}", self.proto)
+    }
+}
+
+/// A `Sec-WebSocket-Key` is 16 random bytes in base64 (RFC 6455 §4.1).
+pub fn valid_key(key: &[u8]) -> bool {
     use base64::Engine;
     let key = key.trim_ascii();
     key.len() == 24 && base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|k| k.len() == 16)
@@ -252,30 +369,58 @@ mod tests {
         assert_eq!(names, ["x-kept", "sec-websocket-protocol"]);
     }
 
+    fn forwarding_of(trusted: &TrustedProxies, peer: &str, sent: &HeaderMap, host: Option<&str>) -> HeaderMap {
+        let info = trusted
+            .client_info(peer.parse().unwrap(), sent.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes));
+        let mut out = HeaderMap::new();
+        let listener = Listener { https: false, port: 8080 };
+        write_forwarding(&mut out, &info, listener, host.map(str::as_bytes), |name| {
+            sent.get_all(name).iter().map(HeaderValue::as_bytes)
+        });
+        out
+    }
+
+    const SPOOFED: [(&str, &str); 7] = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "1"),
+        ("x-forwarded-prefix", "/evil"),
+        ("forwarded", "for=6.6.6.6;proto=https"),
+    ];
+
     #[test]
-    fn forwarded_headers_untrusted_peer() {
-        let trusted = TrustedProxies::default();
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
-        let info = trusted.client_info("10.1.2.3".parse().unwrap(), &h);
-        assert_eq!(info.client, "10.1.2.3".parse::<IpAddr>().unwrap());
-        add_forwarded(&mut h, &info, Some(&HeaderValue::from_static("chat.example.com")));
-        // A spoofed chain from an untrusted peer is replaced, not extended.
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
-        assert_eq!(h["x-real-ip"], "10.1.2.3");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "chat.example.com");
+    fn an_untrusted_peer_cannot_place_any_forwarding_field() {
+        let out = forwarding_of(&TrustedProxies::default(), "10.1.2.3", &map(&SPOOFED), Some("chat.example.com"));
+        assert_eq!(out["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(out["x-real-ip"], "10.1.2.3");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "chat.example.com");
+        assert_eq!(out["x-forwarded-port"], "8080");
+        assert!(!out.contains_key("x-forwarded-prefix"));
+        assert_eq!(out["forwarded"], "for=10.1.2.3;host=\"chat.example.com\";proto=http");
+        let v6 = forwarding_of(&TrustedProxies::default(), "::1", &HeaderMap::new(), None);
+        assert_eq!(v6["forwarded"], "for=\"[::1]\";proto=http");
     }
 
     #[test]
-    fn forwarded_headers_trusted_chain() {
+    fn a_trusted_peer_extends_the_chain_and_keeps_its_values() {
         let trusted = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.168.1.1".into()]).unwrap();
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4, 10.9.9.9"), ("x-forwarded-proto", "https")]);
-        let info = trusted.client_info("10.0.0.5".parse().unwrap(), &h);
-        assert_eq!(info.client, "1.2.3.4".parse::<IpAddr>().unwrap());
-        add_forwarded(&mut h, &info, None);
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.9.9.9, 10.0.0.5");
-        assert_eq!(h["x-real-ip"], "1.2.3.4");
-        assert_eq!(h["x-forwarded-proto"], "https");
+        let sent = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-prefix", "/app"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+        ]);
+        let out = forwarding_of(&trusted, "10.0.0.5", &sent, Some("chat.example.com"));
+        assert_eq!(out["x-forwarded-for"], "1.2.3.4, 10.9.9.9, 10.0.0.5");
+        assert_eq!(out["x-real-ip"], "1.2.3.4");
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out["x-forwarded-host"], "chat.example.com");
+        assert_eq!(out["x-forwarded-prefix"], "/app");
+        assert_eq!(out["forwarded"], "for=1.2.3.4;proto=https, for=10.0.0.5;host=\"chat.example.com\";proto=http");
         assert!(trusted.contains("192.168.1.1".parse().unwrap()));
         assert!(!trusted.contains("192.168.1.2".parse().unwrap()));
         assert!(trusted.contains("::ffff:10.1.1.1".parse().unwrap()));
@@ -284,27 +429,24 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_validation() {
-        let good = [
-            ("upgrade", "WebSocket"),
-            ("connection", "keep-alive, Upgrade"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ("sec-websocket-version", "13"),
-        ];
-        assert_eq!(classify(&Method::GET, Version::HTTP_11, &map(&good)), Ok(RequestKind::WebSocket));
-        assert!(classify(&Method::POST, Version::HTTP_11, &map(&good)).is_err());
-        assert!(classify(&Method::GET, Version::HTTP_10, &map(&good)).is_err());
-        let mut bad_key = good;
-        bad_key[2] = ("sec-websocket-key", "short");
-        assert!(classify(&Method::GET, Version::HTTP_11, &map(&bad_key)).is_err());
-        let mut bad_version = good;
-        bad_version[3] = ("sec-websocket-version", "8");
-        assert!(classify(&Method::GET, Version::HTTP_11, &map(&bad_version)).is_err());
-        let no_conn = [good[0], good[2], good[3]];
-        assert!(classify(&Method::GET, Version::HTTP_11, &map(&no_conn)).is_err());
-        let h2c = [("upgrade", "h2c"), ("connection", "upgrade")];
-        assert_eq!(classify(&Method::GET, Version::HTTP_11, &map(&h2c)), Ok(RequestKind::Plain));
-        assert_eq!(classify(&Method::GET, Version::HTTP_11, &HeaderMap::new()), Ok(RequestKind::Plain));
+    fn the_walk_stops_at_an_entry_it_cannot_read() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into()]).unwrap();
+        // Azure-style `ip:port` entries: the spoofed address left of it is never believed.
+        let info = trusted
+            .client_info("10.0.0.5".parse().unwrap(), [b"6.6.6.6, 1.2.3.4:5555, 10.0.0.7".as_slice()].into_iter());
+        assert_eq!(info.client, "10.0.0.7".parse::<IpAddr>().unwrap());
+        let info = trusted.client_info("10.0.0.5".parse().unwrap(), [b"6.6.6.6, garbage".as_slice()].into_iter());
+        assert_eq!(info.client, "10.0.0.5".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn ipv4_mapped_trusted_entries_are_ipv4_networks() {
+        // Once a panic on every IPv4 request.
+        let trusted = TrustedProxies::parse(&["::ffff:10.0.0.1".into(), "::ffff:192.168.0.0/112".into()]).unwrap();
+        assert!(trusted.contains("10.0.0.1".parse().unwrap()));
+        assert!(!trusted.contains("10.0.0.2".parse().unwrap()));
+        assert!(trusted.contains("192.168.7.7".parse().unwrap()));
+        assert!(TrustedProxies::parse(&["::ffff:10.0.0.1/64".into()]).is_err());
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub struct Span {
 }
 
 impl Span {
-    fn new(r: Range<usize>) -> Self {
+    pub(crate) fn new(r: Range<usize>) -> Self {
         // Heads are bounded far below 4 GiB by the header size limit.
         Self { start: r.start as u32, end: r.end as u32 }
     }
@@ -413,7 +413,7 @@ fn host_from_field(head: &mut RequestHead) -> Result<(), HeadError> {
 }
 
 /// `uri-host [ ":" port ]` (RFC 9110 §7.2), or empty.
-fn valid_host(v: &[u8]) -> bool {
+pub(crate) fn valid_host(v: &[u8]) -> bool {
     let v = v.trim_ascii();
     let (host, port) = if v.first() == Some(&b'[') {
         let Some(close) = v.iter().position(|&b| b == b']') else { return false };
@@ -440,7 +440,7 @@ fn valid_host(v: &[u8]) -> bool {
 
 /// Whether an absolute-form authority and a Host field name the same origin: host compared
 /// case-insensitively, and a missing port equal to the scheme's default.
-fn same_authority(scheme: &[u8], authority: &[u8], host: &[u8]) -> bool {
+pub(crate) fn same_authority(scheme: &[u8], authority: &[u8], host: &[u8]) -> bool {
     let default =
         if scheme.eq_ignore_ascii_case(b"https") || scheme.eq_ignore_ascii_case(b"wss") { "443" } else { "80" };
     let split = |v: &[u8]| -> (String, String) {
@@ -672,6 +672,85 @@ impl ChunkedDecoder {
     fn after_size(&self) -> ChunkState {
         if self.remaining == 0 { ChunkState::TrailerStart } else { ChunkState::Data }
     }
+}
+
+/// The invariants the `request_head` fuzz target checks, shared with the corpus replay in
+/// `tests/fuzz_regressions.rs`: no input panics the parser, the path normaliser or the chunked
+/// decoder; a parsed head's spans lie inside it; its facts agree with the RFC 9112 rules; the
+/// normalised path is canonical and stable; chunked decoding does not depend on how the input
+/// is split.
+#[doc(hidden)]
+pub fn check_invariants(data: &[u8]) {
+    if let Ok(Some(head)) = parse_request(data, 64 * 1024) {
+        assert!(head.len <= data.len());
+        for f in &head.fields {
+            assert!(f.name.range().end <= head.len && f.value.range().end <= head.len);
+            assert!(!f.value.get(data).contains(&b'\n'), "a field value holds a line break");
+        }
+        let framed_by_length = matches!(head.body, BodyFraming::Length(_));
+        let has_te = head.value(data, "transfer-encoding").is_some();
+        assert!(!(framed_by_length && has_te), "Content-Length framing with Transfer-Encoding present");
+        if head.upgrade.websocket {
+            assert_eq!(head.body, BodyFraming::None, "an upgrade with a body was accepted");
+        }
+        if head.minor == 1 {
+            assert!(head.host.is_some(), "HTTP/1.1 without a host was accepted");
+        }
+        if let Some(h) = head.host {
+            assert!(valid_host(h.get(data)));
+        }
+        if let Ok(path) = normalize_path(head.path.str(data)) {
+            assert!(path.starts_with('/') || path == "*", "{path}");
+            if path != "*" {
+                assert!(
+                    !path.contains("//") && !path.contains("/./") && !path.ends_with("/.") && !path.contains("/../"),
+                    "{path}"
+                );
+            }
+            assert_eq!(
+                normalize_path(&path).map(Cow::into_owned).as_deref(),
+                Ok(&*path),
+                "normalising twice changed it"
+            );
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = normalize_path(text);
+    }
+    let (whole, bytewise) = (decode_chunked(data, data.len().max(1)), decode_chunked(data, 1));
+    assert_eq!((&whole.0, whole.2), (&bytewise.0, bytewise.2), "chunked decoding depends on the split");
+    if whole.2.is_none() {
+        assert_eq!(whole.1, bytewise.1, "the body's end depends on the split");
+    }
+}
+
+/// Decode `data` as a chunked body fed in pieces of `step`: (data, consumed, error).
+fn decode_chunked(data: &[u8], step: usize) -> (Vec<u8>, usize, Option<ChunkError>) {
+    let mut d = ChunkedDecoder::default();
+    let (mut out, mut pos) = (Vec::new(), 0);
+    while pos < data.len() && !d.is_done() {
+        let end = (pos + step).min(data.len());
+        let mut piece = &data[pos..end];
+        while !piece.is_empty() && !d.is_done() {
+            match d.decode(piece) {
+                Ok((used, range)) => {
+                    if let Some(r) = range {
+                        out.extend_from_slice(&piece[r]);
+                    }
+                    piece = &piece[used..];
+                    pos += used;
+                    if used == 0 {
+                        break;
+                    }
+                }
+                Err(e) => return (out, pos, Some(e)),
+            }
+        }
+        if pos < end {
+            break;
+        }
+    }
+    (out, pos, None)
 }
 
 #[cfg(test)]

@@ -14,13 +14,12 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::net::Shutdown;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use socket2::SockRef;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+use super::stream::Stream;
 
 use crate::metrics::{ConnMetrics, Direction, Initiator};
 use crate::ws::close;
@@ -38,6 +37,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 const HANDSHAKE_LINGER: Duration = Duration::from_secs(5);
 /// Buffers kept per worker thread.
 const POOL_MAX: usize = 32;
+/// How often a busy tunnel adds its message and byte counts to the shared metrics (and at its
+/// end): counting stays in the tunnel, never a shared atomic per read.
+const METRICS_EVERY: Duration = Duration::from_secs(5);
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -78,9 +80,11 @@ pub struct RelaySettings {
 /// Signals from outside the tunnel.
 #[derive(Debug, Clone)]
 pub struct Signals {
-    /// Process shutdown: close with 1001 now.
+    /// Process shutdown: close with 1001 within the shutdown spread.
     pub shutdown: CancellationToken,
-    /// The endpoint left its pool: close with 1001 after the drain timeout.
+    /// The shutdown spread in nanoseconds, read when shutdown starts.
+    pub shutdown_spread: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The endpoint is draining: close with 1001 within the drain timeout.
     pub endpoint_removed: CancellationToken,
 }
 
@@ -126,9 +130,31 @@ pub struct Outcome {
     pub bytes: [u64; 2],
 }
 
+/// Bytes on their way to a socket: a borrowed read buffer, or a control frame of our own
+/// (which never needs the 64 KiB buffer).
+enum OutBuf {
+    Pooled(PooledBuf),
+    Ctrl(Box<([u8; CTRL_ROOM], usize)>),
+}
+
+impl OutBuf {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Pooled(b) => &b.0,
+            Self::Ctrl(c) => &c.0,
+        }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Pooled(b) => &mut b.0,
+            Self::Ctrl(c) => &mut c.0,
+        }
+    }
+}
+
 /// Bytes accepted for a socket but not yet written.
 struct Pending {
-    buf: PooledBuf,
+    buf: OutBuf,
     start: usize,
     end: usize,
 }
@@ -188,17 +214,24 @@ impl Half {
 }
 
 struct Tunnel<'a> {
-    client: TcpStream,
-    upstream: TcpStream,
+    client: Stream,
+    upstream: Stream,
     /// [0] client→backend, [1] backend→client.
     halves: [Half; 2],
     settings: &'a RelaySettings,
     metrics: &'a ConnMetrics,
     last_client: Instant,
     last_any: Instant,
+    /// Our ping went out on the client's output at this instant; the pong timeout runs from here.
     ping_sent: Option<Instant>,
+    /// A ping waits in the client output's injection slot for a frame boundary.
+    ping_queued: bool,
     drain_at: Option<Instant>,
     removed: bool,
+    /// Shutdown started; our Close goes out at this instant.
+    shutdown_at: Option<Instant>,
+    /// Message and byte counts not yet added to the shared metrics are due then.
+    metrics_at: Option<Instant>,
     /// The proxy started closing (our Close frames queued) at this instant.
     closing_since: Option<Instant>,
     handshake_done_at: Option<Instant>,
@@ -222,9 +255,9 @@ enum Event {
 /// Relay until both sides are done. `client_pre`/`upstream_pre` are bytes each side sent
 /// that were already read during the handshake.
 pub async fn relay(
-    client: TcpStream,
+    client: Stream,
     client_pre: bytes::Bytes,
-    upstream: TcpStream,
+    upstream: Stream,
     upstream_pre: bytes::Bytes,
     settings: &RelaySettings,
     signals: &Signals,
@@ -243,8 +276,11 @@ pub async fn relay(
         last_client: now,
         last_any: now,
         ping_sent: None,
+        ping_queued: false,
         drain_at: None,
         removed: false,
+        shutdown_at: None,
+        metrics_at: None,
         closing_since: None,
         handshake_done_at: None,
         first_close: None,
@@ -258,7 +294,7 @@ pub async fn relay(
     for (d, pre) in [(0usize, client_pre), (1, upstream_pre)] {
         for chunk in pre.chunks(BUF_SIZE - CTRL_ROOM) {
             while t.halves[d].pending.is_some() {
-                if t.dst(d).writable().await.is_err() {
+                if std::future::poll_fn(|cx| t.dst(d).poll_write_ready(cx)).await.is_err() {
                     t.dst_failed(d);
                 }
                 t.flush(d);
@@ -298,22 +334,18 @@ pub async fn relay(
             // alternating which direction goes first.
             for k in 0..2 {
                 let d = (turn + k) % 2;
-                let h = &t.halves[d];
-                if h.wants_read()
-                    && let Poll::Ready(r) = t.src(d).poll_read_ready(cx)
-                {
+                let (wants_read, has_pending) = (t.halves[d].wants_read(), t.halves[d].pending.is_some());
+                if wants_read && let Poll::Ready(r) = t.src(d).poll_read_ready(cx) {
                     return Poll::Ready(Event::Readable(d, r));
                 }
-                if h.pending.is_some()
-                    && let Poll::Ready(r) = t.dst(d).poll_write_ready(cx)
-                {
+                if has_pending && let Poll::Ready(r) = t.dst(d).poll_write_ready(cx) {
                     return Poll::Ready(Event::Writable(d, r));
                 }
             }
             if armed.is_some() && sleep.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Timer);
             }
-            if t.closing_since.is_none() && shutdown.as_mut().poll(cx).is_ready() {
+            if t.closing_since.is_none() && t.shutdown_at.is_none() && shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
             }
             if !t.removed && t.closing_since.is_none() && removed.as_mut().poll(cx).is_ready() {
@@ -331,11 +363,18 @@ pub async fn relay(
                 armed = None;
                 t.on_timer();
             }
-            Event::Shutdown => t.begin_close(close::GOING_AWAY, EndReason::Shutdown),
+            Event::Shutdown => {
+                let window = Duration::from_nanos(signals.shutdown_spread.load(std::sync::atomic::Ordering::Acquire));
+                let spread = t.jitter(window);
+                t.shutdown_at = Some(Instant::now() + spread);
+            }
             Event::Removed => {
                 t.removed = true;
-                // `None` = never: established tunnels stay on the removed endpoint.
-                t.drain_at = settings.drain_timeout.map(|after| Instant::now() + after);
+                // `None` = never: established tunnels stay on the draining endpoint. Otherwise
+                // each tunnel picks its own instant within the drain timeout.
+                if let Some(window) = settings.drain_timeout {
+                    t.drain_at = Some(Instant::now() + t.jitter(window));
+                }
             }
         }
     }
@@ -343,15 +382,15 @@ pub async fn relay(
 }
 
 impl Tunnel<'_> {
-    fn socket(&self, i: usize) -> &TcpStream {
-        if i == 0 { &self.client } else { &self.upstream }
+    fn socket(&mut self, i: usize) -> &mut Stream {
+        if i == 0 { &mut self.client } else { &mut self.upstream }
     }
-    /// Source socket of direction `d`.
-    fn src(&self, d: usize) -> &TcpStream {
+    /// Source stream of direction `d`.
+    fn src(&mut self, d: usize) -> &mut Stream {
         self.socket(d)
     }
-    /// Destination socket of direction `d`.
-    fn dst(&self, d: usize) -> &TcpStream {
+    /// Destination stream of direction `d`.
+    fn dst(&mut self, d: usize) -> &mut Stream {
         self.socket(1 - d)
     }
 
@@ -374,9 +413,13 @@ impl Tunnel<'_> {
         consider(s.idle_timeout.map(|t| self.last_any + t));
         match self.ping_sent {
             Some(at) => consider(Some(at + s.pong_timeout)),
+            // A queued ping waits for a frame boundary, not for the clock.
+            None if self.ping_queued => {}
             None => consider(s.ping_interval.map(|p| self.last_client + p)),
         }
         consider(self.drain_at);
+        consider(self.shutdown_at);
+        consider(self.metrics_at);
         consider(self.handshake_done_at.map(|at| at + HANDSHAKE_LINGER));
         next
     }
@@ -400,6 +443,15 @@ impl Tunnel<'_> {
             self.abort();
             return;
         }
+        if self.metrics_at.is_some_and(|at| now >= at) {
+            self.flush_metrics(0);
+            self.flush_metrics(1);
+            self.metrics_at = None;
+        }
+        if self.shutdown_at.is_some_and(|at| now >= at) {
+            self.begin_close(close::GOING_AWAY, EndReason::Shutdown);
+            return;
+        }
         if self.drain_at.is_some_and(|at| now >= at) {
             self.begin_close(close::GOING_AWAY, EndReason::Drained);
             return;
@@ -409,17 +461,21 @@ impl Tunnel<'_> {
                 // The client is gone: tell the backend, drop the client.
                 self.reason.get_or_insert(EndReason::PongTimeout);
                 self.mark_proxy_close(close::GOING_AWAY);
-                shutdown(&self.client, Shutdown::Both);
+                self.client.shutdown_both();
                 self.peer_gone(0);
                 return;
             }
         } else if let Some(p) = self.settings.ping_interval
+            && !self.ping_queued
             && now >= self.last_client + p
+            // Never a ping after a Close on either side of the client's connection.
+            && !self.halves[1].told()
+            && !self.halves[0].close_from_src
         {
-            self.ping_sent = Some(now);
             let mut frame = [0u8; CTRL_ROOM];
             let n = encode_control(OP_PING, b"wsingress", None, &mut frame);
             self.halves[1].inject = Some(Box::new((frame, n)));
+            self.ping_queued = true;
             self.try_inject(1);
         }
         if self.settings.idle_timeout.is_some_and(|t| now >= self.last_any + t) {
@@ -434,7 +490,21 @@ impl Tunnel<'_> {
         let plen = close::close_payload(code, "", &mut payload);
         let mut frame = [0u8; CTRL_ROOM];
         let n = encode_control(OP_CLOSE, &payload[..plen], mask, &mut frame);
+        // A Close replaces a ping still waiting for its boundary.
+        if d == 1 {
+            self.ping_queued = false;
+        }
         self.halves[d].inject = Some(Box::new((frame, n)));
+    }
+
+    /// A uniformly random delay in `[0, window)`.
+    fn jitter(&mut self, window: Duration) -> Duration {
+        let nanos = window.as_nanos() as u64;
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        let r = u64::from(u32::from_le_bytes(self.next_mask())) << 32 | u64::from(u32::from_le_bytes(self.next_mask()));
+        Duration::from_nanos(r % nanos)
     }
 
     fn next_mask(&mut self) -> [u8; 4] {
@@ -476,17 +546,31 @@ impl Tunnel<'_> {
     /// Write a queued control frame now if direction `d` is between frames and idle.
     fn try_inject(&mut self, d: usize) {
         let h = &self.halves[d];
-        if h.inject.is_none() || h.pending.is_some() || !h.scanner.at_boundary() || h.dst_done {
+        if h.pending.is_some() || !h.scanner.at_boundary() || h.dst_done {
             return;
         }
-        let buf = PooledBuf::take();
-        self.write_out(d, buf, 0, 0, Some(0));
+        let Some(ctrl) = self.halves[d].inject.take() else { return };
+        let len = ctrl.1;
+        self.entered_output(d, &ctrl.0[..len]);
+        self.write_out(d, OutBuf::Ctrl(ctrl), 0, len, None);
+    }
+
+    /// One of our control frames just went into direction `d`'s output.
+    fn entered_output(&mut self, d: usize, frame: &[u8]) {
+        match frame.first().map(|b| b & 0x0f) {
+            Some(OP_CLOSE) => self.halves[d].sent_close = true,
+            Some(OP_PING) if d == 1 => {
+                self.ping_queued = false;
+                self.ping_sent = Some(Instant::now());
+            }
+            _ => {}
+        }
     }
 
     fn pump(&mut self, d: usize) {
         for _ in 0..READS_PER_WAKE {
             let mut buf = PooledBuf::take();
-            match read_some(self.src(d), &mut buf.0[..BUF_SIZE - CTRL_ROOM]) {
+            match self.src(d).read_some(&mut buf.0[..BUF_SIZE - CTRL_ROOM]) {
                 Ok(0) => {
                     self.src_eof(d);
                     return;
@@ -515,6 +599,7 @@ impl Tunnel<'_> {
             self.last_client = now;
             self.ping_sent = None;
         }
+        self.metrics_at.get_or_insert(now + METRICS_EVERY);
         let h = &mut self.halves[d];
         h.bytes += n as u64;
         if h.poisoned {
@@ -539,14 +624,13 @@ impl Tunnel<'_> {
             match boundary {
                 Some(b) if !self.halves[d].sent_close && !self.halves[d].dst_done => {
                     self.queue_close(d, code);
-                    self.write_out(d, buf, 0, b, Some(b));
+                    self.write_out(d, OutBuf::Pooled(buf), 0, b, Some(b));
                 }
                 _ => {
                     self.halves[d].dst_done = true;
-                    shutdown(self.dst(d), Shutdown::Write);
+                    self.dst(d).shutdown_write();
                 }
             }
-            self.flush_metrics(d);
             // The sender of the bad frame hears the other peer's answer to our Close (as it
             // would without a proxy), or our own Close when none came by the linger deadline.
             let back = 1 - d;
@@ -569,38 +653,36 @@ impl Tunnel<'_> {
         let h = &mut self.halves[d];
         if h.sent_close || h.dst_done {
             // After our Close on this output, what the source sends is read and dropped.
-            self.flush_metrics(d);
             self.maybe_close_complete();
             return;
         }
         let inject_at =
             if h.inject.is_some() { if was_at_boundary { Some(0) } else { summary.last_boundary } } else { None };
-        self.write_out(d, buf, 0, n, inject_at);
-        self.flush_metrics(d);
+        self.write_out(d, OutBuf::Pooled(buf), 0, n, inject_at);
     }
 
     /// Write `buf[start..end]` to direction `d`'s destination, with the queued control frame
     /// inserted at offset `inject_at` (relative to `start`). Whatever cannot be written now
     /// stays pending.
-    fn write_out(&mut self, d: usize, mut buf: PooledBuf, start: usize, mut end: usize, inject_at: Option<usize>) {
+    fn write_out(&mut self, d: usize, mut buf: OutBuf, start: usize, mut end: usize, inject_at: Option<usize>) {
         if let Some(at) = inject_at
             && let Some(ctrl) = self.halves[d].inject.take()
         {
             let (frame, len) = *ctrl;
             let at = start + at;
-            let is_close = frame[0] & 0x0f == OP_CLOSE;
-            if is_close {
+            self.entered_output(d, &frame[..len]);
+            if self.halves[d].sent_close {
                 // Nothing after our Close: the rest of the chunk is dropped.
                 end = at;
-                self.halves[d].sent_close = true;
             }
-            buf.0.copy_within(at..end, at + len);
-            buf.0[at..at + len].copy_from_slice(&frame[..len]);
+            let bytes = buf.bytes_mut();
+            bytes.copy_within(at..end, at + len);
+            bytes[at..at + len].copy_from_slice(&frame[..len]);
             end += len;
         }
         let mut start = start;
         while start < end {
-            match self.dst(d).try_write(&buf.0[start..end]) {
+            match self.dst(d).try_write(&buf.bytes()[start..end]) {
                 Ok(0) => break,
                 Ok(w) => start += w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -731,7 +813,7 @@ impl Tunnel<'_> {
         let h = &mut self.halves[d];
         if h.pending.is_none() && h.inject.is_none() && !h.dst_done {
             h.dst_done = true;
-            shutdown(self.dst(d), Shutdown::Write);
+            self.dst(d).shutdown_write();
         }
     }
 
@@ -770,33 +852,6 @@ impl Tunnel<'_> {
     }
 }
 
-/// One `recv` into `buf`. A short read means the socket was drained at that moment, so the
-/// readiness is cleared too (tokio keeps it if an event arrived meanwhile): the next wait goes
-/// straight to epoll instead of costing a `recv` that would only say EAGAIN.
-fn read_some(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = None;
-    let r = s.try_io(tokio::io::Interest::READABLE, || {
-        let n = loop {
-            match std::io::Read::read(&mut &*SockRef::from(s), buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
-            }
-        };
-        got = Some(n);
-        if n > 0 && n < buf.len() { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
-    });
-    match (r, got) {
-        (Ok(n), _) => Ok(n),
-        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-        (Err(e), _) => Err(e),
-    }
-}
-
-fn shutdown(s: &TcpStream, how: Shutdown) {
-    // ENOTCONN after the peer left is expected and harmless.
-    let _ = SockRef::from(s).shutdown(how);
-}
-
 fn seed() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now()) as u32 | 1
@@ -810,8 +865,9 @@ mod tests {
     #[tokio::test]
     async fn an_idle_tunnel_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let a = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (b, _) = listener.accept().await.unwrap();
+        let (a, b) = (Stream::from(a), Stream::from(b));
         let settings = RelaySettings {
             idle_timeout: None,
             ping_interval: None,
@@ -819,7 +875,11 @@ mod tests {
             drain_timeout: None,
             max_message: None,
         };
-        let signals = Signals { shutdown: CancellationToken::new(), endpoint_removed: CancellationToken::new() };
+        let signals = Signals {
+            shutdown: CancellationToken::new(),
+            shutdown_spread: Default::default(),
+            endpoint_removed: CancellationToken::new(),
+        };
         let metrics = crate::metrics::Metrics::new().unwrap();
         let conn = metrics.connection("r", "b");
         let fut = relay(a, bytes::Bytes::new(), b, bytes::Bytes::new(), &settings, &signals, &conn);

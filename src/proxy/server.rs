@@ -1,51 +1,124 @@
-//! Accepting connections: HTTP/1.1 with upgrades, request-head timeout (slowloris) and size
-//! limit (431), per-client connection limit, and drain on shutdown (stop accepting, close
-//! idle keep-alive connections; tunnels get their Close 1001 from the relay).
+//! Accepting connections: TCP_NODELAY and TCP keepalive set once on the listener (accepted
+//! sockets inherit them on Linux), the global `--max-connections` (503 and a metric above it),
+//! then each connection goes to the front door in a task the drain tracks. On shutdown the
+//! accept loop stops; tunnels get their Close 1001 from the relay.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioTimer;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
 
-use super::limits::ClientCounters;
-use super::service::{self, ProxyState};
+use super::error::ProxyError;
+use super::front;
+use super::headers::Listener;
+use super::service::ProxyState;
+use super::stream::Stream;
 
 /// Listener-level settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Time allowed to send a complete request head.
+    /// Time allowed to send a complete request head; also how long an idle keep-alive
+    /// connection waits for its next request.
     pub header_timeout: Duration,
-    /// Largest request head (hyper answers 431 above it).
+    /// Largest request head (431 above it).
     pub max_header_bytes: usize,
-    /// Live connections per client address; 0 = unlimited.
+    /// Live connections per resolved client address; 0 = unlimited.
     pub max_connections_per_client: u32,
+    /// Open client connections in total; 0 = unlimited. Above it: 503 and the connection closed.
+    pub max_connections: usize,
+    /// A write to a client or a backend that makes no progress for this long ends the
+    /// connection (a peer that never reads cannot pin memory).
+    pub write_timeout: Duration,
+    /// TCP keepalive idle time on client and backend sockets of a tunnel; `None` = off.
+    pub tcp_keepalive: Option<Duration>,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        Self { header_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024, max_connections_per_client: 0 }
+        Self {
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_connections_per_client: 0,
+            max_connections: 0,
+            write_timeout: Duration::from_secs(60),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+        }
     }
+}
+
+/// What every connection of one listener shares.
+#[derive(Debug)]
+pub struct ListenerCtx {
+    pub config: ProxyConfig,
+    pub listener: Listener,
+    /// hyper's HTTP/1 server settings, for plain HTTP.
+    pub http: http1::Builder,
+}
+
+impl ListenerCtx {
+    pub fn new(config: ProxyConfig, listener: Listener) -> Self {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.header_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .keep_alive(true);
+        Self { config, listener, http }
+    }
+}
+
+/// Counts open client connections; the guard of one connection releases it on drop.
+#[derive(Debug, Default)]
+pub struct OpenConnections(AtomicUsize);
+
+/// One open client connection.
+#[derive(Debug)]
+pub struct ConnGuard {
+    state: Arc<ProxyState>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.state.open.0.fetch_sub(1, Ordering::Relaxed);
+        self.state.metrics.client_connections.dec();
+    }
+}
+
+impl OpenConnections {
+    pub fn current(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn open_connection(state: &Arc<ProxyState>, limit: usize) -> Option<ConnGuard> {
+    let prev = state.open.0.fetch_add(1, Ordering::Relaxed);
+    if limit > 0 && prev >= limit {
+        state.open.0.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    state.metrics.client_connections.inc();
+    Some(ConnGuard { state: state.clone() })
 }
 
 /// Accept and serve until draining starts. Connection tasks are tracked by the drain.
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, config: ProxyConfig) {
-    let clients = Arc::new(ClientCounters::default());
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .keep_alive(true);
-    let http = Arc::new(http);
-    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt in
-    // total instead of one per connection.
-    if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let sock = SockRef::from(&listener);
+    // Accepted sockets inherit TCP_NODELAY and the keepalive settings from the listener on
+    // Linux: a few setsockopt calls in total instead of per connection.
+    if let Err(e) = sock.set_tcp_nodelay(true) {
         tracing::warn!(error = %e, "cannot set TCP_NODELAY on the listener");
     }
-    let inherit = nodelay_inherited(&listener);
+    if let Some(idle) = config.tcp_keepalive
+        && let Err(e) = sock.set_tcp_keepalive(&keepalive(idle))
+    {
+        tracing::warn!(error = %e, "cannot set TCP keepalive on the listener");
+    }
+    let inherit = inherited(&listener, config.tcp_keepalive.is_some());
+    let ctx = Arc::new(ListenerCtx::new(config, Listener { https: false, port }));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -61,60 +134,62 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, config: ProxyC
             }
         };
         if !inherit {
-            let _ = stream.set_nodelay(true);
+            set_socket_options(&stream, ctx.config.tcp_keepalive);
         }
-        let slot = match config.max_connections_per_client {
-            0 => None,
-            limit => clients.acquire(&peer.ip(), limit as usize),
+        let Some(conn) = open_connection(&state, ctx.config.max_connections) else {
+            state.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
+            tokio::spawn(refuse_over_capacity(stream));
+            continue;
         };
-        let over_limit = config.max_connections_per_client > 0 && slot.is_none();
-        let state = state.clone();
-        let http = http.clone();
-        state.clone().drain.spawn(serve_connection(stream, peer, state, http, over_limit, slot));
+        state.drain.spawn(front::serve_connection(Stream::from(stream), peer, state.clone(), ctx.clone(), conn));
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    state: Arc<ProxyState>,
-    http: Arc<http1::Builder>,
-    over_limit: bool,
-    slot: Option<super::limits::Slot>,
-) {
-    let svc_state = state.clone();
-    // The slot must outlive this HTTP connection when it becomes a tunnel: every request
-    // carries a handle to it, and the upgrade path keeps one for the tunnel's lifetime.
-    let slot = slot.map(|s| ClientSlot { _slot: Arc::new(s) });
-    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        if let Some(slot) = &slot {
-            req.extensions_mut().insert(slot.clone());
-        }
-        let state = svc_state.clone();
-        async move { Ok::<_, std::convert::Infallible>(service::handle(state, req, peer, over_limit).await) }
-    });
-    let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = state.drain.started() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "client connection error");
+/// The keepalive probes used on both sockets of a tunnel: first probe after `idle`, then every
+/// 10 s, 6 probes (a vanished peer is noticed about a minute after `idle`).
+pub fn keepalive(idle: Duration) -> TcpKeepalive {
+    let ka = TcpKeepalive::new().with_time(idle);
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let ka = ka.with_interval(Duration::from_secs(10)).with_retries(6);
+    ka
+}
+
+/// TCP_NODELAY and keepalive on one socket (where the listener's are not inherited).
+pub fn set_socket_options(stream: &TcpStream, keepalive_idle: Option<Duration>) {
+    // Failing to set them only costs latency or dead-peer detection.
+    let _ = stream.set_nodelay(true);
+    if let Some(idle) = keepalive_idle {
+        let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive(idle));
     }
 }
 
-/// Whether accepted sockets come with TCP_NODELAY already (Linux); elsewhere set it per socket.
-fn nodelay_inherited(listener: &TcpListener) -> bool {
-    cfg!(target_os = "linux") && socket2::SockRef::from(listener).tcp_nodelay().unwrap_or(false)
+/// Whether accepted sockets come with the listener's options already (Linux).
+fn inherited(listener: &TcpListener, keepalive: bool) -> bool {
+    let sock = SockRef::from(listener);
+    cfg!(target_os = "linux")
+        && sock.tcp_nodelay().unwrap_or(false)
+        && (!keepalive || sock.keepalive().unwrap_or(false))
 }
 
-/// A connection's `--max-connections-per-client` slot, shared by its requests and, after an
-/// upgrade, by its tunnel.
-#[derive(Debug, Clone)]
-pub struct ClientSlot {
-    _slot: Arc<super::limits::Slot>,
+/// Over `--max-connections`: a 503 without reading the request, then close. The request the
+/// client may have sent is read and discarded for a moment first, so the close does not turn
+/// into a reset that destroys the answer.
+async fn refuse_over_capacity(stream: TcpStream) {
+    let err = ProxyError::OverCapacity;
+    let mut stream = Stream::from(stream);
+    let answer = super::front::error_head(&err, true);
+    if stream.write_all_within(&answer, Duration::from_secs(1)).await.is_err() {
+        return;
+    }
+    stream.shutdown_write();
+    let mut sink = Vec::with_capacity(4096);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            sink.clear();
+            if !matches!(stream.read_more(&mut sink, 4096).await, Ok(n) if n > 0) {
+                break;
+            }
+        }
+    })
+    .await;
 }

@@ -1,20 +1,28 @@
-//! Per-request decisions: classify (plain or WebSocket), match the route, then forward or
-//! upgrade. Errors become responses here, once, through [`ProxyError`].
+//! Requests hyper serves: plain HTTP, and every request after the first on a keep-alive
+//! connection. hyper's own parse already refuses obs-fold, invalid bytes and conflicting
+//! Content-Lengths; the RFC 9112 checks it leaves visible (one valid `Host`, a `Host` that
+//! agrees with an absolute-form authority, no body on an upgrade, no CONNECT) are made here,
+//! as the front door makes them for first requests. Then match, then forward or upgrade.
+//! Errors become responses here, once, through [`ProxyError`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, header};
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::forward::HttpPool;
-use super::headers::{self, ClientInfo, RequestKind, TrustedProxies};
-use super::limits::RouteCounters;
+use super::front::{self, RequestLog};
+use super::headers::{self, TrustedProxies};
+use super::http1::{self, HeadError};
+use super::server::{ListenerCtx, OpenConnections};
 use super::{ProxyBody, forward, text_response, upgrade};
 use crate::drain::Drain;
-use crate::metrics::{HttpAccess, Metrics, UNMATCHED};
+use crate::metrics::{HttpAccess, Metrics};
+use crate::policy::limits::{ClientCounters, RouteCounters};
 use crate::routes::RouteHandle;
 
 /// Everything the proxy shares between connections.
@@ -25,147 +33,155 @@ pub struct ProxyState {
     pub drain: Drain,
     pub trusted: TrustedProxies,
     pub http_pool: HttpPool,
-    pub route_conns: RouteCounters,
+    /// Live tunnels per route (`max-connections`).
+    pub route_conns: Arc<RouteCounters>,
+    /// Live connections per resolved client address (`--max-connections-per-client`).
+    pub clients: Arc<ClientCounters>,
+    /// Open client connections (`--max-connections`).
+    pub open: OpenConnections,
 }
 
 impl ProxyState {
     pub fn new(routes: Arc<RouteHandle>, metrics: Arc<Metrics>, drain: Drain, trusted: TrustedProxies) -> Self {
-        Self { routes, metrics, drain, trusted, http_pool: HttpPool::default(), route_conns: RouteCounters::default() }
+        Self {
+            routes,
+            metrics,
+            drain,
+            trusted,
+            http_pool: HttpPool::default(),
+            route_conns: Arc::default(),
+            clients: Arc::default(),
+            open: OpenConnections::default(),
+        }
     }
 }
 
-/// Handle one request from `peer`. `over_client_limit` is set when the connection exceeded
-/// `--max-connections-per-client`.
+/// Handle one request hyper parsed, from `peer`.
 pub async fn handle(
     state: Arc<ProxyState>,
+    ctx: Arc<ListenerCtx>,
     req: Request<Incoming>,
     peer: SocketAddr,
-    over_client_limit: bool,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let client = state.trusted.client_info(peer.ip(), req.headers());
-    let kind = headers::classify(req.method(), req.version(), req.headers());
+    let xff = req.headers().get_all(headers::X_FORWARDED_FOR);
+    let client = state.trusted.client_info(peer.ip(), xff.iter().map(HeaderValue::as_bytes));
+    let websocket = headers::has_token(req.headers(), &header::UPGRADE, "websocket");
+    if let Err(e) = check_parsed(&req, websocket) {
+        let err = ProxyError::BadRequest(e);
+        let log = RequestLog { method: req.method().as_str(), path: req.uri().path() };
+        front::account(&state, None, &err, &log, &client, started, websocket);
+        return error_response(&err, true);
+    }
+    if websocket {
+        return upgrade::serve_hyper(&state, &ctx, req, client, started).await;
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let log = RequestLog { method: method.as_str(), path: &path };
     let table = state.routes.load();
     let host = request_host(&req);
-    let route = table.find(host.as_deref(), req.uri().path()).cloned();
-    let route_id = route.as_ref().map_or(UNMATCHED, |r| r.id.as_str()).to_string();
-
-    let info =
-        |req: &Request<Incoming>| RequestInfo { method: req.method().clone(), path: req.uri().path().to_string() };
-    match kind {
-        Err(why) => error_response(&state, &route_id, ProxyError::BadUpgrade(why), &info(&req), &client, started, true),
-        Ok(RequestKind::WebSocket) => {
-            let Some(route) = route else {
-                return error_response(&state, &route_id, ProxyError::NoRoute, &info(&req), &client, started, true);
-            };
-            if over_client_limit {
-                return error_response(&state, &route_id, ProxyError::ClientLimit, &info(&req), &client, started, true);
-            }
-            match upgrade::upgrade(&state, req, route, client, started).await {
-                Ok(resp) => resp,
-                Err((err, req_info)) => error_response(&state, &route_id, err, &req_info, &client, started, true),
-            }
+    let found = match http1::normalize_path(&path) {
+        Ok(norm) => table.lookup(host.as_deref(), &norm),
+        Err(e) => {
+            let err = ProxyError::BadRequest(e);
+            front::account(&state, None, &err, &log, &client, started, false);
+            return error_response(&err, true);
         }
-        Ok(RequestKind::Plain) => {
-            let Some(route) = route else {
-                return error_response(&state, &route_id, ProxyError::NoRoute, &info(&req), &client, started, false);
-            };
-            if over_client_limit {
-                return error_response(
-                    &state,
-                    &route_id,
-                    ProxyError::ClientLimit,
-                    &info(&req),
-                    &client,
-                    started,
-                    false,
-                );
-            }
-            let method = req.method().clone();
-            let path = req.uri().path().to_string();
-            let (resp, err) = match forward::forward(&state, req, &route, &client).await {
-                Ok(resp) => (resp, None),
-                Err(err) => {
-                    let mut resp = text_response(err.status(), &err.to_string());
-                    error_headers(&err, &mut resp, false);
-                    (resp, Some(err))
-                }
-            };
-            let status = resp.status().as_u16();
-            state.metrics.http_request(&route_id, status, started.elapsed());
-            HttpAccess {
-                route: &route_id,
-                method: method.as_str(),
-                path: &path,
-                status,
-                duration: started.elapsed(),
-                client: client.client,
-                endpoint: None,
-                upgrade: false,
-                error: err.as_ref().map(|e| e as &dyn std::error::Error),
-            }
-            .emit();
-            resp
-        }
-    }
-}
-
-/// What a failed upgrade leaves for its log line.
-#[derive(Debug, Clone)]
-pub struct RequestInfo {
-    pub method: http::Method,
-    pub path: String,
-}
-
-/// Answer a request the proxy refuses or could not serve: counted (as an upgrade result, or
-/// as an HTTP request), logged with the error, and given the error headers.
-fn error_response(
-    state: &ProxyState,
-    route_id: &str,
-    err: ProxyError,
-    req: &RequestInfo,
-    client: &ClientInfo,
-    started: Instant,
-    websocket: bool,
-) -> Response<ProxyBody> {
-    if websocket {
-        state.metrics.upgrade(route_id, err.upgrade_result());
-    } else {
-        state.metrics.http_request(route_id, err.status().as_u16(), started.elapsed());
-    }
+    };
+    let Some(found) = found else {
+        front::account(&state, None, &ProxyError::NoRoute, &log, &client, started, false);
+        return error_response(&ProxyError::NoRoute, false);
+    };
+    let handles = state.metrics.for_table(&table);
+    let route = found.route.clone();
+    let rm =
+        handles.route(found.slot).cloned().unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
+    drop(table);
+    let (resp, endpoint, err) =
+        match forward::forward(&state, req, &route, &rm, &client, ctx.listener, ctx.config.write_timeout).await {
+            Ok((resp, ep)) => (resp, Some(ep), None),
+            Err(err) => (error_response(&err, false), None, Some(err)),
+        };
+    let status = resp.status().as_u16();
+    rm.http_request(status, started.elapsed());
     HttpAccess {
-        route: route_id,
-        method: req.method.as_str(),
-        path: &req.path,
-        status: err.status().as_u16(),
+        route: &rm.route,
+        method: log.method,
+        path: log.path,
+        status,
         duration: started.elapsed(),
         client: client.client,
-        endpoint: None,
-        upgrade: websocket,
-        error: Some(&err),
+        endpoint,
+        upgrade: false,
+        error: err.as_ref().map(|e| e as &dyn std::error::Error),
     }
     .emit();
-    let mut resp = text_response(err.status(), &err.to_string());
-    error_headers(&err, &mut resp, websocket);
     resp
 }
 
-/// Headers every generated error carries: `Retry-After` for overload, and `Connection:
-/// close` after a refused upgrade (the client expected to switch protocols on it).
-fn error_headers(err: &ProxyError, resp: &mut Response<ProxyBody>, websocket: bool) {
-    if websocket {
-        resp.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+/// The answer for `err`: its status, its extra fields, a text body; `Connection: close` when
+/// `close` (always after a refused upgrade: the client expected to switch protocols on it).
+pub fn error_response(err: &ProxyError, close: bool) -> Response<ProxyBody> {
+    let mut resp = text_response(err.status(), &err.to_string());
+    let h = resp.headers_mut();
+    let mut upgrade = false;
+    for (name, value) in err.extra_fields() {
+        upgrade |= *name == "upgrade";
+        h.insert(*name, HeaderValue::from_static(value));
     }
-    if matches!(err, ProxyError::ClientLimit | ProxyError::RouteLimit | ProxyError::NoEndpoints) {
-        resp.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    let close = close || matches!(err, ProxyError::BadRequest(_) | ProxyError::ClientLimit);
+    let connection = match (upgrade, close) {
+        (true, true) => Some("upgrade, close"),
+        (true, false) => Some("upgrade"),
+        (false, true) => Some("close"),
+        (false, false) => None,
+    };
+    if let Some(c) = connection {
+        h.insert(header::CONNECTION, HeaderValue::from_static(c));
     }
+    resp
 }
 
-/// The request's host: the `Host` header, or the authority of an absolute-form target.
+/// The checks of RFC 9112 §3.2 and RFC 6455 §4.1 that hyper's parse leaves to us.
+fn check_parsed<B>(req: &Request<B>, websocket: bool) -> Result<(), HeadError> {
+    if req.method() == http::Method::CONNECT {
+        return Err(HeadError::NotImplemented("CONNECT"));
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HeadError::DuplicateHost);
+    }
+    if let Some(h) = host
+        && !http1::valid_host(h.as_bytes())
+    {
+        return Err(HeadError::InvalidHost);
+    }
+    match (req.uri().authority(), host) {
+        (Some(authority), Some(h)) => {
+            let scheme = req.uri().scheme_str().unwrap_or("http");
+            if !http1::same_authority(scheme.as_bytes(), authority.as_str().as_bytes(), h.as_bytes()) {
+                return Err(HeadError::HostMismatch);
+            }
+        }
+        (None, None) if req.version() == http::Version::HTTP_11 => return Err(HeadError::MissingHost),
+        _ => {}
+    }
+    if websocket {
+        let length = req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+        if length || req.headers().contains_key(header::TRANSFER_ENCODING) {
+            return Err(HeadError::UpgradeWithBody);
+        }
+    }
+    Ok(())
+}
+
+/// The host a request is for: an absolute-form target's authority (RFC 9112 §3.2.2), else
+/// the `Host` field.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+    req.uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
 }

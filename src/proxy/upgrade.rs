@@ -1,237 +1,603 @@
-//! The WebSocket handshake, upstream first (RFC 6455 §4): validate, connect to the chosen
-//! endpoint, send the upgrade with the client's `Sec-WebSocket-Key`, `-Protocol`,
-//! `-Extensions` and `Origin`, check the backend's 101 (`Sec-WebSocket-Accept` must match
-//! the client's key), then answer the client with the backend's 101 headers — so
-//! subprotocols and permessage-deflate are negotiated end to end. A non-101 answer is passed
-//! back as is. After both upgrades, the raw sockets are recovered and handed to the relay.
+//! The WebSocket handshake, upstream first (RFC 6455 §4): validate the client's opening
+//! handshake, match the route, apply its policy (origin, limits), pick an endpoint, connect,
+//! send the upgrade with the client's end-to-end fields (`Sec-WebSocket-Key`, `-Protocol`,
+//! `-Extensions`, `Origin`, ...), check the backend's 101, then answer the client with the
+//! backend's 101 fields — so subprotocols and permessage-deflate are negotiated end to end. A
+//! non-101 answer is passed back with its body streamed. Then the relay runs the tunnel.
+//!
+//! Two doors lead here: the front door's own head parse (the common case: no hyper, no
+//! `HeaderMap`, no per-request string; the tunnel runs in the connection's task), and hyper,
+//! for an upgrade that arrives as a later request of a keep-alive connection.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use super::balance;
+use super::balance::{self, Candidates};
 use super::error::ProxyError;
-use super::handshake::{self, Answer};
-use super::headers::{self, ClientInfo};
+use super::front::{self, ConnHold, HyperIo, RequestLog};
+use super::handshake::{self, Answer, Framing, RefusalBody, ResponseHead};
+use super::headers::{self, ClientInfo, Listener};
+use super::http1::{self, Field, Method, RequestHead};
 use super::relay::{self, RelaySettings, Signals};
-use super::service::{ProxyState, RequestInfo};
+use super::server::ListenerCtx;
+use super::service::ProxyState;
+use super::stream::Stream;
 use super::{ProxyBody, forward};
-use crate::metrics::{ConnMetrics, HttpAccess, Initiator, UpgradeResult, WebSocketAccess, close_code_class};
-use crate::routes::{Endpoint, Route};
+use crate::metrics::{ConnMetrics, HttpAccess, RouteMetrics, UpgradeResult, WebSocketAccess};
+use crate::policy::limits::Slot;
+use crate::routes::{ActiveGuard, EndpointLive, PendingGuard, Route, RouteTable};
 
-type Failed = (ProxyError, RequestInfo);
+/// The client's request fields, from the front door's parse (spans of its buffer) or from
+/// hyper's (`(name, value)` pairs of its `HeaderMap`).
+#[derive(Clone, Copy)]
+enum ReqFields<'a> {
+    Raw(&'a [Field], &'a [u8]),
+    Pairs(&'a [(&'a [u8], &'a [u8])]),
+}
 
-/// Upgrade `req` through `route`. On success the returned 101 is sent by hyper and a tracked
-/// task relays the tunnel until it closes.
-pub async fn upgrade(
-    state: &Arc<ProxyState>,
-    mut req: Request<Incoming>,
-    route: Arc<Route>,
-    client: ClientInfo,
-    started: Instant,
-) -> Result<Response<ProxyBody>, Failed> {
-    let info = RequestInfo { method: req.method().clone(), path: req.uri().path().to_string() };
-    let fail = |e: ProxyError| (e, info.clone());
+/// Iterator over `(name, value)` of [`ReqFields`].
+#[derive(Clone)]
+enum FieldIter<'a> {
+    Raw(std::slice::Iter<'a, Field>, &'a [u8]),
+    Pairs(std::slice::Iter<'a, (&'a [u8], &'a [u8])>),
+}
+
+impl<'a> Iterator for FieldIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Raw(it, buf) => it.next().map(|f| (f.name.get(buf), f.value.get(buf))),
+            Self::Pairs(it) => it.next().copied(),
+        }
+    }
+}
+
+impl<'a> ReqFields<'a> {
+    fn iter(self) -> FieldIter<'a> {
+        match self {
+            Self::Raw(f, buf) => FieldIter::Raw(f.iter(), buf),
+            Self::Pairs(p) => FieldIter::Pairs(p.iter()),
+        }
+    }
+    fn values<'n>(self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + Clone + use<'a, 'n> {
+        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+    }
+    fn value(self, name: &str) -> Option<&'a [u8]> {
+        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+    }
+}
+
+/// What the handshake needs of the client's request.
+struct UpgradeReq<'a> {
+    fields: ReqFields<'a>,
+    /// The host the request is for (absolute-form authority or Host), as sent.
+    host: Option<&'a str>,
+    /// The Host field is absent (the authority came from an absolute-form target).
+    host_missing: bool,
+    /// The path as sent (normalised here for matching).
+    path: &'a str,
+    /// `path?query`, as sent to the backend (origin form, RFC 9112 §3.2.1).
+    path_and_query: &'a [u8],
+}
+
+/// Validate an opening handshake (RFC 6455 §4.2.1): GET, HTTP/1.1, `Connection: upgrade`, one
+/// 16-byte base64 `Sec-WebSocket-Key`, and `Sec-WebSocket-Version: 13` (another version gets
+/// 426 with `Sec-WebSocket-Version: 13`, §4.4).
+pub fn check_opening<'a>(
+    get: bool,
+    http11: bool,
+    connection_upgrade: bool,
+    mut keys: impl Iterator<Item = &'a [u8]>,
+    mut versions: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), ProxyError> {
+    if !connection_upgrade {
+        return Err(ProxyError::BadUpgrade("Upgrade: websocket without Connection: upgrade"));
+    }
+    if !get {
+        return Err(ProxyError::BadUpgrade("a WebSocket upgrade must use GET"));
+    }
+    if !http11 {
+        return Err(ProxyError::BadUpgrade("a WebSocket upgrade must use HTTP/1.1"));
+    }
+    let key = keys.next().ok_or(ProxyError::BadUpgrade("missing Sec-WebSocket-Key"))?;
+    if keys.next().is_some() {
+        return Err(ProxyError::BadUpgrade("more than one Sec-WebSocket-Key"));
+    }
+    if !headers::valid_key(key) {
+        return Err(ProxyError::BadUpgrade("Sec-WebSocket-Key is not 16 bytes of base64"));
+    }
+    match versions.next().map(<[u8]>::trim_ascii) {
+        Some(b"13") => Ok(()),
+        Some(_) => Err(ProxyError::VersionMismatch),
+        None => Err(ProxyError::BadUpgrade("missing Sec-WebSocket-Version")),
+    }
+}
+
+/// A backend that answered, and everything the tunnel or the refusal needs afterwards.
+struct Opened {
+    route: Arc<RouteMetrics>,
+    relay: RelaySettings,
+    endpoint: SocketAddr,
+    live: Arc<EndpointLive>,
+    /// Counts the endpoint in least-conn until the tunnel is tracked.
+    _handshaking: PendingGuard,
+    route_slot: Option<Slot<Arc<str>>>,
+    answer: Answer,
+}
+
+type Failed = (Option<Arc<RouteMetrics>>, ProxyError);
+
+/// From the request to the backend's answer.
+async fn open(
+    state: &ProxyState,
+    ctx: &ListenerCtx,
+    table: &RouteTable,
+    req: &UpgradeReq<'_>,
+    client: &ClientInfo,
+) -> Result<Opened, Failed> {
+    let path = http1::normalize_path(req.path).map_err(|e| (None, e.into()))?;
+    let found = table.lookup(req.host, &path).ok_or((None, ProxyError::NoRoute))?;
+    let route: &Route = found.route;
+    let handles = state.metrics.for_table(table);
+    let rm =
+        handles.route(found.slot).cloned().unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
+    let fail = |e: ProxyError| (Some(rm.clone()), e);
     let settings = &route.settings;
-    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let origin = req.fields.value("origin").and_then(|o| std::str::from_utf8(o).ok());
     if !settings.origin_allowed(origin) {
         return Err(fail(ProxyError::OriginForbidden));
     }
     let route_slot = match settings.max_connections {
-        Some(limit) => {
-            Some(state.route_conns.acquire(&route.id, limit as usize).ok_or_else(|| fail(ProxyError::RouteLimit))?)
-        }
+        Some(limit) => Some(state.route_conns.acquire(&rm.route, limit).ok_or_else(|| fail(ProxyError::RouteLimit))?),
         None => None,
     };
-    let key = balance::hash_key(&settings.policy, req.headers(), client.client);
+    let key = balance::hash_key(&settings.policy, |name| req.fields.value(name), client.client);
     let candidates = balance::pick(&route.pool, &settings.policy, key.as_deref());
     if candidates.is_empty() {
         return Err(fail(ProxyError::NoEndpoints));
     }
-    let client_slot = req.extensions().get::<super::server::ClientSlot>().cloned();
-    let client_key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned().unwrap_or(HeaderValue::from_static(""));
-    let on_client_upgrade = hyper::upgrade::on(&mut req);
-    let mut fields = upstream_fields(&req, &client);
-    let target = headers::origin_form(req.uri());
+    let mut head = Vec::with_capacity(512);
+    upstream_head(&mut head, req, client, ctx.listener);
+    let client_key = req.fields.value("sec-websocket-key").unwrap_or_default();
+    let (i, handshaking, answer) = connect_and_ask(route, &rm, candidates, &head, client_key).await.map_err(fail)?;
+    let Some(ep) = route.pool.ready_at(i) else { return Err(fail(ProxyError::NoEndpoints)) };
+    let relay = RelaySettings {
+        idle_timeout: settings.idle_timeout,
+        ping_interval: settings.ping_interval,
+        pong_timeout: settings.pong_timeout,
+        drain_timeout: settings.drain_timeout,
+        max_message: settings.max_message_bytes,
+    };
+    Ok(Opened {
+        route: rm,
+        relay,
+        endpoint: ep.addr,
+        live: ep.live.clone(),
+        _handshaking: handshaking,
+        route_slot,
+        answer,
+    })
+}
 
+/// Try the candidates in order: connect (a failure ejects the endpoint and tries the next),
+/// then one handshake exchange within the handshake timeout.
+async fn connect_and_ask(
+    route: &Route,
+    rm: &RouteMetrics,
+    candidates: Candidates,
+    head: &[u8],
+    client_key: &[u8],
+) -> Result<(usize, PendingGuard, Answer), ProxyError> {
+    let settings = &route.settings;
     let mut last_err = ProxyError::NoEndpoints;
     for &i in candidates.as_slice() {
-        let Some(endpoint) = route.pool.ready_at(i) else {
-            continue;
-        };
+        let Some(endpoint) = route.pool.ready_at(i) else { continue };
+        // Least-conn counts a handshake in flight, so a reconnect storm spreads out.
+        let handshaking = endpoint.live.handshaking();
         let stream = match forward::connect(endpoint, settings.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
-                record_upstream_error(state, &route, &e);
+                record_upstream_error(rm, &e);
                 balance::eject(endpoint);
                 last_err = e;
                 continue;
             }
         };
-        if !fields.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&endpoint.addr.to_string())
-        {
-            fields.insert(header::HOST, v);
-        }
-        let head = handshake::request_head(&target.to_string(), &fields);
-        let exchange = handshake::exchange(stream, &head, client_key.as_bytes());
+        let exchange = handshake::exchange(Stream::from(stream), head, client_key, settings.response_timeout);
         let attempt = tokio::time::timeout(settings.handshake_timeout, exchange)
             .await
             .unwrap_or(Err(ProxyError::ResponseTimeout));
         return match attempt {
-            Ok(Answer::Switched { headers: backend_headers, stream: upstream, early: upstream_pre }) => {
-                let resp = client_response(backend_headers);
-                state.metrics.upgrade(&route.id, UpgradeResult::Ok);
-                state.metrics.handshake(&route.id, started.elapsed());
-                let s = &route.settings;
-                let tunnel = Box::new(Tunnel {
-                    metrics: state.metrics.connection(&route.id, &route.backend),
-                    settings: RelaySettings {
-                        idle_timeout: s.idle_timeout,
-                        ping_interval: s.ping_interval,
-                        pong_timeout: s.pong_timeout,
-                        drain_timeout: s.drain_timeout,
-                        max_message: s.max_message_bytes,
-                    },
-                    signals: Signals {
-                        shutdown: state.drain.token().clone(),
-                        endpoint_removed: endpoint.live.removed().clone(),
-                    },
-                    upstream: Some(upstream),
-                    upstream_pre,
-                    route: route.clone(),
-                    endpoint: endpoint.clone(),
-                    client,
-                    _route_slot: route_slot,
-                    _client_slot: client_slot,
-                });
-                state.drain.spawn(tunnel.run(on_client_upgrade));
-                Ok(resp)
-            }
-            Ok(Answer::Refused { status, headers: backend_headers, body }) => {
-                let resp = passthrough(status, backend_headers, body);
-                state.metrics.upgrade(&route.id, UpgradeResult::BackendRefused);
-                HttpAccess {
-                    route: &route.id,
-                    method: info.method.as_str(),
-                    path: &info.path,
-                    status: resp.status().as_u16(),
-                    duration: started.elapsed(),
-                    client: client.client,
-                    endpoint: Some(endpoint.addr),
-                    upgrade: true,
-                    error: None,
-                }
-                .emit();
-                Ok(resp)
-            }
+            Ok(answer) => Ok((i, handshaking, answer)),
             Err(e) => {
-                record_upstream_error(state, &route, &e);
-                Err(fail(e))
+                record_upstream_error(rm, &e);
+                Err(e)
             }
         };
     }
-    Err(fail(last_err))
+    Err(last_err)
 }
 
-fn record_upstream_error(state: &ProxyState, route: &Route, e: &ProxyError) {
+fn record_upstream_error(rm: &RouteMetrics, e: &ProxyError) {
     if let Some(reason) = e.upstream_reason() {
-        state.metrics.upstream_error(&route.id, &route.backend, reason);
+        rm.upstream_error(reason);
     }
 }
 
-/// The fields sent to the backend: the client's end-to-end headers (Host preserved, and
-/// `Sec-WebSocket-Key`/`-Protocol`/`-Extensions`/`Origin` with them), hop-by-hop fields
-/// removed (RFC 9110 §7.6.1), X-Forwarded-* added, and the upgrade fields set again
-/// (RFC 6455 §4.1).
-fn upstream_fields(req: &Request<Incoming>, client: &ClientInfo) -> http::HeaderMap {
-    let mut h = req.headers().clone();
-    headers::strip_hop_by_hop(&mut h);
-    let host = req.headers().get(header::HOST).cloned();
-    headers::add_forwarded(&mut h, client, host.as_ref());
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h
+/// The request head for the backend: the client's end-to-end fields in order (hop-by-hop
+/// ones removed, RFC 9110 §7.6.1, and the forwarding fields replaced), `Host` preserved (or
+/// taken from an absolute-form authority), then the forwarding fields and the upgrade fields
+/// set again (RFC 6455 §4.1).
+fn upstream_head(out: &mut Vec<u8>, req: &UpgradeReq<'_>, client: &ClientInfo, listener: Listener) {
+    handshake::request_line(out, if req.path_and_query.is_empty() { b"/" } else { req.path_and_query });
+    let host = req.host.map(str::as_bytes);
+    if req.host_missing
+        && let Some(h) = host
+    {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\r\n");
+    }
+    let connection = req.fields.values("connection");
+    for (name, value) in req.fields.iter() {
+        if headers::is_hop_by_hop(name, connection.clone()) || headers::is_forwarding(name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    headers::write_forwarding(out, client, listener, host, |name| req.fields.values(name));
+    out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n");
 }
 
-/// A backend's non-101 answer, passed back as is (hop-by-hop fields removed).
-fn passthrough(status: StatusCode, mut fields: http::HeaderMap, body: bytes::Bytes) -> Response<ProxyBody> {
-    headers::strip_hop_by_hop(&mut fields);
-    fields.remove(header::CONTENT_LENGTH);
-    let mut resp = Response::new(Either::Right(http_body_util::Full::new(body)));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = fields;
-    resp
+/// The 101 for the client: the backend's end-to-end fields and our own upgrade fields.
+fn switching_head(out: &mut Vec<u8>, backend: &ResponseHead) {
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in backend.end_to_end() {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n");
 }
 
-/// The 101 for the client: the backend's headers, with our own hop-by-hop upgrade fields.
-fn client_response(mut h: http::HeaderMap) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(http_body_util::Full::new(bytes::Bytes::new())));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    headers::strip_hop_by_hop(&mut h);
-    h.remove(header::CONTENT_LENGTH);
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    *resp.headers_mut() = h;
-    resp
+/// An upgrade read by the front door: answered on this stream, and the tunnel run in this task.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve(
+    state: &Arc<ProxyState>,
+    ctx: &ListenerCtx,
+    mut client: Stream,
+    buf: Vec<u8>,
+    head: RequestHead,
+    info: ClientInfo,
+    started: Instant,
+    hold: ConnHold,
+) {
+    let log = RequestLog { method: head.method_span.str(&buf), path: head.path.str(&buf) };
+    let checked = check_opening(
+        head.method == Method::Get,
+        head.minor == 1,
+        head.upgrade.connection_upgrade,
+        head.values(&buf, "sec-websocket-key"),
+        head.values(&buf, "sec-websocket-version"),
+    );
+    let opened = match checked {
+        Ok(()) => {
+            let req = UpgradeReq {
+                fields: ReqFields::Raw(&head.fields, &buf),
+                host: head.host.map(|h| h.str(&buf)),
+                host_missing: head.host_field.is_none(),
+                path: head.path.str(&buf),
+                path_and_query: &buf[head.path.range().start..head.query.range().end],
+            };
+            let table = state.routes.load();
+            open(state, ctx, &table, &req, &info).await
+        }
+        Err(e) => Err((None, e)),
+    };
+    let opened = match opened {
+        Ok(o) => o,
+        Err((route, err)) => {
+            front::refuse(state, ctx, &mut client, route.as_deref(), &err, &log, &info, started, true).await;
+            return;
+        }
+    };
+    let Opened { route, relay, endpoint, live, _handshaking, route_slot, answer } = opened;
+    match answer {
+        Answer::Switched { head: backend, stream: upstream, early } => {
+            let mut out = Vec::with_capacity(256);
+            switching_head(&mut out, &backend);
+            drop(backend);
+            if let Err(e) = client.write_all_within(&out, ctx.config.write_timeout).await {
+                // The client left before its 101: nothing to relay.
+                tracing::debug!(error = %e, "client gone before the 101");
+                return;
+            }
+            drop(out);
+            route.upgrade(UpgradeResult::Ok);
+            route.handshake(started.elapsed());
+            let client_pre = Bytes::copy_from_slice(&buf[head.len..]);
+            drop(buf);
+            let tunnel =
+                Tunnel::new(state, ctx, route, relay, endpoint, live, info.client, route_slot, Hold::Owned(hold));
+            drop(_handshaking);
+            tunnel.run(client, client_pre, upstream, early).await;
+        }
+        Answer::Refused { head: backend, body } => {
+            route.upgrade(UpgradeResult::BackendRefused);
+            access_refused(&route, &log, backend.status, started, &info, endpoint);
+            write_refusal(&mut client, &backend, body, ctx.config.write_timeout).await;
+        }
+    }
 }
 
-/// Recover the raw socket and the bytes hyper had already read past the head.
-fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, bytes::Bytes)> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-    Some((parts.io.into_inner(), parts.read_buf))
+fn access_refused(
+    route: &RouteMetrics,
+    log: &RequestLog<'_>,
+    status: u16,
+    started: Instant,
+    info: &ClientInfo,
+    endpoint: SocketAddr,
+) {
+    HttpAccess {
+        route: &route.route,
+        method: log.method,
+        path: log.path,
+        status,
+        duration: started.elapsed(),
+        client: info.client,
+        endpoint: Some(endpoint),
+        upgrade: true,
+        error: None,
+    }
+    .emit();
 }
 
-/// An established tunnel. Everything it keeps lives in this one heap block, so the task's
-/// future holds a pointer instead of copies of each piece at every await level.
+/// Pass a backend's refusal to the client: its status and end-to-end fields, the body as the
+/// client takes it (one read buffer at a time, each write within the write timeout, at most
+/// [`handshake::MAX_REFUSAL_BODY`]), then close (the client expected to switch protocols).
+async fn write_refusal(
+    client: &mut Stream,
+    backend: &ResponseHead,
+    mut body: RefusalBody,
+    write_timeout: std::time::Duration,
+) {
+    use std::io::Write;
+    let status = StatusCode::from_u16(backend.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = Vec::with_capacity(512);
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    for (name, value) in backend.end_to_end() {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = match body.framing() {
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+            false
+        }
+        Framing::Chunked(_) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+        Framing::None => {
+            if backend.status >= 200 && backend.status != 204 && backend.status != 304 {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            false
+        }
+        Framing::UntilClose => false,
+    };
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    if client.write_all_within(&out, write_timeout).await.is_err() {
+        return;
+    }
+    while let Some(piece) = body.next_data().await {
+        let Ok(data) = piece else {
+            // Cut short (too large, timed out, backend gone): the client sees the close.
+            return;
+        };
+        out.clear();
+        if chunked {
+            let _ = write!(out, "{:x}\r\n", data.len());
+        }
+        if client.write_all_within(&out, write_timeout).await.is_err()
+            || client.write_all_within(&data, write_timeout).await.is_err()
+            || (chunked && client.write_all_within(b"\r\n", write_timeout).await.is_err())
+        {
+            return;
+        }
+    }
+    if chunked && client.write_all_within(b"0\r\n\r\n", write_timeout).await.is_err() {
+        return;
+    }
+    client.shutdown_write();
+}
+
+/// An upgrade that arrived through hyper (a later request of a keep-alive connection): the 101
+/// is hyper's to send, and the tunnel runs in its own task once hyper hands the stream back.
+pub async fn serve_hyper(
+    state: &Arc<ProxyState>,
+    ctx: &Arc<ListenerCtx>,
+    mut req: Request<Incoming>,
+    info: ClientInfo,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let log_path = req.uri().path().to_string();
+    let log_method = req.method().clone();
+    let log = RequestLog { method: log_method.as_str(), path: &log_path };
+    let checked = check_opening(
+        req.method() == http::Method::GET,
+        req.version() == http::Version::HTTP_11,
+        headers::has_token(req.headers(), &header::CONNECTION, "upgrade"),
+        req.headers().get_all(header::SEC_WEBSOCKET_KEY).iter().map(HeaderValue::as_bytes),
+        req.headers().get_all(header::SEC_WEBSOCKET_VERSION).iter().map(HeaderValue::as_bytes),
+    );
+    let host = service::request_host(&req);
+    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_string();
+    let opened = match checked {
+        Ok(()) => {
+            let pairs: Vec<(&[u8], &[u8])> =
+                req.headers().iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())).collect();
+            let upgrade_req = UpgradeReq {
+                fields: ReqFields::Pairs(&pairs),
+                host: host.as_deref(),
+                host_missing: !req.headers().contains_key(header::HOST),
+                path: req.uri().path(),
+                path_and_query: path_and_query.as_bytes(),
+            };
+            let table = state.routes.load();
+            open(state, ctx, &table, &upgrade_req, &info).await
+        }
+        Err(e) => Err((None, e)),
+    };
+    let Opened { route, relay, endpoint, live, _handshaking, route_slot, answer } = match opened {
+        Ok(o) => o,
+        Err((route, err)) => {
+            front::account(state, route.as_deref(), &err, &log, &info, started, true);
+            return service::error_response(&err, true);
+        }
+    };
+    match answer {
+        Answer::Switched { head: backend, stream: upstream, early } => {
+            route.upgrade(UpgradeResult::Ok);
+            route.handshake(started.elapsed());
+            let mut resp = Response::new(ProxyBody::Full(None));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let mut fields = backend.header_map();
+            fields.remove(header::CONTENT_LENGTH);
+            fields.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            fields.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            *resp.headers_mut() = fields;
+            let hold = req.extensions_mut().remove::<Arc<ConnHold>>().map_or(Hold::None, Hold::Shared);
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let tunnel = Tunnel::new(state, ctx, route, relay, endpoint, live, info.client, route_slot, hold);
+            state.drain.spawn(async move {
+                let (client, client_pre) = match on_upgrade.await.map(|u| u.downcast::<TokioIo<HyperIo>>()) {
+                    Ok(Ok(parts)) => {
+                        let (stream, mut ahead) = parts.io.into_inner().into_parts();
+                        if !parts.read_buf.is_empty() {
+                            let mut joined = parts.read_buf.to_vec();
+                            joined.extend_from_slice(&ahead);
+                            ahead = Bytes::from(joined);
+                        }
+                        (stream, ahead)
+                    }
+                    _ => {
+                        tracing::debug!("client upgrade failed after 101");
+                        return;
+                    }
+                };
+                drop(_handshaking);
+                tunnel.run(client, client_pre, upstream, early).await;
+            });
+            resp
+        }
+        Answer::Refused { head: backend, body } => {
+            route.upgrade(UpgradeResult::BackendRefused);
+            access_refused(&route, &log, backend.status, started, &info, endpoint);
+            let mut resp = Response::new(ProxyBody::Refusal(body));
+            *resp.status_mut() = StatusCode::from_u16(backend.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut fields = backend.header_map();
+            fields.remove(header::CONTENT_LENGTH);
+            fields.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            *resp.headers_mut() = fields;
+            resp
+        }
+    }
+}
+
+use super::service;
+
+/// What keeps a connection's places (connection limit, per-client slot) while its tunnel lives;
+/// held only for what dropping it releases.
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Hold {
+    Owned(ConnHold),
+    Shared(Arc<ConnHold>),
+    None,
+}
+
+/// An established tunnel. Everything it keeps lives in this one heap block — ids and handles,
+/// never the route or its table — so the task's future holds a pointer instead of copies.
 struct Tunnel {
     metrics: ConnMetrics,
     settings: RelaySettings,
     signals: Signals,
-    upstream: Option<TcpStream>,
-    upstream_pre: bytes::Bytes,
-    route: Arc<Route>,
-    endpoint: Endpoint,
-    client: ClientInfo,
-    _route_slot: Option<super::limits::Slot>,
-    _client_slot: Option<super::server::ClientSlot>,
+    endpoint: SocketAddr,
+    client: IpAddr,
+    keepalive: Option<std::time::Duration>,
+    _active: ActiveGuard,
+    _route_slot: Option<Slot<Arc<str>>>,
+    _hold: Hold,
 }
 
 impl Tunnel {
-    async fn run(mut self: Box<Self>, on_client_upgrade: hyper::upgrade::OnUpgrade) {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        state: &ProxyState,
+        ctx: &ListenerCtx,
+        route: Arc<RouteMetrics>,
+        settings: RelaySettings,
+        endpoint: SocketAddr,
+        live: Arc<EndpointLive>,
+        client: IpAddr,
+        route_slot: Option<Slot<Arc<str>>>,
+        hold: Hold,
+    ) -> Box<Self> {
+        let signals = Signals {
+            shutdown: state.drain.token().clone(),
+            shutdown_spread: state.drain.spread(),
+            endpoint_removed: live.removed().clone(),
+        };
+        Box::new(Self {
+            metrics: route.tunnel(),
+            settings,
+            signals,
+            endpoint,
+            _active: live.track(),
+            client,
+            keepalive: ctx.config.tcp_keepalive,
+            _route_slot: route_slot,
+            _hold: hold,
+        })
+    }
+
+    async fn run(self: Box<Self>, client: Stream, client_pre: Bytes, upstream: Stream, upstream_pre: Bytes) {
         let opened = Instant::now();
-        let client_upgraded = match on_client_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                // The client left between our 101 and its upgrade: the tunnel ended.
-                self.metrics.closed(Initiator::Client, close_code_class(None, false), opened.elapsed());
-                tracing::debug!(error = %e, "client upgrade failed after 101");
-                return;
-            }
-        };
-        let (Some((client, client_pre)), Some(upstream)) = (into_tcp(client_upgraded), self.upstream.take()) else {
-            tracing::error!("client upgrade did not yield a TCP socket");
-            return;
-        };
-        let upstream_pre = std::mem::take(&mut self.upstream_pre);
-        let _active = self.endpoint.live.track();
+        if let Some(idle) = self.keepalive {
+            // Accepted sockets inherit keepalive from the listener; the backend socket gets it here.
+            let _ = socket2::SockRef::from(upstream.tcp()).set_tcp_keepalive(&super::server::keepalive(idle));
+        }
         let out =
             relay::relay(client, client_pre, upstream, upstream_pre, &self.settings, &self.signals, &self.metrics)
                 .await;
         let lifetime = opened.elapsed();
-        self.metrics.closed(out.initiator, close_code_class(out.close_code, out.close_seen), lifetime);
+        self.metrics.closed(out.initiator, out.close_code, out.close_seen, lifetime);
+        let route = self.metrics.route();
         WebSocketAccess {
-            route: &self.route.id,
-            backend: &self.route.backend,
-            endpoint: self.endpoint.addr,
-            client: self.client.client,
+            route: &route.route,
+            backend: &route.backend,
+            endpoint: self.endpoint,
+            client: self.client,
             duration: lifetime,
             msgs_in: out.messages[0],
             msgs_out: out.messages[1],

@@ -8,7 +8,9 @@
 //! Kubernetes Ingress API defines it: `/foo` matches `/foo`, `/foo/` and `/foo/bar`, never `/foobar`.
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 
 use super::Rule;
 
@@ -130,6 +132,18 @@ pub(crate) fn precedence_key(host: &HostMatch, path: &PathMatch) -> (u8, String,
 
 /// Lower-case, without port or trailing dot. Keeps IPv6 literals bracketed.
 pub fn normalize_host(raw: &str) -> String {
+    let mut buf = [0u8; MAX_HOST];
+    match normalized(raw, &mut buf) {
+        Some(h) => h.to_string(),
+        None => raw.trim().to_ascii_lowercase(),
+    }
+}
+
+/// Longest host name looked up (a DNS name has at most 253 characters).
+const MAX_HOST: usize = 256;
+
+/// [`normalize_host`] into a caller's buffer, without allocating; `None` when too long.
+fn normalized<'b>(raw: &str, buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
     let raw = raw.trim();
     let without_port = if raw.starts_with('[') {
         match raw.find(']') {
@@ -142,15 +156,64 @@ pub fn normalize_host(raw: &str) -> String {
             _ => raw,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.').as_bytes();
+    let out = buf.get_mut(..host.len())?;
+    for (o, b) in out.iter_mut().zip(host) {
+        *o = b.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).ok()
 }
 
-/// Rules must be sorted by [`precedence_key`].
-pub(crate) fn find<'a>(rules: &'a [Rule], host: Option<&str>, path: &str) -> Option<&'a std::sync::Arc<super::Route>> {
-    let host = host.map(normalize_host);
-    let host = host.as_deref();
-    let group = &rules.iter().find(|r| r.host.matches(host))?.host;
-    rules.iter().filter(|r| &r.host == group).find(|r| r.path.matches(path)).map(|r| &r.route)
+/// Rules grouped by host for lookup in O(1) of the number of hosts: exact hosts and wildcard
+/// suffixes in hash maps, each to the range of its rules in the precedence-sorted rule list
+/// (a host's rules are contiguous there), plus the range of host-less rules.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostIndex {
+    exact: HashMap<String, Range<usize>>,
+    wildcard: HashMap<String, Range<usize>>,
+    any: Option<Range<usize>>,
+}
+
+impl HostIndex {
+    /// `rules` must be sorted by [`precedence_key`].
+    pub(crate) fn new(rules: &[Rule]) -> Self {
+        let mut index = Self::default();
+        let mut start = 0;
+        while start < rules.len() {
+            let host = &rules[start].host;
+            let len = rules[start..].iter().take_while(|r| &r.host == host).count();
+            let range = start..start + len;
+            match host {
+                HostMatch::Exact(h) => {
+                    index.exact.insert(h.clone(), range);
+                }
+                HostMatch::Wildcard(h) => {
+                    index.wildcard.insert(h.clone(), range);
+                }
+                HostMatch::Any => index.any = Some(range),
+            }
+            start += len;
+        }
+        index
+    }
+
+    /// The rules of the most specific host group matching `host` (exact host, then the
+    /// wildcard one label up, then host-less rules), as nginx selects a server.
+    pub(crate) fn group(&self, host: Option<&str>) -> Option<Range<usize>> {
+        let mut buf = [0u8; MAX_HOST];
+        if let Some(h) = host.and_then(|h| normalized(h, &mut buf)) {
+            if let Some(r) = self.exact.get(h) {
+                return Some(r.clone());
+            }
+            if let Some((label, rest)) = h.split_once('.')
+                && !label.is_empty()
+                && let Some(r) = self.wildcard.get(rest)
+            {
+                return Some(r.clone());
+            }
+        }
+        self.any.clone()
+    }
 }
 
 #[cfg(test)]

@@ -87,8 +87,12 @@ pub struct RouteSettings {
     pub connect_timeout: Duration,
     /// From sending the upgrade request upstream to its complete response head (504 after).
     pub handshake_timeout: Duration,
-    /// When an endpoint leaves the pool, close its tunnels with 1001 after this long. `None` = never.
+    /// When an endpoint leaves the pool, its tunnels get Close 1001 at random instants within
+    /// this window. `None` = never.
     pub drain_timeout: Option<Duration>,
+    /// Plain HTTP: from the request sent upstream to its response head, and between two reads
+    /// of the response body (nginx `proxy_read_timeout`); 504 when the head does not come.
+    pub response_timeout: Duration,
     /// Close with 1009 when one message (sum of its fragments) exceeds this. `None` = unlimited.
     pub max_message_bytes: Option<u64>,
     /// Live WebSocket tunnels allowed on this route; more get 503. `None` = unlimited.
@@ -109,6 +113,7 @@ impl Default for RouteSettings {
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Some(Duration::from_secs(30)),
+            response_timeout: Duration::from_secs(60),
             max_message_bytes: None,
             max_connections: None,
             allowed_origins: Vec::new(),
@@ -133,6 +138,8 @@ impl RouteSettings {
 #[derive(Debug, Default)]
 pub struct EndpointLive {
     active: AtomicUsize,
+    /// Upgrades in flight towards this endpoint (connect and handshake under way).
+    handshaking: AtomicUsize,
     /// Fired when the endpoint leaves every pool: its tunnels start their drain timers.
     removed: CancellationToken,
     /// Milliseconds since the process epoch until which connect failures keep it out of rotation.
@@ -142,6 +149,16 @@ pub struct EndpointLive {
 impl EndpointLive {
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+    /// What least-conn balances on: live tunnels plus handshakes in flight, so a burst of
+    /// new connections spreads out before any of them is established.
+    pub fn load(&self) -> usize {
+        self.active() + self.handshaking.load(Ordering::Relaxed)
+    }
+    /// Count one handshake in flight until the guard drops.
+    pub fn handshaking(self: &Arc<Self>) -> PendingGuard {
+        self.handshaking.fetch_add(1, Ordering::Relaxed);
+        PendingGuard(self.clone())
     }
     /// Count one live connection until the guard drops.
     pub fn track(self: &Arc<Self>) -> ActiveGuard {
@@ -159,6 +176,16 @@ impl EndpointLive {
     }
     pub fn eject_until_ms(&self, until: u64) {
         self.ejected_until_ms.store(until, Ordering::Relaxed);
+    }
+}
+
+/// Decrements an endpoint's in-flight handshake count on drop.
+#[derive(Debug)]
+pub struct PendingGuard(Arc<EndpointLive>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -266,13 +293,37 @@ pub struct RouteTable {
     pub generation: u64,
     rules: Vec<Rule>,
     default_route: Option<Arc<Route>>,
+    /// Every distinct route (rules' first, then the default); a route's index here is its slot.
+    routes: Vec<Arc<Route>>,
+    /// Slot of each rule's route, in rule order.
+    rule_slots: Vec<usize>,
+    default_slot: Option<usize>,
+    index: matching::HostIndex,
+}
+
+/// A matched route and its slot in the table (the index of per-table data such as metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct Found<'a> {
+    pub route: &'a Arc<Route>,
+    pub slot: usize,
 }
 
 impl RouteTable {
-    /// Build a table; rules are ordered by precedence here, once.
+    /// Build a table; rules are ordered by precedence and indexed by host here, once.
     pub fn new(mut rules: Vec<Rule>, default_route: Option<Arc<Route>>) -> Self {
         rules.sort_by_key(|r| matching::precedence_key(&r.host, &r.path));
-        Self { generation: 0, rules, default_route }
+        let mut routes: Vec<Arc<Route>> = Vec::new();
+        let mut by_ptr: HashMap<*const Route, usize> = HashMap::new();
+        let mut slot_of = |r: &Arc<Route>| {
+            *by_ptr.entry(Arc::as_ptr(r)).or_insert_with(|| {
+                routes.push(r.clone());
+                routes.len() - 1
+            })
+        };
+        let rule_slots = rules.iter().map(|r| slot_of(&r.route)).collect();
+        let default_slot = default_route.as_ref().map(&mut slot_of);
+        let index = matching::HostIndex::new(&rules);
+        Self { generation: 0, rules, default_route, routes, rule_slots, default_slot, index }
     }
 
     /// Every request goes to one pool (sidecar mode, `--upstream`).
@@ -289,21 +340,26 @@ impl RouteTable {
 
     /// The route for a request's host (as sent, may carry a port) and path.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        matching::find(&self.rules, host, path).or(self.default_route.as_ref())
+        self.lookup(host, path).map(|f| f.route)
     }
 
-    /// Every distinct route of the table (rules first, then the default).
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        let mut seen: Vec<*const Route> = Vec::new();
-        self.rules.iter().map(|r| &r.route).chain(self.default_route.iter()).filter(move |r| {
-            let p = Arc::as_ptr(r);
-            if seen.contains(&p) {
-                false
-            } else {
-                seen.push(p);
-                true
-            }
-        })
+    /// Like [`find`](Self::find), with the route's slot. The host group is one hash lookup
+    /// (exact host, then the one-label wildcard), whatever the number of hosts.
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<Found<'_>> {
+        let at = |i: usize| Found { route: &self.rules[i].route, slot: self.rule_slots[i] };
+        match self
+            .index
+            .group(host)
+            .and_then(|g| self.rules[g.clone()].iter().position(|r| r.path.matches(path)).map(|i| g.start + i))
+        {
+            Some(i) => Some(at(i)),
+            None => self.default_route.as_ref().zip(self.default_slot).map(|(route, slot)| Found { route, slot }),
+        }
+    }
+
+    /// Every distinct route of the table (rules first, then the default), in slot order.
+    pub fn routes(&self) -> impl ExactSizeIterator<Item = &Arc<Route>> {
+        self.routes.iter()
     }
 
     /// Swap each endpoint's live state for the one of the same address in `previous`,
@@ -316,26 +372,32 @@ impl RouteTable {
                 live.entry(ep.addr).or_insert_with(|| ep.live.clone());
             }
         }
-        // Routes are shared between rules; rebuild each once and remap by pointer.
-        let mut remap: Vec<(*const Route, Arc<Route>)> = Vec::new();
-        let mut convert = |r: &Arc<Route>| -> Arc<Route> {
-            let p = Arc::as_ptr(r);
-            if let Some((_, n)) = remap.iter().find(|(q, _)| *q == p) {
-                return n.clone();
-            }
-            let pool = r.pool.relinked(&live);
-            let n =
-                Arc::new(Route { id: r.id.clone(), backend: r.backend.clone(), pool, settings: r.settings.clone() });
-            remap.push((p, n.clone()));
-            n
-        };
+        // Each distinct route is rebuilt once, in slot order; rules, slots and the host index
+        // are the same as before, so nothing is sorted or hashed again.
+        let routes: Vec<Arc<Route>> = self
+            .routes
+            .iter()
+            .map(|r| {
+                let pool = r.pool.relinked(&live);
+                Arc::new(Route { id: r.id.clone(), backend: r.backend.clone(), pool, settings: r.settings.clone() })
+            })
+            .collect();
         let rules = self
             .rules
             .iter()
-            .map(|rule| Rule { host: rule.host.clone(), path: rule.path.clone(), route: convert(&rule.route) })
+            .zip(&self.rule_slots)
+            .map(|(rule, &slot)| Rule { host: rule.host.clone(), path: rule.path.clone(), route: routes[slot].clone() })
             .collect();
-        let default_route = self.default_route.as_ref().map(&mut convert);
-        RouteTable { generation: self.generation, rules, default_route }
+        let default_route = self.default_slot.map(|slot| routes[slot].clone());
+        RouteTable {
+            generation: self.generation,
+            rules,
+            default_route,
+            routes,
+            rule_slots: self.rule_slots,
+            default_slot: self.default_slot,
+            index: self.index,
+        }
     }
 
     /// Addresses present in `self` but in no pool of `next`.

@@ -49,6 +49,8 @@ impl Publisher {
         let generation = self.routes.publish(table);
         let current = self.routes.load();
         self.metrics.table_published(self.source, &current, warnings.len());
+        // The proxy's per-route metric handles for this table are resolved here, off the data path.
+        self.metrics.for_table(&current);
         tracing::info!(source = self.source, generation, routes = current.routes().count(), "route table published");
         generation
     }
