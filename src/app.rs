@@ -163,8 +163,8 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
         RouteSource::Manual => {}
     }
 
-    let proxy_listener =
-        TcpListener::bind(args.listen).await.with_context(|| format!("binding the proxy listener {}", args.listen))?;
+    let proxy_listener = proxy::server::bind(args.listen, &config)
+        .with_context(|| format!("binding the proxy listener {}", args.listen))?;
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;

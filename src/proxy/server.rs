@@ -3,6 +3,7 @@
 //! then each connection goes to the front door in a task the drain tracks. On shutdown the
 //! accept loop stops; tunnels get their Close 1001 from the relay.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -103,21 +104,43 @@ fn open_connection(state: &Arc<ProxyState>, limit: usize) -> Option<ConnGuard> {
     Some(ConnGuard { state: state.clone() })
 }
 
+/// Bind the proxy listener with TCP_NODELAY and keepalive set before `listen`, so every
+/// accepted socket inherits them on Linux (no per-connection setsockopt).
+pub fn bind(addr: SocketAddr, config: &ProxyConfig) -> std::io::Result<TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]` takes IPv4 too, as the standard library's bind does on Linux.
+        let _ = sock.set_only_v6(false);
+    }
+    sock.set_tcp_nodelay(true)?;
+    if let Some(idle) = config.tcp_keepalive {
+        sock.set_tcp_keepalive(&keepalive(idle))?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    TcpListener::from_std(sock.into())
+}
+
 /// Accept and serve until draining starts. Connection tasks are tracked by the drain.
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, config: ProxyConfig) {
     let port = listener.local_addr().map_or(0, |a| a.port());
-    let sock = SockRef::from(&listener);
-    // Accepted sockets inherit TCP_NODELAY and the keepalive settings from the listener on
-    // Linux: a few setsockopt calls in total instead of per connection.
-    if let Err(e) = sock.set_tcp_nodelay(true) {
-        tracing::warn!(error = %e, "cannot set TCP_NODELAY on the listener");
-    }
-    if let Some(idle) = config.tcp_keepalive
-        && let Err(e) = sock.set_tcp_keepalive(&keepalive(idle))
-    {
-        tracing::warn!(error = %e, "cannot set TCP keepalive on the listener");
-    }
+    // Options already on the listener (from `bind`) were there before any connection arrived,
+    // so accepted sockets carry them. A listener bound elsewhere gets them now for later
+    // connections, but the ones already queued may lack them: set them per socket then.
     let inherit = inherited(&listener, config.tcp_keepalive.is_some());
+    if !inherit {
+        let sock = SockRef::from(&listener);
+        if let Err(e) = sock.set_tcp_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY on the listener");
+        }
+        if let Some(idle) = config.tcp_keepalive
+            && let Err(e) = sock.set_tcp_keepalive(&keepalive(idle))
+        {
+            tracing::warn!(error = %e, "cannot set TCP keepalive on the listener");
+        }
+    }
     let ctx = Arc::new(ListenerCtx::new(config, Listener { https: false, port }));
     loop {
         let accepted = tokio::select! {

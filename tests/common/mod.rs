@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -301,4 +302,88 @@ pub fn raw_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>, len: Len) -> 
         None => out.extend_from_slice(payload),
     }
     out
+}
+
+/// A plain HTTP backend that records the head of every request it gets and answers
+/// `200 ok` (keep-alive).
+#[derive(Clone)]
+pub struct Recorder {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    accepted: Arc<Mutex<usize>>,
+}
+
+impl Recorder {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let rec = Self { addr: listener.local_addr().unwrap(), heads: Arc::default(), accepted: Arc::default() };
+        let r = rec.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                *r.accepted.lock().unwrap() += 1;
+                let heads = r.heads.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..p + 4]).to_string();
+                            buf.drain(..p + 4);
+                            // Bodies are small here and arrive with their head: skip a
+                            // Content-Length body, or a chunked one up to its last chunk.
+                            if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+                                let end = buf.windows(5).position(|w| w == b"0\r\n\r\n").map_or(buf.len(), |p| p + 5);
+                                buf.drain(..end);
+                            } else {
+                                let have = buf.len().min(content_length(&head));
+                                buf.drain(..have);
+                            }
+                            heads.lock().unwrap().push(head);
+                            let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            if s.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        rec
+    }
+
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    pub fn accepted(&self) -> usize {
+        *self.accepted.lock().unwrap()
+    }
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// Read whatever the proxy sends until it closes the connection (or `within` passes).
+pub async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Err(_) => return (buf, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (buf, true),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
