@@ -7,7 +7,10 @@ use std::path::Path;
 
 use wsingress::source::file;
 use wsingress::translate::Defaults;
-use wsingress::ws::{ScanError, Scanner, Summary};
+use wsingress::ws::{Role, ScanError, Scanner, Summary};
+
+#[path = "../fuzz/shared/frame_reference.rs"]
+mod frame_reference;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -31,8 +34,8 @@ struct Seen {
     error: Option<ScanError>,
 }
 
-fn scan(limit: Option<u64>, stream: &[u8], piece: usize) -> Seen {
-    let mut scanner = Scanner::new(limit);
+fn scan(sender: Role, limit: Option<u64>, stream: &[u8], piece: usize) -> Seen {
+    let mut scanner = Scanner::new(sender, limit);
     let mut seen = Seen::default();
     for (i, chunk) in stream.chunks(piece.max(1)).enumerate() {
         let mut s = Summary::default();
@@ -56,24 +59,29 @@ fn scan(limit: Option<u64>, stream: &[u8], piece: usize) -> Seen {
 }
 
 #[test]
-fn scanner_corpus_is_split_invariant() {
+fn scanner_corpus_is_split_invariant_and_agrees_with_the_reference() {
+    let mut refused = Vec::new();
     for (name, input) in corpus("scanner") {
-        // Same layout as the fuzz target: limit byte, cut count, cuts, stream.
-        let Some((&limit, rest)) = input.split_first() else { continue };
-        let Some((&ncuts, rest)) = rest.split_first() else { continue };
-        let ncuts = usize::from(ncuts % 16).min(rest.len());
-        let stream = &rest[ncuts..];
-        let limit = (limit != 0).then(|| u64::from(limit) * 3);
-        let whole = scan(limit, stream, stream.len());
-        for piece in [1, 2, 3, 7, 64] {
-            let pieces = scan(limit, stream, piece);
+        let Some(frame_reference::Input { limit, sender, cuts, stream }) = frame_reference::decode(&input) else {
+            continue;
+        };
+        let whole = scan(sender, limit, stream, stream.len());
+        for piece in [1, 2, 3, 7, 64].into_iter().chain(cuts.iter().map(|&c| usize::from(c))) {
+            let pieces = scan(sender, limit, stream, piece);
             if whole.error.is_some() {
                 assert_eq!((&whole.error, whole.counts), (&pieces.error, pieces.counts), "{name}, pieces of {piece}");
             } else {
                 assert_eq!(whole, pieces, "{name}, pieces of {piece}");
             }
         }
+        let reference = frame_reference::verdict(sender, limit, stream);
+        assert_eq!((whole.counts.1, whole.error), (reference.frames, reference.error), "{name}: scanner vs reference");
+        refused.extend(whole.error.map(ScanError::label));
     }
+    // The seeds reach every framing rule (one seed per rule at least).
+    refused.sort_unstable();
+    refused.dedup();
+    assert_eq!(refused.len(), 9, "rules the seeds reach: {refused:?}");
 }
 
 #[test]
@@ -82,7 +90,11 @@ fn scanner_rejects_a_64_bit_length_with_the_top_bit_set_however_it_is_split() {
     stream.extend_from_slice(&((1u64 << 63) | 5).to_be_bytes());
     stream.extend_from_slice(&[1, 2, 3, 4]);
     for piece in 1..=stream.len() {
-        assert_eq!(scan(None, &stream, piece).error, Some(ScanError::LengthOverflow), "pieces of {piece}");
+        assert_eq!(
+            scan(Role::Client, None, &stream, piece).error,
+            Some(ScanError::LengthOverflow),
+            "pieces of {piece}"
+        );
     }
 }
 
