@@ -1,7 +1,8 @@
 //! Fuzz findings and seeds as ordinary tests, so they run on every `cargo test` without
-//! nightly features: every checked-in input under `fuzz/corpus/scanner` and
-//! `fuzz/corpus/manifests_text` is replayed through the same invariants as the fuzz
-//! targets (a finding is fixed by copying its input there), plus the specific findings.
+//! nightly features: every checked-in input under `fuzz/corpus/scanner`,
+//! `fuzz/corpus/manifests_text`, `fuzz/corpus/trusted_proxies` and `fuzz/corpus/forwarded_for`
+//! is replayed through the same invariants as the fuzz targets (a finding is fixed by copying
+//! its input there), plus the specific findings.
 
 use std::path::Path;
 
@@ -11,6 +12,9 @@ use wsingress::ws::{Role, ScanError, Scanner, Summary};
 
 #[path = "../fuzz/shared/frame_reference.rs"]
 mod frame_reference;
+
+#[path = "../fuzz/shared/client_addr_checks.rs"]
+mod client_addr_checks;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -96,6 +100,43 @@ fn scanner_rejects_a_64_bit_length_with_the_top_bit_set_however_it_is_split() {
             "pieces of {piece}"
         );
     }
+}
+
+#[test]
+fn trusted_proxies_corpus_keeps_the_cidr_invariants() {
+    for (name, input) in corpus("trusted_proxies") {
+        eprintln!("trusted_proxies/{name}");
+        client_addr_checks::check_trusted_proxies(&input);
+    }
+}
+
+#[test]
+fn forwarded_for_corpus_keeps_the_walk_invariants() {
+    for (name, input) in corpus("forwarded_for") {
+        eprintln!("forwarded_for/{name}");
+        assert!(client_addr_checks::decode_walk(&input).is_some(), "{name}: too short to be a walk");
+        client_addr_checks::check_forwarded_for(&input);
+    }
+}
+
+/// Issue 11: an IPv4-mapped trusted entry and an IPv4 peer (a panic before), through the
+/// fuzz target's own checks.
+#[test]
+fn forwarded_for_with_an_ipv4_mapped_trusted_entry() {
+    let mut input = vec![0];
+    input.extend_from_slice(&[10, 0, 0, 1]);
+    input.extend_from_slice(&[0; 12]);
+    input.push(1);
+    input.push(2); // an IPv4-mapped entry: ::ffff:10.0.0.1/128
+    input.extend_from_slice(&[10, 0, 0, 1]);
+    input.extend_from_slice(&[0; 12]);
+    input.push(128);
+    input.extend_from_slice(b"203.0.113.9");
+    let walk = client_addr_checks::decode_walk(&input).expect("a walk");
+    assert_eq!(walk.trusted.networks()[0].to_string(), "10.0.0.1/32");
+    let info = walk.trusted.resolve(walk.peer, walk.lines.iter().copied());
+    assert_eq!(info.client.to_string(), "203.0.113.9");
+    client_addr_checks::check_forwarded_for(&input);
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Header rules of a proxy, pure: hop-by-hop removal (RFC 9110 §7.6.1), X-Forwarded-*,
-//! and validation of a WebSocket upgrade request (RFC 6455 §4.2.1).
-
-use std::net::IpAddr;
+//! and validation of a WebSocket upgrade request (RFC 6455 §4.2.1). Who the client is
+//! (`--trusted-proxies`, the X-Forwarded-For walk) is `client_addr`'s, re-exported here.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
+
+pub use super::client_addr::{ClientInfo, TrustedProxies};
 
 /// Hop-by-hop fields: "Connection", the fields it lists, and the legacy ones (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -44,94 +45,6 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// The client as seen by the proxy: the TCP peer, and the address it speaks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientInfo {
-    /// The TCP peer (appended to X-Forwarded-For).
-    pub peer: IpAddr,
-    /// The original client (X-Real-IP, ip-hash): the peer, or when the peer is a trusted
-    /// proxy, the right-most untrusted address of its X-Forwarded-For.
-    pub client: IpAddr,
-    /// The peer is a trusted proxy, so its X-Forwarded-Proto/-Host are kept.
-    pub trusted_peer: bool,
-}
-
-/// CIDR list for `--trusted-proxies`.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<(IpAddr, u8)>);
-
-impl TrustedProxies {
-    pub fn parse(items: &[String]) -> Result<Self, String> {
-        let mut out = Vec::new();
-        for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            let (ip, len) = match item.split_once('/') {
-                Some((ip, len)) => (ip, Some(len)),
-                None => (item, None),
-            };
-            let ip: IpAddr = ip.parse().map_err(|_| format!("--trusted-proxies: `{item}` is not an IP or CIDR"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let len = match len {
-                Some(l) => l.parse::<u8>().ok().filter(|&l| l <= max),
-                None => Some(max),
-            }
-            .ok_or_else(|| format!("--trusted-proxies: `{item}` has an invalid prefix length"))?;
-            out.push((ip, len));
-        }
-        Ok(Self(out))
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.0.iter().any(|&(net, len)| match (canonical(net), ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), len),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), len),
-            _ => false,
-        })
-    }
-
-    /// Resolve who the client is.
-    pub fn client_info(&self, peer: IpAddr, headers: &HeaderMap) -> ClientInfo {
-        let peer = canonical(peer);
-        if !self.contains(peer) {
-            return ClientInfo { peer, client: peer, trusted_peer: false };
-        }
-        let mut client = peer;
-        let hops: Vec<IpAddr> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .collect();
-        for hop in hops.into_iter().rev() {
-            client = canonical(hop);
-            if !self.contains(client) {
-                break;
-            }
-        }
-        ClientInfo { peer, client, trusted_peer: true }
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
-    let full = usize::from(bits / 8);
-    if a[..full] != b[..full] {
-        return false;
-    }
-    let rest = bits % 8;
-    rest == 0 || {
-        let mask = 0xffu8 << (8 - rest);
-        (a[full] & mask) == (b[full] & mask)
-    }
 }
 
 /// Set X-Real-IP, append the peer to X-Forwarded-For, set X-Forwarded-Proto/-Host (kept
@@ -225,6 +138,7 @@ pub fn accept_key(key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
