@@ -64,7 +64,13 @@
 //! 16 MiB of masked binary frames fed in 64 KiB reads): about 7,000 GB/s with 64 KiB
 //! frames (the cost is one call per read, ~9 ns) and about 98 GB/s with 1 KiB frames
 //! (~10.5 ns per frame) — orders of magnitude above what a socket delivers, so the
-//! scanner costs nothing next to the `read`/`write` system calls.
+//! scanner costs nothing next to the `read`/`write` system calls. The framing rules, measured
+//! against the scanner without them (both compiled into one release binary, 16 MiB of
+//! masked frames in 64 KiB reads, median of 5 runs, one core of the loaded 2-core VM): +0.1 to
+//! +0.7 ns per frame with back-to-back frames of 0–16 bytes (about 5 %), nothing beyond noise
+//! with 1 KiB frames, +1 to +2 ns per 64 KiB read; the state stayed at 48 bytes. The hot path
+//! accepts a valid header with one branch on its first two bytes; `Scanner::on_header` and
+//! the check are forced inline (out of line they cost a quarter more per small frame).
 
 use crate::ws::close;
 
