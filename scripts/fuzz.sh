@@ -8,7 +8,8 @@
 #   scripts/fuzz.sh --seconds 600   # longer
 #   scripts/fuzz.sh --short         # CI form: 10 s per target
 #   scripts/fuzz.sh scanner         # one target (any of: scanner request_head annotations
-#                                   #   manifests_text manifests_structured)
+#                                   #   manifests_text manifests_structured trusted_proxies
+#                                   #   forwarded_for)
 #   scripts/fuzz.sh --asan          # with AddressSanitizer (slower; the crate has no unsafe code)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,12 +28,13 @@ while [ $# -gt 0 ]; do
         --seconds) seconds="$2"; shift ;;
         --short) seconds=10 ;;
         --asan) sanitizer=address ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) targets+=("$1") ;;
     esac
     shift
 done
-[ ${#targets[@]} -gt 0 ] || targets=(scanner request_head annotations manifests_text manifests_structured)
+[ ${#targets[@]} -gt 0 ] || targets=(scanner request_head annotations manifests_text manifests_structured
+    trusted_proxies forwarded_for)
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
     echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION under .tools/cargo"

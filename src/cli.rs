@@ -82,8 +82,8 @@ pub struct ServeArgs {
     /// Closing a slow client that has not sent its request head in time (slowloris).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub header_timeout: Duration,
-    /// Largest request head accepted (bigger: 431).
-    #[arg(long, default_value_t = 16 * 1024)]
+    /// Largest request head accepted (bigger: 431): bytes, or Ki/Mi/Gi (k/M/G) as in the annotations.
+    #[arg(long, value_parser = parse_byte_limit, default_value = "16Ki")]
     pub max_header_bytes: usize,
     /// Live connections allowed per client address (after --trusted-proxies resolution; 0 = unlimited); more get 429.
     #[arg(long, default_value_t = 0)]
@@ -134,8 +134,9 @@ pub struct RouteDefaults {
     /// When an endpoint leaves its pool, close its tunnels with 1001 after this long ("never" to keep them).
     #[arg(long, value_parser = parse_optional_duration, default_value = "30s")]
     pub drain_timeout: OptionalDuration,
-    /// Largest WebSocket message (sum of fragments) before Close 1009 (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
+    /// Largest WebSocket message (sum of fragments) or control frame before Close 1009: bytes, or
+    /// Ki/Mi/Gi (k/M/G) as in the annotation; 0 or "unlimited" for no limit.
+    #[arg(long, value_parser = parse_optional_byte_limit, default_value = "unlimited")]
     pub max_message_bytes: u64,
 }
 
@@ -193,6 +194,20 @@ pub fn parse_optional_duration(value: &str) -> Result<OptionalDuration, String> 
     crate::translate::units::parse_optional_duration(value).map(OptionalDuration)
 }
 
+/// A size limit that cannot be switched off, in the annotations' units (`16384`, `64Ki`, `1Mi`;
+/// [`crate::translate::units::parse_bytes`]).
+pub fn parse_byte_limit(value: &str) -> Result<usize, String> {
+    match crate::translate::units::parse_bytes(value)? {
+        Some(bytes) => usize::try_from(bytes).map_err(|_| format!("`{value}` is out of range")),
+        None => Err(format!("`{value}`: this limit cannot be switched off; give a size such as 16Ki")),
+    }
+}
+
+/// A size limit in the annotations' units where `0` or `unlimited` switch it off (`0` here).
+pub fn parse_optional_byte_limit(value: &str) -> Result<u64, String> {
+    crate::translate::units::parse_bytes(value).map(|bytes| bytes.unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +225,45 @@ mod tests {
         assert_eq!(parse_optional_duration("never"), Ok(OptionalDuration(None)));
         assert_eq!(parse_optional_duration("0"), Ok(OptionalDuration(None)));
         assert_eq!(parse_optional_duration("30s"), Ok(OptionalDuration(Some(Duration::from_secs(30)))));
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["wsingress", "serve"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(s) => Ok(*s),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn size_flags_take_the_annotations_units() {
+        let defaults = serve(&[]).unwrap();
+        assert_eq!(defaults.max_header_bytes, 16 * 1024);
+        assert_eq!(defaults.route.settings().max_message_bytes, None);
+
+        let s = serve(&["--max-message-bytes", "1Mi", "--max-header-bytes", "64Ki"]).unwrap();
+        assert_eq!(s.route.settings().max_message_bytes, Some(1 << 20));
+        assert_eq!(s.max_header_bytes, 64 << 10);
+        for off in ["0", "unlimited"] {
+            assert_eq!(serve(&["--max-message-bytes", off]).unwrap().route.settings().max_message_bytes, None);
+        }
+        // The same parser as the annotation, value for value.
+        for value in ["1", "1048576", "64Ki", "1Mi", "2Gi", "10k", "3M", "1G", " 8Ki "] {
+            let annotation = crate::translate::units::parse_bytes(value).unwrap();
+            let flag = serve(&["--max-message-bytes", value]).unwrap().route.settings().max_message_bytes;
+            assert_eq!(flag, annotation, "{value}");
+            let header = serve(&["--max-header-bytes", value]).unwrap().max_header_bytes;
+            assert_eq!(Some(header as u64), annotation, "{value}");
+        }
+        for bad in ["1MB", "1.5Mi", "-1", "", "lots", "18446744073709551615Gi"] {
+            assert!(serve(&["--max-message-bytes", bad]).is_err(), "{bad}");
+            assert!(serve(&["--max-header-bytes", bad]).is_err(), "{bad}");
+        }
+        // A request-head limit cannot be switched off.
+        for off in ["0", "unlimited"] {
+            let err = serve(&["--max-header-bytes", off]).unwrap_err().to_string();
+            assert!(err.contains("cannot be switched off"), "{err}");
+        }
     }
 
     #[test]

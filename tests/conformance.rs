@@ -1,14 +1,16 @@
 //! Protocol conformance through the proxy: differential raw-frame tests (hand-built frame
-//! sequences sent directly to a backend and through wsingress must get byte-identical answers),
-//! byte-exact pass-through in both directions to a raw backend, the proxy's own Close 1002 for an
-//! impossible frame length, and the Autobahn|Testsuite fast run (`scripts/autobahn.sh --fast`)
-//! when Python 2.7 is available.
+//! sequences sent directly to a backend and through wsingress must get byte-identical answers,
+//! except for framing RFC 6455 forbids, which the proxy refuses itself with a stated difference),
+//! byte-exact pass-through in both directions to a raw backend, the proxy's own Close 1002 for
+//! every framing violation from either side (the bad frame never forwarded), and the
+//! Autobahn|Testsuite fast run (`scripts/autobahn.sh --fast`) when Python 2.7 is available.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -231,6 +233,13 @@ enum Expect {
     ClosesWith(u16),
     /// The backend answers a Close without a code with a Close without a code.
     ClosesEmpty,
+    /// A frame header RFC 6455 forbids (§5.1, §5.2, §5.4, §5.5). Directly, the backend fails
+    /// the connection with Close 1002 "protocol error". Through the proxy, the scanner refuses
+    /// the header before forwarding any of it and sends the backend its own Close 1002 without
+    /// a reason, which the backend echoes: the client gets the same bytes except that the final
+    /// Close carries no reason. That difference is the proof that the bad frame never reached
+    /// the backend (had it, the backend would have said "protocol error").
+    ProxyRefuses,
 }
 
 struct Scenario {
@@ -254,13 +263,30 @@ fn check_expectation(s: &Scenario, direct: &Session) -> Result<(), String> {
     match s.expect {
         Expect::CleanEcho if code == Some(1000) => Ok(()),
         Expect::Fails(want) | Expect::ClosesWith(want) if code == Some(want) => Ok(()),
+        Expect::ProxyRefuses if code == Some(1002) && last.payload.len() > 2 => Ok(()),
         Expect::ClosesEmpty if last.payload.is_empty() => Ok(()),
         other => Err(format!("expected {other:?}, backend answered Close {code:?}; frames {frames:?}")),
     }
 }
 
+/// The bytes a client must get through the proxy, given what it got directly: the same, or
+/// for [`Expect::ProxyRefuses`] the same with the backend's final Close 1002 "protocol error"
+/// replaced by a Close 1002 without a reason.
+fn expected_through_proxy(s: &Scenario, direct: &Session) -> Vec<u8> {
+    if !matches!(s.expect, Expect::ProxyRefuses) {
+        return direct.bytes.clone();
+    }
+    let last = direct.last_close().expect("checked by check_expectation");
+    let encoded = raw_frame(0x80 | CLOSE, &last.payload, None, Len::Minimal);
+    assert!(direct.bytes.ends_with(&encoded), "{}: the backend's Close is not its last frame", s.name);
+    let mut bytes = direct.bytes[..direct.bytes.len() - encoded.len()].to_vec();
+    bytes.extend(raw_frame(0x80 | CLOSE, &1002u16.to_be_bytes(), None, Len::Minimal));
+    bytes
+}
+
 /// Runs every scenario directly against `wsingress echo` and through a proxy in front of it,
-/// written at once and dribbled byte by byte, and demands identical bytes back.
+/// written at once and dribbled byte by byte, and demands identical bytes back (up to the
+/// difference [`Expect::ProxyRefuses`] states).
 async fn differential(scenarios: Vec<Scenario>) {
     let backend = echo("conformance", "").await;
     let proxy = proxy(&[backend.addr], &[]).await;
@@ -278,12 +304,13 @@ async fn differential(scenarios: Vec<Scenario>) {
                 failures
                     .push(format!("{} ({mode}): handshake {:?} vs direct {:?}", s.name, through.status, direct.status));
             }
-            if through.bytes != direct.bytes {
+            let expected = expected_through_proxy(s, &direct);
+            if through.bytes != expected {
                 failures.push(format!(
-                    "{} ({mode}): through the proxy {:?}\n    directly {:?}",
+                    "{} ({mode}): through the proxy {:?}\n    expected {:?}",
                     s.name,
                     through.frames(),
-                    direct.frames()
+                    parse_frames(&expected).0
                 ));
             }
         }
@@ -329,12 +356,6 @@ async fn framing_and_lengths_come_back_byte_identical() {
     ));
     let many: Vec<Vec<u8>> = (0..200).map(|i| text(format!("message {i}").as_bytes())).collect();
     scenarios.push(scenario("200 frames in one write", many, Expect::CleanEcho));
-    // A client frame without a mask: the server must fail the connection (§5.1).
-    scenarios.push(scenario(
-        "unmasked client frame",
-        vec![raw_frame(0x80 | TEXT, b"no mask", None, Len::Minimal)],
-        Expect::Fails(1002),
-    ));
     differential(scenarios).await;
 }
 
@@ -370,29 +391,74 @@ async fn fragments_and_control_frames_come_back_byte_identical() {
             vec![cf(false, 0, TEXT, b"half"), close(1000, "mid-message")],
             Expect::ClosesWith(1000),
         ),
-        scenario("ping with 126 bytes", vec![cf(true, 0, PING, &filled(126, 5))], Expect::Fails(1002)),
-        scenario("fragmented ping", vec![cf(false, 0, PING, b"a"), cf(true, 0, CONT, b"b")], Expect::Fails(1002)),
-        scenario("continuation without a start", vec![cf(true, 0, CONT, b"orphan")], Expect::Fails(1002)),
-        scenario(
-            "new message inside a fragmented one",
-            vec![cf(false, 0, TEXT, b"first"), cf(true, 0, TEXT, b"second")],
-            Expect::Fails(1002),
-        ),
         scenario("data after close", vec![close(1000, "bye"), text(b"after close")], Expect::ClosesWith(1000)),
     ];
     differential(s).await;
 }
 
+/// Reserved bits are left to the endpoints (they belong to extensions negotiated end to end,
+/// RFC 6455 §5.2 and §5.4; see `src/ws/frame.rs`): the backend's own verdict comes back.
 #[tokio::test]
-async fn reserved_bits_and_opcodes_come_back_byte_identical() {
+async fn reserved_bits_come_back_byte_identical() {
     let mut s = Vec::new();
     for (name, flags) in [("RSV1 on text", RSV1), ("RSV2 on text", RSV2), ("RSV3 on text", RSV3)] {
         s.push(scenario(name, vec![cf(true, flags, TEXT, b"reserved")], Expect::Fails(1002)));
     }
     s.push(scenario("RSV1 on ping", vec![cf(true, RSV1, PING, b"p")], Expect::Fails(1002)));
-    for (name, op) in [("opcode 3", 3), ("opcode 7", 7), ("opcode 0xB", 0xB), ("opcode 0xF", 0xF)] {
-        s.push(scenario(name, vec![text(b"before"), cf(true, 0, op, b"reserved")], Expect::Fails(1002)));
+    s.push(scenario(
+        "RSV2 on a continuation",
+        vec![cf(false, 0, BINARY, b"a"), cf(true, RSV2, CONT, b"b")],
+        Expect::Fails(1002),
+    ));
+    differential(s).await;
+}
+
+/// Client frames RFC 6455 forbids, one scenario per rule the proxy enforces, the last frame of
+/// each list being the bad one (after good frames, whose echo must come back, where that makes
+/// sense).
+fn client_violations() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let mut v: Vec<(&'static str, Vec<Vec<u8>>)> = vec![
+        // §5.1: "a client MUST mask all frames that it sends to the server".
+        ("unmasked client frame", vec![raw_frame(0x80 | TEXT, b"no mask", None, Len::Minimal)]),
+        ("unmasked ping after a text", vec![text(b"masked"), raw_frame(0x80 | PING, b"p", None, Len::Minimal)]),
+        // §5.5: control frames at most 125 bytes and never fragmented.
+        ("ping with 126 bytes", vec![cf(true, 0, PING, &filled(126, 5))]),
+        ("pong with 126 bytes", vec![text(b"before"), cf(true, 0, PONG, &filled(126, 6))]),
+        ("close with 126 bytes", vec![cf(true, 0, CLOSE, &close_payload(1000, &filled(124, 7)))]),
+        ("fragmented ping", vec![cf(false, 0, PING, b"a")]),
+        ("fragmented pong", vec![text(b"before"), cf(false, 0, PONG, b"")]),
+        ("fragmented close", vec![cf(false, 0, CLOSE, &close_payload(1000, b""))]),
+        // §5.4: continuations continue a started message, which nothing else interrupts.
+        ("continuation without a start", vec![cf(true, 0, CONT, b"orphan")]),
+        ("continuation after a complete message", vec![text(b"complete"), cf(false, 0, CONT, b"late")]),
+        ("new message inside a fragmented one", vec![cf(false, 0, TEXT, b"first"), cf(true, 0, TEXT, b"second")]),
+        (
+            "binary inside a fragmented text, after a ping",
+            vec![cf(false, 0, TEXT, b"first"), cf(true, 0, PING, b""), cf(false, 0, BINARY, b"x")],
+        ),
+    ];
+    // §5.2: reserved opcodes, data (0x3–0x7) and control (0xB–0xF).
+    for (name, op) in [
+        ("opcode 3", 3),
+        ("opcode 4", 4),
+        ("opcode 5", 5),
+        ("opcode 6", 6),
+        ("opcode 7", 7),
+        ("opcode 0xB", 0xB),
+        ("opcode 0xC", 0xC),
+        ("opcode 0xD", 0xD),
+        ("opcode 0xE", 0xE),
+        ("opcode 0xF", 0xF),
+    ] {
+        v.push((name, vec![text(b"before"), cf(true, 0, op, b"reserved")]));
     }
+    v
+}
+
+#[tokio::test]
+async fn framing_violations_get_the_proxys_close_1002_instead_of_the_backends() {
+    let s =
+        client_violations().into_iter().map(|(name, frames)| scenario(name, frames, Expect::ProxyRefuses)).collect();
     differential(s).await;
 }
 
@@ -463,11 +529,13 @@ async fn close_codes_come_back_byte_identical() {
 // ---------------------------------------------------------------------------------------------
 // Byte-exact pass-through to a raw backend
 
-/// A backend that completes the handshake by hand, records every byte it receives and, once
-/// told to, writes a scripted byte string and closes.
+/// A backend that completes the handshake by hand, records every byte it receives until the
+/// end of stream and, once told to, writes a scripted byte string and ends its output.
 struct RawBackend {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<u8>>>,
+    /// Its input ended (EOF or reset): the proxy closed the connection.
+    closed: Arc<AtomicBool>,
     script: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
@@ -475,8 +543,10 @@ async fn raw_backend() -> RawBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
+    let closed = Arc::new(AtomicBool::new(false));
     let (script, mut script_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
     let rec = Arc::clone(&received);
+    let ended = Arc::clone(&closed);
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut buf = Vec::new();
@@ -510,14 +580,29 @@ async fn raw_backend() -> RawBackend {
                 }
                 rec.lock().unwrap().extend_from_slice(&chunk[..n]);
             }
+            ended.store(true, Ordering::SeqCst);
         });
         if let Some(bytes) = script_rx.recv().await {
-            w.write_all(&bytes).await.unwrap();
+            // The proxy may already have closed the connection; what was written is what counts.
+            let _ = w.write_all(&bytes).await;
             w.shutdown().await.ok();
         }
-        reader.abort();
+        let _ = reader.await;
     });
-    RawBackend { addr, received, script }
+    RawBackend { addr, received, closed, script }
+}
+
+impl RawBackend {
+    /// Wait until the connection's input ended; returns every byte received.
+    async fn until_closed(&self, within: Duration) -> Vec<u8> {
+        let closed = Arc::clone(&self.closed);
+        wait_until(within, "the backend connection closed", || {
+            let closed = Arc::clone(&closed);
+            async move { closed.load(Ordering::SeqCst) }
+        })
+        .await;
+        self.received.lock().unwrap().clone()
+    }
 }
 
 /// RFC 6455 §4.2.2: base64(SHA-1(key + GUID)).
@@ -528,16 +613,17 @@ fn accept_for(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-/// Frames no endpoint should accept, but that are well-formed as frames: the relay follows the
-/// framing and leaves judging them to the endpoints, so it must pass them on untouched.
+/// Frames an endpoint may refuse, but whose headers break no rule an intermediary can judge:
+/// the relay leaves judging reserved bits, UTF-8 and Close codes to the endpoints, so it must
+/// pass them on untouched.
 fn odd_but_well_framed(masked: bool) -> Vec<u8> {
     let m = |k: u8| masked.then_some([k, k ^ 0x5A, 7, 0x5A]);
     let f = |first: u8, p: &[u8], k: u8| raw_frame(first, p, m(k), Len::Minimal);
     [
         f(0x80 | TEXT, b"plain", 1),
         f(0x80 | RSV1 | RSV2 | RSV3 | TEXT, b"all reserved bits", 2),
-        f(0x80 | 0x3, b"reserved data opcode", 3),
-        f(0x80 | 0xB, b"reserved control opcode", 4),
+        f(RSV1 | BINARY, b"RSV1 on a first fragment", 3),
+        f(0x80 | RSV2 | CONT, b"RSV2 on the last one", 4),
         f(0x80 | TEXT, &[0xFF, 0xFE, 0xC0, 0x80], 5),
         f(TEXT, b"frag-", 6),
         f(0x80 | PING, &filled(125, 7), 7),
@@ -641,6 +727,216 @@ async fn length_with_msb_set_gets_close_1002_from_the_proxy_on_both_sides() {
     assert_eq!(used, upstream.len() - before.len(), "stray bytes after the Close: {upstream:?}");
     assert_eq!(frames.len(), 1);
     assert_eq!((frames[0].opcode, frames[0].masked, frames[0].close_code()), (CLOSE, true, Some(1002)));
+}
+
+/// Everything `s` sends until its end of stream (a reset after the last bytes counts as the end
+/// too), within `within`.
+async fn read_until_end(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + within;
+    loop {
+        let mut chunk = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Err(_) => panic!("no end of stream within {within:?}; got {:?}", parse_frames(&got).0),
+            Ok(Ok(0)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Ok(Err(e)) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+/// `bytes` is exactly one Close frame with `code`, masked or not.
+fn assert_only_close(what: &str, bytes: &[u8], masked: bool, code: u16) {
+    let (frames, used) = parse_frames(bytes);
+    assert_eq!(used, bytes.len(), "{what}: stray bytes {bytes:?}");
+    let summary: Vec<_> = frames.iter().map(|f| (f.opcode, f.masked, f.close_code())).collect();
+    assert_eq!(summary, [(CLOSE, masked, Some(code))], "{what}: expected only a Close {code}");
+}
+
+/// A frame from a server (unmasked).
+fn sf(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    raw_frame(if fin { 0x80 } else { 0 } | opcode, payload, None, Len::Minimal)
+}
+
+/// A header that declares a 1 GiB ping (§5.5: at most 125 bytes), and a few bytes of it.
+fn gib_ping(mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![0x80 | PING, if mask.is_some() { 0x80 } else { 0 } | 127];
+    f.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    f.extend(mask.into_iter().flatten());
+    f.extend_from_slice(b"not a boundary for a gigabyte");
+    f
+}
+
+/// Every client-side violation (and a ping declaring 1 GiB, which a direct backend would try to
+/// read whole), after a good frame and followed by one, through the proxy to a backend that
+/// records what it gets and never answers: the backend receives every frame before the bad one
+/// unchanged and then the proxy's masked Close 1002, nothing of the bad frame or what follows;
+/// the client gets the proxy's Close 1002 (once the backend left the proxy's Close unanswered for
+/// the 2 s linger); both connections end. Written at once or byte by byte, alternately.
+#[tokio::test]
+async fn client_framing_violations_never_reach_the_backend() {
+    let mut cases = client_violations();
+    cases.push(("ping declaring 1 GiB", vec![text(b"before"), gib_ping(Some([3, 1, 4, 1]))]));
+    let runs = cases.into_iter().enumerate().map(|(i, (name, mut frames))| async move {
+        let backend = raw_backend().await;
+        let proxy = proxy(&[backend.addr], &[]).await;
+        let (mut client, status, _, early) = open_raw(proxy.proxy_addr, "").await;
+        assert!(status.contains(" 101 "), "{name}: {status}");
+        let bad = frames.pop().expect("a bad frame");
+        let forwarded = [text(b"good frame first"), frames.concat()].concat();
+        let sent = [forwarded.clone(), bad, text(b"never forwarded")].concat();
+        if i % 2 == 0 {
+            client.write_all(&sent).await.unwrap();
+        } else {
+            for b in &sent {
+                client.write_all(std::slice::from_ref(b)).await.unwrap();
+            }
+        }
+        let got = [early, read_until_end(&mut client, Duration::from_secs(10)).await].concat();
+        assert_only_close(&format!("{name}: client"), &got, false, 1002);
+        let received = backend.until_closed(Duration::from_secs(10)).await;
+        assert!(received.starts_with(&forwarded), "{name}: the frames before the bad one changed: {received:?}");
+        assert_only_close(&format!("{name}: backend"), &received[forwarded.len()..], true, 1002);
+    });
+    futures_util::future::join_all(runs).await;
+}
+
+/// A rule is enforced from the header byte that decides it, without waiting for the rest of
+/// the header: a client that sends only the first byte (or the first two) of a bad frame and
+/// then nothing gets the proxy's Close 1002 (echoed by the backend, no reason) after the echo
+/// of its good frame. This is what keeps the bad frame's first bytes from reaching the backend
+/// when a client sends its header in pieces (Autobahn 5.11 and 5.14 chop it octet by octet).
+#[tokio::test]
+async fn violations_are_refused_from_the_header_byte_that_decides_them() {
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("orphan continuation, first byte", vec![0x00]),
+        ("reserved opcode, first byte", vec![0x80 | 0x5]),
+        ("fragmented ping, first byte", vec![PING]),
+        ("interleaved text, first byte", [cf(false, 0, BINARY, b"open"), vec![0x80 | TEXT]].concat()),
+        ("unmasked text, two bytes", vec![0x80 | TEXT, 5]),
+        ("ping declaring 1 GiB, two bytes", vec![0x80 | PING, 0x80 | 127]),
+    ];
+    let backend = echo("early", "").await;
+    let proxied = proxy(&[backend.addr], &[]).await;
+    let runs = cases.into_iter().map(|(name, partial)| async move {
+        let (mut client, status, _, early) = open_raw(proxied.proxy_addr, "").await;
+        assert!(status.contains(" 101 "), "{name}: {status}");
+        client.write_all(&[text(b"good"), partial].concat()).await.unwrap();
+        let got = [early, read_until_end(&mut client, Duration::from_secs(10)).await].concat();
+        let frames = parse_frames(&got).0;
+        let summary: Vec<_> = frames.iter().map(|f| (f.opcode, f.payload.clone())).collect();
+        assert_eq!(summary, [(TEXT, b"good".to_vec()), (CLOSE, 1002u16.to_be_bytes().to_vec())], "{name}");
+    });
+    futures_util::future::join_all(runs).await;
+}
+
+/// When the byte that decides a rule comes in a later read than the header's first byte, that
+/// first byte has already gone to the backend, so the proxy cannot put a Close there and ends
+/// the backend's connection instead. The client must still get its Close 1002. Known gap in
+/// src/proxy/relay.rs: the Close owed to the sender (`fail_close`) waits for the 2 s linger,
+/// and when the backend closes first (as `wsingress echo` does at once) the tunnel ends
+/// without it, so the client sees the end of stream and no Close. Run with `--ignored`.
+#[tokio::test]
+#[ignore = "known gap in src/proxy/relay.rs: no Close to the sender when the receiver leaves first"]
+async fn a_header_split_before_its_deciding_byte_still_gets_the_sender_a_close() {
+    let backend = echo("split", "").await;
+    let proxied = proxy(&[backend.addr], &[]).await;
+    let (mut client, status, _, _) = open_raw(proxied.proxy_addr, "").await;
+    assert!(status.contains(" 101 "), "{status}");
+    let first = [text(b"good"), vec![0x80 | TEXT]].concat();
+    client.write_all(&first).await.unwrap();
+    // The proxy has read (and forwarded) the first byte of the bad header.
+    let metrics = Arc::clone(&proxied.metrics);
+    wait_until(Duration::from_secs(10), "the proxy read the first header byte", || {
+        let m = Arc::clone(&metrics);
+        let want = first.len() as f64;
+        async move { metric(&m, "wsingress_websocket_bytes_total", &[("direction", "client_to_backend")]) >= want }
+    })
+    .await;
+    // The second byte says "unmasked" (§5.1).
+    client.write_all(&[5]).await.unwrap();
+    let got = read_until_end(&mut client, Duration::from_secs(10)).await;
+    let codes: Vec<_> = parse_frames(&got).0.iter().map(|f| (f.opcode, f.close_code())).collect();
+    assert_eq!(codes, [(TEXT, None), (CLOSE, Some(1002))], "the client must get a Close 1002");
+}
+
+/// Server frames RFC 6455 forbids, the last one of each list being the bad one.
+fn server_violations() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    vec![
+        // §5.1: "A server MUST NOT mask any frames that it sends to the client."
+        ("masked server frame", vec![raw_frame(0x80 | TEXT, b"masked", Some([9, 8, 7, 6]), Len::Minimal)]),
+        ("masked close from the server", vec![cf(true, 0, CLOSE, &close_payload(1000, b""))]),
+        ("ping with 126 bytes", vec![sf(true, PING, &filled(126, 1))]),
+        ("ping declaring 1 GiB", vec![gib_ping(None)]),
+        ("fragmented pong", vec![sf(false, PONG, b"")]),
+        ("continuation without a start", vec![sf(true, CONT, b"orphan")]),
+        ("new message inside a fragmented one", vec![sf(false, TEXT, b"first"), sf(true, BINARY, b"x")]),
+        ("opcode 3", vec![sf(true, 3, b"reserved")]),
+        ("opcode 0xB", vec![sf(true, 0xB, b"reserved")]),
+    ]
+}
+
+/// The server-side rules, each shown both ways. Directly, a client receives the bad frame as
+/// the server sent it and has to fail the connection itself. Through the proxy it never sees
+/// it: it gets the frames before it unchanged, then the proxy's Close 1002, then the end of
+/// stream; the backend gets the proxy's masked Close 1002 (the client here never answers, so
+/// it comes after the 2 s linger) and nothing else, and its connection ends.
+#[tokio::test]
+async fn server_framing_violations_never_reach_the_client() {
+    let runs = server_violations().into_iter().map(|(name, mut frames)| async move {
+        let bad = frames.pop().expect("a bad frame");
+        let forwarded = [sf(true, TEXT, b"good frame first"), frames.concat()].concat();
+        let sent = [forwarded.clone(), bad, sf(true, TEXT, b"never forwarded")].concat();
+
+        let direct = raw_backend().await;
+        let (mut client, status, _, early) = open_raw(direct.addr, "").await;
+        assert!(status.contains(" 101 "), "{name}: {status}");
+        direct.script.send(sent.clone()).await.unwrap();
+        let got = [early, read_until_end(&mut client, Duration::from_secs(10)).await].concat();
+        assert_eq!(got, sent, "{name}: directly, the client gets what the server sent");
+
+        let backend = raw_backend().await;
+        let proxy = proxy(&[backend.addr], &[]).await;
+        let (mut client, status, _, early) = open_raw(proxy.proxy_addr, "").await;
+        assert!(status.contains(" 101 "), "{name}: {status}");
+        backend.script.send(sent).await.unwrap();
+        let got = [early, read_until_end(&mut client, Duration::from_secs(10)).await].concat();
+        assert!(got.starts_with(&forwarded), "{name}: the frames before the bad one changed: {got:?}");
+        assert_only_close(&format!("{name}: client"), &got[forwarded.len()..], false, 1002);
+        let received = backend.until_closed(Duration::from_secs(10)).await;
+        assert_only_close(&format!("{name}: backend"), &received, true, 1002);
+    });
+    futures_util::future::join_all(runs).await;
+}
+
+/// `max-message-bytes` applies to control frames too, both ways: a ping at the limit crosses the
+/// proxy unchanged, one byte more gets Close 1009 and is never forwarded.
+#[tokio::test]
+async fn control_frames_count_against_max_message_bytes() {
+    let ping = |n: usize| cf(true, 0, PING, &filled(n, 2));
+    let backend = raw_backend().await;
+    let proxied = proxy(&[backend.addr], &["--max-message-bytes", "100"]).await;
+    let (mut client, status, _, _) = open_raw(proxied.proxy_addr, "").await;
+    assert!(status.contains(" 101 "), "{status}");
+    client.write_all(&[ping(100), ping(101), text(b"after")].concat()).await.unwrap();
+    let got = read_until_end(&mut client, Duration::from_secs(10)).await;
+    assert_only_close("client", &got, false, 1009);
+    let received = backend.until_closed(Duration::from_secs(10)).await;
+    assert!(received.starts_with(&ping(100)), "the ping at the limit changed: {received:?}");
+    assert_only_close("backend", &received[ping(100).len()..], true, 1009);
+
+    let backend = raw_backend().await;
+    let proxied = proxy(&[backend.addr], &["--max-message-bytes", "100"]).await;
+    let (mut client, status, _, _) = open_raw(proxied.proxy_addr, "").await;
+    assert!(status.contains(" 101 "), "{status}");
+    let pong = |n: usize| sf(true, PONG, &filled(n, 3));
+    backend.script.send([pong(100), pong(101)].concat()).await.unwrap();
+    let got = read_until_end(&mut client, Duration::from_secs(10)).await;
+    assert!(got.starts_with(&pong(100)), "the pong at the limit changed: {got:?}");
+    assert_only_close("client", &got[pong(100).len()..], false, 1009);
+    assert_only_close("backend", &backend.until_closed(Duration::from_secs(10)).await, true, 1009);
 }
 
 /// A complete frame read together with a bad length still reaches the backend, and its echo

@@ -1,13 +1,20 @@
 //! Fuzz findings and seeds as ordinary tests, so they run on every `cargo test` without
 //! nightly features: every checked-in input under `fuzz/corpus/scanner`,
-//! `fuzz/corpus/request_head` and `fuzz/corpus/manifests_text` is replayed through the same invariants as the fuzz
-//! targets (a finding is fixed by copying its input there), plus the specific findings.
+//! `fuzz/corpus/request_head`, `fuzz/corpus/manifests_text`, `fuzz/corpus/trusted_proxies` and
+//! `fuzz/corpus/forwarded_for` is replayed through the same invariants as the fuzz targets (a
+//! finding is fixed by copying its input there), plus the specific findings.
 
 use std::path::Path;
 
 use wsingress::source::file;
 use wsingress::translate::Defaults;
-use wsingress::ws::{ScanError, Scanner, Summary};
+use wsingress::ws::{Role, ScanError, Scanner, Summary};
+
+#[path = "../fuzz/shared/frame_reference.rs"]
+mod frame_reference;
+
+#[path = "../fuzz/shared/client_addr_checks.rs"]
+mod client_addr_checks;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -31,8 +38,8 @@ struct Seen {
     error: Option<ScanError>,
 }
 
-fn scan(limit: Option<u64>, stream: &[u8], piece: usize) -> Seen {
-    let mut scanner = Scanner::new(limit);
+fn scan(sender: Role, limit: Option<u64>, stream: &[u8], piece: usize) -> Seen {
+    let mut scanner = Scanner::new(sender, limit);
     let mut seen = Seen::default();
     for (i, chunk) in stream.chunks(piece.max(1)).enumerate() {
         let mut s = Summary::default();
@@ -56,24 +63,29 @@ fn scan(limit: Option<u64>, stream: &[u8], piece: usize) -> Seen {
 }
 
 #[test]
-fn scanner_corpus_is_split_invariant() {
+fn scanner_corpus_is_split_invariant_and_agrees_with_the_reference() {
+    let mut refused = Vec::new();
     for (name, input) in corpus("scanner") {
-        // Same layout as the fuzz target: limit byte, cut count, cuts, stream.
-        let Some((&limit, rest)) = input.split_first() else { continue };
-        let Some((&ncuts, rest)) = rest.split_first() else { continue };
-        let ncuts = usize::from(ncuts % 16).min(rest.len());
-        let stream = &rest[ncuts..];
-        let limit = (limit != 0).then(|| u64::from(limit) * 3);
-        let whole = scan(limit, stream, stream.len());
-        for piece in [1, 2, 3, 7, 64] {
-            let pieces = scan(limit, stream, piece);
+        let Some(frame_reference::Input { limit, sender, cuts, stream }) = frame_reference::decode(&input) else {
+            continue;
+        };
+        let whole = scan(sender, limit, stream, stream.len());
+        for piece in [1, 2, 3, 7, 64].into_iter().chain(cuts.iter().map(|&c| usize::from(c))) {
+            let pieces = scan(sender, limit, stream, piece);
             if whole.error.is_some() {
                 assert_eq!((&whole.error, whole.counts), (&pieces.error, pieces.counts), "{name}, pieces of {piece}");
             } else {
                 assert_eq!(whole, pieces, "{name}, pieces of {piece}");
             }
         }
+        let reference = frame_reference::verdict(sender, limit, stream);
+        assert_eq!((whole.counts.1, whole.error), (reference.frames, reference.error), "{name}: scanner vs reference");
+        refused.extend(whole.error.map(ScanError::label));
     }
+    // The seeds reach every framing rule (one seed per rule at least).
+    refused.sort_unstable();
+    refused.dedup();
+    assert_eq!(refused.len(), 9, "rules the seeds reach: {refused:?}");
 }
 
 #[test]
@@ -82,8 +94,49 @@ fn scanner_rejects_a_64_bit_length_with_the_top_bit_set_however_it_is_split() {
     stream.extend_from_slice(&((1u64 << 63) | 5).to_be_bytes());
     stream.extend_from_slice(&[1, 2, 3, 4]);
     for piece in 1..=stream.len() {
-        assert_eq!(scan(None, &stream, piece).error, Some(ScanError::LengthOverflow), "pieces of {piece}");
+        assert_eq!(
+            scan(Role::Client, None, &stream, piece).error,
+            Some(ScanError::LengthOverflow),
+            "pieces of {piece}"
+        );
     }
+}
+
+#[test]
+fn trusted_proxies_corpus_keeps_the_cidr_invariants() {
+    for (name, input) in corpus("trusted_proxies") {
+        eprintln!("trusted_proxies/{name}");
+        client_addr_checks::check_trusted_proxies(&input);
+    }
+}
+
+#[test]
+fn forwarded_for_corpus_keeps_the_walk_invariants() {
+    for (name, input) in corpus("forwarded_for") {
+        eprintln!("forwarded_for/{name}");
+        assert!(client_addr_checks::decode_walk(&input).is_some(), "{name}: too short to be a walk");
+        client_addr_checks::check_forwarded_for(&input);
+    }
+}
+
+/// Issue 11: an IPv4-mapped trusted entry and an IPv4 peer (a panic before), through the
+/// fuzz target's own checks.
+#[test]
+fn forwarded_for_with_an_ipv4_mapped_trusted_entry() {
+    let mut input = vec![0];
+    input.extend_from_slice(&[10, 0, 0, 1]);
+    input.extend_from_slice(&[0; 12]);
+    input.push(1);
+    input.push(2); // an IPv4-mapped entry: ::ffff:10.0.0.1/128
+    input.extend_from_slice(&[10, 0, 0, 1]);
+    input.extend_from_slice(&[0; 12]);
+    input.push(128);
+    input.extend_from_slice(b"203.0.113.9");
+    let walk = client_addr_checks::decode_walk(&input).expect("a walk");
+    assert_eq!(walk.trusted.networks()[0].to_string(), "10.0.0.1/32");
+    let info = walk.trusted.resolve(walk.peer, walk.lines.iter().copied());
+    assert_eq!(info.client.to_string(), "203.0.113.9");
+    client_addr_checks::check_forwarded_for(&input);
 }
 
 #[test]

@@ -157,6 +157,30 @@ async fn forwarded_headers_as_the_backend_sees_them() {
     assert_eq!(seen["headers"]["x-real-ip"], "203.0.113.9");
 }
 
+/// Issue 11: an IPv4-mapped `--trusted-proxies` entry used to make every IPv4 request panic,
+/// and an `X-Forwarded-For` element the proxy could not read (`ip:port`, as Azure's gateway
+/// appends) was skipped, so the entries a client wrote itself named the client.
+#[tokio::test]
+async fn client_address_behind_a_trusted_proxy_with_mapped_entries_and_ports() {
+    let e = echo("e1", "").await;
+    let p = proxy(&[e.addr], &["--trusted-proxies", "::ffff:127.0.0.1"]).await;
+    let cases = [
+        // The mapped entry trusts the IPv4 peer 127.0.0.1.
+        ("203.0.113.9", "203.0.113.9"),
+        // The trusted proxy appended the client with its port; 6.6.6.6 is the client's own claim.
+        ("6.6.6.6, 198.51.100.7:5555", "198.51.100.7"),
+        ("6.6.6.6, [2001:db8::7]:443", "2001:db8::7"),
+        // An element nobody can read ends the walk at the trusted peer.
+        ("6.6.6.6, unknown", "127.0.0.1"),
+    ];
+    for (xff, client) in cases {
+        let (mut ws, _) = connect_with(&ws_url(p.proxy_addr, "/"), &[("X-Forwarded-For", xff)]).await.unwrap();
+        let seen = backend_view(&mut ws).await;
+        assert_eq!(seen["headers"]["x-real-ip"], client, "X-Forwarded-For: {xff}");
+        assert_eq!(seen["headers"]["x-forwarded-for"], format!("{xff}, 127.0.0.1"));
+    }
+}
+
 async fn instances(url: &str, n: usize, headers: &[(&str, &str)], hold: bool) -> (Vec<String>, Vec<Ws>) {
     let mut names = Vec::new();
     let mut held = Vec::new();

@@ -1,11 +1,16 @@
 //! Fuzz target: the RFC 6455 frame-header scanner (`ws::Scanner`) over arbitrary byte
-//! streams cut into arbitrary chunks. Invariants: it never panics; scanning the stream in
-//! one piece and in pieces gives the same counts, close code, error and final boundary;
-//! every `last_boundary` lies inside its chunk.
+//! streams from a client or a server, cut into arbitrary chunks. Invariants: it never
+//! panics; scanning the stream in one piece and in pieces gives the same counts, close code,
+//! error and final boundary; every `last_boundary` lies inside its chunk; the verdict (the
+//! framing rule broken, and how many frames came before) is the one of a plain whole-stream
+//! reading of RFC 6455 (`fuzz/shared/frame_reference.rs`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsingress::ws::{ScanError, Scanner, Summary};
+use wsingress::ws::{Role, ScanError, Scanner, Summary};
+
+#[path = "../shared/frame_reference.rs"]
+mod frame_reference;
 
 /// What a scan of a whole stream observed, in stream offsets.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -39,8 +44,8 @@ impl Seen {
     }
 }
 
-fn scan(limit: Option<u64>, stream: &[u8], cuts: &[u8]) -> Seen {
-    let mut scanner = Scanner::new(limit);
+fn scan(sender: Role, limit: Option<u64>, stream: &[u8], cuts: &[u8]) -> Seen {
+    let mut scanner = Scanner::new(sender, limit);
     let mut seen = Seen::default();
     let mut at = 0;
     let mut cuts = cuts.iter().cycle();
@@ -66,17 +71,11 @@ fn scan(limit: Option<u64>, stream: &[u8], cuts: &[u8]) -> Seen {
 }
 
 fuzz_target!(|input: &[u8]| {
-    // Byte 0: the message limit (0 = none); byte 1: how many cut sizes follow; then the
-    // cut sizes; the rest is the stream.
-    let Some((&limit, rest)) = input.split_first() else { return };
-    let Some((&ncuts, rest)) = rest.split_first() else { return };
-    let ncuts = usize::from(ncuts % 16).min(rest.len());
-    let (cuts, stream) = rest.split_at(ncuts);
-    let limit = (limit != 0).then(|| u64::from(limit) * 3);
+    let Some(frame_reference::Input { limit, sender, cuts, stream }) = frame_reference::decode(input) else { return };
 
-    let whole = scan(limit, stream, &[]);
-    let pieces = scan(limit, stream, if cuts.iter().all(|&c| c == 0) { &[1] } else { cuts });
-    let bytewise = scan(limit, stream, &[1]);
+    let whole = scan(sender, limit, stream, &[]);
+    let pieces = scan(sender, limit, stream, if cuts.iter().all(|&c| c == 0) { &[1] } else { cuts });
+    let bytewise = scan(sender, limit, stream, &[1]);
     if whole.error.is_some() {
         // Errors are raised as soon as the offending header is complete, so the offsets
         // reached differ; everything counted before the error must not.
@@ -93,4 +92,6 @@ fuzz_target!(|input: &[u8]| {
     if whole.error.is_none() && whole.at_boundary && !stream.is_empty() {
         assert_eq!(whole.last_boundary, Some(stream.len()), "at a boundary, the last frame ended at the end");
     }
+    let reference = frame_reference::verdict(sender, limit, stream);
+    assert_eq!((whole.frames, whole.error), (reference.frames, reference.error), "scanner vs reference");
 });

@@ -64,7 +64,7 @@ pub async fn serve_connection(
             return;
         }
     };
-    let client = state.trusted.client_info(peer.ip(), head.values(&buf, "x-forwarded-for"));
+    let client = state.trusted.resolve(peer.ip(), head.values(&buf, "x-forwarded-for"));
     let client_slot = match ctx.config.max_connections_per_client {
         0 => None,
         limit => match state.clients.acquire(&client.client, limit) {

@@ -1,9 +1,12 @@
-//! Header rules of a proxy, pure: hop-by-hop removal (RFC 9110 §7.6.1), X-Forwarded-*,
-//! and validation of a WebSocket upgrade request (RFC 6455 §4.2.1).
+//! Header rules of a proxy, pure: hop-by-hop removal (RFC 9110 §7.6.1) and the forwarding
+//! fields (X-Forwarded-*, X-Real-IP, RFC 7239 `Forwarded`). Who the client is
+//! (`--trusted-proxies`, the X-Forwarded-For walk) is `client_addr`'s, re-exported here.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub use super::client_addr::{ClientInfo, TrustedProxies};
 
 /// Hop-by-hop fields: "Connection", the fields it lists, and the legacy ones (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -43,113 +46,6 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// The client as seen by the proxy: the TCP peer, and the address it speaks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientInfo {
-    /// The TCP peer (appended to X-Forwarded-For).
-    pub peer: IpAddr,
-    /// The original client (X-Real-IP, ip-hash): the peer, or when the peer is a trusted
-    /// proxy, the right-most untrusted address of its X-Forwarded-For.
-    pub client: IpAddr,
-    /// The peer is a trusted proxy, so its X-Forwarded-Proto/-Host are kept.
-    pub trusted_peer: bool,
-}
-
-impl ClientInfo {
-    /// A client that connected directly (no trusted proxy in between).
-    pub fn direct(peer: IpAddr) -> Self {
-        let peer = canonical(peer);
-        Self { peer, client: peer, trusted_peer: false }
-    }
-}
-
-/// CIDR list for `--trusted-proxies`.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<(IpAddr, u8)>);
-
-impl TrustedProxies {
-    pub fn parse(items: &[String]) -> Result<Self, String> {
-        let mut out = Vec::new();
-        for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            let (ip, len) = match item.split_once('/') {
-                Some((ip, len)) => (ip, Some(len)),
-                None => (item, None),
-            };
-            let ip: IpAddr = ip.parse().map_err(|_| format!("--trusted-proxies: `{item}` is not an IP or CIDR"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            // An IPv4-mapped entry (::ffff:a.b.c.d/n) is the IPv4 network a.b.c.d/(n-96).
-            let (ip, mapped) = match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or((ip, false), |v4| (IpAddr::V4(v4), true)),
-                v4 => (v4, false),
-            };
-            let len = match len {
-                Some(l) => l.parse::<u8>().ok().filter(|&l| l <= max),
-                None => Some(max),
-            }
-            .ok_or_else(|| format!("--trusted-proxies: `{item}` has an invalid prefix length"))?;
-            let len = if mapped {
-                len.checked_sub(96)
-                    .ok_or_else(|| format!("--trusted-proxies: `{item}` has an invalid prefix length"))?
-            } else {
-                len
-            };
-            out.push((ip, len));
-        }
-        Ok(Self(out))
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.0.iter().any(|&(net, len)| match (canonical(net), ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), len),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), len),
-            _ => false,
-        })
-    }
-
-    /// Resolve who the client is from the peer and the X-Forwarded-For field lines: walking
-    /// right to left from a trusted peer, the client is the first entry that is not a trusted
-    /// address; an entry that cannot be parsed ends the walk at the last trusted hop.
-    pub fn client_info<'a>(&self, peer: IpAddr, xff: impl DoubleEndedIterator<Item = &'a [u8]>) -> ClientInfo {
-        let peer = canonical(peer);
-        if !self.contains(peer) {
-            return ClientInfo::direct(peer);
-        }
-        let mut client = peer;
-        for line in xff.rev() {
-            for item in line.rsplit(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|i| !i.is_empty()) {
-                let Some(hop) = std::str::from_utf8(item).ok().and_then(|t| t.parse::<IpAddr>().ok()) else {
-                    return ClientInfo { peer, client, trusted_peer: true };
-                };
-                client = canonical(hop);
-                if !self.contains(client) {
-                    return ClientInfo { peer, client, trusted_peer: true };
-                }
-            }
-        }
-        ClientInfo { peer, client, trusted_peer: true }
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
-    let full = usize::from(bits / 8);
-    if a[..full] != b[..full] {
-        return false;
-    }
-    let rest = bits % 8;
-    rest == 0 || {
-        let mask = 0xffu8 << (8 - rest);
-        (a[full] & mask) == (b[full] & mask)
-    }
 }
 
 /// The listener a request came in on: its scheme and port (for X-Forwarded-Proto/-Port).
@@ -370,8 +266,8 @@ mod tests {
     }
 
     fn forwarding_of(trusted: &TrustedProxies, peer: &str, sent: &HeaderMap, host: Option<&str>) -> HeaderMap {
-        let info = trusted
-            .client_info(peer.parse().unwrap(), sent.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes));
+        let info =
+            trusted.resolve(peer.parse().unwrap(), sent.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes));
         let mut out = HeaderMap::new();
         let listener = Listener { https: false, port: 8080 };
         write_forwarding(&mut out, &info, listener, host.map(str::as_bytes), |name| {
@@ -426,27 +322,6 @@ mod tests {
         assert!(trusted.contains("::ffff:10.1.1.1".parse().unwrap()));
         assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
         assert!(TrustedProxies::parse(&["nope".into()]).is_err());
-    }
-
-    #[test]
-    fn the_walk_stops_at_an_entry_it_cannot_read() {
-        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into()]).unwrap();
-        // Azure-style `ip:port` entries: the spoofed address left of it is never believed.
-        let info = trusted
-            .client_info("10.0.0.5".parse().unwrap(), [b"6.6.6.6, 1.2.3.4:5555, 10.0.0.7".as_slice()].into_iter());
-        assert_eq!(info.client, "10.0.0.7".parse::<IpAddr>().unwrap());
-        let info = trusted.client_info("10.0.0.5".parse().unwrap(), [b"6.6.6.6, garbage".as_slice()].into_iter());
-        assert_eq!(info.client, "10.0.0.5".parse::<IpAddr>().unwrap());
-    }
-
-    #[test]
-    fn ipv4_mapped_trusted_entries_are_ipv4_networks() {
-        // Once a panic on every IPv4 request.
-        let trusted = TrustedProxies::parse(&["::ffff:10.0.0.1".into(), "::ffff:192.168.0.0/112".into()]).unwrap();
-        assert!(trusted.contains("10.0.0.1".parse().unwrap()));
-        assert!(!trusted.contains("10.0.0.2".parse().unwrap()));
-        assert!(trusted.contains("192.168.7.7".parse().unwrap()));
-        assert!(TrustedProxies::parse(&["::ffff:10.0.0.1/64".into()]).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! `RouteTable` snapshots and nothing else.
 
 pub mod balance;
+pub mod client_addr;
 pub mod error;
 pub mod forward;
 pub mod front;

@@ -24,7 +24,7 @@ use super::stream::Stream;
 use crate::metrics::{ConnMetrics, Direction, Initiator};
 use crate::ws::close;
 use crate::ws::frame::{OP_CLOSE, OP_PING};
-use crate::ws::{ScanError, Scanner, Summary, encode_control};
+use crate::ws::{Role, Scanner, Summary, encode_control};
 
 /// Read buffer size; the last [`CTRL_ROOM`] bytes stay free to insert a control frame.
 const BUF_SIZE: usize = 64 * 1024;
@@ -182,10 +182,10 @@ struct Half {
 }
 
 impl Half {
-    fn new(dir: Direction, max_message: Option<u64>) -> Self {
+    fn new(dir: Direction, sender: Role, max_message: Option<u64>) -> Self {
         Self {
             dir,
-            scanner: Scanner::new(max_message),
+            scanner: Scanner::new(sender, max_message),
             pending: None,
             inject: None,
             sent_close: false,
@@ -268,8 +268,8 @@ pub async fn relay(
         client,
         upstream,
         halves: [
-            Half::new(Direction::ClientToBackend, settings.max_message),
-            Half::new(Direction::BackendToClient, settings.max_message),
+            Half::new(Direction::ClientToBackend, Role::Client, settings.max_message),
+            Half::new(Direction::BackendToClient, Role::Server, settings.max_message),
         ],
         settings,
         metrics,
@@ -609,16 +609,15 @@ impl Tunnel<'_> {
         let mut summary = Summary::default();
         if let Err(e) = h.scanner.scan(&buf.0[..n], &mut summary) {
             h.poisoned = true;
-            let (code, reason) = match e {
-                ScanError::LengthOverflow => (close::PROTOCOL_ERROR, EndReason::ProtocolError),
-                ScanError::MessageTooBig { .. } => (close::MESSAGE_TOO_BIG, EndReason::MessageTooBig),
-            };
-            tracing::debug!(direction = h.dir.label(), error = %e, "closing tunnel");
+            let code = e.close_code();
+            let reason =
+                if code == close::MESSAGE_TOO_BIG { EndReason::MessageTooBig } else { EndReason::ProtocolError };
+            tracing::debug!(direction = h.dir.label(), violation = e.label(), error = %e, "closing tunnel");
             h.messages += summary.messages;
             // Frames completed before the bad header still go through and the Close follows
             // them; if the output was inside a frame, it cannot take a Close and is just ended.
             let boundary = summary.last_boundary.or(was_at_boundary.then_some(0));
-            h.scanner = Scanner::new(None);
+            h.scanner = Scanner::new(h.scanner.sender(), None);
             self.reason.get_or_insert(reason);
             self.mark_proxy_close(code);
             match boundary {

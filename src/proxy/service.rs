@@ -65,7 +65,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let xff = req.headers().get_all(headers::X_FORWARDED_FOR);
-    let client = state.trusted.client_info(peer.ip(), xff.iter().map(HeaderValue::as_bytes));
+    let client = state.trusted.resolve(peer.ip(), xff.iter().map(HeaderValue::as_bytes));
     let websocket = headers::has_token(req.headers(), &header::UPGRADE, "websocket");
     if let Err(e) = check_parsed(&req, websocket) {
         let err = ProxyError::BadRequest(e);

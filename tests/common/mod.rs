@@ -140,6 +140,17 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String,
     http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await
 }
 
+/// Sum of the samples of `name` whose labels include every `labels` pair.
+pub fn metric(m: &wsingress::metrics::Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = String::from_utf8(m.encode()).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{') || r.starts_with(' ')))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Poll `cond` every 20 ms until it holds or `within` passes.
 pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
 where
