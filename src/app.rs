@@ -22,7 +22,11 @@ use crate::proxy::headers::TrustedProxies;
 use crate::proxy::{self, ProxyConfig, ProxyState};
 use crate::readiness::Readiness;
 use crate::routes::RouteHandle;
+use crate::source::kube::KubeConfig;
+use crate::source::leader::ElectionConfig;
+use crate::source::status::{PublishFrom, StatusConfig};
 use crate::source::{self, Publisher};
+use crate::translate::Defaults;
 
 /// Exit code for invalid configuration (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -106,6 +110,41 @@ impl Running {
     }
 }
 
+/// The controller's settings from the `serve` flags. `default_namespace` (the client's: the
+/// pod's namespace in a cluster, the kubeconfig context's outside) holds the Lease when
+/// `--election-namespace` is not given. Pure: called before binding ports to validate flags.
+pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConfig, ConfigError> {
+    let non_empty = |v: &Option<String>, flag: &str| match v.as_deref().map(str::trim) {
+        Some("") => Err(ConfigError(format!("--{flag} must not be empty"))),
+        other => Ok(other.map(str::to_string)),
+    };
+    let watch_namespace = non_empty(&args.watch_namespace, "watch-namespace")?;
+    let election_namespace =
+        non_empty(&args.election_namespace, "election-namespace")?.unwrap_or_else(|| default_namespace.to_string());
+    let identity = non_empty(&args.pod_name, "pod-name")?
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| format!("wsingress-{}", std::process::id()));
+    for (value, flag) in [(&args.election_lease, "election-lease"), (&args.ingress_class, "ingress-class")] {
+        if value.trim().is_empty() {
+            return Err(ConfigError(format!("--{flag} must not be empty")));
+        }
+    }
+    let publish = PublishFrom::from_flags(args.publish_service.as_deref(), args.publish_address.as_deref())
+        .map_err(|e| ConfigError(e.to_string()))?;
+    Ok(KubeConfig {
+        watch_namespace,
+        defaults: Defaults { class_name: args.ingress_class.trim().to_string(), settings: args.route.settings() },
+        status: publish.map(StatusConfig::new),
+        election: Some(ElectionConfig::new(
+            election_namespace,
+            args.election_lease.trim().to_string(),
+            identity.clone(),
+        )),
+        identity,
+        ..KubeConfig::new(Defaults::default())
+    })
+}
+
 /// Bind and start everything for `serve`. Configuration is validated before any port is bound.
 pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Result<Running> {
     let trusted = TrustedProxies::parse(&args.trusted_proxies).map_err(ConfigError)?;
@@ -124,8 +163,7 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
             publisher.publish(source::static_upstream::table(addrs, settings.clone()), &[]);
         }
         RouteSource::Manifests(path) => {
-            let defaults =
-                crate::translate::Defaults { class_name: args.ingress_class.clone(), settings: settings.clone() };
+            let defaults = Defaults { class_name: args.ingress_class.clone(), settings: settings.clone() };
             let (table, warnings) = source::file::load_file(path, &defaults)
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
             publisher.publish(table, &warnings);
@@ -133,8 +171,21 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
             background.push(Box::pin(source::file::run(path, defaults, publisher, stop)));
         }
         RouteSource::Kube => {
-            let fut = source::kube::run_from_args(args, publisher.clone(), stop_background.clone()).await?;
-            background.push(fut);
+            // Flags first, so a typo is reported even where no cluster is reachable.
+            kube_config(args, "default")?;
+            let client = kube::Client::try_default().await.map_err(|e| {
+                ConfigError(format!(
+                    "cannot build a Kubernetes client from the in-cluster config or kubeconfig: {e}; \
+                     outside a cluster use --upstream or --manifests"
+                ))
+            })?;
+            let config = kube_config(args, client.default_namespace())?;
+            let (publisher, stop) = (publisher.clone(), stop_background.clone());
+            background.push(Box::pin(async move {
+                if let Err(e) = source::kube::run(client, config, publisher, stop).await {
+                    tracing::error!(error = %e, "the Kubernetes controller stopped; the last routes keep serving");
+                }
+            }));
         }
         RouteSource::Manual => {}
     }
@@ -323,5 +374,49 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let argv = ["wsingress", "serve"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Serve(s)) => *s,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kube_config_from_flags() {
+        let args = serve(&[
+            "--watch-namespace",
+            "apps",
+            "--publish-service",
+            "ingress/wsingress",
+            "--pod-name",
+            "wsingress-0",
+            "--ingress-class",
+            "ws",
+        ]);
+        let c = kube_config(&args, "ingress").unwrap();
+        assert_eq!(c.watch_namespace.as_deref(), Some("apps"));
+        assert_eq!(c.defaults.class_name, "ws");
+        assert_eq!(c.identity, "wsingress-0");
+        let e = c.election.unwrap();
+        assert_eq!((e.namespace.as_str(), e.lease_name.as_str()), ("ingress", "wsingress-leader"));
+        assert_eq!(
+            c.status.map(|s| s.publish),
+            Some(PublishFrom::Service { namespace: "ingress".into(), name: "wsingress".into() })
+        );
+        let mut bad = args.clone();
+        bad.publish_service = Some("nope".into());
+        assert!(kube_config(&bad, "x").unwrap_err().0.contains("NAMESPACE/NAME"));
+        bad.publish_service = None;
+        bad.pod_name = Some(String::new());
+        assert_eq!(kube_config(&bad, "x").unwrap_err().0, "--pod-name must not be empty");
     }
 }

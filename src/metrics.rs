@@ -19,8 +19,16 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::cli::LogFormat;
 use crate::routes::RouteTable;
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
 
 /// Route label for requests that matched no route (unknown host or path).
 pub const UNMATCHED: &str = "unmatched";

@@ -13,9 +13,8 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
-use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -36,9 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::Publisher;
 use super::events::{self, Report};
 use super::leader::{self, ElectionConfig};
-use super::status::{self, IngressKey, PublishFrom, StatusConfig, StatusError, StatusInput};
-use crate::app::ConfigError;
-use crate::cli::ServeArgs;
+use super::status::{self, IngressKey, StatusConfig, StatusInput};
 use crate::translate::{self, ClusterSnapshot, Defaults, ObjectRef};
 
 /// Annotation kubectl leaves on applied objects: large and never read, so not cached.
@@ -46,12 +43,6 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("cannot build a Kubernetes client from the in-cluster config or kubeconfig: {0}")]
-    Client(#[source] kube::Error),
-    #[error(transparent)]
-    Status(#[from] StatusError),
-    #[error("--{0} must not be empty")]
-    EmptyFlag(&'static str),
     #[error("the {0} reflector stopped before its first complete sync")]
     SyncAborted(&'static str),
 }
@@ -131,64 +122,6 @@ impl KubeConfig {
             identity: "wsingress".to_string(),
         }
     }
-
-    /// From the `serve` flags. `default_namespace` (the client's: the pod's namespace in
-    /// cluster, the kubeconfig context's outside) holds the Lease when `--election-namespace`
-    /// is not given. Pure: call it early to validate flags before binding ports.
-    pub fn from_args(args: &ServeArgs, default_namespace: &str) -> Result<Self, KubeError> {
-        let non_empty = |v: &Option<String>, flag: &'static str| match v.as_deref().map(str::trim) {
-            Some("") => Err(KubeError::EmptyFlag(flag)),
-            other => Ok(other.map(str::to_string)),
-        };
-        let watch_namespace = non_empty(&args.watch_namespace, "watch-namespace")?;
-        let election_namespace =
-            non_empty(&args.election_namespace, "election-namespace")?.unwrap_or_else(|| default_namespace.to_string());
-        let identity = non_empty(&args.pod_name, "pod-name")?
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| format!("wsingress-{}", std::process::id()));
-        if args.election_lease.trim().is_empty() {
-            return Err(KubeError::EmptyFlag("election-lease"));
-        }
-        if args.ingress_class.trim().is_empty() {
-            return Err(KubeError::EmptyFlag("ingress-class"));
-        }
-        let publish = PublishFrom::from_flags(args.publish_service.as_deref(), args.publish_address.as_deref())?;
-        Ok(Self {
-            watch_namespace,
-            defaults: Defaults { class_name: args.ingress_class.trim().to_string(), settings: args.route.settings() },
-            status: publish.map(StatusConfig::new),
-            election: Some(ElectionConfig::new(
-                election_namespace,
-                args.election_lease.trim().to_string(),
-                identity.clone(),
-            )),
-            identity,
-            ..Self::new(Defaults::default())
-        })
-    }
-}
-
-/// Cluster mode wired from the `serve` flags, for `app` when neither `--upstream` nor
-/// `--manifests` is given: validates the flags and builds a client from kube's defaults
-/// (in-cluster service account, else `$KUBECONFIG`/`~/.kube/config`) before anything binds a
-/// port (either failing is a [`ConfigError`], exit 64), then returns the controller to spawn;
-/// it runs until `shutdown`.
-pub async fn run_from_args(
-    args: &ServeArgs,
-    publisher: Publisher,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Pin<Box<dyn Future<Output = ()> + Send>>> {
-    // Flags first, so a typo is reported even where no cluster is reachable.
-    KubeConfig::from_args(args, "default").map_err(|e| ConfigError(e.to_string()))?;
-    let client = kube::Client::try_default().await.map_err(|e| {
-        ConfigError(format!("{}; outside a cluster use --upstream or --manifests", KubeError::Client(e)))
-    })?;
-    let config = KubeConfig::from_args(args, client.default_namespace()).map_err(|e| ConfigError(e.to_string()))?;
-    Ok(Box::pin(async move {
-        if let Err(e) = run(client, config, publisher, shutdown).await {
-            tracing::error!(error = %e, "the Kubernetes controller stopped; the last routes keep serving");
-        }
-    }))
 }
 
 /// Run cluster mode until `shutdown`.
@@ -503,7 +436,6 @@ fn object_reference(s: &ClusterSnapshot, o: &ObjectRef) -> ObjectReference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use k8s_openapi::api::networking::v1::{IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus};
     use kube::api::ObjectMeta;
 
@@ -567,39 +499,5 @@ mod tests {
             object_reference(&s, &ObjectRef { kind: "Service".into(), namespace: "apps".into(), name: "gone".into() });
         assert_eq!(missing.name.as_deref(), Some("gone"));
         assert!(missing.uid.is_none());
-    }
-
-    #[test]
-    fn config_from_flags() {
-        let cli = crate::cli::Cli::try_parse_from([
-            "wsingress",
-            "serve",
-            "--watch-namespace",
-            "apps",
-            "--publish-service",
-            "ingress/wsingress",
-            "--pod-name",
-            "wsingress-0",
-            "--ingress-class",
-            "ws",
-        ])
-        .unwrap();
-        let crate::cli::Command::Serve(args) = cli.command else { panic!("not serve") };
-        let c = KubeConfig::from_args(&args, "ingress").unwrap();
-        assert_eq!(c.watch_namespace.as_deref(), Some("apps"));
-        assert_eq!(c.defaults.class_name, "ws");
-        assert_eq!(c.identity, "wsingress-0");
-        let e = c.election.unwrap();
-        assert_eq!((e.namespace.as_str(), e.lease_name.as_str()), ("ingress", "wsingress-leader"));
-        assert_eq!(
-            c.status.map(|s| s.publish),
-            Some(PublishFrom::Service { namespace: "ingress".into(), name: "wsingress".into() })
-        );
-        let mut bad = (*args).clone();
-        bad.publish_service = Some("nope".into());
-        assert!(matches!(KubeConfig::from_args(&bad, "x"), Err(KubeError::Status(_))));
-        bad.publish_service = None;
-        bad.pod_name = Some(String::new());
-        assert!(matches!(KubeConfig::from_args(&bad, "x"), Err(KubeError::EmptyFlag("pod-name"))));
     }
 }
