@@ -666,3 +666,40 @@ async fn rbac_access_list_is_exactly_what_the_controller_uses() {
         .collect();
     assert_eq!(used, declared, "rbac::ACCESS must list exactly the requests the controller makes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_paged_and_an_expired_continue_starts_the_list_again() {
+    init_tracing();
+    let a: SocketAddr = "10.1.0.1:8080".parse().expect("addr");
+    let api = FakeKube::start().await;
+    seed(&api, &[a], &[]);
+    // Five Ingresses, one host each: three pages of two.
+    for i in 1..5 {
+        let mut ing = ingress(&format!("chat-{i}"), "wsingress", &[]);
+        if let Some(rule) = ing.spec.as_mut().and_then(|s| s.rules.as_mut()).and_then(|r| r.first_mut()) {
+            rule.host = Some(format!("chat-{i}.test"));
+        }
+        api.apply(&ing);
+    }
+    // The first continued page finds its version compacted: the watcher must list again.
+    api.expire_next_continue();
+    let ctl = start_controller(&api, KubeConfig { page_size: 2, ..fast_config() });
+    eventually(Duration::from_secs(10), "first publish", || ctl.routes.has_published().then_some(())).await;
+    let table = ctl.routes.load();
+    for host in ["chat.test", "chat-1.test", "chat-2.test", "chat-3.test", "chat-4.test"] {
+        assert!(table.find(Some(host), "/").is_some(), "{host} routed from a paged list");
+    }
+    let ingress_lists: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.access().is_some_and(|(_, res, verb)| res == "ingresses" && verb == "list"))
+        .collect();
+    assert!(ingress_lists.iter().all(|r| r.query.contains("limit=2")), "{ingress_lists:?}");
+    let expired = ingress_lists.iter().filter(|r| r.status == 410 && r.query.contains("continue=")).count();
+    assert_eq!(expired, 1, "{ingress_lists:?}");
+    let fresh = ingress_lists.iter().filter(|r| !r.query.contains("continue=")).count();
+    assert_eq!(fresh, 2, "listed again from the start after the 410: {ingress_lists:?}");
+    let continued_ok = ingress_lists.iter().filter(|r| r.status == 200 && r.query.contains("continue=")).count();
+    assert_eq!(continued_ok, 2, "pages 2 and 3 of the second list: {ingress_lists:?}");
+    ctl.stop().await;
+}

@@ -102,6 +102,8 @@ pub struct KubeConfig {
     /// Quiet time after a change before translating: a burst (a rollout) becomes one publish.
     pub debounce: Duration,
     pub backoff: WatchBackoff,
+    /// Objects per page of each (re-)list (`limit`); large clusters list in pages.
+    pub page_size: u32,
     /// Ingress status writing; `None` leaves status alone.
     pub status: Option<StatusConfig>,
     /// Leader election; `None` means this replica always acts as leader (one replica only).
@@ -117,6 +119,7 @@ impl KubeConfig {
             defaults,
             debounce: Duration::from_millis(200),
             backoff: WatchBackoff::default(),
+            page_size: 500,
             status: None,
             election: None,
             identity: "wsingress".to_string(),
@@ -195,18 +198,33 @@ impl KubeSource {
     pub async fn run(self, publisher: Publisher, shutdown: CancellationToken) -> Result<(), KubeError> {
         let changed = Arc::new(Notify::new());
         let backoff = self.config.backoff;
+        let page_size = self.config.page_size;
         // Dropping the set (also when this future is dropped) aborts every task.
         let mut tasks = JoinSet::new();
         let children = shutdown.child_token();
 
         let stores = Stores {
-            ingresses: spawn_reflector(&mut tasks, self.api::<Ingress>(), "Ingress", backoff, &changed, &children),
-            services: spawn_reflector(&mut tasks, self.api::<Service>(), "Service", backoff, &changed, &children),
+            ingresses: spawn_reflector(
+                &mut tasks,
+                self.api::<Ingress>(),
+                "Ingress",
+                (backoff, page_size),
+                &changed,
+                &children,
+            ),
+            services: spawn_reflector(
+                &mut tasks,
+                self.api::<Service>(),
+                "Service",
+                (backoff, page_size),
+                &changed,
+                &children,
+            ),
             endpoint_slices: spawn_reflector(
                 &mut tasks,
                 self.api::<EndpointSlice>(),
                 "EndpointSlice",
-                backoff,
+                (backoff, page_size),
                 &changed,
                 &children,
             ),
@@ -214,7 +232,7 @@ impl KubeSource {
                 &mut tasks,
                 Api::<IngressClass>::all(self.client.clone()),
                 "IngressClass",
-                backoff,
+                (backoff, page_size),
                 &changed,
                 &children,
             ),
@@ -306,7 +324,7 @@ fn spawn_reflector<K>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
     kind: &'static str,
-    backoff: WatchBackoff,
+    (backoff, page_size): (WatchBackoff, u32),
     changed: &Arc<Notify>,
     stop: &CancellationToken,
 ) -> Store<K>
@@ -317,7 +335,7 @@ where
     let changed = changed.clone();
     let stop = stop.clone();
     tasks.spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
+        let stream = watcher(api, watcher::Config::default().page_size(page_size))
             .modify(|o: &mut K| {
                 o.managed_fields_mut().clear();
                 o.annotations_mut().remove(LAST_APPLIED);
