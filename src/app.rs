@@ -212,6 +212,9 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
             tracing::error!(error = %e, "admin listener failed");
         }
     }));
+    if let Some(after) = args.unready_drain_after.0 {
+        background.push(Box::pin(source::drain_unready_endpoints(routes.clone(), after, stop_background.clone())));
+    }
     for fut in background {
         tasks.push(tokio::spawn(fut));
     }

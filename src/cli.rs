@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Cluster mode: this replica's identity for leader election (default: the pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Drain the tunnels of an endpoint that stays not ready (and not terminating) this long
+    /// ("never": keep them until it is ready again, terminates or leaves its EndpointSlice).
+    #[arg(long, value_parser = parse_optional_duration, default_value = "never")]
+    pub unready_drain_after: OptionalDuration,
     /// Proxy worker threads (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,

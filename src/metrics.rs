@@ -19,7 +19,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::routes::RouteTable;
+use crate::routes::{EndpointState, RouteTable};
 
 /// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,7 +262,7 @@ impl Metrics {
             )?,
             endpoints: gauge(
                 "wsingress_endpoints",
-                "Endpoints per backend pool by state: ready (gets new tunnels), terminating (keeps its tunnels, gets no new ones).",
+                "Endpoints per backend pool by state: ready (gets new tunnels), not_ready (keeps its tunnels and live state, gets no new ones), terminating (its tunnels are drained, gets no new ones).",
                 &["route", "backend", "state"],
             )?,
             config_generation,
@@ -348,10 +348,15 @@ impl Metrics {
         self.config_warnings.set(warnings as i64);
         self.endpoints.reset();
         for route in table.routes() {
-            let ready = route.pool.ready_len() as i64;
-            let total = route.pool.endpoints().len() as i64;
-            self.endpoints.with_label_values(&[&route.id, &route.backend, "ready"]).set(ready);
-            self.endpoints.with_label_values(&[&route.id, &route.backend, "terminating"]).set(total - ready);
+            let mut counts = [0i64; 3];
+            for ep in route.pool.endpoints() {
+                counts[ep.state as usize] += 1;
+            }
+            for state in [EndpointState::Ready, EndpointState::NotReady, EndpointState::Terminating] {
+                self.endpoints
+                    .with_label_values(&[&route.id, &route.backend, state.label()])
+                    .set(counts[state as usize]);
+            }
             self.connections_active.with_label_values(&[&route.id, &route.backend]);
             self.upgrades.with_label_values(&[&route.id, UpgradeResult::Ok.label()]);
         }
@@ -700,6 +705,7 @@ mod tests {
             r#"wsingress_websocket_upgrades_total{result="ok",route="static/upstream"} 0"#,
             r#"wsingress_endpoints{backend="static:upstream",route="static/upstream",state="ready"} 1"#,
             r#"wsingress_endpoints{backend="static:upstream",route="static/upstream",state="terminating"} 1"#,
+            r#"wsingress_endpoints{backend="static:upstream",route="static/upstream",state="not_ready"} 0"#,
             r#"wsingress_config_updates_total{result="applied",source="static"} 1"#,
             "wsingress_config_generation 3",
         ] {

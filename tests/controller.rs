@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use wsingress::metrics::Metrics;
-use wsingress::routes::RouteHandle;
+use wsingress::routes::{EndpointState, RouteHandle};
 use wsingress::source::Publisher;
 use wsingress::source::kube::{KubeConfig, KubeError, WatchBackoff};
 use wsingress::source::leader::ElectionConfig;
@@ -152,6 +152,31 @@ fn slice(pods: &[SocketAddr]) -> EndpointSlice {
     }
 }
 
+/// Pod conditions as the EndpointSlice controller writes them.
+#[derive(Debug, Clone, Copy)]
+enum Pod {
+    Ready,
+    /// Failing its readiness probe.
+    NotReady,
+    /// Deleted, still serving during its grace period.
+    Terminating,
+}
+
+/// Service `chat`'s slice with each pod in the given condition.
+fn slice_with(pods: &[(SocketAddr, Pod)]) -> EndpointSlice {
+    let mut s = slice(&pods.iter().map(|p| p.0).collect::<Vec<_>>());
+    for (ep, (_, pod)) in s.endpoints.iter_mut().flatten().zip(pods) {
+        let (ready, serving, terminating) = match pod {
+            Pod::Ready => (true, true, false),
+            Pod::NotReady => (false, false, false),
+            Pod::Terminating => (false, true, true),
+        };
+        ep.conditions =
+            Some(EndpointConditions { ready: Some(ready), serving: Some(serving), terminating: Some(terminating) });
+    }
+    s
+}
+
 fn node(name: &str, internal: &str, external: Option<&str>) -> Node {
     let mut addresses = vec![NodeAddress { type_: "InternalIP".into(), address: internal.into() }];
     if let Some(e) = external {
@@ -207,15 +232,22 @@ fn start_controller(api: &FakeKube, config: KubeConfig) -> Controller {
 }
 
 impl Controller {
-    /// Endpoints (address, ready) of the route serving HOST, if any.
-    fn endpoints(&self) -> Option<Vec<(SocketAddr, bool)>> {
+    /// Endpoints (address, state) of the route serving HOST, if any.
+    fn endpoints(&self) -> Option<Vec<(SocketAddr, EndpointState)>> {
         let table = self.routes.load();
         let route = table.find(Some(HOST), "/")?;
-        Some(route.pool.endpoints().iter().map(|e| (e.addr, e.ready)).collect())
+        Some(route.pool.endpoints().iter().map(|e| (e.addr, e.state)).collect())
     }
 
     fn ready_addrs(&self) -> BTreeSet<SocketAddr> {
-        self.endpoints().unwrap_or_default().into_iter().filter(|e| e.1).map(|e| e.0).collect()
+        self.endpoints().unwrap_or_default().into_iter().filter(|e| e.1 == EndpointState::Ready).map(|e| e.0).collect()
+    }
+
+    /// The live tunnel count the route's pool holds for `addr`.
+    fn active(&self, addr: SocketAddr) -> Option<usize> {
+        let table = self.routes.load();
+        let route = table.find(Some(HOST), "/")?;
+        route.pool.endpoints().iter().find(|e| e.addr == addr).map(|e| e.live.active())
     }
 
     async fn stop(self) {
@@ -702,4 +734,69 @@ async fn lists_are_paged_and_an_expired_continue_starts_the_list_again() {
     let continued_ok = ingress_lists.iter().filter(|r| r.status == 200 && r.query.contains("continue=")).count();
     assert_eq!(continued_ok, 2, "pages 2 and 3 of the second list: {ingress_lists:?}");
     ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readiness_flap_keeps_every_tunnel_and_a_terminating_pod_drains_with_1001() {
+    init_tracing();
+    let stop = CancellationToken::new();
+    let pods = start_pods(2, &stop).await;
+    let (a, b) = (pods[0], pods[1]);
+    let drain = Duration::from_millis(800);
+    let api = FakeKube::start().await;
+    seed(&api, &pods, &[("wsingress.io/load-balance", "round-robin"), ("wsingress.io/drain-timeout", "800ms")]);
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "both pods ready", || (ctl.ready_addrs().len() == 2).then_some(())).await;
+    let (proxy, _drain) = start_proxy(ctl.routes.clone()).await;
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for i in 0..6 {
+        let (mut ws, pod) = connect(proxy).await;
+        echo(&mut ws, &format!("hello {i}")).await;
+        if pod == "pod-2" { on_a.push(ws) } else { on_b.push(ws) }
+    }
+    assert_eq!((on_a.len(), on_b.len()), (3, 3), "round-robin over both pods");
+
+    // Pod a fails its readiness probe for longer than the drain timeout, then recovers.
+    api.apply(&slice_with(&[(a, Pod::NotReady), (b, Pod::Ready)]));
+    eventually(Duration::from_secs(5), "a not ready", || {
+        ctl.endpoints()?.contains(&(a, EndpointState::NotReady)).then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        let (mut ws, pod) = connect(proxy).await;
+        assert_eq!(pod, "pod-3", "no new tunnels to a not-ready pod");
+        echo(&mut ws, "while a is not ready").await;
+    }
+    assert_eq!(ctl.active(a), Some(3), "a keeps its live count while not ready");
+    tokio::time::sleep(drain + Duration::from_millis(400)).await;
+    api.apply(&slice_with(&[(a, Pod::Ready), (b, Pod::Ready)]));
+    eventually(Duration::from_secs(5), "a ready again", || (ctl.ready_addrs().len() == 2).then_some(())).await;
+    assert_eq!(ctl.active(a), Some(3), "the count survived the flap");
+    for ws in on_a.iter_mut().chain(on_b.iter_mut()) {
+        echo(ws, "after the flap").await;
+    }
+
+    // Pod b terminates: its tunnels get Close 1001 within the drain timeout; a's stay.
+    let terminated = Instant::now();
+    api.apply(&slice_with(&[(a, Pod::Ready), (b, Pod::Terminating)]));
+    let readers: Vec<_> = on_b
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move { (closed_by_peer(&mut ws, Duration::from_secs(10)).await, terminated.elapsed()) })
+        })
+        .collect();
+    for r in readers {
+        let (code, after) = r.await.expect("reader");
+        assert_eq!(code, Some(CloseCode::Away));
+        assert!(after <= drain + Duration::from_millis(700), "closed within the drain timeout (+ margin): {after:?}");
+    }
+    for ws in &mut on_a {
+        echo(ws, "a is still here").await;
+    }
+    for _ in 0..3 {
+        assert_eq!(connect(proxy).await.1, "pod-2", "no new tunnels to a terminating pod");
+    }
+    ctl.stop().await;
+    stop.cancel();
 }

@@ -1,14 +1,17 @@
 //! Publishing and reading route snapshots. Readers never lock: a new connection loads the
 //! current `Arc<RouteTable>` (one atomic operation) and keeps it; `publish` builds the next
-//! table aside, carries live endpoint state over, swaps it in, then starts the drain of
-//! endpoints that left every pool.
+//! table aside, carries live endpoint state over, swaps it in, then applies each endpoint's
+//! lifecycle: terminating endpoints and endpoints that left every pool start draining, not
+//! ready ones start their not-ready clock (see [`RouteHandle::drain_unready`]), ready ones are
+//! re-armed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use super::RouteTable;
+use super::{EndpointState, RouteTable};
 
 #[derive(Debug)]
 pub struct RouteHandle {
@@ -59,20 +62,40 @@ impl RouteHandle {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         next.generation = generation;
         let removed = previous.removed_in(&next);
-        self.current.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.current.store(next.clone());
         self.generation.store(generation, Ordering::Release);
         self.published.store(true, Ordering::Release);
+        // Lifecycle after the swap, so no new tunnel lands on an endpoint drained here.
+        // Ready and not-ready first, then terminating: an address terminating in any pool drains.
+        let now = Instant::now();
+        let endpoints = || next.routes().flat_map(|r| r.pool.endpoints());
+        for ep in endpoints().filter(|e| e.state != EndpointState::Terminating) {
+            ep.live.observe(ep.state, now);
+        }
+        for ep in endpoints().filter(|e| e.state == EndpointState::Terminating) {
+            ep.live.observe(ep.state, now);
+        }
         for live in removed {
-            live.removed().cancel();
+            live.drain();
         }
         generation
+    }
+
+    /// Drain the endpoints of the current table that have been not ready for `after` or
+    /// longer (`--unready-drain-after`); returns how many this call drained. The controller
+    /// calls it periodically; an endpoint that is ready again in a later table is re-armed.
+    pub fn drain_unready(&self, after: Duration) -> usize {
+        let Some(limit) = Instant::now().checked_sub(after) else { return 0 };
+        let table = self.current.load();
+        table.routes().flat_map(|r| r.pool.endpoints()).filter(|e| e.live.drain_if_unready_since(limit)).count()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::{Endpoint, Pool, Route, RouteSettings};
+    use crate::routes::{Endpoint, EndpointState, Pool, Route, RouteSettings};
 
     fn table(addrs: &[&str]) -> RouteTable {
         RouteTable::single(Route {
@@ -81,6 +104,62 @@ mod tests {
             pool: Pool::new(addrs.iter().map(|a| Endpoint::new(a.parse().unwrap(), true)).collect()),
             settings: RouteSettings::default(),
         })
+    }
+
+    fn with_states(eps: &[(&str, EndpointState)]) -> RouteTable {
+        RouteTable::single(Route {
+            id: "default/chat".into(),
+            backend: "chat:80".into(),
+            pool: Pool::new(eps.iter().map(|(a, s)| Endpoint::with_state(a.parse().unwrap(), *s)).collect()),
+            settings: RouteSettings::default(),
+        })
+    }
+
+    fn live_of(h: &RouteHandle, i: usize) -> Arc<crate::routes::EndpointLive> {
+        h.load().default_route().unwrap().pool.endpoints()[i].live.clone()
+    }
+
+    #[test]
+    fn a_readiness_flap_keeps_live_state_and_drains_nothing() {
+        use EndpointState::*;
+        let h = RouteHandle::new();
+        h.publish(with_states(&[("10.0.0.1:80", Ready), ("10.0.0.2:80", Ready)]));
+        let live = live_of(&h, 0);
+        let tunnel = live.removed();
+        let _open = live.track();
+        h.publish(with_states(&[("10.0.0.1:80", NotReady), ("10.0.0.2:80", Ready)]));
+        assert!(Arc::ptr_eq(&live, &live_of(&h, 0)), "the same live state while not ready");
+        assert_eq!(h.load().default_route().unwrap().pool.ready_len(), 1, "not ready: no new tunnels");
+        assert!(live.unready_since().is_some());
+        assert!(!tunnel.is_cancelled(), "not ready does not drain");
+        assert_eq!(h.drain_unready(Duration::from_secs(3600)), 0);
+        h.publish(with_states(&[("10.0.0.1:80", Ready), ("10.0.0.2:80", Ready)]));
+        assert!(Arc::ptr_eq(&live, &live_of(&h, 0)));
+        assert_eq!(live.active(), 1, "its count survived the flap");
+        assert!(live.unready_since().is_none());
+        assert!(!tunnel.is_cancelled());
+    }
+
+    #[test]
+    fn terminating_drains_at_once_and_unready_only_after_the_limit() {
+        use EndpointState::*;
+        let h = RouteHandle::new();
+        h.publish(with_states(&[("10.0.0.1:80", Ready), ("10.0.0.2:80", Ready)]));
+        let (a, b) = (live_of(&h, 0), live_of(&h, 1));
+        let (tunnel_a, tunnel_b) = (a.removed(), b.removed());
+        h.publish(with_states(&[("10.0.0.1:80", Terminating), ("10.0.0.2:80", NotReady)]));
+        assert!(tunnel_a.is_cancelled(), "terminating drains now");
+        assert!(!tunnel_b.is_cancelled());
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(h.drain_unready(Duration::from_secs(60)), 0, "not yet");
+        assert_eq!(h.drain_unready(Duration::from_millis(20)), 1);
+        assert!(tunnel_b.is_cancelled(), "not ready for longer than the limit: drained");
+        assert_eq!(h.drain_unready(Duration::from_millis(20)), 0, "once");
+        // Back to ready: the drain already sent stays, tunnels opened from now are not drained.
+        h.publish(with_states(&[("10.0.0.1:80", Terminating), ("10.0.0.2:80", Ready)]));
+        let fresh = b.removed();
+        assert!(!fresh.is_cancelled() && !b.is_removed());
+        assert!(tunnel_b.is_cancelled());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //!
 //! Everything here is plain data shared through `Arc`. The only mutable parts are the
 //! per-endpoint live counters (`EndpointLive`), which are carried over from one table to
-//! the next by [`handle::RouteHandle::publish`] so that least-conn counts and draining
-//! survive a reload.
+//! the next by [`handle::RouteHandle::publish`] so that least-conn counts, ejection and
+//! draining survive a reload, and so an endpoint that is briefly not ready keeps them.
 
 pub mod handle;
 pub mod matching;
@@ -13,9 +13,9 @@ pub mod ring;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -129,12 +129,45 @@ impl RouteSettings {
     }
 }
 
+/// Where an endpoint is in its life, read from its EndpointSlice conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndpointState {
+    /// Ready: takes new tunnels.
+    Ready,
+    /// Not ready and not terminating (a failed readiness probe, a pod starting): no new
+    /// tunnels; its tunnels stay open and its live state (counts, ejection) is kept for when
+    /// it returns. Drained only once it has stayed not ready for `--unready-drain-after`.
+    NotReady,
+    /// Terminating (serving or not): no new tunnels; its tunnels are drained from now.
+    Terminating,
+}
+
+impl EndpointState {
+    /// The label in metrics and `/routes`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::NotReady => "not_ready",
+            Self::Terminating => "terminating",
+        }
+    }
+}
+
+/// The part of an endpoint's live state that changes with its lifecycle.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    /// Cancelled to drain the tunnels opened while it was current. Replaced by a fresh one
+    /// when a drained endpoint is ready again, so new tunnels are not drained with the old.
+    drain: CancellationToken,
+    /// Since when it has been not ready (`None` while ready or terminating).
+    unready_since: Option<Instant>,
+}
+
 /// Live state of one upstream address, shared by every table that contains it.
 #[derive(Debug, Default)]
 pub struct EndpointLive {
     active: AtomicUsize,
-    /// Fired when the endpoint leaves every pool: its tunnels start their drain timers.
-    removed: CancellationToken,
+    lifecycle: Mutex<Lifecycle>,
     /// Milliseconds since the process epoch until which connect failures keep it out of rotation.
     ejected_until_ms: AtomicU64,
 }
@@ -148,17 +181,63 @@ impl EndpointLive {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
     }
-    pub fn removed(&self) -> &CancellationToken {
-        &self.removed
+    fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
     }
+    /// The drain signal a tunnel opened now listens to: cancelled when the endpoint
+    /// terminates, leaves every pool, or stays not ready past `--unready-drain-after`.
+    pub fn removed(&self) -> CancellationToken {
+        self.lifecycle().drain.clone()
+    }
+    /// Whether the tunnels opened on it so far are being drained.
     pub fn is_removed(&self) -> bool {
-        self.removed.is_cancelled()
+        self.lifecycle().drain.is_cancelled()
+    }
+    /// Start draining its tunnels now (idempotent).
+    pub fn drain(&self) {
+        self.lifecycle().drain.cancel();
     }
     pub fn ejected_until_ms(&self) -> u64 {
         self.ejected_until_ms.load(Ordering::Relaxed)
     }
     pub fn eject_until_ms(&self, until: u64) {
         self.ejected_until_ms.store(until, Ordering::Relaxed);
+    }
+    /// Since when it has been not ready, if it is.
+    pub fn unready_since(&self) -> Option<Instant> {
+        self.lifecycle().unready_since
+    }
+
+    /// Record the state a newly published table gives it: ready clears the not-ready clock
+    /// (and re-arms the drain signal if an earlier drain fired), not ready starts the clock
+    /// (once), terminating drains now.
+    pub(crate) fn observe(&self, state: EndpointState, now: Instant) {
+        let mut l = self.lifecycle();
+        match state {
+            EndpointState::Ready => {
+                l.unready_since = None;
+                if l.drain.is_cancelled() {
+                    l.drain = CancellationToken::new();
+                }
+            }
+            EndpointState::NotReady => {
+                l.unready_since.get_or_insert(now);
+            }
+            EndpointState::Terminating => {
+                l.unready_since = None;
+                l.drain.cancel();
+            }
+        }
+    }
+
+    /// Drain it if it has been not ready since `limit` or earlier; true when this call drained it.
+    pub(crate) fn drain_if_unready_since(&self, limit: Instant) -> bool {
+        let l = self.lifecycle();
+        let due = l.unready_since.is_some_and(|t| t <= limit) && !l.drain.is_cancelled();
+        if due {
+            l.drain.cancel();
+        }
+        due
     }
 }
 
@@ -172,20 +251,44 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// One upstream address. `ready == false` means serving-but-terminating: kept only so the
-/// tunnels already on it are not drained early; it gets no new connections.
+/// One upstream address and its lifecycle state; only ready ones get new connections.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    pub ready: bool,
+    pub state: EndpointState,
     /// Pod or target name, for `/routes` and logs only (never a metric label).
     pub target: Option<String>,
+    /// An ExternalName Service's DNS name, resolved at connect time. `addr` is then a
+    /// stand-in unique to the name (in the discard-only prefix `100::/64`, RFC 6666) that
+    /// keys pools and live state; its port is the one connected to.
+    pub hostname: Option<Arc<str>>,
     pub live: Arc<EndpointLive>,
 }
 
 impl Endpoint {
+    /// A ready endpoint, or (`ready == false`) a terminating one.
     pub fn new(addr: SocketAddr, ready: bool) -> Self {
-        Self { addr, ready, target: None, live: Arc::default() }
+        Self::with_state(addr, if ready { EndpointState::Ready } else { EndpointState::Terminating })
+    }
+
+    pub fn with_state(addr: SocketAddr, state: EndpointState) -> Self {
+        Self { addr, state, target: None, hostname: None, live: Arc::default() }
+    }
+
+    /// A ready endpoint for a DNS name resolved at connect time (an ExternalName Service).
+    pub fn external(hostname: &str, port: u16) -> Self {
+        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+        let h = ring::hash_key(name.as_bytes());
+        let stand_in =
+            std::net::Ipv6Addr::new(0x100, 0, 0, 0, (h >> 48) as u16, (h >> 32) as u16, (h >> 16) as u16, h as u16);
+        Self {
+            hostname: Some(name.into()),
+            ..Self::with_state(SocketAddr::new(stand_in.into(), port), EndpointState::Ready)
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state == EndpointState::Ready
     }
 }
 
@@ -202,9 +305,10 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(mut endpoints: Vec<Endpoint>) -> Self {
-        endpoints.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.ready.cmp(&a.ready)));
+        // One entry per address, the most alive state first (Ready < NotReady < Terminating).
+        endpoints.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.state.cmp(&b.state)));
         endpoints.dedup_by(|a, b| a.addr == b.addr);
-        let ready: Vec<usize> = (0..endpoints.len()).filter(|&i| endpoints[i].ready).collect();
+        let ready: Vec<usize> = (0..endpoints.len()).filter(|&i| endpoints[i].is_ready()).collect();
         let ring = HashRing::new(ready.iter().map(|&i| endpoints[i].addr));
         Self { endpoints, ready, ring, next: AtomicUsize::new(0) }
     }
@@ -368,7 +472,9 @@ impl RouteTable {
                 .iter()
                 .map(|e| EndpointView {
                     address: e.addr.to_string(),
-                    state: if e.ready { "ready" } else { "terminating" },
+                    hostname: e.hostname.as_deref().map(str::to_string),
+                    state: e.state.label(),
+                    draining: e.live.is_removed(),
                     target: e.target.clone(),
                     active_connections: e.live.active(),
                 })
@@ -414,7 +520,13 @@ pub struct RouteView {
 #[derive(Debug, Serialize)]
 pub struct EndpointView {
     pub address: String,
+    /// An ExternalName Service's DNS name (resolved at connect time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `ready`, `not_ready` or `terminating`.
     pub state: &'static str,
+    /// Its tunnels are being drained (terminating, removed, or not ready for too long).
+    pub draining: bool,
     pub target: Option<String>,
     pub active_connections: usize,
 }

@@ -282,11 +282,9 @@ pub fn same_routes(a: &RouteTable, b: &RouteTable) -> bool {
             && x.backend == y.backend
             && x.settings == y.settings
             && x.pool.endpoints().len() == y.pool.endpoints().len()
-            && x.pool
-                .endpoints()
-                .iter()
-                .zip(y.pool.endpoints())
-                .all(|(e, f)| e.addr == f.addr && e.ready == f.ready && e.target == f.target)
+            && x.pool.endpoints().iter().zip(y.pool.endpoints()).all(|(e, f)| {
+                e.addr == f.addr && e.state == f.state && e.target == f.target && e.hostname == f.hostname
+            })
     }
     a.rules().len() == b.rules().len()
         && a.rules()

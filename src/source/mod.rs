@@ -10,6 +10,9 @@ pub mod static_upstream;
 pub mod status;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::routes::{RouteHandle, RouteTable};
@@ -57,5 +60,27 @@ impl Publisher {
     pub fn rejected(&self, why: &str) {
         self.metrics.table_rejected(self.source);
         tracing::error!(source = self.source, error = why, "route update rejected; keeping the last good table");
+    }
+}
+
+/// `--unready-drain-after`: until `stop`, drain the tunnels of endpoints that have stayed not
+/// ready for `after` (checked every second, or every `after / 4` when that is shorter).
+pub async fn drain_unready_endpoints(routes: Arc<RouteHandle>, after: Duration, stop: CancellationToken) {
+    let every = (after / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let drained = routes.drain_unready(after);
+        if drained > 0 {
+            tracing::info!(
+                endpoints = drained,
+                after_s = after.as_secs_f64(),
+                "draining the tunnels of endpoints not ready for longer than --unready-drain-after"
+            );
+        }
     }
 }

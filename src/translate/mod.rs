@@ -16,9 +16,9 @@
 //!   the table's default route.
 //! - **Backends.** A Service port by number or name; its endpoints come from every
 //!   EndpointSlice labelled `kubernetes.io/service-name` in the namespace, using the slice
-//!   port whose name equals the Service port's name (so `targetPort` may differ). Ready
-//!   endpoints (`ready` unset counts as ready) take new connections; serving-but-terminating
-//!   ones are kept not ready, only so their tunnels drain on time; the rest are dropped.
+//!   port whose name equals the Service port's name (so `targetPort` may differ). Every
+//!   endpoint is kept with its lifecycle state ([`endpoint_state`]): ready ones take new
+//!   connections; not-ready ones keep their tunnels and live state; terminating ones drain.
 //!   A missing Service, port or ready endpoint is a warning and the route stays, answering 503.
 //! - **Service-only routes.** A Service annotated `wsingress.io/expose: "true"` is routed
 //!   without an Ingress (see [`annotations::exposure`]); class filtering does not apply.
@@ -36,12 +36,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
 
-use crate::routes::{Endpoint, HostMatch, PathMatch, Pool, Route, RouteSettings, RouteTable, Rule};
+use crate::routes::{Endpoint, EndpointState, HostMatch, PathMatch, Pool, Route, RouteSettings, RouteTable, Rule};
 use annotations::AnnotatedKind;
 
 /// The controller name our IngressClass must carry in `spec.controller`.
@@ -723,14 +723,7 @@ impl<'a> Translation<'a> {
                 }
             };
             for ep in slice.endpoints.iter().flatten() {
-                let cond = ep.conditions.as_ref();
-                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                let serving = cond.and_then(|c| c.serving) == Some(true);
-                let terminating = cond.and_then(|c| c.terminating) == Some(true);
-                let draining = serving && terminating;
-                if !(ready || draining) {
-                    continue;
-                }
+                let state = endpoint_state(ep.conditions.as_ref());
                 let target = ep.target_ref.as_ref().and_then(|t| t.name.clone());
                 for address in &ep.addresses {
                     let Ok(ip) = address.trim().parse::<IpAddr>() else {
@@ -739,20 +732,20 @@ impl<'a> Translation<'a> {
                     if ip.is_ipv6() != v6 {
                         continue;
                     }
-                    let mut endpoint = Endpoint::new(SocketAddr::new(ip, number), ready);
+                    let mut endpoint = Endpoint::with_state(SocketAddr::new(ip, number), state);
                     endpoint.target = target.clone();
                     out.push(endpoint);
                 }
             }
         }
-        if !out.iter().any(|e| e.ready) {
+        if !out.iter().any(Endpoint::is_ready) {
             let reason = if out.is_empty() {
                 format!(
                     "Service {namespace}/{name} has no ready endpoints for port {backend_label}; the route answers 503"
                 )
             } else {
                 format!(
-                    "Service {namespace}/{name} has only terminating endpoints for port {backend_label}; the route answers 503"
+                    "Service {namespace}/{name} has only not-ready or terminating endpoints for port {backend_label}; the route answers 503"
                 )
             };
             self.warn(object, field, backend_label, reason, reasons::NO_READY_ENDPOINTS);
@@ -775,6 +768,19 @@ impl<'a> Translation<'a> {
         sort_warnings(&mut self.warnings);
         let table = RouteTable::new(self.rules, self.default_route.map(|(_, r)| r));
         (table, self.warnings)
+    }
+}
+
+/// An endpoint's lifecycle from its EndpointSlice conditions: `terminating` (serving or not)
+/// is Terminating; otherwise `ready` decides, and unset `ready` counts as ready (the API's
+/// "unknown, interpret as ready").
+pub fn endpoint_state(conditions: Option<&EndpointConditions>) -> EndpointState {
+    let terminating = conditions.and_then(|c| c.terminating) == Some(true);
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    match (terminating, ready) {
+        (true, _) => EndpointState::Terminating,
+        (false, true) => EndpointState::Ready,
+        (false, false) => EndpointState::NotReady,
     }
 }
 

@@ -45,9 +45,12 @@ struct Request {
     backend: Option<String>,
     /// Ready endpoints as `ip:port` (`[v6]:port`), in any order; checked when given.
     ready: Option<Vec<String>>,
-    /// Kept-for-drain endpoints (ready = false); checked when given, else must be none.
+    /// Terminating endpoints (draining); must be exactly these (none when absent).
     #[serde(default)]
     terminating: Vec<String>,
+    /// Not-ready endpoints (kept, no new tunnels); must be exactly these (none when absent).
+    #[serde(default)]
+    not_ready: Vec<String>,
     /// `ip:port` → targetRef name.
     #[serde(default)]
     targets: BTreeMap<String, String>,
@@ -188,19 +191,22 @@ fn check_fixture(f: &Fixture) {
         if let Some(b) = &r.backend {
             assert_eq!(&route.backend, b, "{ctx}: backend");
         }
-        let mut ready: Vec<String> = route.pool.ready().map(|e| e.addr.to_string()).collect();
-        let mut terminating: Vec<String> =
-            route.pool.endpoints().iter().filter(|e| !e.ready).map(|e| e.addr.to_string()).collect();
-        ready.sort();
-        terminating.sort();
+        let in_state = |state: EndpointState| -> Vec<String> {
+            let mut v: Vec<String> =
+                route.pool.endpoints().iter().filter(|e| e.state == state).map(|e| e.addr.to_string()).collect();
+            v.sort();
+            v
+        };
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
         if let Some(want) = &r.ready {
-            let mut want = want.clone();
-            want.sort();
-            assert_eq!(ready, want, "{ctx}: ready endpoints");
+            assert_eq!(in_state(EndpointState::Ready), sorted(want), "{ctx}: ready endpoints");
         }
-        let mut want_term = r.terminating.clone();
-        want_term.sort();
-        assert_eq!(terminating, want_term, "{ctx}: terminating endpoints");
+        assert_eq!(in_state(EndpointState::Terminating), sorted(&r.terminating), "{ctx}: terminating endpoints");
+        assert_eq!(in_state(EndpointState::NotReady), sorted(&r.not_ready), "{ctx}: not-ready endpoints");
         for (addr, target) in &r.targets {
             let ep = route
                 .pool
