@@ -26,7 +26,7 @@ use crate::source::kube::KubeConfig;
 use crate::source::leader::ElectionConfig;
 use crate::source::status::{PublishFrom, StatusConfig};
 use crate::source::{self, Publisher};
-use crate::translate::Defaults;
+use crate::translate::{Defaults, ServiceRoutes};
 
 /// Exit code for invalid configuration (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -131,9 +131,20 @@ pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConf
     }
     let publish = PublishFrom::from_flags(args.publish_service.as_deref(), args.publish_address.as_deref())
         .map_err(|e| ConfigError(e.to_string()))?;
+    let namespaces: Vec<String> =
+        args.service_routes_namespaces.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+    if !namespaces.is_empty() && !args.enable_service_routes {
+        return Err(ConfigError("--service-routes-namespaces needs --enable-service-routes".to_string()));
+    }
+    let defaults = Defaults {
+        // A cluster serves exactly the IngressClasses naming our controller.
+        class_fallback: false,
+        service_routes: ServiceRoutes { enabled: args.enable_service_routes, require_class: true, namespaces },
+        ..translate_defaults(args)?
+    };
     Ok(KubeConfig {
         watch_namespace,
-        defaults: Defaults { class_name: args.ingress_class.trim().to_string(), settings: args.route.settings() },
+        defaults,
         status: publish.map(StatusConfig::new),
         election: Some(ElectionConfig::new(
             election_namespace,
@@ -142,6 +153,21 @@ pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConf
         )),
         identity,
         ..KubeConfig::new(Defaults::default())
+    })
+}
+
+/// Translation settings shared by the manifests-file and cluster modes.
+pub fn translate_defaults(args: &ServeArgs) -> Result<Defaults, ConfigError> {
+    let controller_name = args.controller_name.trim();
+    if controller_name.is_empty() {
+        return Err(ConfigError("--controller-name must not be empty".to_string()));
+    }
+    Ok(Defaults {
+        class_name: args.ingress_class.trim().to_string(),
+        controller_name: controller_name.to_string(),
+        settings: args.route.settings(),
+        unsupported_security: args.unsupported_security_annotations,
+        ..Defaults::default()
     })
 }
 
@@ -163,7 +189,7 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
             publisher.publish(source::static_upstream::table(addrs, settings.clone()), &[]);
         }
         RouteSource::Manifests(path) => {
-            let defaults = Defaults { class_name: args.ingress_class.clone(), settings: settings.clone() };
+            let defaults = translate_defaults(args)?;
             let (table, warnings) = source::file::load_file(path, &defaults)
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
             publisher.publish(table, &warnings);

@@ -68,6 +68,18 @@ pub struct ServeArgs {
     /// IngressClass name served (its spec.controller must be wsingress.io/ingress-controller).
     #[arg(long, default_value = crate::translate::DEFAULT_CLASS)]
     pub ingress_class: String,
+    /// Serve the IngressClasses whose spec.controller is this (run installs side by side with different names).
+    #[arg(long, default_value = crate::translate::CONTROLLER_NAME)]
+    pub controller_name: String,
+    /// Cluster mode: route Services annotated wsingress.io/expose (they must also name a served class in wsingress.io/ingress-class).
+    #[arg(long)]
+    pub enable_service_routes: bool,
+    /// Cluster mode: only Services in these namespaces may define Service-only routes (comma separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub service_routes_namespaces: Vec<String>,
+    /// A route with an ingress-nginx security annotation wsingress does not enforce: refuse (503) or ignore (serve it unprotected).
+    #[arg(long, value_parser = crate::translate::UnsupportedSecurity::parse, default_value = "refuse")]
+    pub unsupported_security_annotations: crate::translate::UnsupportedSecurity,
     /// Cluster mode: write Ingress status from this Service's addresses (NAMESPACE/NAME).
     #[arg(long)]
     pub publish_service: Option<String>,

@@ -97,6 +97,12 @@ pub struct RouteSettings {
     pub allowed_origins: Vec<String>,
     /// Refuse plain HTTP on this route (426 Upgrade Required).
     pub websocket_only: bool,
+    /// ingress-nginx annotations on the object that wsingress does not implement (each also
+    /// reported by an Event); listed in `/routes`.
+    pub unsupported_annotations: Vec<String>,
+    /// Why the route answers every request with 503: it carries a security annotation
+    /// wsingress does not enforce (fail closed). Its pool is then empty.
+    pub refused: Option<String>,
 }
 
 impl Default for RouteSettings {
@@ -113,6 +119,8 @@ impl Default for RouteSettings {
             max_connections: None,
             allowed_origins: Vec::new(),
             websocket_only: false,
+            unsupported_annotations: Vec::new(),
+            refused: None,
         }
     }
 }
@@ -466,6 +474,8 @@ impl RouteTable {
             idle_timeout_seconds: r.settings.idle_timeout.map(|d| d.as_secs_f64()),
             ping_interval_seconds: r.settings.ping_interval.map(|d| d.as_secs_f64()),
             drain_timeout_seconds: r.settings.drain_timeout.map(|d| d.as_secs_f64()),
+            unsupported_annotations: r.settings.unsupported_annotations.clone(),
+            refused: r.settings.refused.clone(),
             endpoints: r
                 .pool
                 .endpoints()
@@ -514,6 +524,12 @@ pub struct RouteView {
     pub idle_timeout_seconds: Option<f64>,
     pub ping_interval_seconds: Option<f64>,
     pub drain_timeout_seconds: Option<f64>,
+    /// ingress-nginx annotations of the object that wsingress does not implement.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_annotations: Vec<String>,
+    /// Why every request gets 503 (an unenforced security annotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     pub endpoints: Vec<EndpointView>,
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Semantics follow the Kubernetes Ingress API:
 //! - **Class.** An Ingress is ours when `spec.ingressClassName` names an IngressClass whose
-//!   `spec.controller` is [`CONTROLLER_NAME`], or names `--ingress-class` while no
-//!   IngressClass of that name exists (handy for a manifests file); else when it has no
+//!   `spec.controller` is `--controller-name` ([`CONTROLLER_NAME`] by default), or (manifests
+//!   files only, [`Defaults::class_fallback`]) names `--ingress-class` while no IngressClass
+//!   of that name exists; else when it has no
 //!   class name and its legacy `kubernetes.io/ingress.class` annotation names one of those
 //!   classes; else, with no class at all, only when one of our IngressClasses carries
 //!   `ingressclass.kubernetes.io/is-default-class: "true"`.
@@ -21,7 +22,10 @@
 //!   connections; not-ready ones keep their tunnels and live state; terminating ones drain.
 //!   A missing Service, port or ready endpoint is a warning and the route stays, answering 503.
 //! - **Service-only routes.** A Service annotated `wsingress.io/expose: "true"` is routed
-//!   without an Ingress (see [`annotations::exposure`]); class filtering does not apply.
+//!   without an Ingress (see [`annotations::exposure`]) when [`ServiceRoutes`] lets it: enabled,
+//!   in an allowed namespace, and (in a cluster) naming a served class in
+//!   `wsingress.io/ingress-class`. An Ingress always wins a host + path over a Service-only
+//!   route; the loser gets a `RuleConflict` warning.
 //!
 //! The output depends only on the set of objects, never on their order, so replicas agree.
 
@@ -67,6 +71,8 @@ pub mod reasons {
     pub const UNSUPPORTED_BACKEND: &str = "UnsupportedBackend";
     pub const UNSUPPORTED_ADDRESS_TYPE: &str = "UnsupportedAddressType";
     pub const DUPLICATE_OBJECT: &str = "DuplicateObject";
+    pub const SERVICE_ROUTES_DISABLED: &str = "ServiceRouteRefused";
+    pub const UNSUPPORTED_ANNOTATION: &str = "UnsupportedAnnotation";
 }
 
 /// Everything translation reads. Order does not matter.
@@ -81,15 +87,72 @@ pub struct ClusterSnapshot {
 /// Flags that shape translation.
 #[derive(Debug, Clone)]
 pub struct Defaults {
-    /// IngressClass name we serve (`--ingress-class`).
+    /// IngressClass name served when no IngressClass of that name exists (`--ingress-class`),
+    /// and only if `class_fallback` is set.
     pub class_name: String,
+    /// `spec.controller` of the IngressClasses served (`--controller-name`).
+    pub controller_name: String,
+    /// Serve `class_name` even though no IngressClass object declares it: manifests files
+    /// often carry none. Off in a cluster, where an install serves exactly the classes whose
+    /// controller is `controller_name`.
+    pub class_fallback: bool,
     /// Settings used where no annotation says otherwise (from the `serve` flags).
     pub settings: RouteSettings,
+    /// Which Services may define Service-only routes.
+    pub service_routes: ServiceRoutes,
+    /// What a route carrying an ingress-nginx security annotation wsingress does not enforce
+    /// gets (`--unsupported-security-annotations`).
+    pub unsupported_security: UnsupportedSecurity,
 }
 
 impl Default for Defaults {
+    /// The manifests-file defaults: the `wsingress` class (also when undeclared), Service-only
+    /// routes on for every namespace, unenforced security annotations fail closed.
     fn default() -> Self {
-        Self { class_name: DEFAULT_CLASS.to_string(), settings: RouteSettings::default() }
+        Self {
+            class_name: DEFAULT_CLASS.to_string(),
+            controller_name: CONTROLLER_NAME.to_string(),
+            class_fallback: true,
+            settings: RouteSettings::default(),
+            service_routes: ServiceRoutes::default(),
+            unsupported_security: UnsupportedSecurity::Refuse,
+        }
+    }
+}
+
+/// The gate for Service-only routes (`wsingress.io/expose` on a Service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRoutes {
+    /// `--enable-service-routes` (always on for a manifests file).
+    pub enabled: bool,
+    /// The Service must name a served class in `wsingress.io/ingress-class` (cluster mode).
+    pub require_class: bool,
+    /// `--service-routes-namespaces`: only Services in these namespaces; empty = all.
+    pub namespaces: Vec<String>,
+}
+
+impl Default for ServiceRoutes {
+    fn default() -> Self {
+        Self { enabled: true, require_class: false, namespaces: Vec::new() }
+    }
+}
+
+/// `--unsupported-security-annotations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsupportedSecurity {
+    /// The route answers 503 (fail closed) and an Event says why. The default.
+    Refuse,
+    /// The route is served without the protection; the Event says it is not enforced.
+    Ignore,
+}
+
+impl UnsupportedSecurity {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "refuse" => Ok(Self::Refuse),
+            "ignore" => Ok(Self::Ignore),
+            other => Err(format!("`{other}`: expected refuse or ignore")),
+        }
     }
 }
 
@@ -189,7 +252,8 @@ impl Classes {
         let mut names = BTreeSet::new();
         let mut default = false;
         for class in &snapshot.ingress_classes {
-            let ours = class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME);
+            let ours =
+                class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(defaults.controller_name.as_str());
             if !ours {
                 continue;
             }
@@ -206,7 +270,7 @@ impl Classes {
         }
         let declared =
             snapshot.ingress_classes.iter().any(|c| c.metadata.name.as_deref() == Some(defaults.class_name.as_str()));
-        if !declared {
+        if defaults.class_fallback && !declared {
             names.insert(defaults.class_name.clone());
         }
         Self { names, default }
@@ -238,16 +302,17 @@ impl Source<'_> {
         }
     }
 
-    /// Oldest first; objects without a timestamp (a manifests file) after those with one;
-    /// then namespace, name, and kind (Ingress before Service).
-    fn precedence(&self) -> (bool, Option<&Time>, &str, &str, u8) {
+    /// Ingresses before Service-only routes (an Ingress always wins a host and path); then
+    /// oldest first, objects without a timestamp (a manifests file) after those with one;
+    /// then namespace and name.
+    fn precedence(&self) -> (u8, bool, Option<&Time>, &str, &str) {
         let m = self.meta();
         let ts = m.creation_timestamp.as_ref();
         let kind = match self {
             Self::Ingress(_) => 0,
             Self::Service(_) => 1,
         };
-        (ts.is_none(), ts, namespace_of(m), m.name.as_deref().unwrap_or(""), kind)
+        (kind, ts.is_none(), ts, namespace_of(m), m.name.as_deref().unwrap_or(""))
     }
 }
 
@@ -321,12 +386,14 @@ impl<'a> Translation<'a> {
     /// Route-defining objects in precedence order.
     fn sources(&self) -> Vec<Source<'a>> {
         let snapshot = self.snapshot;
+        let exposed =
+            |s: &&Service| s.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(annotations::EXPOSE));
         let mut out: Vec<Source<'a>> = snapshot
             .ingresses
             .iter()
             .filter(|i| self.classes.serves(i))
             .map(Source::Ingress)
-            .chain(snapshot.services.iter().map(Source::Service))
+            .chain(snapshot.services.iter().filter(exposed).map(Source::Service))
             .collect();
         out.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
         out
@@ -339,6 +406,7 @@ impl<'a> Translation<'a> {
             ing.metadata.annotations.as_ref(),
             AnnotatedKind::Ingress,
             &self.defaults.settings,
+            self.defaults.unsupported_security,
             &mut self.warnings,
         );
         let namespace = namespace_of(&ing.metadata);
@@ -475,6 +543,11 @@ impl<'a> Translation<'a> {
         if let Some(claim) = self.claims.get(&key) {
             let reason = if &claim.owner == object {
                 format!("host {host} path {path} appears twice in this object; the first one is used")
+            } else if claim.owner.kind == "Ingress" && object.kind == "Service" {
+                format!(
+                    "host {host} path {path} is routed by {}: an Ingress always wins over a Service-only route; this route is ignored",
+                    claim.owner
+                )
             } else {
                 format!(
                     "host {host} path {path} is already routed by {} (older, or the same age and first by namespace/name); this rule is ignored",
@@ -575,8 +648,11 @@ impl<'a> Translation<'a> {
                     }
                 };
                 match service_port {
-                    Some(sp) => self.service_endpoints(object, &field, &backend_label, svc, sp),
-                    None => Vec::new(),
+                    // A refused route answers 503 whatever its endpoints.
+                    Some(sp) if settings.refused.is_none() => {
+                        self.service_endpoints(object, &field, &backend_label, svc, sp)
+                    }
+                    _ => Vec::new(),
                 }
             }
         };
@@ -590,18 +666,71 @@ impl<'a> Translation<'a> {
         Some(route)
     }
 
-    /// A Service annotated `wsingress.io/expose: "true"` becomes a route of its own.
+    /// Whether this controller routes a Service that asks to be exposed; warns where the
+    /// Service is this controller's business (it names a class served here, or, in a
+    /// manifests file, any class) and the gate refuses it.
+    fn service_route_allowed(&mut self, object: &ObjectRef, annotations: Option<&BTreeMap<String, String>>) -> bool {
+        let gate = &self.defaults.service_routes;
+        let field = annotations::annotation_field(annotations::INGRESS_CLASS);
+        let class = annotations.and_then(|a| a.get(annotations::INGRESS_CLASS)).map(|c| c.trim());
+        let served: Vec<&str> = self.classes.names.iter().map(String::as_str).collect();
+        match class {
+            Some(c) if !self.classes.names.contains(c) => {
+                // Another install's class: none of our business, unless there is no other install.
+                if !gate.require_class {
+                    let why =
+                        format!("names class `{c}`, which this controller does not serve ({served:?}); not exposed");
+                    self.warn(object, field, c, why, reasons::INVALID_ANNOTATION);
+                }
+                return false;
+            }
+            None if gate.require_class => {
+                if gate.enabled {
+                    let why = format!(
+                        "a Service-only route must name a class this controller serves ({served:?}) in {}; not exposed",
+                        annotations::INGRESS_CLASS
+                    );
+                    self.warn(object, field, "", why, reasons::INVALID_ANNOTATION);
+                }
+                return false;
+            }
+            _ => {}
+        }
+        let expose = annotations::annotation_field(annotations::EXPOSE);
+        if !gate.enabled {
+            let why = "Service-only routes are disabled on this controller (--enable-service-routes); not exposed";
+            self.warn(object, expose, "true", why, reasons::SERVICE_ROUTES_DISABLED);
+            return false;
+        }
+        if !gate.namespaces.is_empty() && !gate.namespaces.contains(&object.namespace) {
+            let why = format!(
+                "namespace {} may not define Service-only routes (--service-routes-namespaces {}); not exposed",
+                object.namespace,
+                gate.namespaces.join(",")
+            );
+            self.warn(object, expose, "true", why, reasons::SERVICE_ROUTES_DISABLED);
+            return false;
+        }
+        true
+    }
+
+    /// A Service annotated `wsingress.io/expose: "true"` becomes a route of its own, when the
+    /// Service-only route gate lets it.
     fn exposed_service(&mut self, svc: &'a Service) {
         let object = ObjectRef::new("Service", &svc.metadata);
         let annotations = svc.metadata.annotations.as_ref();
         let Some(exposure) = annotations::exposure(&object, annotations, &mut self.warnings) else {
             return;
         };
+        if !self.service_route_allowed(&object, annotations) {
+            return;
+        }
         let settings = annotations::route_settings(
             &object,
             annotations,
             AnnotatedKind::Service,
             &self.defaults.settings,
+            self.defaults.unsupported_security,
             &mut self.warnings,
         );
         let host = HostMatch::parse(&exposure.host);
@@ -664,8 +793,8 @@ impl<'a> Translation<'a> {
         };
         let backend_label = format!("{name}:{port_text}");
         let endpoints = match chosen {
-            Some(sp) => self.service_endpoints(&object, "spec", &backend_label, svc, sp),
-            None => Vec::new(),
+            Some(sp) if settings.refused.is_none() => self.service_endpoints(&object, "spec", &backend_label, svc, sp),
+            _ => Vec::new(),
         };
         let route = Arc::new(Route { id: object.id(), backend: backend_label, pool: Pool::new(endpoints), settings });
         self.rules.push(Rule { host, path, route });

@@ -33,6 +33,23 @@ struct Expectations {
     served: Option<Vec<String>>,
     /// Number of rules in the table, when the fixture checks it.
     rules: Option<usize>,
+    /// `--controller-name` (default `wsingress.io/ingress-controller`).
+    controller_name: Option<String>,
+    /// Serve `className` when no IngressClass declares it (default true, as for a file).
+    class_fallback: Option<bool>,
+    /// The Service-only route gate (default: on, no class needed, every namespace).
+    service_routes: Option<GateSpec>,
+    /// `--unsupported-security-annotations` (default refuse).
+    unsupported_security: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GateSpec {
+    enabled: bool,
+    require_class: bool,
+    #[serde(default)]
+    namespaces: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +73,11 @@ struct Request {
     targets: BTreeMap<String, String>,
     #[serde(default)]
     settings: BTreeMap<String, String>,
+    /// A substring of why the route refuses every request (fail closed), or absent: served.
+    refused: Option<String>,
+    /// The route's unsupported ingress-nginx keys, exactly (none when absent).
+    #[serde(default)]
+    unsupported: Vec<String>,
 }
 
 struct Fixture {
@@ -114,9 +136,22 @@ fn all_fixtures() -> Vec<Fixture> {
 }
 
 fn defaults_for(f: &Fixture) -> Defaults {
+    let e = &f.expect;
+    let d = Defaults::default();
     Defaults {
-        class_name: f.expect.class_name.clone().unwrap_or_else(|| DEFAULT_CLASS.to_string()),
-        ..Defaults::default()
+        class_name: e.class_name.clone().unwrap_or(d.class_name),
+        controller_name: e.controller_name.clone().unwrap_or(d.controller_name),
+        class_fallback: e.class_fallback.unwrap_or(d.class_fallback),
+        service_routes: e.service_routes.as_ref().map_or(d.service_routes, |g| ServiceRoutes {
+            enabled: g.enabled,
+            require_class: g.require_class,
+            namespaces: g.namespaces.clone(),
+        }),
+        unsupported_security: e
+            .unsupported_security
+            .as_deref()
+            .map_or(d.unsupported_security, |v| UnsupportedSecurity::parse(v).unwrap()),
+        ..d
     }
 }
 
@@ -217,6 +252,15 @@ fn check_fixture(f: &Fixture) {
             assert_eq!(ep.target.as_deref(), Some(target.as_str()), "{ctx}: target of {addr}");
         }
         check_settings(&ctx, &route.settings, &r.settings);
+        match (&r.refused, &route.settings.refused) {
+            (None, None) => {}
+            (Some(want), Some(got)) => assert!(got.contains(want.as_str()), "{ctx}: refused {got:?} lacks {want:?}"),
+            (want, got) => panic!("{ctx}: refused: want {want:?}, got {got:?}"),
+        }
+        if route.settings.refused.is_some() {
+            assert_eq!(route.pool.endpoints().len(), 0, "{ctx}: a refused route has no endpoints (503)");
+        }
+        assert_eq!(route.settings.unsupported_annotations, r.unsupported, "{ctx}: unsupported annotations");
     }
 }
 
