@@ -118,7 +118,7 @@ pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConf
         Some("") => Err(ConfigError(format!("--{flag} must not be empty"))),
         other => Ok(other.map(str::to_string)),
     };
-    let watch_namespace = non_empty(&args.watch_namespace, "watch-namespace")?;
+    let watch_namespaces = args.watch_namespace.as_deref().map(namespace_list).transpose()?.unwrap_or_default();
     let election_namespace =
         non_empty(&args.election_namespace, "election-namespace")?.unwrap_or_else(|| default_namespace.to_string());
     let identity = non_empty(&args.pod_name, "pod-name")?
@@ -143,7 +143,7 @@ pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConf
         ..translate_defaults(args)?
     };
     Ok(KubeConfig {
-        watch_namespace,
+        watch_namespaces,
         defaults,
         status: publish.map(StatusConfig::new),
         election: Some(ElectionConfig::new(
@@ -154,6 +154,27 @@ pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConf
         identity,
         ..KubeConfig::new(Defaults::default())
     })
+}
+
+/// `--watch-namespace a,b`: namespace names, each a DNS label, no duplicates.
+fn namespace_list(value: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    for ns in value.split(',').map(str::trim) {
+        let label = !ns.is_empty()
+            && ns.len() <= 63
+            && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !label {
+            return Err(ConfigError(format!(
+                "--watch-namespace `{value}`: `{ns}` is not a namespace name (comma-separated DNS labels)"
+            )));
+        }
+        if !out.iter().any(|o| o == ns) {
+            out.push(ns.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Translation settings shared by the manifests-file and cluster modes.
@@ -183,7 +204,9 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
     let stop_background = CancellationToken::new();
 
     // Routes that can be known before binding are published first, so a bad file fails fast.
-    let mut background: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
+    // Background tasks run supervised: one that ends or panics fails /healthz.
+    type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    let mut background: Vec<(&'static str, Task)> = Vec::new();
     match &route_source {
         RouteSource::Static(addrs) => {
             publisher.publish(source::static_upstream::table(addrs, settings.clone()), &[]);
@@ -194,7 +217,7 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
             publisher.publish(table, &warnings);
             let (path, publisher, stop) = (path.clone(), publisher.clone(), stop_background.clone());
-            background.push(Box::pin(source::file::run(path, defaults, publisher, stop)));
+            background.push(("manifests file reload", Box::pin(source::file::run(path, defaults, publisher, stop))));
         }
         RouteSource::Kube => {
             // Flags first, so a typo is reported even where no cluster is reachable.
@@ -206,12 +229,15 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
                 ))
             })?;
             let config = kube_config(args, client.default_namespace())?;
-            let (publisher, stop) = (publisher.clone(), stop_background.clone());
-            background.push(Box::pin(async move {
-                if let Err(e) = source::kube::run(client, config, publisher, stop).await {
-                    tracing::error!(error = %e, "the Kubernetes controller stopped; the last routes keep serving");
-                }
-            }));
+            let (publisher, stop, health) = (publisher.clone(), stop_background.clone(), readiness.health().clone());
+            background.push((
+                "kubernetes controller",
+                Box::pin(async move {
+                    if let Err(e) = source::kube::run(client, config, publisher, health, stop).await {
+                        tracing::error!(error = %e, "the Kubernetes controller stopped; the last routes keep serving");
+                    }
+                }),
+            ));
         }
         RouteSource::Manual => {}
     }
@@ -239,10 +265,11 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
         }
     }));
     if let Some(after) = args.unready_drain_after.0 {
-        background.push(Box::pin(source::drain_unready_endpoints(routes.clone(), after, stop_background.clone())));
+        let drainer = source::drain_unready_endpoints(routes.clone(), after, stop_background.clone());
+        background.push(("unready endpoint drain", Box::pin(drainer)));
     }
-    for fut in background {
-        tasks.push(tokio::spawn(fut));
+    for (name, fut) in background {
+        tasks.push(tokio::spawn(readiness.health().supervise(name.to_string(), stop_background.clone(), fut)));
     }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, source = route_source.label(), "wsingress serving");
     Ok(Running { proxy_addr, admin_addr, routes, metrics, readiness, drain, publisher, stop_background, tasks })
@@ -432,7 +459,7 @@ mod tests {
             "ws",
         ]);
         let c = kube_config(&args, "ingress").unwrap();
-        assert_eq!(c.watch_namespace.as_deref(), Some("apps"));
+        assert_eq!(c.watch_namespaces, ["apps"]);
         assert_eq!(c.defaults.class_name, "ws");
         assert_eq!(c.identity, "wsingress-0");
         let e = c.election.unwrap();

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::routes::{EndpointState, RouteTable};
@@ -153,6 +153,10 @@ pub struct Metrics {
     pub config_updates: IntCounterVec,
     pub config_warnings: IntGauge,
     pub build_info: IntGaugeVec,
+    pub controller_watch_errors: IntCounterVec,
+    pub controller_last_sync: GaugeVec,
+    pub controller_leader: IntGauge,
+    pub routes_conflicts: IntGauge,
     /// Every family as registered (the registry's `gather()` omits vectors with no series yet).
     docs: Vec<FamilyDoc>,
 }
@@ -206,6 +210,24 @@ impl Metrics {
             "Configuration warnings (bad annotations, missing Services, ...) in the last translation.",
         )?;
         register(Box::new(config_warnings.clone()), "gauge")?;
+        let controller_leader = IntGauge::new(
+            "wsingress_controller_leader",
+            "1 while this replica holds the leader-election Lease (writes Ingress status and Events), else 0.",
+        )?;
+        register(Box::new(controller_leader.clone()), "gauge")?;
+        let routes_conflicts = IntGauge::new(
+            "wsingress_routes_conflicts",
+            "Host and path rules lost to another object in the last translation (each also a RuleConflict Event).",
+        )?;
+        register(Box::new(routes_conflicts.clone()), "gauge")?;
+        let controller_last_sync = GaugeVec::new(
+            Opts::new(
+                "wsingress_controller_last_sync_timestamp_seconds",
+                "Unix time each watched kind's cache was last known in sync with the API server: its last complete (re-)list or the last change it received.",
+            ),
+            &["kind"],
+        )?;
+        register(Box::new(controller_last_sync.clone()), "gauge")?;
         let mut m = Self {
             connections_active: gauge(
                 "wsingress_websocket_connections_active",
@@ -273,6 +295,14 @@ impl Metrics {
             )?,
             config_warnings,
             build_info: gauge("wsingress_build_info", "Build information; always 1.", &["version"])?,
+            controller_watch_errors: counter(
+                "wsingress_controller_watch_errors_total",
+                "Failed list or watch requests of the controller's caches by kind (each retried with backoff; the last good routes keep serving).",
+                &["kind"],
+            )?,
+            controller_last_sync,
+            controller_leader,
+            routes_conflicts,
             registry,
             docs: Vec::new(),
         };
@@ -360,6 +390,17 @@ impl Metrics {
             self.connections_active.with_label_values(&[&route.id, &route.backend]);
             self.upgrades.with_label_values(&[&route.id, UpgradeResult::Ok.label()]);
         }
+    }
+
+    /// A list or watch of `kind` failed (it is retried).
+    pub fn watch_error(&self, kind: &str) {
+        self.controller_watch_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// `kind`'s cache is in sync now (a list completed or a change arrived).
+    pub fn watch_synced(&self, kind: &str) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.controller_last_sync.with_label_values(&[kind]).set(now.as_secs_f64());
     }
 
     /// A source produced no new table (parse error, API error): the last good one keeps serving.
@@ -612,7 +653,7 @@ mod tests {
     fn families_include_vectors_without_series_and_match_the_exposition() {
         let m = Metrics::new().unwrap();
         let names: Vec<String> = m.families().into_iter().map(|f| f.name).collect();
-        assert_eq!(names.len(), 15, "{names:?}");
+        assert_eq!(names.len(), 19, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("wsingress_")));
         // Give every vector one series; then the exposition lists exactly the documented families.
         let c = m.connection("default/chat", "chat:80");
@@ -623,6 +664,8 @@ mod tests {
         m.upstream_error("default/chat", "chat:80", "connect_refused");
         m.table_rejected("file");
         m.endpoints.with_label_values(&["default/chat", "chat:80", "ready"]).set(1);
+        m.watch_error("Ingress");
+        m.watch_synced("Ingress");
         let mut gathered: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
         gathered.sort();
         assert_eq!(gathered, names);
@@ -643,7 +686,8 @@ mod tests {
                         "initiator",
                         "status_class",
                         "source",
-                        "version"
+                        "version",
+                        "kind"
                     ]
                     .contains(&l.as_str()),
                     "unbounded label {l} on {}",

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Service;
@@ -228,10 +229,10 @@ impl Objects {
 
     fn finish(self) -> (ClusterSnapshot, Vec<Warning>) {
         let snapshot = ClusterSnapshot {
-            ingresses: self.ingresses.into_iter().flatten().collect(),
-            services: self.services.into_iter().flatten().collect(),
-            endpoint_slices: self.endpoint_slices.into_iter().flatten().collect(),
-            ingress_classes: self.ingress_classes.into_iter().flatten().collect(),
+            ingresses: self.ingresses.into_iter().flatten().map(Arc::new).collect(),
+            services: self.services.into_iter().flatten().map(Arc::new).collect(),
+            endpoint_slices: self.endpoint_slices.into_iter().flatten().map(Arc::new).collect(),
+            ingress_classes: self.ingress_classes.into_iter().flatten().map(Arc::new).collect(),
         };
         (snapshot, self.warnings)
     }

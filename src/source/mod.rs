@@ -8,6 +8,7 @@ pub mod leader;
 pub mod rbac;
 pub mod static_upstream;
 pub mod status;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,10 @@ impl Publisher {
         &self.routes
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Publish a new table; warnings are logged (and counted) here, once.
     pub fn publish(&self, table: RouteTable, warnings: &[Warning]) -> u64 {
         for w in warnings {
@@ -49,6 +54,8 @@ impl Publisher {
                 "configuration warning"
             );
         }
+        let conflicts = warnings.iter().filter(|w| w.event_reason == crate::translate::reasons::RULE_CONFLICT).count();
+        self.metrics.routes_conflicts.set(i64::try_from(conflicts).unwrap_or(i64::MAX));
         let generation = self.routes.publish(table);
         let current = self.routes.load();
         self.metrics.table_published(self.source, &current, warnings.len());

@@ -73,15 +73,17 @@ pub mod reasons {
     pub const DUPLICATE_OBJECT: &str = "DuplicateObject";
     pub const SERVICE_ROUTES_DISABLED: &str = "ServiceRouteRefused";
     pub const UNSUPPORTED_ANNOTATION: &str = "UnsupportedAnnotation";
+    pub const EXTERNAL_NAME_UNRESOLVABLE: &str = "ExternalNameUnresolvable";
 }
 
-/// Everything translation reads. Order does not matter.
+/// Everything translation reads. Order does not matter. Objects are shared, not copied: the
+/// controller hands over the `Arc`s its caches hold.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterSnapshot {
-    pub ingresses: Vec<Ingress>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub ingress_classes: Vec<IngressClass>,
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub ingress_classes: Vec<Arc<IngressClass>>,
 }
 
 /// Flags that shape translation.
@@ -357,7 +359,7 @@ impl<'a> Translation<'a> {
         let mut services = BTreeMap::new();
         for svc in &snapshot.services {
             let key = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or(""));
-            services.entry(key).or_insert(svc);
+            services.entry(key).or_insert(&**svc);
         }
         let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
         for slice in &snapshot.endpoint_slices {
@@ -392,8 +394,8 @@ impl<'a> Translation<'a> {
             .ingresses
             .iter()
             .filter(|i| self.classes.serves(i))
-            .map(Source::Ingress)
-            .chain(snapshot.services.iter().filter(exposed).map(Source::Service))
+            .map(|i| Source::Ingress(i))
+            .chain(snapshot.services.iter().map(|s| &**s).filter(exposed).map(Source::Service))
             .collect();
         out.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
         out
@@ -758,6 +760,8 @@ impl<'a> Translation<'a> {
                 }
                 found
             }
+            // The one port marked `appProtocol: kubernetes.io/ws` is the WebSocket port.
+            None if ports.iter().filter(|p| is_ws_port(p)).count() == 1 => ports.iter().find(|p| is_ws_port(p)),
             None => {
                 if ports.len() > 1 {
                     let first = ports[0].name.clone().unwrap_or_else(|| ports[0].port.to_string());
@@ -813,19 +817,36 @@ impl<'a> Translation<'a> {
         let name = svc.metadata.name.as_deref().unwrap_or("");
         let spec = svc.spec.as_ref();
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-            self.warn(
-                object,
-                field,
-                backend_label,
-                format!("Service {namespace}/{name} is an ExternalName Service, which is not supported; the route answers 503"),
-                reasons::UNSUPPORTED_BACKEND,
-            );
-            return Vec::new();
+            // Resolved at connect time, on the Service port (ExternalName has no endpoints).
+            let external = spec.and_then(|s| s.external_name.as_deref()).map(str::trim).unwrap_or("");
+            let port = u16::try_from(port.port).ok().filter(|&p| p > 0);
+            return match port {
+                Some(port) if valid_host(external) => vec![Endpoint::external(external, port)],
+                _ => {
+                    self.warn(
+                        object,
+                        field,
+                        backend_label,
+                        format!(
+                            "ExternalName Service {namespace}/{name} has no valid spec.externalName ({external:?}) or port; the route answers 503"
+                        ),
+                        reasons::UNSUPPORTED_BACKEND,
+                    );
+                    Vec::new()
+                }
+            };
         }
         let port_name = port.name.as_deref().unwrap_or("");
         let mut out = Vec::new();
         let slices = self.slices.get(&(namespace, name)).cloned().unwrap_or_default();
-        for slice in slices {
+        // Dual-stack: a pod has an address in each family's slices; count it once, in the
+        // Service's primary family.
+        let family = primary_family(svc, &slices);
+        let used = |s: &&EndpointSlice| {
+            let ip = matches!(s.address_type.as_str(), "IPv4" | "IPv6");
+            family.is_none_or(|f| s.address_type == f) || !ip
+        };
+        for slice in slices.into_iter().filter(used) {
             let Some(number) = slice
                 .ports
                 .iter()
@@ -897,6 +918,31 @@ impl<'a> Translation<'a> {
         sort_warnings(&mut self.warnings);
         let table = RouteTable::new(self.rules, self.default_route.map(|(_, r)| r));
         (table, self.warnings)
+    }
+}
+
+/// `appProtocol: kubernetes.io/ws` (the Kubernetes name for WebSocket over cleartext).
+pub const APP_PROTOCOL_WS: &str = "kubernetes.io/ws";
+
+fn is_ws_port(p: &ServicePort) -> bool {
+    p.app_protocol.as_deref() == Some(APP_PROTOCOL_WS)
+}
+
+/// The address family (`IPv4`/`IPv6`) whose endpoints a Service's pool uses: its first
+/// `spec.ipFamilies` entry, else its cluster IP's family, else IPv4 when it has IPv4 slices,
+/// else any (`None`: a single-family Service).
+fn primary_family(svc: &Service, slices: &[&EndpointSlice]) -> Option<&'static str> {
+    let spec = svc.spec.as_ref();
+    let declared = spec.and_then(|s| s.ip_families.as_ref()).and_then(|f| f.first()).map(String::as_str);
+    let cluster_ip = spec.and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse::<IpAddr>().ok());
+    let from_ip = cluster_ip.map(|ip| if ip.is_ipv6() { "IPv6" } else { "IPv4" });
+    match declared.or(from_ip) {
+        Some("IPv4") => Some("IPv4"),
+        Some("IPv6") => Some("IPv6"),
+        _ => {
+            let has = |f: &str| slices.iter().any(|s| s.address_type == f);
+            (has("IPv4") && has("IPv6")).then_some("IPv4")
+        }
     }
 }
 

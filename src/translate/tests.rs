@@ -73,6 +73,9 @@ struct Request {
     targets: BTreeMap<String, String>,
     #[serde(default)]
     settings: BTreeMap<String, String>,
+    /// `host:port` of the ExternalName endpoints (resolved at connect time), exactly.
+    #[serde(default)]
+    external: Vec<String>,
     /// A substring of why the route refuses every request (fail closed), or absent: served.
     refused: Option<String>,
     /// The route's unsupported ingress-nginx keys, exactly (none when absent).
@@ -105,16 +108,16 @@ fn load_fixture(path: &Path) -> Fixture {
         match kind.as_str() {
             "Ingress" => snapshot
                 .ingresses
-                .push(serde_yaml::from_value::<Ingress>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
+                .push(Arc::new(serde_yaml::from_value::<Ingress>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")))),
             "Service" => snapshot
                 .services
-                .push(serde_yaml::from_value::<Service>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
-            "EndpointSlice" => snapshot
-                .endpoint_slices
-                .push(serde_yaml::from_value::<EndpointSlice>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
+                .push(Arc::new(serde_yaml::from_value::<Service>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")))),
+            "EndpointSlice" => snapshot.endpoint_slices.push(Arc::new(
+                serde_yaml::from_value::<EndpointSlice>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")),
+            )),
             "IngressClass" => snapshot
                 .ingress_classes
-                .push(serde_yaml::from_value::<IngressClass>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
+                .push(Arc::new(serde_yaml::from_value::<IngressClass>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")))),
             "Expectations" => {
                 expect = Some(serde_yaml::from_value::<Expectations>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")))
             }
@@ -252,6 +255,13 @@ fn check_fixture(f: &Fixture) {
             assert_eq!(ep.target.as_deref(), Some(target.as_str()), "{ctx}: target of {addr}");
         }
         check_settings(&ctx, &route.settings, &r.settings);
+        let external: Vec<String> = route
+            .pool
+            .endpoints()
+            .iter()
+            .filter_map(|e| e.hostname.as_ref().map(|h| format!("{h}:{}", e.addr.port())))
+            .collect();
+        assert_eq!(external, r.external, "{ctx}: ExternalName endpoints");
         match (&r.refused, &route.settings.refused) {
             (None, None) => {}
             (Some(want), Some(got)) => assert!(got.contains(want.as_str()), "{ctx}: refused {got:?} lacks {want:?}"),
@@ -293,7 +303,7 @@ fn output_does_not_depend_on_input_order() {
             let n = s.endpoint_slices.len().max(1);
             s.endpoint_slices.rotate_left(shift % n);
             for slice in &mut s.endpoint_slices {
-                if let Some(eps) = &mut slice.endpoints {
+                if let Some(eps) = &mut Arc::make_mut(slice).endpoints {
                     eps.reverse();
                 }
             }
