@@ -9,6 +9,9 @@
 //! ([`WebSocketAccess`], [`HttpAccess`]) whose field names docs/observability.md documents.
 
 use std::cell::RefCell;
+use std::sync::Arc;
+
+use ahash::{AHashMap, AHashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -19,7 +22,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::routes::{EndpointState, RouteTable};
+use crate::routes::{EndpointState, Route, RouteTable};
 
 /// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +160,9 @@ pub struct Metrics {
     pub controller_last_sync: GaugeVec,
     pub controller_leader: IntGauge,
     pub routes_conflicts: IntGauge,
+    /// The routes last published (by address; held, so an address is not reused), so a
+    /// publish updates only the series of routes that changed.
+    published_routes: std::sync::Mutex<AHashMap<usize, Arc<Route>>>,
     /// Every family as registered (the registry's `gather()` omits vectors with no series yet).
     docs: Vec<FamilyDoc>,
 }
@@ -303,6 +309,7 @@ impl Metrics {
             controller_last_sync,
             controller_leader,
             routes_conflicts,
+            published_routes: std::sync::Mutex::default(),
             registry,
             docs: Vec::new(),
         };
@@ -376,19 +383,39 @@ impl Metrics {
         self.config_generation.set(table.generation as i64);
         self.config_updates.with_label_values(&[source, "applied"]).inc();
         self.config_warnings.set(warnings as i64);
-        self.endpoints.reset();
+        const STATES: [EndpointState; 3] = [EndpointState::Ready, EndpointState::NotReady, EndpointState::Terminating];
+        let mut published = self.published_routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut previous = std::mem::take(&mut *published);
         for route in table.routes() {
+            let key = Arc::as_ptr(route) as usize;
+            // The same route as last time: its series are right.
+            if let Some(same) = previous.remove(&key) {
+                published.insert(key, same);
+                continue;
+            }
             let mut counts = [0i64; 3];
             for ep in route.pool.endpoints() {
                 counts[ep.state as usize] += 1;
             }
-            for state in [EndpointState::Ready, EndpointState::NotReady, EndpointState::Terminating] {
-                self.endpoints
-                    .with_label_values(&[&route.id, &route.backend, state.label()])
-                    .set(counts[state as usize]);
+            for state in STATES {
+                let series = self.endpoints.with_label_values(&[&route.id, &route.backend, state.label()]);
+                series.set(counts[state as usize]);
             }
             self.connections_active.with_label_values(&[&route.id, &route.backend]);
             self.upgrades.with_label_values(&[&route.id, UpgradeResult::Ok.label()]);
+            published.insert(key, route.clone());
+        }
+        // Routes gone from the table lose their endpoint series (unless a route of the new
+        // table carries the same labels).
+        if !previous.is_empty() {
+            let now: AHashSet<(&str, &str)> = table.routes().map(|r| (r.id.as_str(), r.backend.as_str())).collect();
+            for gone in previous.values() {
+                if !now.contains(&(gone.id.as_str(), gone.backend.as_str())) {
+                    for state in STATES {
+                        let _ = self.endpoints.remove_label_values(&[&gone.id, &gone.backend, state.label()]);
+                    }
+                }
+            }
         }
     }
 
@@ -755,6 +782,38 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
+    }
+
+    #[test]
+    fn endpoint_series_follow_changed_and_removed_routes_only() {
+        use crate::routes::{Endpoint, Pool, RouteSettings};
+        let m = Metrics::new().unwrap();
+        let route = |id: &str, n: u8| {
+            Arc::new(Route {
+                id: id.into(),
+                backend: "b:80".into(),
+                pool: Pool::new((1..=n).map(|i| Endpoint::new(([10, 0, 0, i], 80).into(), true)).collect()),
+                settings: RouteSettings::default(),
+            })
+        };
+        let rule = |host: &str, r: Arc<Route>| crate::routes::Rule {
+            host: crate::routes::HostMatch::parse(host),
+            path: crate::routes::PathMatch::prefix("/"),
+            route: r,
+        };
+        let ready = |id: &str| m.endpoints.with_label_values(&[id, "b:80", "ready"]).get();
+        let (a, b) = (route("x/a", 2), route("x/b", 1));
+        m.table_published("kubernetes", &RouteTable::new(vec![rule("a.test", a.clone()), rule("b.test", b)], None), 0);
+        assert_eq!((ready("x/a"), ready("x/b")), (2, 1));
+        // b rebuilt with 3 endpoints, a carried over untouched.
+        let t = RouteTable::new(vec![rule("a.test", a.clone()), rule("b.test", route("x/b", 3))], None);
+        m.table_published("kubernetes", &t, 0);
+        assert_eq!((ready("x/a"), ready("x/b")), (2, 3));
+        // b gone: its series are removed, a's stay.
+        m.table_published("kubernetes", &RouteTable::new(vec![rule("a.test", a)], None), 0);
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(!text.contains(r#"route="x/b",state="ready""#), "{text}");
+        assert!(text.contains(r#"wsingress_endpoints{backend="b:80",route="x/a",state="ready"} 2"#), "{text}");
     }
 
     /// Collects what a subscriber writes.

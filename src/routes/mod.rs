@@ -10,11 +10,10 @@ pub mod handle;
 pub mod matching;
 pub mod ring;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -301,13 +300,14 @@ impl Endpoint {
 }
 
 /// The endpoints of one backend, in canonical order (sorted by address), with the hash
-/// ring built once over the ready ones.
+/// ring built once over the ready ones, when a hashing policy first needs it (most pools
+/// never do, and a cluster publishes tens of thousands of pools per change).
 #[derive(Debug)]
 pub struct Pool {
     endpoints: Vec<Endpoint>,
     /// Indexes into `endpoints` of the ready ones.
     ready: Vec<usize>,
-    ring: HashRing,
+    ring: Arc<OnceLock<HashRing>>,
     next: AtomicUsize,
 }
 
@@ -317,8 +317,7 @@ impl Pool {
         endpoints.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.state.cmp(&b.state)));
         endpoints.dedup_by(|a, b| a.addr == b.addr);
         let ready: Vec<usize> = (0..endpoints.len()).filter(|&i| endpoints[i].is_ready()).collect();
-        let ring = HashRing::new(ready.iter().map(|&i| endpoints[i].addr));
-        Self { endpoints, ready, ring, next: AtomicUsize::new(0) }
+        Self { endpoints, ready, ring: Arc::default(), next: AtomicUsize::new(0) }
     }
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
@@ -334,19 +333,19 @@ impl Pool {
         self.ready.get(n).map(|&i| &self.endpoints[i])
     }
     pub fn ring(&self) -> &HashRing {
-        &self.ring
+        self.ring.get_or_init(|| HashRing::new(self.ready().map(|e| e.addr)))
     }
     /// A rotating start index for round-robin and tie breaking.
     pub fn next_index(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
     /// The same pool (order, ready set, hash ring) with each endpoint's live state taken from
-    /// `live` by address; nothing is sorted or hashed again.
-    fn relinked(&self, live: &HashMap<SocketAddr, Arc<EndpointLive>>) -> Pool {
+    /// `live` by address (its own when `live` has none); nothing is sorted or hashed again.
+    fn relinked(&self, live: impl Fn(SocketAddr) -> Option<Arc<EndpointLive>>) -> Pool {
         let endpoints = self
             .endpoints
             .iter()
-            .map(|ep| Endpoint { live: live.get(&ep.addr).cloned().unwrap_or_else(|| ep.live.clone()), ..ep.clone() })
+            .map(|ep| Endpoint { live: live(ep.addr).unwrap_or_else(|| ep.live.clone()), ..ep.clone() })
             .collect();
         Pool { endpoints, ready: self.ready.clone(), ring: self.ring.clone(), next: AtomicUsize::new(0) }
     }
@@ -378,13 +377,28 @@ pub struct RouteTable {
     pub generation: u64,
     rules: Vec<Rule>,
     default_route: Option<Arc<Route>>,
+    /// Every distinct route (rules first, then the default), listed once at construction.
+    distinct: Vec<Arc<Route>>,
 }
 
 impl RouteTable {
     /// Build a table; rules are ordered by precedence here, once.
     pub fn new(mut rules: Vec<Rule>, default_route: Option<Arc<Route>>) -> Self {
-        rules.sort_by_key(|r| matching::precedence_key(&r.host, &r.path));
-        Self { generation: 0, rules, default_route }
+        rules.sort_by_cached_key(|r| matching::precedence_key(&r.host, &r.path));
+        Self::sorted(rules, default_route)
+    }
+
+    /// A table of rules already in precedence order.
+    pub(crate) fn sorted(rules: Vec<Rule>, default_route: Option<Arc<Route>>) -> Self {
+        let mut seen: ahash::AHashSet<*const Route> = ahash::AHashSet::with_capacity(rules.len() + 1);
+        let distinct = rules
+            .iter()
+            .map(|r| &r.route)
+            .chain(default_route.iter())
+            .filter(|r| seen.insert(Arc::as_ptr(r)))
+            .cloned()
+            .collect();
+        Self { generation: 0, rules, default_route, distinct }
     }
 
     /// Every request goes to one pool (sidecar mode, `--upstream`).
@@ -405,64 +419,8 @@ impl RouteTable {
     }
 
     /// Every distinct route of the table (rules first, then the default).
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        let mut seen: Vec<*const Route> = Vec::new();
-        self.rules.iter().map(|r| &r.route).chain(self.default_route.iter()).filter(move |r| {
-            let p = Arc::as_ptr(r);
-            if seen.contains(&p) {
-                false
-            } else {
-                seen.push(p);
-                true
-            }
-        })
-    }
-
-    /// Swap each endpoint's live state for the one of the same address in `previous`,
-    /// so counters and drain signals carry over a reload.
-    pub(crate) fn adopt_live(self, previous: &RouteTable) -> RouteTable {
-        // One live state per address: the previous table's first, else the first in this one.
-        let mut live: HashMap<SocketAddr, Arc<EndpointLive>> = HashMap::new();
-        for r in previous.routes().chain(self.routes()) {
-            for ep in r.pool.endpoints() {
-                live.entry(ep.addr).or_insert_with(|| ep.live.clone());
-            }
-        }
-        // Routes are shared between rules; rebuild each once and remap by pointer.
-        let mut remap: Vec<(*const Route, Arc<Route>)> = Vec::new();
-        let mut convert = |r: &Arc<Route>| -> Arc<Route> {
-            let p = Arc::as_ptr(r);
-            if let Some((_, n)) = remap.iter().find(|(q, _)| *q == p) {
-                return n.clone();
-            }
-            let pool = r.pool.relinked(&live);
-            let n =
-                Arc::new(Route { id: r.id.clone(), backend: r.backend.clone(), pool, settings: r.settings.clone() });
-            remap.push((p, n.clone()));
-            n
-        };
-        let rules = self
-            .rules
-            .iter()
-            .map(|rule| Rule { host: rule.host.clone(), path: rule.path.clone(), route: convert(&rule.route) })
-            .collect();
-        let default_route = self.default_route.as_ref().map(&mut convert);
-        RouteTable { generation: self.generation, rules, default_route }
-    }
-
-    /// Addresses present in `self` but in no pool of `next`.
-    pub(crate) fn removed_in(&self, next: &RouteTable) -> Vec<Arc<EndpointLive>> {
-        let keep: std::collections::HashSet<SocketAddr> =
-            next.routes().flat_map(|r| r.pool.endpoints().iter().map(|e| e.addr)).collect();
-        let mut out: Vec<Arc<EndpointLive>> = Vec::new();
-        for r in self.routes() {
-            for ep in r.pool.endpoints() {
-                if !keep.contains(&ep.addr) && !out.iter().any(|l| Arc::ptr_eq(l, &ep.live)) {
-                    out.push(ep.live.clone());
-                }
-            }
-        }
-        out
+    pub fn routes(&self) -> impl ExactSizeIterator<Item = &Arc<Route>> {
+        self.distinct.iter()
     }
 
     /// A JSON-friendly view for the admin `/routes` endpoint.
@@ -584,26 +542,5 @@ mod tests {
         assert!(s.origin_allowed(Some("https://APP.example.com")));
         assert!(!s.origin_allowed(Some("https://evil.example.com")));
         assert!(!s.origin_allowed(None));
-    }
-
-    #[test]
-    fn reload_keeps_live_state_and_reports_removed_endpoints() {
-        let route = |eps: Vec<Endpoint>| Route {
-            id: "default/chat".into(),
-            backend: "chat:80".into(),
-            pool: Pool::new(eps),
-            settings: RouteSettings::default(),
-        };
-        let old = RouteTable::single(route(vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)]));
-        let live1 = old.default_route().unwrap().pool.endpoints()[0].live.clone();
-        let _guard = live1.track();
-        let new = RouteTable::single(route(vec![ep("10.0.0.1:80", true), ep("10.0.0.3:80", true)]));
-        let removed = old.removed_in(&new);
-        let new = new.adopt_live(&old);
-        let adopted = &new.default_route().unwrap().pool.endpoints()[0];
-        assert!(Arc::ptr_eq(&adopted.live, &live1));
-        assert_eq!(adopted.live.active(), 1);
-        assert_eq!(removed.len(), 1);
-        assert!(Arc::ptr_eq(&removed[0], &old.default_route().unwrap().pool.endpoints()[1].live));
     }
 }

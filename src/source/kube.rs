@@ -26,7 +26,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
 use tokio::sync::{Notify, watch};
@@ -36,12 +35,12 @@ use tokio_util::sync::CancellationToken;
 use super::Publisher;
 use super::events::{self, EventLimits, Report, Reporter};
 use super::leader::{self, ElectionConfig};
-use super::status::{self, IngressKey, PublishFrom, PublishSource, StatusConfig, StatusInput};
+use super::status::{self, PublishFrom, PublishSource, StatusConfig, StatusInput};
 pub use super::watch::WatchBackoff;
-use super::watch::{Reflected, Watches};
+use super::watch::{Reflected, Watches, resource_version};
 use crate::readiness::Health;
 use crate::routes::RouteTable;
-use crate::translate::{self, ClusterSnapshot, Defaults, ObjectRef, Warning, reasons};
+use crate::translate::{self, ClusterSnapshot, Defaults, ObjectRef, RouteCache, ServedClasses, Warning, reasons};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -100,6 +99,26 @@ pub struct Caches {
 }
 
 impl Caches {
+    /// Changes exactly when something translation reads changed (uid and resourceVersion per
+    /// object, [`ingress_version`] for Ingresses); kept up to date by the watches.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        (
+            self.ingresses.fingerprint(),
+            self.services.fingerprint(),
+            self.endpoint_slices.fingerprint(),
+            self.ingress_classes.fingerprint(),
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+
+    /// Changes when an Ingress (status included) or an IngressClass changes: what the status
+    /// writer's input depends on.
+    fn status_revision(&self) -> (u64, u64) {
+        (self.ingresses.revision(), self.ingress_classes.fingerprint())
+    }
+
     /// What translation reads now: the cached objects themselves, shared.
     pub fn snapshot(&self) -> ClusterSnapshot {
         ClusterSnapshot {
@@ -172,7 +191,7 @@ pub async fn run(
             let api = Api::<Service>::namespaced(client.clone(), namespace);
             let selector = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let scope = format!("{namespace} (publish Service {name})");
-            let service = watches.reflect("Service", vec![(scope, api)], selector, &changed);
+            let service = watches.reflect("Service", vec![(scope, api)], selector, resource_version, &changed);
             Some(PublishSource { service, changed })
         }
         PublishFrom::Address(_) => None,
@@ -188,7 +207,8 @@ pub async fn run(
             leader::run(client.clone(), election, leader_tx, children.clone()),
         );
     }
-    let (reports_tx, reports_rx) = watch::channel(Arc::new(Vec::<Report>::new()));
+    let (mut reconciler, outputs) = Reconciler::new(config.defaults.clone(), publisher);
+    let Outputs { reports: reports_rx, status: status_rx, targets: targets_rx, unresolved: unresolved_tx } = outputs;
     let reporter = Reporter { controller: config.defaults.controller_name.clone(), instance: config.identity.clone() };
     health.spawn(
         &mut tasks,
@@ -204,7 +224,6 @@ pub async fn run(
             children.clone(),
         ),
     );
-    let (status_tx, status_rx) = watch::channel(StatusInput::default());
     if let Some(status_config) = config.status.clone() {
         let run = status::run(
             client.clone(),
@@ -217,8 +236,6 @@ pub async fn run(
         );
         health.spawn(&mut tasks, "ingress status", &children, run);
     }
-    let (targets_tx, targets_rx) = watch::channel(Arc::new(BTreeSet::<ExternalTarget>::new()));
-    let (unresolved_tx, mut unresolved_rx) = watch::channel(Arc::new(Vec::<Warning>::new()));
     health.spawn(
         &mut tasks,
         "external name check",
@@ -240,48 +257,13 @@ pub async fn run(
         "initial sync complete"
     );
 
-    let mut published: Option<u64> = None;
-    let mut warnings: Vec<Warning> = Vec::new();
-    let mut reports_stale = true;
     loop {
-        let snapshot = caches.snapshot();
-        let fp = fingerprint(&snapshot);
-        if published != Some(fp) {
-            let (table, w) = translate::translate(&snapshot, &config.defaults);
-            targets_tx.send_if_modified(|old| {
-                let now = external_targets(&table);
-                let differs = **old != now;
-                *old = Arc::new(now);
-                differs
-            });
-            publisher.publish(table, &w);
-            warnings = w;
-            published = Some(fp);
-            reports_stale = true;
-        }
-        if reports_stale {
-            let unresolved = unresolved_rx.borrow_and_update().clone();
-            let reports: Vec<Report> = warnings
-                .iter()
-                .chain(unresolved.iter())
-                .map(|w| Report { regarding: caches.object_reference(&w.object), warning: w.clone() })
-                .collect();
-            reports_tx.send_replace(Arc::new(reports));
-            reports_stale = false;
-        }
-        let input = status_input(&snapshot, &config.defaults);
-        status_tx.send_if_modified(|old| {
-            let differs = *old != input;
-            *old = input;
-            differs
-        });
-        drop(snapshot);
-
+        reconciler.reconcile(&caches);
         tokio::select! {
             () = changed.notified() => {}
-            r = unresolved_rx.changed() => {
+            r = reconciler.unresolved.changed() => {
                 if r.is_ok() {
-                    reports_stale = true;
+                    reconciler.reports_stale = true;
                 }
                 continue;
             }
@@ -306,6 +288,105 @@ pub async fn run(
     Ok(())
 }
 
+/// The channels a [`Reconciler`] feeds and reads.
+pub struct Outputs {
+    /// Warnings as Events to post (with their objects' references).
+    pub reports: watch::Receiver<Arc<Vec<Report>>>,
+    /// The Ingresses we serve, for the status writer.
+    pub status: watch::Receiver<StatusInput>,
+    /// ExternalName targets to resolve.
+    targets: watch::Receiver<Arc<BTreeSet<ExternalTarget>>>,
+    /// Warnings about ExternalName targets that do not resolve.
+    unresolved: watch::Sender<Arc<Vec<Warning>>>,
+}
+
+/// One pass of the controller loop, kept apart so a benchmark drives exactly what the
+/// controller runs: snapshot the caches, fingerprint them, and when routing inputs changed
+/// translate and publish; then refresh the Events' and the status writer's inputs.
+pub struct Reconciler {
+    defaults: Defaults,
+    publisher: Publisher,
+    published: Option<u64>,
+    /// Routes of earlier passes, reused where their inputs did not change.
+    routes: RouteCache,
+    /// The status writer's input was computed at this revision.
+    status_revision: Option<(u64, u64)>,
+    warnings: Vec<Warning>,
+    reports_stale: bool,
+    reports: watch::Sender<Arc<Vec<Report>>>,
+    status: watch::Sender<StatusInput>,
+    targets: watch::Sender<Arc<BTreeSet<ExternalTarget>>>,
+    unresolved: watch::Receiver<Arc<Vec<Warning>>>,
+}
+
+impl Reconciler {
+    pub fn new(defaults: Defaults, publisher: Publisher) -> (Self, Outputs) {
+        let (reports, reports_rx) = watch::channel(Arc::new(Vec::new()));
+        let (status, status_rx) = watch::channel(StatusInput::default());
+        let (targets, targets_rx) = watch::channel(Arc::new(BTreeSet::new()));
+        let (unresolved_tx, unresolved) = watch::channel(Arc::new(Vec::new()));
+        let reconciler = Self {
+            defaults,
+            publisher,
+            published: None,
+            routes: RouteCache::default(),
+            status_revision: None,
+            warnings: Vec::new(),
+            reports_stale: true,
+            reports,
+            status,
+            targets,
+            unresolved,
+        };
+        let outputs =
+            Outputs { reports: reports_rx, status: status_rx, targets: targets_rx, unresolved: unresolved_tx };
+        (reconciler, outputs)
+    }
+
+    /// One pass; true when a new table was published.
+    pub fn reconcile(&mut self, caches: &Caches) -> bool {
+        let fp = caches.fingerprint();
+        let publish = self.published != Some(fp);
+        if publish {
+            let snapshot = caches.snapshot();
+            let (table, warnings) = translate::translate_cached(&snapshot, &self.defaults, &mut self.routes);
+            self.targets.send_if_modified(|old| {
+                let now = external_targets(&table);
+                let differs = **old != now;
+                *old = Arc::new(now);
+                differs
+            });
+            self.publisher.publish(table, &warnings);
+            // The objects the warnings name may have been re-created (new uids): refresh.
+            self.reports_stale |= !warnings.is_empty() || warnings != self.warnings;
+            self.warnings = warnings;
+            self.published = Some(fp);
+        }
+        if self.reports_stale {
+            let unresolved = self.unresolved.borrow_and_update().clone();
+            let reports: Vec<Report> = self
+                .warnings
+                .iter()
+                .chain(unresolved.iter())
+                .map(|w| Report { regarding: caches.object_reference(&w.object), warning: w.clone() })
+                .collect();
+            self.reports.send_replace(Arc::new(reports));
+            self.reports_stale = false;
+        }
+        let revision = caches.status_revision();
+        if self.status_revision != Some(revision) {
+            let input = status_input(&caches.ingresses.state(), &caches.ingress_classes.state(), &self.defaults);
+            self.status.send_if_modified(|old| {
+                let differs = *old != input;
+                *old = input;
+                differs
+            });
+            self.status_revision = Some(revision);
+        }
+        publish
+    }
+}
+
 /// The four watched kinds: namespaced kinds in each of `namespaces` (all when empty).
 fn watch_caches(
     watches: &mut Watches<'_>,
@@ -323,75 +404,44 @@ fn watch_caches(
         namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
     }
     let all = watcher::Config::default();
+    let cluster = vec![(String::new(), Api::all(client.clone()))];
     Caches {
-        ingresses: watches.reflect("Ingress", apis(client, namespaces), all.clone(), changed),
-        services: watches.reflect("Service", apis(client, namespaces), all.clone(), changed),
-        endpoint_slices: watches.reflect("EndpointSlice", apis(client, namespaces), all.clone(), changed),
-        ingress_classes: watches.reflect("IngressClass", vec![(String::new(), Api::all(client.clone()))], all, changed),
+        ingresses: watches.reflect("Ingress", apis(client, namespaces), all.clone(), ingress_version, changed),
+        services: watches.reflect("Service", apis(client, namespaces), all.clone(), resource_version, changed),
+        endpoint_slices: watches.reflect(
+            "EndpointSlice",
+            apis(client, namespaces),
+            all.clone(),
+            resource_version,
+            changed,
+        ),
+        ingress_classes: watches.reflect("IngressClass", cluster, all, resource_version, changed),
     }
 }
 
-/// A hash of what translation reads, without reading it: uid and resourceVersion per object
-/// (for an Ingress its generation and annotations instead, so status writes do not count),
-/// combined so that order does not matter. Equal fingerprints translate to the same table.
-pub fn fingerprint(s: &ClusterSnapshot) -> u64 {
-    fn one(tag: u8, meta: &ObjectMeta, version: &dyn Fn(&mut DefaultHasher)) -> u64 {
-        let mut h = DefaultHasher::new();
-        tag.hash(&mut h);
-        meta.uid.hash(&mut h);
-        meta.namespace.hash(&mut h);
-        meta.name.hash(&mut h);
-        version(&mut h);
-        h.finish()
-    }
-    let rv = |meta: &ObjectMeta| {
-        let rv = meta.resource_version.clone();
-        move |h: &mut DefaultHasher| rv.hash(h)
-    };
-    let mut total: u64 = 0;
-    let mut add = |v: u64| total = total.wrapping_add(v);
-    for i in &s.ingresses {
-        let m = &i.metadata;
-        add(one(0, m, &|h| match m.generation {
-            Some(g) => {
-                g.hash(h);
-                m.annotations.hash(h);
-            }
-            None => m.resource_version.hash(h),
-        }));
-    }
-    for o in &s.services {
-        add(one(1, &o.metadata, &rv(&o.metadata)));
-    }
-    for o in &s.endpoint_slices {
-        add(one(2, &o.metadata, &rv(&o.metadata)));
-    }
-    for o in &s.ingress_classes {
-        add(one(3, &o.metadata, &rv(&o.metadata)));
-    }
+/// What translation reads of an Ingress: its generation (spec changes) and annotations, not
+/// its resourceVersion, so status updates (ours included) do not translate again. Without a
+/// generation (not from an API server), its resourceVersion.
+pub fn ingress_version(i: &Ingress) -> u64 {
+    let m = &i.metadata;
     let mut h = DefaultHasher::new();
-    (total, s.ingresses.len(), s.services.len(), s.endpoint_slices.len(), s.ingress_classes.len()).hash(&mut h);
+    m.uid.hash(&mut h);
+    match m.generation {
+        Some(g) => (g, &m.annotations).hash(&mut h),
+        None => m.resource_version.hash(&mut h),
+    }
     h.finish()
 }
 
 /// The Ingresses we serve, with their versions: the status writer's input.
-fn status_input(s: &ClusterSnapshot, defaults: &Defaults) -> StatusInput {
-    let keys: BTreeSet<IngressKey> =
-        translate::served_ingresses(s, defaults).into_iter().map(|o| (o.namespace, o.name)).collect();
-    let served = s
-        .ingresses
-        .iter()
-        .filter_map(|i| {
-            let key = (i.metadata.namespace.clone().unwrap_or_default(), i.metadata.name.clone().unwrap_or_default());
-            keys.contains(&key).then(|| (key, i.metadata.resource_version.clone()))
-        })
-        .collect();
-    StatusInput { served }
+fn status_input(ingresses: &[Arc<Ingress>], classes: &[Arc<IngressClass>], defaults: &Defaults) -> StatusInput {
+    let served = ServedClasses::new(classes, defaults);
+    StatusInput::new(ingresses.iter().filter(|i| served.serves(i)).cloned().collect())
 }
 
 /// An ExternalName Service's DNS name a route connects to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct ExternalTarget {
+pub struct ExternalTarget {
     service: ObjectRef,
     host: String,
     port: u16,
@@ -402,9 +452,11 @@ struct ExternalTarget {
 fn external_targets(table: &RouteTable) -> BTreeSet<ExternalTarget> {
     let mut out = BTreeSet::new();
     for route in table.routes() {
+        // An ExternalName backend is always its pool's one endpoint.
+        let [ep] = route.pool.endpoints() else { continue };
         let namespace = route.id.split('/').next().unwrap_or_default();
         let service = route.backend.split(':').next().unwrap_or_default();
-        for ep in route.pool.endpoints() {
+        {
             if let Some(host) = &ep.hostname {
                 out.insert(ExternalTarget {
                     service: ObjectRef { kind: "Service".into(), namespace: namespace.into(), name: service.into() },
@@ -474,9 +526,9 @@ async fn check_external_names(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::watch::TrackedWriter;
     use k8s_openapi::api::networking::v1::{IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus};
     use kube::api::ObjectMeta;
-    use std::collections::BTreeMap;
 
     fn ingress(name: &str) -> Ingress {
         Ingress {
@@ -492,21 +544,40 @@ mod tests {
         }
     }
 
-    fn snapshot(ingresses: Vec<Ingress>, services: Vec<Service>) -> ClusterSnapshot {
-        ClusterSnapshot {
-            ingresses: ingresses.into_iter().map(Arc::new).collect(),
-            services: services.into_iter().map(Arc::new).collect(),
-            ..ClusterSnapshot::default()
+    fn caches_with(ingresses: Vec<Ingress>) -> (Caches, TrackedWriter<Ingress>, TrackedWriter<Service>) {
+        let (is, ifp, mut iw) = TrackedWriter::new(ingress_version);
+        let (ss, sfp, mut sw) = TrackedWriter::new(resource_version);
+        let (es, efp, mut ew) = TrackedWriter::<EndpointSlice>::new(resource_version);
+        let (cs, cfp, mut cw) = TrackedWriter::<IngressClass>::new(resource_version);
+        iw.apply(&watcher::Event::Init);
+        for i in ingresses {
+            iw.apply(&watcher::Event::InitApply(i));
         }
+        iw.apply(&watcher::Event::InitDone);
+        sw.apply(&watcher::Event::Init);
+        sw.apply(&watcher::Event::InitDone);
+        ew.apply(&watcher::Event::Init);
+        ew.apply(&watcher::Event::InitDone);
+        cw.apply(&watcher::Event::Init);
+        cw.apply(&watcher::Event::InitDone);
+        let caches = Caches {
+            ingresses: Reflected::from_parts(vec![(is, ifp)]),
+            services: Reflected::from_parts(vec![(ss, sfp)]),
+            endpoint_slices: Reflected::from_parts(vec![(es, efp)]),
+            ingress_classes: Reflected::from_parts(vec![(cs, cfp)]),
+        };
+        (caches, iw, sw)
     }
 
     #[test]
-    fn fingerprint_ignores_order_and_ingress_status_only() {
-        let a = snapshot(vec![ingress("chat"), ingress("feed")], vec![]);
-        let mut ings = vec![ingress("feed"), ingress("chat")];
+    fn the_fingerprint_ignores_ingress_status_only() {
+        let (caches, mut ingresses, mut services) = caches_with(vec![ingress("chat"), ingress("feed")]);
+        let start = caches.fingerprint();
+        let revision = caches.status_revision();
         // A status write: new resourceVersion, same generation.
-        ings[0].metadata.resource_version = Some("7".into());
-        ings[0].status = Some(IngressStatus {
+        let mut chat = ingress("chat");
+        chat.metadata.resource_version = Some("7".into());
+        chat.status = Some(IngressStatus {
             load_balancer: Some(IngressLoadBalancerStatus {
                 ingress: Some(vec![IngressLoadBalancerIngress {
                     ip: Some("10.0.0.1".into()),
@@ -514,28 +585,31 @@ mod tests {
                 }]),
             }),
         });
-        let b = snapshot(ings.clone(), vec![]);
-        assert_eq!(fingerprint(&a), fingerprint(&b));
+        ingresses.apply(&watcher::Event::Apply(chat.clone()));
+        assert_eq!(caches.fingerprint(), start, "no routing input changed");
+        assert_ne!(caches.status_revision(), revision, "but the status writer looks again");
         // A spec change bumps the generation; an annotation does not, but is read.
-        ings[0].metadata.generation = Some(2);
-        assert_ne!(fingerprint(&a), fingerprint(&snapshot(ings.clone(), vec![])));
-        ings[0].metadata.generation = Some(1);
-        ings[0].metadata.annotations.get_or_insert_default().insert("wsingress.io/idle-timeout".into(), "5m".into());
-        assert_ne!(fingerprint(&a), fingerprint(&snapshot(ings, vec![])));
+        chat.metadata.generation = Some(2);
+        ingresses.apply(&watcher::Event::Apply(chat.clone()));
+        let spec_changed = caches.fingerprint();
+        assert_ne!(spec_changed, start);
+        chat.metadata.annotations.get_or_insert_default().insert("wsingress.io/idle-timeout".into(), "5m".into());
+        ingresses.apply(&watcher::Event::Apply(chat));
+        assert_ne!(caches.fingerprint(), spec_changed);
         // Any other kind: its resourceVersion.
-        let svc = |rv: &str| Service {
+        let before = caches.fingerprint();
+        let svc = Service {
             metadata: ObjectMeta {
                 name: Some("chat".into()),
+                namespace: Some("apps".into()),
                 uid: Some("u".into()),
-                resource_version: Some(rv.into()),
+                resource_version: Some("1".into()),
                 ..ObjectMeta::default()
             },
             ..Service::default()
         };
-        let c = snapshot(vec![ingress("chat")], vec![svc("1")]);
-        assert_ne!(fingerprint(&c), fingerprint(&snapshot(vec![ingress("chat")], vec![svc("2")])));
-        // Moving an object between kinds is a change, too.
-        assert_ne!(fingerprint(&snapshot(vec![], vec![svc("1")])), fingerprint(&snapshot(vec![], vec![])));
+        services.apply(&watcher::Event::Apply(svc));
+        assert_ne!(caches.fingerprint(), before);
     }
 
     #[test]
@@ -551,14 +625,16 @@ mod tests {
             ..Default::default()
         });
         let d = Defaults::default();
-        let before = status_input(&snapshot(vec![ours.clone(), theirs.clone()], vec![]), &d);
-        let key = ("apps".to_string(), "chat".to_string());
-        assert_eq!(before.served, BTreeMap::from([(key.clone(), Some("1".to_string()))]));
+        let ours = Arc::new(ours);
+        let input = |ings: Vec<Arc<Ingress>>| status_input(&ings, &[], &d);
+        let before = input(vec![ours.clone(), Arc::new(theirs.clone())]);
+        assert_eq!(before.served.len(), 1);
+        assert!(Arc::ptr_eq(&before.served[0], &ours));
         theirs.metadata.resource_version = Some("9".into());
-        let after = status_input(&snapshot(vec![ours.clone(), theirs], vec![]), &d);
+        let after = input(vec![ours.clone(), Arc::new(theirs)]);
         assert_eq!(before, after, "another controller's Ingress changing triggers no status pass");
-        ours.metadata.resource_version = Some("9".into());
-        let after = status_input(&snapshot(vec![ours], vec![]), &d);
-        assert_eq!(after.served.get(&key), Some(&Some("9".to_string())));
+        let mut changed = Ingress::clone(&ours);
+        changed.metadata.resource_version = Some("9".into());
+        assert_ne!(before, input(vec![Arc::new(changed)]), "ours changing does");
     }
 }

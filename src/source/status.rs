@@ -74,13 +74,32 @@ impl StatusConfig {
 pub type IngressKey = (String, String);
 
 /// What the status writer acts on; it runs a pass whenever this changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct StatusInput {
-    /// The Ingresses we serve, each with the resourceVersion it had when that was decided:
-    /// a pass writes a served Ingress only while the cache still holds that version, so a
+    /// The Ingresses we serve, as they were when that was decided (ordered by address): a
+    /// pass writes a served Ingress only while the cache still holds that version, so a
     /// decision never outlives the object it was made on. Changes whenever one of them
     /// changes (someone may have overwritten our status).
-    pub served: BTreeMap<IngressKey, Option<String>>,
+    pub served: Vec<Arc<Ingress>>,
+}
+
+impl StatusInput {
+    /// From the served Ingresses, in any order.
+    pub fn new(mut served: Vec<Arc<Ingress>>) -> Self {
+        served.sort_unstable_by_key(|i| Arc::as_ptr(i) as usize);
+        Self { served }
+    }
+
+    fn keyed(&self) -> BTreeMap<IngressKey, &Arc<Ingress>> {
+        self.served.iter().map(|i| ((i.namespace().unwrap_or_default(), i.name_any()), i)).collect()
+    }
+}
+
+/// The same Ingresses in the same versions.
+impl PartialEq for StatusInput {
+    fn eq(&self, other: &Self) -> bool {
+        self.served.len() == other.served.len() && self.served.iter().zip(&other.served).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
 }
 
 /// One status entry: an IP or a hostname.
@@ -267,7 +286,8 @@ pub async fn run(
     loop {
         let leading = *leader.borrow_and_update();
         if leading {
-            let served = input.borrow_and_update().served.clone();
+            let decided = input.borrow_and_update().clone();
+            let served = decided.keyed();
             match resolve(&client, &config, publish.as_ref(), &mut nodes).await {
                 Ok(want) => {
                     // On gaining leadership, and when our addresses change: every Ingress once.
@@ -288,7 +308,7 @@ pub async fn run(
                         };
                         let is_served = match served.get(&key) {
                             // Changed since it was judged ours: the next input decides.
-                            Some(version) if *version != ing.metadata.resource_version => continue,
+                            Some(was) if was.metadata.resource_version != ing.metadata.resource_version => continue,
                             Some(_) => true,
                             None => false,
                         };

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 use super::units::{parse_bytes, parse_optional_duration, parse_positive_duration};
@@ -341,5 +342,88 @@ fn host_validation() {
     }
     for bad in ["", "*", "a*.example.com", "chat.example.com:80", "a..b", "-a.com", "a b", "*.*.a"] {
         assert!(!valid_host(bad), "{bad}");
+    }
+}
+
+/// Every object stamped with a uid and resourceVersion, as an API server hands them over.
+fn versioned(snapshot: &ClusterSnapshot) -> ClusterSnapshot {
+    fn stamp<K: k8s_openapi::Metadata<Ty = ObjectMeta> + Clone>(items: &[Arc<K>]) -> Vec<Arc<K>> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let mut k = K::clone(k);
+                let m = k.metadata_mut();
+                m.uid = Some(format!("uid-{}-{}", m.name.clone().unwrap_or_default(), i));
+                m.resource_version = Some("1".into());
+                Arc::new(k)
+            })
+            .collect()
+    }
+    ClusterSnapshot {
+        ingresses: stamp(&snapshot.ingresses),
+        services: stamp(&snapshot.services),
+        endpoint_slices: stamp(&snapshot.endpoint_slices),
+        ingress_classes: stamp(&snapshot.ingress_classes),
+    }
+}
+
+/// The route cache changes nothing but the work: for every fixture the cached translation
+/// equals a fresh one, reuses every route when nothing changed, and rebuilds exactly the
+/// routes of a changed EndpointSlice.
+#[test]
+fn cached_translation_equals_a_fresh_one_and_reuses_unchanged_routes() {
+    for f in all_fixtures() {
+        let defaults = defaults_for(&f);
+        let snapshot = versioned(&f.snapshot);
+        let mut cache = RouteCache::default();
+        let (first, _) = translate_cached(&snapshot, &defaults, &mut cache);
+        let (second, _) = translate_cached(&snapshot, &defaults, &mut cache);
+        assert_eq!(
+            rendered(&snapshot, &defaults),
+            {
+                let (t, w) = translate_cached(&snapshot, &defaults, &mut cache);
+                format!("{}\n{}", serde_json::to_string(&t.view()).unwrap(), serde_json::to_string(&w).unwrap())
+            },
+            "{}: cached output differs",
+            f.name
+        );
+        let before: std::collections::HashSet<*const Route> = first.routes().map(Arc::as_ptr).collect();
+        let ingress_ids: Vec<String> =
+            snapshot.ingresses.iter().map(|i| ObjectRef::new("Ingress", &i.metadata).id()).collect();
+        let mut reused = 0;
+        for r in second.routes().filter(|r| ingress_ids.contains(&r.id)) {
+            assert!(before.contains(&Arc::as_ptr(r)), "{}: route {} rebuilt though nothing changed", f.name, r.id);
+            reused += 1;
+        }
+        assert_eq!(reused, first.routes().filter(|r| ingress_ids.contains(&r.id)).count(), "{}", f.name);
+        // A re-list hands over every object again as a new Arc: nothing may be lost.
+        let relisted = versioned(&f.snapshot);
+        let (after_relist, _) = translate_cached(&relisted, &defaults, &mut cache);
+        assert_eq!(
+            serde_json::to_string(&after_relist.view()).unwrap(),
+            serde_json::to_string(&translate(&relisted, &defaults).0.view()).unwrap(),
+            "{}: after a re-list",
+            f.name
+        );
+        let snapshot = relisted;
+        // One slice changes: its routes are rebuilt, the output still equals a fresh translation.
+        let Some(slice) = snapshot.endpoint_slices.first() else { continue };
+        let mut changed = snapshot.clone();
+        let mut s = EndpointSlice::clone(slice);
+        s.metadata.resource_version = Some("2".into());
+        if let Some(eps) = s.endpoints.as_mut() {
+            eps.truncate(eps.len().saturating_sub(1));
+        }
+        changed.endpoint_slices[0] = Arc::new(s);
+        let (cached, w1) = translate_cached(&changed, &defaults, &mut cache);
+        let (fresh, w2) = translate(&changed, &defaults);
+        assert_eq!(
+            serde_json::to_string(&cached.view()).unwrap(),
+            serde_json::to_string(&fresh.view()).unwrap(),
+            "{}",
+            f.name
+        );
+        assert_eq!(w1, w2, "{}", f.name);
     }
 }
