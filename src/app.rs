@@ -475,4 +475,46 @@ mod tests {
         bad.pod_name = Some(String::new());
         assert_eq!(kube_config(&bad, "x").unwrap_err().0, "--pod-name must not be empty");
     }
+
+    #[test]
+    fn cluster_flags_for_shared_clusters() {
+        let c = kube_config(
+            &serve(&[
+                "--watch-namespace",
+                "apps, web,apps",
+                "--controller-name",
+                "example.com/internal",
+                "--enable-service-routes",
+                "--service-routes-namespaces",
+                "apps,web",
+                "--unsupported-security-annotations",
+                "ignore",
+            ]),
+            "ingress",
+        )
+        .unwrap();
+        assert_eq!(c.watch_namespaces, ["apps", "web"]);
+        assert_eq!(c.defaults.controller_name, "example.com/internal");
+        assert!(!c.defaults.class_fallback, "a cluster serves exactly its IngressClasses");
+        assert_eq!(
+            c.defaults.service_routes,
+            ServiceRoutes { enabled: true, require_class: true, namespaces: vec!["apps".into(), "web".into()] }
+        );
+        assert_eq!(c.defaults.unsupported_security, crate::translate::UnsupportedSecurity::Ignore);
+        let defaults = kube_config(&serve(&[]), "ingress").unwrap().defaults;
+        assert!(!defaults.service_routes.enabled, "Service-only routes are off by default in a cluster");
+        assert_eq!(defaults.unsupported_security, crate::translate::UnsupportedSecurity::Refuse);
+        // A manifests file keeps Service-only routes and the --ingress-class fallback.
+        let file = translate_defaults(&serve(&[])).unwrap();
+        assert!(file.service_routes.enabled && file.class_fallback);
+        for bad in ["apps,,web", "Apps", "x-", "a/b"] {
+            let e = kube_config(&serve(&["--watch-namespace", bad]), "x").unwrap_err().0;
+            assert!(e.contains("--watch-namespace"), "{bad}: {e}");
+        }
+        let e = kube_config(&serve(&["--service-routes-namespaces", "apps"]), "x").unwrap_err().0;
+        assert!(e.contains("--enable-service-routes"), "{e}");
+        assert!(Cli::try_parse_from(["wsingress", "serve", "--unsupported-security-annotations", "maybe"]).is_err());
+        let e = kube_config(&serve(&["--controller-name", " "]), "x").unwrap_err().0;
+        assert!(e.contains("--controller-name"), "{e}");
+    }
 }
