@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text format), `/healthz` (process alive),
+//! The admin listener: `/metrics` (Prometheus text format), `/healthz` (every task that must
+//! keep running still runs: 503 naming the dead ones otherwise),
 //! `/readyz` (routes loaded and not draining) and `/routes` (the current route table as JSON).
 //! It runs on its own port (default 0.0.0.0:9090); the proxy port never serves these paths.
 
@@ -103,7 +104,14 @@ fn route_request(state: &AdminState, method: &Method, path: &str) -> Response<Fu
     }
     match path {
         "/metrics" => body(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.encode().into()),
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => {
+            let failures = state.readiness.health().failures();
+            if failures.is_empty() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("unhealthy: {}\n", failures.join("; ")))
+            }
+        }
         "/readyz" => {
             if state.readiness.is_ready() {
                 text(StatusCode::OK, "ready\n")
@@ -184,6 +192,10 @@ mod tests {
         assert_eq!((st, b.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "draining\n"));
         // Liveness does not care about readiness.
         assert_eq!(call(&s, Method::GET, "/healthz").await.0, StatusCode::OK);
+        // It fails once a task that must keep running died.
+        s.readiness.health().fail("watch Ingress", "panicked: boom");
+        let (st, _, b) = call(&s, Method::GET, "/healthz").await;
+        assert_eq!((st, b.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "unhealthy: watch Ingress: panicked: boom\n"));
     }
 
     #[tokio::test]

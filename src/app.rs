@@ -22,7 +22,11 @@ use crate::proxy::headers::TrustedProxies;
 use crate::proxy::{self, ProxyConfig, ProxyState};
 use crate::readiness::Readiness;
 use crate::routes::RouteHandle;
+use crate::source::kube::KubeConfig;
+use crate::source::leader::ElectionConfig;
+use crate::source::status::{PublishFrom, StatusConfig};
 use crate::source::{self, Publisher};
+use crate::translate::{Defaults, ServiceRoutes};
 
 /// Exit code for invalid configuration (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -121,6 +125,88 @@ fn proxy_config(args: &ServeArgs) -> Result<ProxyConfig, ConfigError> {
     })
 }
 
+/// The controller's settings from the `serve` flags. `default_namespace` (the client's: the
+/// pod's namespace in a cluster, the kubeconfig context's outside) holds the Lease when
+/// `--election-namespace` is not given. Pure: called before binding ports to validate flags.
+pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConfig, ConfigError> {
+    let non_empty = |v: &Option<String>, flag: &str| match v.as_deref().map(str::trim) {
+        Some("") => Err(ConfigError(format!("--{flag} must not be empty"))),
+        other => Ok(other.map(str::to_string)),
+    };
+    let watch_namespaces = args.watch_namespace.as_deref().map(namespace_list).transpose()?.unwrap_or_default();
+    let election_namespace =
+        non_empty(&args.election_namespace, "election-namespace")?.unwrap_or_else(|| default_namespace.to_string());
+    let identity = non_empty(&args.pod_name, "pod-name")?
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| format!("wsingress-{}", std::process::id()));
+    for (value, flag) in [(&args.election_lease, "election-lease"), (&args.ingress_class, "ingress-class")] {
+        if value.trim().is_empty() {
+            return Err(ConfigError(format!("--{flag} must not be empty")));
+        }
+    }
+    let publish = PublishFrom::from_flags(args.publish_service.as_deref(), args.publish_address.as_deref())
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let namespaces: Vec<String> =
+        args.service_routes_namespaces.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+    if !namespaces.is_empty() && !args.enable_service_routes {
+        return Err(ConfigError("--service-routes-namespaces needs --enable-service-routes".to_string()));
+    }
+    let defaults = Defaults {
+        // A cluster serves exactly the IngressClasses naming our controller.
+        class_fallback: false,
+        service_routes: ServiceRoutes { enabled: args.enable_service_routes, require_class: true, namespaces },
+        ..translate_defaults(args)?
+    };
+    Ok(KubeConfig {
+        watch_namespaces,
+        defaults,
+        status: publish.map(StatusConfig::new),
+        election: Some(ElectionConfig::new(
+            election_namespace,
+            args.election_lease.trim().to_string(),
+            identity.clone(),
+        )),
+        identity,
+        ..KubeConfig::new(Defaults::default())
+    })
+}
+
+/// `--watch-namespace a,b`: namespace names, each a DNS label, no duplicates.
+fn namespace_list(value: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    for ns in value.split(',').map(str::trim) {
+        let label = !ns.is_empty()
+            && ns.len() <= 63
+            && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !label {
+            return Err(ConfigError(format!(
+                "--watch-namespace `{value}`: `{ns}` is not a namespace name (comma-separated DNS labels)"
+            )));
+        }
+        if !out.iter().any(|o| o == ns) {
+            out.push(ns.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Translation settings shared by the manifests-file and cluster modes.
+pub fn translate_defaults(args: &ServeArgs) -> Result<Defaults, ConfigError> {
+    let controller_name = args.controller_name.trim();
+    if controller_name.is_empty() {
+        return Err(ConfigError("--controller-name must not be empty".to_string()));
+    }
+    Ok(Defaults {
+        class_name: args.ingress_class.trim().to_string(),
+        controller_name: controller_name.to_string(),
+        settings: args.route.settings(),
+        unsupported_security: args.unsupported_security_annotations,
+        ..Defaults::default()
+    })
+}
+
 /// Bind and start everything for `serve`. Configuration is validated before any port is bound.
 pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Result<Running> {
     let trusted = TrustedProxies::parse(&args.trusted_proxies).map_err(ConfigError)?;
@@ -142,23 +228,40 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
     let stop_background = CancellationToken::new();
 
     // Routes that can be known before binding are published first, so a bad file fails fast.
-    let mut background: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
+    // Background tasks run supervised: one that ends or panics fails /healthz.
+    type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    let mut background: Vec<(&'static str, Task)> = Vec::new();
     match &route_source {
         RouteSource::Static(addrs) => {
             publisher.publish(source::static_upstream::table(addrs, settings.clone()), &[]);
         }
         RouteSource::Manifests(path) => {
-            let defaults =
-                crate::translate::Defaults { class_name: args.ingress_class.clone(), settings: settings.clone() };
+            let defaults = translate_defaults(args)?;
             let (table, warnings) = source::file::load_file(path, &defaults)
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
             publisher.publish(table, &warnings);
             let (path, publisher, stop) = (path.clone(), publisher.clone(), stop_background.clone());
-            background.push(Box::pin(source::file::run(path, defaults, publisher, stop)));
+            background.push(("manifests file reload", Box::pin(source::file::run(path, defaults, publisher, stop))));
         }
         RouteSource::Kube => {
-            let fut = source::kube::run_from_args(args, publisher.clone(), stop_background.clone()).await?;
-            background.push(fut);
+            // Flags first, so a typo is reported even where no cluster is reachable.
+            kube_config(args, "default")?;
+            let client = kube::Client::try_default().await.map_err(|e| {
+                ConfigError(format!(
+                    "cannot build a Kubernetes client from the in-cluster config or kubeconfig: {e}; \
+                     outside a cluster use --upstream or --manifests"
+                ))
+            })?;
+            let config = kube_config(args, client.default_namespace())?;
+            let (publisher, stop, health) = (publisher.clone(), stop_background.clone(), readiness.health().clone());
+            background.push((
+                "kubernetes controller",
+                Box::pin(async move {
+                    if let Err(e) = source::kube::run(client, config, publisher, health, stop).await {
+                        tracing::error!(error = %e, "the Kubernetes controller stopped; the last routes keep serving");
+                    }
+                }),
+            ));
         }
         RouteSource::Manual => {}
     }
@@ -180,8 +283,12 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
             tracing::error!(error = %e, "admin listener failed");
         }
     }));
-    for fut in background {
-        tasks.push(tokio::spawn(fut));
+    if let Some(after) = args.unready_drain_after.0 {
+        let drainer = source::drain_unready_endpoints(routes.clone(), after, stop_background.clone());
+        background.push(("unready endpoint drain", Box::pin(drainer)));
+    }
+    for (name, fut) in background {
+        tasks.push(tokio::spawn(readiness.health().supervise(name.to_string(), stop_background.clone(), fut)));
     }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, source = route_source.label(), "wsingress serving");
     Ok(Running {
@@ -353,5 +460,91 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let argv = ["wsingress", "serve"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Serve(s)) => *s,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kube_config_from_flags() {
+        let args = serve(&[
+            "--watch-namespace",
+            "apps",
+            "--publish-service",
+            "ingress/wsingress",
+            "--pod-name",
+            "wsingress-0",
+            "--ingress-class",
+            "ws",
+        ]);
+        let c = kube_config(&args, "ingress").unwrap();
+        assert_eq!(c.watch_namespaces, ["apps"]);
+        assert_eq!(c.defaults.class_name, "ws");
+        assert_eq!(c.identity, "wsingress-0");
+        let e = c.election.unwrap();
+        assert_eq!((e.namespace.as_str(), e.lease_name.as_str()), ("ingress", "wsingress-leader"));
+        assert_eq!(
+            c.status.map(|s| s.publish),
+            Some(PublishFrom::Service { namespace: "ingress".into(), name: "wsingress".into() })
+        );
+        let mut bad = args.clone();
+        bad.publish_service = Some("nope".into());
+        assert!(kube_config(&bad, "x").unwrap_err().0.contains("NAMESPACE/NAME"));
+        bad.publish_service = None;
+        bad.pod_name = Some(String::new());
+        assert_eq!(kube_config(&bad, "x").unwrap_err().0, "--pod-name must not be empty");
+    }
+
+    #[test]
+    fn cluster_flags_for_shared_clusters() {
+        let c = kube_config(
+            &serve(&[
+                "--watch-namespace",
+                "apps, web,apps",
+                "--controller-name",
+                "example.com/internal",
+                "--enable-service-routes",
+                "--service-routes-namespaces",
+                "apps,web",
+                "--unsupported-security-annotations",
+                "ignore",
+            ]),
+            "ingress",
+        )
+        .unwrap();
+        assert_eq!(c.watch_namespaces, ["apps", "web"]);
+        assert_eq!(c.defaults.controller_name, "example.com/internal");
+        assert!(!c.defaults.class_fallback, "a cluster serves exactly its IngressClasses");
+        assert_eq!(
+            c.defaults.service_routes,
+            ServiceRoutes { enabled: true, require_class: true, namespaces: vec!["apps".into(), "web".into()] }
+        );
+        assert_eq!(c.defaults.unsupported_security, crate::translate::UnsupportedSecurity::Ignore);
+        let defaults = kube_config(&serve(&[]), "ingress").unwrap().defaults;
+        assert!(!defaults.service_routes.enabled, "Service-only routes are off by default in a cluster");
+        assert_eq!(defaults.unsupported_security, crate::translate::UnsupportedSecurity::Refuse);
+        // A manifests file keeps Service-only routes and the --ingress-class fallback.
+        let file = translate_defaults(&serve(&[])).unwrap();
+        assert!(file.service_routes.enabled && file.class_fallback);
+        for bad in ["apps,,web", "Apps", "x-", "a/b"] {
+            let e = kube_config(&serve(&["--watch-namespace", bad]), "x").unwrap_err().0;
+            assert!(e.contains("--watch-namespace"), "{bad}: {e}");
+        }
+        let e = kube_config(&serve(&["--service-routes-namespaces", "apps"]), "x").unwrap_err().0;
+        assert!(e.contains("--enable-service-routes"), "{e}");
+        assert!(Cli::try_parse_from(["wsingress", "serve", "--unsupported-security-annotations", "maybe"]).is_err());
+        let e = kube_config(&serve(&["--controller-name", " "]), "x").unwrap_err().0;
+        assert!(e.contains("--controller-name"), "{e}");
     }
 }

@@ -22,10 +22,20 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+pub use crate::metrics::LogFormat;
+
+/// `--log-format text|json` (the enum lives with the logging it configures).
+impl ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Text, Self::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +68,18 @@ pub struct ServeArgs {
     /// IngressClass name served (its spec.controller must be wsingress.io/ingress-controller).
     #[arg(long, default_value = crate::translate::DEFAULT_CLASS)]
     pub ingress_class: String,
+    /// Serve the IngressClasses whose spec.controller is this (run installs side by side with different names).
+    #[arg(long, default_value = crate::translate::CONTROLLER_NAME)]
+    pub controller_name: String,
+    /// Cluster mode: route Services annotated wsingress.io/expose (they must also name a served class in wsingress.io/ingress-class).
+    #[arg(long)]
+    pub enable_service_routes: bool,
+    /// Cluster mode: only Services in these namespaces may define Service-only routes (comma separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub service_routes_namespaces: Vec<String>,
+    /// A route with an ingress-nginx security annotation wsingress does not enforce: refuse (503) or ignore (serve it unprotected).
+    #[arg(long, value_parser = crate::translate::UnsupportedSecurity::parse, default_value = "refuse")]
+    pub unsupported_security_annotations: crate::translate::UnsupportedSecurity,
     /// Cluster mode: write Ingress status from this Service's addresses (NAMESPACE/NAME).
     #[arg(long)]
     pub publish_service: Option<String>,
@@ -73,6 +95,10 @@ pub struct ServeArgs {
     /// Cluster mode: this replica's identity for leader election (default: the pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Drain the tunnels of an endpoint that stays not ready (and not terminating) this long
+    /// ("never": keep them until it is ready again, terminates or leaves its EndpointSlice).
+    #[arg(long, value_parser = parse_optional_duration, default_value = "never")]
+    pub unready_drain_after: OptionalDuration,
     /// Proxy worker threads (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,

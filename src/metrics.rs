@@ -14,16 +14,25 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use ahash::{AHashMap, AHashSet};
 use arc_swap::ArcSwapOption;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-use crate::cli::LogFormat;
-use crate::routes::RouteTable;
+use crate::routes::{EndpointState, Route, RouteTable};
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
 
 /// Route label for requests that matched no route (unknown host or path).
 pub const UNMATCHED: &str = "unmatched";
@@ -153,6 +162,13 @@ pub struct Metrics {
     /// Per-route handles of the table generation most recently asked for.
     table_handles: ArcSwapOption<TableMetrics>,
     build_lock: Mutex<()>,
+    pub controller_watch_errors: IntCounterVec,
+    pub controller_last_sync: GaugeVec,
+    pub controller_leader: IntGauge,
+    pub routes_conflicts: IntGauge,
+    /// The routes last published (by address; held, so an address is not reused), so a
+    /// publish updates only the series of routes that changed.
+    published_routes: std::sync::Mutex<AHashMap<usize, Arc<Route>>>,
     /// Every family as registered (the registry's `gather()` omits vectors with no series yet).
     docs: Vec<FamilyDoc>,
 }
@@ -211,6 +227,24 @@ impl Metrics {
             "Client connections open on the proxy listeners (plain HTTP, upgrades in progress and tunnels).",
         )?;
         register(Box::new(client_connections.clone()), "gauge")?;
+        let controller_leader = IntGauge::new(
+            "wsingress_controller_leader",
+            "1 while this replica holds the leader-election Lease (writes Ingress status and Events), else 0.",
+        )?;
+        register(Box::new(controller_leader.clone()), "gauge")?;
+        let routes_conflicts = IntGauge::new(
+            "wsingress_routes_conflicts",
+            "Host and path rules lost to another object in the last translation (each also a RuleConflict Event).",
+        )?;
+        register(Box::new(routes_conflicts.clone()), "gauge")?;
+        let controller_last_sync = GaugeVec::new(
+            Opts::new(
+                "wsingress_controller_last_sync_timestamp_seconds",
+                "Unix time each watched kind's cache was last known in sync with the API server: its last complete (re-)list or the last change it received.",
+            ),
+            &["kind"],
+        )?;
+        register(Box::new(controller_last_sync.clone()), "gauge")?;
         let mut m = Self {
             connections_active: gauge(
                 "wsingress_websocket_connections_active",
@@ -267,7 +301,7 @@ impl Metrics {
             )?,
             endpoints: gauge(
                 "wsingress_endpoints",
-                "Endpoints per backend pool by state: ready (gets new tunnels), terminating (keeps its tunnels, gets no new ones).",
+                "Endpoints per backend pool by state: ready (gets new tunnels), not_ready (keeps its tunnels and live state, gets no new ones), terminating (its tunnels are drained, gets no new ones).",
                 &["route", "backend", "state"],
             )?,
             config_generation,
@@ -286,6 +320,15 @@ impl Metrics {
             )?,
             table_handles: ArcSwapOption::empty(),
             build_lock: Mutex::new(()),
+            controller_watch_errors: counter(
+                "wsingress_controller_watch_errors_total",
+                "Failed list or watch requests of the controller's caches by kind (each retried with backoff; the last good routes keep serving).",
+                &["kind"],
+            )?,
+            controller_last_sync,
+            controller_leader,
+            routes_conflicts,
+            published_routes: std::sync::Mutex::default(),
             registry,
             docs: Vec::new(),
         };
@@ -389,15 +432,51 @@ impl Metrics {
         self.config_generation.set(table.generation as i64);
         self.config_updates.with_label_values(&[source, "applied"]).inc();
         self.config_warnings.set(warnings as i64);
-        self.endpoints.reset();
+        const STATES: [EndpointState; 3] = [EndpointState::Ready, EndpointState::NotReady, EndpointState::Terminating];
+        let mut published = self.published_routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut previous = std::mem::take(&mut *published);
         for route in table.routes() {
-            let ready = route.pool.ready_len() as i64;
-            let total = route.pool.endpoints().len() as i64;
-            self.endpoints.with_label_values(&[&route.id, &route.backend, "ready"]).set(ready);
-            self.endpoints.with_label_values(&[&route.id, &route.backend, "terminating"]).set(total - ready);
+            let key = Arc::as_ptr(route) as usize;
+            // The same route as last time: its series are right.
+            if let Some(same) = previous.remove(&key) {
+                published.insert(key, same);
+                continue;
+            }
+            let mut counts = [0i64; 3];
+            for ep in route.pool.endpoints() {
+                counts[ep.state as usize] += 1;
+            }
+            for state in STATES {
+                let series = self.endpoints.with_label_values(&[&route.id, &route.backend, state.label()]);
+                series.set(counts[state as usize]);
+            }
             self.connections_active.with_label_values(&[&route.id, &route.backend]);
             self.upgrades.with_label_values(&[&route.id, UpgradeResult::Ok.label()]);
+            published.insert(key, route.clone());
         }
+        // Routes gone from the table lose their endpoint series (unless a route of the new
+        // table carries the same labels).
+        if !previous.is_empty() {
+            let now: AHashSet<(&str, &str)> = table.routes().map(|r| (r.id.as_str(), r.backend.as_str())).collect();
+            for gone in previous.values() {
+                if !now.contains(&(gone.id.as_str(), gone.backend.as_str())) {
+                    for state in STATES {
+                        let _ = self.endpoints.remove_label_values(&[&gone.id, &gone.backend, state.label()]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A list or watch of `kind` failed (it is retried).
+    pub fn watch_error(&self, kind: &str) {
+        self.controller_watch_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// `kind`'s cache is in sync now (a list completed or a change arrived).
+    pub fn watch_synced(&self, kind: &str) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.controller_last_sync.with_label_values(&[kind]).set(now.as_secs_f64());
     }
 
     /// A source produced no new table (parse error, API error): the last good one keeps serving.
@@ -734,7 +813,7 @@ mod tests {
     fn families_include_vectors_without_series_and_match_the_exposition() {
         let m = Metrics::new().unwrap();
         let names: Vec<String> = m.families().into_iter().map(|f| f.name).collect();
-        assert_eq!(names.len(), 17, "{names:?}");
+        assert_eq!(names.len(), 21, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("wsingress_")));
         // Give every vector one series; then the exposition lists exactly the documented families.
         let c = m.connection("default/chat", "chat:80");
@@ -746,6 +825,8 @@ mod tests {
         m.table_rejected("file");
         m.connections_rejected.with_label_values(&["max_connections"]).inc();
         m.endpoints.with_label_values(&["default/chat", "chat:80", "ready"]).set(1);
+        m.watch_error("Ingress");
+        m.watch_synced("Ingress");
         let mut gathered: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
         gathered.sort();
         assert_eq!(gathered, names);
@@ -766,7 +847,8 @@ mod tests {
                         "initiator",
                         "status_class",
                         "source",
-                        "version"
+                        "version",
+                        "kind"
                     ]
                     .contains(&l.as_str()),
                     "unbounded label {l} on {}",
@@ -828,11 +910,44 @@ mod tests {
             r#"wsingress_websocket_upgrades_total{result="ok",route="static/upstream"} 0"#,
             r#"wsingress_endpoints{backend="static:upstream",route="static/upstream",state="ready"} 1"#,
             r#"wsingress_endpoints{backend="static:upstream",route="static/upstream",state="terminating"} 1"#,
+            r#"wsingress_endpoints{backend="static:upstream",route="static/upstream",state="not_ready"} 0"#,
             r#"wsingress_config_updates_total{result="applied",source="static"} 1"#,
             "wsingress_config_generation 3",
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
+    }
+
+    #[test]
+    fn endpoint_series_follow_changed_and_removed_routes_only() {
+        use crate::routes::{Endpoint, Pool, RouteSettings};
+        let m = Metrics::new().unwrap();
+        let route = |id: &str, n: u8| {
+            Arc::new(Route {
+                id: id.into(),
+                backend: "b:80".into(),
+                pool: Pool::new((1..=n).map(|i| Endpoint::new(([10, 0, 0, i], 80).into(), true)).collect()),
+                settings: RouteSettings::default(),
+            })
+        };
+        let rule = |host: &str, r: Arc<Route>| crate::routes::Rule {
+            host: crate::routes::HostMatch::parse(host),
+            path: crate::routes::PathMatch::prefix("/"),
+            route: r,
+        };
+        let ready = |id: &str| m.endpoints.with_label_values(&[id, "b:80", "ready"]).get();
+        let (a, b) = (route("x/a", 2), route("x/b", 1));
+        m.table_published("kubernetes", &RouteTable::new(vec![rule("a.test", a.clone()), rule("b.test", b)], None), 0);
+        assert_eq!((ready("x/a"), ready("x/b")), (2, 1));
+        // b rebuilt with 3 endpoints, a carried over untouched.
+        let t = RouteTable::new(vec![rule("a.test", a.clone()), rule("b.test", route("x/b", 3))], None);
+        m.table_published("kubernetes", &t, 0);
+        assert_eq!((ready("x/a"), ready("x/b")), (2, 3));
+        // b gone: its series are removed, a's stay.
+        m.table_published("kubernetes", &RouteTable::new(vec![rule("a.test", a)], None), 0);
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(!text.contains(r#"route="x/b",state="ready""#), "{text}");
+        assert!(text.contains(r#"wsingress_endpoints{backend="b:80",route="x/a",state="ready"} 2"#), "{text}");
     }
 
     /// Collects what a subscriber writes.

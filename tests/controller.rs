@@ -3,6 +3,7 @@
 //! echo backends on loopback. Timings (debounce, watch backoff, lease) are shortened so the
 //! file runs in seconds; every wait polls with a deadline.
 
+mod common;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,13 +30,15 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use wsingress::metrics::Metrics;
-use wsingress::routes::RouteHandle;
+use wsingress::readiness::Readiness;
+use wsingress::routes::{EndpointState, RouteHandle};
 use wsingress::source::Publisher;
+use wsingress::source::events::EventLimits;
 use wsingress::source::kube::{KubeConfig, KubeError, WatchBackoff};
 use wsingress::source::leader::ElectionConfig;
 use wsingress::source::rbac::ACCESS;
 use wsingress::source::status::{PublishFrom, StatusConfig};
-use wsingress::translate::{CONTROLLER_NAME, Defaults};
+use wsingress::translate::{CONTROLLER_NAME, Defaults, ServiceRoutes, UnsupportedSecurity};
 
 const NS: &str = "apps";
 const HOST: &str = "chat.test";
@@ -152,6 +155,31 @@ fn slice(pods: &[SocketAddr]) -> EndpointSlice {
     }
 }
 
+/// Pod conditions as the EndpointSlice controller writes them.
+#[derive(Debug, Clone, Copy)]
+enum Pod {
+    Ready,
+    /// Failing its readiness probe.
+    NotReady,
+    /// Deleted, still serving during its grace period.
+    Terminating,
+}
+
+/// Service `chat`'s slice with each pod in the given condition.
+fn slice_with(pods: &[(SocketAddr, Pod)]) -> EndpointSlice {
+    let mut s = slice(&pods.iter().map(|p| p.0).collect::<Vec<_>>());
+    for (ep, (_, pod)) in s.endpoints.iter_mut().flatten().zip(pods) {
+        let (ready, serving, terminating) = match pod {
+            Pod::Ready => (true, true, false),
+            Pod::NotReady => (false, false, false),
+            Pod::Terminating => (false, true, true),
+        };
+        ep.conditions =
+            Some(EndpointConditions { ready: Some(ready), serving: Some(serving), terminating: Some(terminating) });
+    }
+    s
+}
+
 fn node(name: &str, internal: &str, external: Option<&str>) -> Node {
     let mut addresses = vec![NodeAddress { type_: "InternalIP".into(), address: internal.into() }];
     if let Some(e) = external {
@@ -162,6 +190,37 @@ fn node(name: &str, internal: &str, external: Option<&str>) -> Node {
         status: Some(NodeStatus { addresses: Some(addresses), ..NodeStatus::default() }),
         ..Node::default()
     }
+}
+
+/// An IngressClass `name` for the controller `controller`.
+fn class_for(name: &str, controller: &str) -> IngressClass {
+    IngressClass {
+        metadata: meta("", name),
+        spec: Some(IngressClassSpec { controller: Some(controller.into()), ..IngressClassSpec::default() }),
+    }
+}
+
+/// Ingress `name` of class `class` routing `host` to Service `chat`.
+fn ingress_on(name: &str, class: &str, host: &str) -> Ingress {
+    let mut ing = ingress(name, class, &[]);
+    if let Some(rule) = ing.spec.as_mut().and_then(|s| s.rules.as_mut()).and_then(|r| r.first_mut()) {
+        rule.host = Some(host.into());
+    }
+    ing
+}
+
+/// The cluster-mode translation settings: exactly the classes naming `controller`.
+fn cluster_defaults(controller: &str) -> Defaults {
+    Defaults {
+        controller_name: controller.into(),
+        class_fallback: false,
+        service_routes: ServiceRoutes { enabled: false, require_class: true, namespaces: Vec::new() },
+        ..Defaults::default()
+    }
+}
+
+fn events_with_reason(api: &FakeKube, reason: &str) -> Vec<Event> {
+    api.list::<Event>().into_iter().filter(|e| e.reason.as_deref() == Some(reason)).collect()
 }
 
 /// The usual objects: our class, Service `chat`, its slice, and Ingress `chat` (+ annotations).
@@ -185,14 +244,16 @@ fn fast_config() -> KubeConfig {
 fn fast_election(identity: &str) -> ElectionConfig {
     ElectionConfig {
         lease_duration: Duration::from_secs(2),
-        renew_every: Duration::from_millis(300),
-        retry_every: Duration::from_millis(200),
+        renew_deadline: Duration::from_millis(1300),
+        retry_period: Duration::from_millis(200),
         ..ElectionConfig::new(NS.into(), "wsingress-leader".into(), identity.into())
     }
 }
 
 struct Controller {
     routes: Arc<RouteHandle>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), KubeError>>,
 }
@@ -200,22 +261,31 @@ struct Controller {
 fn start_controller(api: &FakeKube, config: KubeConfig) -> Controller {
     let routes = Arc::new(RouteHandle::new());
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let publisher = Publisher::new(routes.clone(), metrics, "kube");
+    let readiness = Arc::new(Readiness::new(routes.clone()));
+    let publisher = Publisher::new(routes.clone(), metrics.clone(), "kube");
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(wsingress::source::kube::run(api.client(), config, publisher, shutdown.clone()));
-    Controller { routes, shutdown, task }
+    let health = readiness.health().clone();
+    let task = tokio::spawn(wsingress::source::kube::run(api.client(), config, publisher, health, shutdown.clone()));
+    Controller { routes, metrics, readiness, shutdown, task }
 }
 
 impl Controller {
-    /// Endpoints (address, ready) of the route serving HOST, if any.
-    fn endpoints(&self) -> Option<Vec<(SocketAddr, bool)>> {
+    /// Endpoints (address, state) of the route serving HOST, if any.
+    fn endpoints(&self) -> Option<Vec<(SocketAddr, EndpointState)>> {
         let table = self.routes.load();
         let route = table.find(Some(HOST), "/")?;
-        Some(route.pool.endpoints().iter().map(|e| (e.addr, e.ready)).collect())
+        Some(route.pool.endpoints().iter().map(|e| (e.addr, e.state)).collect())
     }
 
     fn ready_addrs(&self) -> BTreeSet<SocketAddr> {
-        self.endpoints().unwrap_or_default().into_iter().filter(|e| e.1).map(|e| e.0).collect()
+        self.endpoints().unwrap_or_default().into_iter().filter(|e| e.1 == EndpointState::Ready).map(|e| e.0).collect()
+    }
+
+    /// The live tunnel count the route's pool holds for `addr`.
+    fn active(&self, addr: SocketAddr) -> Option<usize> {
+        let table = self.routes.load();
+        let route = table.find(Some(HOST), "/")?;
+        route.pool.endpoints().iter().find(|e| e.addr == addr).map(|e| e.live.active())
     }
 
     async fn stop(self) {
@@ -225,6 +295,29 @@ impl Controller {
             .expect("controller stops on shutdown")
             .expect("controller task");
         assert!(r.is_ok(), "controller returned {r:?}");
+    }
+}
+
+impl Controller {
+    fn routes_host(&self, host: &str) -> bool {
+        self.routes.load().find(Some(host), "/").is_some()
+    }
+
+    fn leading(&self) -> bool {
+        self.metrics.controller_leader.get() == 1
+    }
+
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`, `/routes`) on 127.0.0.1:0.
+    async fn admin(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = listener.local_addr().expect("addr");
+        let state = wsingress::admin::AdminState {
+            metrics: self.metrics.clone(),
+            readiness: self.readiness.clone(),
+            routes: self.routes.clone(),
+        };
+        tokio::spawn(wsingress::admin::serve(listener, state, self.shutdown.clone()));
+        addr
     }
 }
 
@@ -658,6 +751,13 @@ async fn rbac_access_list_is_exactly_what_the_controller_uses() {
     // Renew at least once (update), then release on shutdown.
     tokio::time::sleep(Duration::from_millis(400)).await;
     ctl.stop().await;
+    // A restarted controller finds its Event and counts one more observation (get + patch).
+    let ctl = start_controller(&api, KubeConfig { election: Some(fast_election("replica-a")), ..fast_config() });
+    eventually(Duration::from_secs(10), "event counted again", || {
+        api.list::<Event>().iter().any(|e| e.series.as_ref().is_some_and(|s| s.count == 2)).then_some(())
+    })
+    .await;
+    ctl.stop().await;
 
     let used: BTreeSet<(String, String, String)> =
         api.requests().iter().filter_map(|r| r.access()).map(|(g, r, v)| (g, r, v.to_string())).collect();
@@ -666,4 +766,557 @@ async fn rbac_access_list_is_exactly_what_the_controller_uses() {
         .flat_map(|a| a.verbs.iter().map(|v| (a.group.to_string(), a.resource.to_string(), v.to_string())))
         .collect();
     assert_eq!(used, declared, "rbac::ACCESS must list exactly the requests the controller makes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_paged_and_an_expired_continue_starts_the_list_again() {
+    init_tracing();
+    let a: SocketAddr = "10.1.0.1:8080".parse().expect("addr");
+    let api = FakeKube::start().await;
+    seed(&api, &[a], &[]);
+    // Five Ingresses, one host each: three pages of two.
+    for i in 1..5 {
+        let mut ing = ingress(&format!("chat-{i}"), "wsingress", &[]);
+        if let Some(rule) = ing.spec.as_mut().and_then(|s| s.rules.as_mut()).and_then(|r| r.first_mut()) {
+            rule.host = Some(format!("chat-{i}.test"));
+        }
+        api.apply(&ing);
+    }
+    // The first continued page finds its version compacted: the watcher must list again.
+    api.expire_next_continue();
+    let ctl = start_controller(&api, KubeConfig { page_size: 2, ..fast_config() });
+    eventually(Duration::from_secs(10), "first publish", || ctl.routes.has_published().then_some(())).await;
+    let table = ctl.routes.load();
+    for host in ["chat.test", "chat-1.test", "chat-2.test", "chat-3.test", "chat-4.test"] {
+        assert!(table.find(Some(host), "/").is_some(), "{host} routed from a paged list");
+    }
+    let ingress_lists: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.access().is_some_and(|(_, res, verb)| res == "ingresses" && verb == "list"))
+        .collect();
+    assert!(ingress_lists.iter().all(|r| r.query.contains("limit=2")), "{ingress_lists:?}");
+    let expired = ingress_lists.iter().filter(|r| r.status == 410 && r.query.contains("continue=")).count();
+    assert_eq!(expired, 1, "{ingress_lists:?}");
+    let fresh = ingress_lists.iter().filter(|r| !r.query.contains("continue=")).count();
+    assert_eq!(fresh, 2, "listed again from the start after the 410: {ingress_lists:?}");
+    let continued_ok = ingress_lists.iter().filter(|r| r.status == 200 && r.query.contains("continue=")).count();
+    assert_eq!(continued_ok, 2, "pages 2 and 3 of the second list: {ingress_lists:?}");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readiness_flap_keeps_every_tunnel_and_a_terminating_pod_drains_with_1001() {
+    init_tracing();
+    let stop = CancellationToken::new();
+    let pods = start_pods(2, &stop).await;
+    let (a, b) = (pods[0], pods[1]);
+    let drain = Duration::from_millis(800);
+    let api = FakeKube::start().await;
+    seed(&api, &pods, &[("wsingress.io/load-balance", "round-robin"), ("wsingress.io/drain-timeout", "800ms")]);
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "both pods ready", || (ctl.ready_addrs().len() == 2).then_some(())).await;
+    let (proxy, _drain) = start_proxy(ctl.routes.clone()).await;
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for i in 0..6 {
+        let (mut ws, pod) = connect(proxy).await;
+        echo(&mut ws, &format!("hello {i}")).await;
+        if pod == "pod-2" { on_a.push(ws) } else { on_b.push(ws) }
+    }
+    assert_eq!((on_a.len(), on_b.len()), (3, 3), "round-robin over both pods");
+
+    // Pod a fails its readiness probe for longer than the drain timeout, then recovers.
+    api.apply(&slice_with(&[(a, Pod::NotReady), (b, Pod::Ready)]));
+    eventually(Duration::from_secs(5), "a not ready", || {
+        ctl.endpoints()?.contains(&(a, EndpointState::NotReady)).then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        let (mut ws, pod) = connect(proxy).await;
+        assert_eq!(pod, "pod-3", "no new tunnels to a not-ready pod");
+        echo(&mut ws, "while a is not ready").await;
+    }
+    assert_eq!(ctl.active(a), Some(3), "a keeps its live count while not ready");
+    tokio::time::sleep(drain + Duration::from_millis(400)).await;
+    api.apply(&slice_with(&[(a, Pod::Ready), (b, Pod::Ready)]));
+    eventually(Duration::from_secs(5), "a ready again", || (ctl.ready_addrs().len() == 2).then_some(())).await;
+    assert_eq!(ctl.active(a), Some(3), "the count survived the flap");
+    for ws in on_a.iter_mut().chain(on_b.iter_mut()) {
+        echo(ws, "after the flap").await;
+    }
+
+    // Pod b terminates: its tunnels get Close 1001 within the drain timeout; a's stay.
+    let terminated = Instant::now();
+    api.apply(&slice_with(&[(a, Pod::Ready), (b, Pod::Terminating)]));
+    let readers: Vec<_> = on_b
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move { (closed_by_peer(&mut ws, Duration::from_secs(10)).await, terminated.elapsed()) })
+        })
+        .collect();
+    for r in readers {
+        let (code, after) = r.await.expect("reader");
+        assert_eq!(code, Some(CloseCode::Away));
+        assert!(after <= drain + Duration::from_millis(700), "closed within the drain timeout (+ margin): {after:?}");
+    }
+    for ws in &mut on_a {
+        echo(ws, "a is still here").await;
+    }
+    for _ in 0..3 {
+        assert_eq!(connect(proxy).await.1, "pod-2", "no new tunnels to a terminating pod");
+    }
+    ctl.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installs_serve_and_write_only_their_own_classes() {
+    init_tracing();
+    let api = FakeKube::start().await;
+    api.apply(&class_for("public", "example.com/public"));
+    api.apply(&class_for("internal", "example.com/internal"));
+    api.apply(&service("ClusterIP"));
+    api.apply(&slice(&["10.1.0.1:8080".parse().expect("addr")]));
+    api.apply(&ingress_on("pub", "public", "pub.test"));
+    api.apply(&ingress_on("int", "internal", "int.test"));
+    let install = |controller: &str, id: &str, address: &str| KubeConfig {
+        defaults: cluster_defaults(controller),
+        election: Some(ElectionConfig { lease_name: format!("{id}-leader"), ..fast_election(id) }),
+        status: Some(StatusConfig {
+            publish: PublishFrom::Address(address.into()),
+            resync: Duration::from_millis(300),
+        }),
+        identity: id.into(),
+        ..fast_config()
+    };
+    let public = start_controller(&api, install("example.com/public", "public", "192.0.2.1"));
+    let internal = start_controller(&api, install("example.com/internal", "internal", "192.0.2.2"));
+    eventually(Duration::from_secs(10), "each install wrote its own Ingress", || {
+        (status_ips(&api, "pub") == ["192.0.2.1"] && status_ips(&api, "int") == ["192.0.2.2"]).then_some(())
+    })
+    .await;
+    assert!(public.routes_host("pub.test") && !public.routes_host("int.test"));
+    assert!(internal.routes_host("int.test") && !internal.routes_host("pub.test"));
+
+    // Several resyncs later neither has touched the other's Ingress: no write war.
+    let version = |name: &str| api.get::<Ingress>(NS, name).and_then(|i| i.metadata.resource_version);
+    let before = (version("pub"), version("int"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!((version("pub"), version("int")), before, "status written once, by its own install only");
+
+    // `int` is left to a third controller, with that controller's address already next to
+    // internal's: internal removes only its own address; public touches nothing.
+    let mut left = ingress_on("int", "nginx", "int.test");
+    left.status = Some(k8s_openapi::api::networking::v1::IngressStatus {
+        load_balancer: Some(k8s_openapi::api::networking::v1::IngressLoadBalancerStatus {
+            ingress: Some(
+                ["192.0.2.2", "203.0.113.9"]
+                    .iter()
+                    .map(|ip| k8s_openapi::api::networking::v1::IngressLoadBalancerIngress {
+                        ip: Some((*ip).into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }),
+    });
+    api.apply(&left);
+    eventually(Duration::from_secs(10), "only internal's address removed", || {
+        (status_ips(&api, "int") == ["203.0.113.9"] && !internal.routes_host("int.test")).then_some(())
+    })
+    .await;
+
+    // `pub` moves to the internal class: internal takes it over, public lets go.
+    api.apply(&ingress_on("pub", "internal", "pub.test"));
+    eventually(Duration::from_secs(10), "internal took pub over", || {
+        (status_ips(&api, "pub") == ["192.0.2.2"]
+            && internal.routes_host("pub.test")
+            && !public.routes_host("pub.test"))
+        .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(status_ips(&api, "pub"), ["192.0.2.2"], "settled: public does not write it back");
+    assert_eq!(status_ips(&api, "int"), ["203.0.113.9"]);
+    public.stop().await;
+    internal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_only_routes_are_off_by_default_gated_by_class_and_lose_to_an_ingress() {
+    init_tracing();
+    let stop = CancellationToken::new();
+    let pods = start_pods(1, &stop).await;
+    let api = FakeKube::start().await;
+    api.apply(&ingress_class());
+    api.apply(&slice(&pods));
+    let mut svc = service("ClusterIP");
+    svc.metadata.annotations = Some(BTreeMap::from([
+        ("wsingress.io/expose".to_string(), "true".to_string()),
+        ("wsingress.io/host".to_string(), HOST.to_string()),
+        ("wsingress.io/ingress-class".to_string(), "wsingress".to_string()),
+    ]));
+    api.apply(&svc);
+    // A Service naming no class at all: never routed in a cluster.
+    let mut classless = service("ClusterIP");
+    classless.metadata.name = Some("stray".into());
+    classless.metadata.annotations = Some(BTreeMap::from([
+        ("wsingress.io/expose".to_string(), "true".to_string()),
+        ("wsingress.io/host".to_string(), "stray.test".to_string()),
+    ]));
+    api.apply(&classless);
+
+    // Off by default: not routed, and the Service that names our class is told why.
+    let off = start_controller(&api, KubeConfig { defaults: cluster_defaults(CONTROLLER_NAME), ..fast_config() });
+    eventually(Duration::from_secs(10), "published", || off.routes.has_published().then_some(())).await;
+    assert!(!off.routes_host(HOST) && !off.routes_host("stray.test"));
+    eventually(Duration::from_secs(5), "ServiceRouteRefused event", || {
+        (!events_with_reason(&api, "ServiceRouteRefused").is_empty()).then_some(())
+    })
+    .await;
+    off.stop().await;
+
+    // On, with the class gate: the Service naming our class is routed, the class-less one is not.
+    let mut defaults = cluster_defaults(CONTROLLER_NAME);
+    defaults.service_routes.enabled = true;
+    let on = start_controller(&api, KubeConfig { defaults, ..fast_config() });
+    eventually(Duration::from_secs(10), "Service-only route", || on.routes_host(HOST).then_some(())).await;
+    assert!(!on.routes_host("stray.test"));
+    let (proxy, _drain) = start_proxy(on.routes.clone()).await;
+    let (mut ws, pod) = connect(proxy).await;
+    assert_eq!(pod, "pod-2");
+    echo(&mut ws, "through a Service-only route").await;
+    let stray = events_with_reason(&api, "InvalidAnnotation");
+    assert!(
+        stray.iter().any(|e| e.note.as_deref().is_some_and(|n| n.contains("wsingress.io/ingress-class"))),
+        "the class-less Service is told to name a class: {stray:?}"
+    );
+
+    // An Ingress claiming the same host and path wins, though it is newer; the Service is told.
+    api.apply(&ingress("chat", "wsingress", &[]));
+    eventually(Duration::from_secs(10), "the Ingress owns the host", || {
+        (on.routes.load().find(Some(HOST), "/")?.id == format!("{NS}/chat")
+            && on.routes.load().find(Some(HOST), "/")?.backend == "chat:ws")
+            .then_some(())
+    })
+    .await;
+    let conflict = eventually(Duration::from_secs(5), "RuleConflict on the Service", || {
+        events_with_reason(&api, "RuleConflict")
+            .into_iter()
+            .find(|e| e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some("Service")))
+    })
+    .await;
+    assert!(conflict.note.unwrap_or_default().contains("an Ingress always wins"));
+    on.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_nginx_annotations_produce_events_and_security_ones_fail_closed() {
+    init_tracing();
+    let stop = CancellationToken::new();
+    let pods = start_pods(1, &stop).await;
+    let api = FakeKube::start().await;
+    let auth = "nginx.ingress.kubernetes.io/auth-url";
+    let rewrite = "nginx.ingress.kubernetes.io/rewrite-target";
+    seed(&api, &pods, &[(auth, "http://auth.example.com/check"), (rewrite, "/")]);
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "route", || ctl.routes_host(HOST).then_some(())).await;
+    let (proxy, _drain) = start_proxy(ctl.routes.clone()).await;
+
+    // Fail closed: the upgrade is refused with 503, nothing reaches the pod.
+    let mut req = format!("ws://{proxy}/chat").into_client_request().expect("request");
+    req.headers_mut().insert("host", HOST.parse().expect("host"));
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    let events = eventually(Duration::from_secs(5), "two UnsupportedAnnotation events", || {
+        let e = events_with_reason(&api, "UnsupportedAnnotation");
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    let notes: Vec<String> = events.iter().filter_map(|e| e.note.clone()).collect();
+    assert!(notes.iter().any(|n| n.contains(auth) && n.contains("answers 503")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.contains(rewrite) && n.contains("ignored")), "{notes:?}");
+    // /routes names the route's unsupported keys and why it refuses.
+    let admin = ctl.admin().await;
+    let (status, _, body) = common::http_get(admin, "admin", "/routes").await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(body.contains(auth) && body.contains(rewrite) && body.contains("\"refused\""), "{body}");
+
+    // Removing the security annotation opens the route.
+    api.apply(&ingress("chat", "wsingress", &[(rewrite, "/")]));
+    eventually(Duration::from_secs(5), "route serves", || {
+        (ctl.routes.load().find(Some(HOST), "/")?.settings.refused.is_none()).then_some(())
+    })
+    .await;
+    let (mut ws, _) = connect(proxy).await;
+    echo(&mut ws, "open now").await;
+    ctl.stop().await;
+
+    // With --unsupported-security-annotations=ignore it is served unprotected, and said so.
+    api.apply(&ingress("chat", "wsingress", &[(auth, "http://auth.example.com/check")]));
+    let defaults = Defaults { unsupported_security: UnsupportedSecurity::Ignore, ..Defaults::default() };
+    let ignoring = start_controller(&api, KubeConfig { defaults, ..fast_config() });
+    eventually(Duration::from_secs(10), "route", || ignoring.routes_host(HOST).then_some(())).await;
+    let (proxy, _drain) = start_proxy(ignoring.routes.clone()).await;
+    let (mut ws, _) = connect(proxy).await;
+    echo(&mut ws, "unprotected, as asked").await;
+    eventually(Duration::from_secs(5), "not-enforced event", || {
+        events_with_reason(&api, "UnsupportedAnnotation")
+            .iter()
+            .any(|e| e.note.as_deref().is_some_and(|n| n.contains("WITHOUT")))
+            .then_some(())
+    })
+    .await;
+    ignoring.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_watcher_fails_healthz() {
+    init_tracing();
+    let api = FakeKube::start().await;
+    seed(&api, &["10.1.0.1:8080".parse().expect("addr")], &[]);
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "published", || ctl.routes.has_published().then_some(())).await;
+    let admin = ctl.admin().await;
+    assert_eq!(common::http_get(admin, "admin", "/healthz").await.0, 200);
+    let health = ctl.readiness.health().clone();
+    let running = health.running();
+    for task in ["watch Ingress", "watch Service", "watch EndpointSlice", "watch IngressClass", "events"] {
+        assert!(running.iter().any(|t| t == task), "{task} supervised: {running:?}");
+    }
+    assert!(health.abort("watch EndpointSlice"));
+    let killed = Instant::now();
+    let body = loop {
+        let (status, _, body) = common::http_get(admin, "admin", "/healthz").await;
+        if status == 503 {
+            break String::from_utf8_lossy(&body).to_string();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "/healthz still {status} 30 s after the watcher died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(body.contains("watch EndpointSlice: stopped (aborted)"), "{body}");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_down_at_start_is_not_ready_then_ready_when_it_answers() {
+    init_tracing();
+    let api = FakeKube::start().await;
+    seed(&api, &["10.1.0.1:8080".parse().expect("addr")], &[]);
+    api.go_down();
+    let ctl = start_controller(&api, fast_config());
+    let admin = ctl.admin().await;
+    let down_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < down_until {
+        assert!(!ctl.readiness.is_ready());
+        assert_eq!(common::http_get(admin, "admin", "/readyz").await.0, 503);
+        assert_eq!(common::http_get(admin, "admin", "/healthz").await.0, 200, "retrying is not dead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let errors = ctl.metrics.controller_watch_errors.with_label_values(&["Ingress"]).get();
+    assert!(errors >= 2, "list failures counted and retried with backoff: {errors}");
+    api.come_back();
+    eventually(Duration::from_secs(10), "ready once the API answers", || ctl.readiness.is_ready().then_some(())).await;
+    assert_eq!(common::http_get(admin, "admin", "/readyz").await.0, 200);
+    assert!(ctl.routes_host(HOST));
+    assert!(ctl.metrics.controller_last_sync.with_label_values(&["Ingress"]).get() > 1.7e9);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_lists_are_counted_and_retried_until_allowed() {
+    init_tracing();
+    let api = FakeKube::start().await;
+    seed(&api, &["10.1.0.1:8080".parse().expect("addr")], &[]);
+    api.forbid("discovery.k8s.io", "endpointslices", "list");
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "403s counted", || {
+        (ctl.metrics.controller_watch_errors.with_label_values(&["EndpointSlice"]).get() >= 2).then_some(())
+    })
+    .await;
+    assert!(!ctl.readiness.is_ready(), "no table without EndpointSlices");
+    assert!(api.requests().iter().any(|r| r.status == 403));
+    api.clear_fault();
+    eventually(Duration::from_secs(10), "ready once allowed", || ctl.readiness.is_ready().then_some(())).await;
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_steps_down_before_a_follower_takes_over() {
+    init_tracing();
+    let api = FakeKube::start().await;
+    seed(&api, &["10.1.0.1:8080".parse().expect("addr")], &[]);
+    let election = fast_election("replica-a");
+    let replica = |id: &str| KubeConfig { election: Some(fast_election(id)), identity: id.into(), ..fast_config() };
+    let a = start_controller(&api, replica("replica-a"));
+    eventually(Duration::from_secs(10), "a leads", || a.leading().then_some(())).await;
+    let b = start_controller(&api, replica("replica-b"));
+    eventually(Duration::from_secs(10), "b synced", || b.routes.has_published().then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(a.leading() && !b.leading());
+
+    // From now on every renewal by a fails (its API requests to the Lease error out).
+    api.set_fault(|r: &support::fake_kube::FaultRequest<'_>| {
+        let lease_write = r.method == "PUT" && r.path.contains("/leases/");
+        (lease_write && String::from_utf8_lossy(r.body).contains("\"holderIdentity\":\"replica-a\"")).then_some(500)
+    });
+    let fault = Instant::now();
+    let (mut a_down, mut b_up) = (None, None);
+    while b_up.is_none() {
+        let (la, lb) = (a.leading(), b.leading());
+        assert!(!(la && lb), "two leaders at once");
+        if !la && a_down.is_none() {
+            a_down = Some(fault.elapsed());
+        }
+        if lb {
+            b_up = Some(fault.elapsed());
+        }
+        assert!(fault.elapsed() < Duration::from_secs(10), "no hand-over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (a_down, b_up) = (a_down.unwrap_or_default(), b_up.unwrap_or_default());
+    eprintln!("leader stepped down after {a_down:?}, follower took over after {b_up:?}");
+    let slack = Duration::from_millis(300);
+    // The bound: the leader stops within renew_deadline of its last successful renewal,
+    // which started before the fault ...
+    assert!(a_down <= election.renew_deadline + slack, "stepped down after {a_down:?}");
+    // ... and the follower waits for the lease to expire after that renewal.
+    assert!(b_up >= election.lease_duration - election.retry_period - slack, "took over after {b_up:?}");
+    assert!(b_up <= election.lease_duration + 2 * election.retry_period + slack, "took over after {b_up:?}");
+    assert!(b_up > a_down);
+    assert_eq!(lease_holder(&api).as_deref(), Some("replica-b"));
+    api.clear_fault();
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_rate_limited_and_counted_across_restarts() {
+    init_tracing();
+    let api = FakeKube::start().await;
+    seed(
+        &api,
+        &["10.1.0.1:8080".parse().expect("addr")],
+        &[("wsingress.io/idle-timeout", "forever"), ("wsingress.io/ping-interval", "often")],
+    );
+    // One Event per object, then one per hour.
+    let limits =
+        EventLimits { per_object_burst: 1, per_object_every: Duration::from_secs(3600), ..EventLimits::default() };
+    let ctl = start_controller(&api, KubeConfig { event_limits: limits, ..fast_config() });
+    eventually(Duration::from_secs(10), "first event", || {
+        (events_with_reason(&api, "InvalidAnnotation").len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(events_with_reason(&api, "InvalidAnnotation").len(), 1, "the second warning is held back");
+    ctl.stop().await;
+
+    // A restart (or a new leader) with room to post: the first Event counts a second
+    // observation instead of being duplicated; the held-back one is created.
+    let ctl = start_controller(&api, fast_config());
+    let events = eventually(Duration::from_secs(10), "both events, the first counted twice", || {
+        let e = events_with_reason(&api, "InvalidAnnotation");
+        (e.len() == 2 && e.iter().any(|e| e.series.as_ref().is_some_and(|s| s.count == 2))).then_some(e)
+    })
+    .await;
+    assert_eq!(events.iter().filter(|e| e.series.is_none()).count(), 1);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_name_services_resolve_at_connect_time_and_unresolvable_ones_get_an_event() {
+    init_tracing();
+    let stop = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let config = wsingress::echo::EchoConfig { prefix: String::new(), instance: "outside".into() };
+    tokio::spawn(wsingress::echo::serve(listener, config, stop.clone()));
+    let api = FakeKube::start().await;
+    api.apply(&ingress_class());
+    let external = |name: &str, target: &str| {
+        let mut svc = service("ExternalName");
+        svc.metadata.name = Some(name.into());
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.external_name = Some(target.into());
+            if let Some(p) = spec.ports.as_mut().and_then(|p| p.first_mut()) {
+                p.port = i32::from(port);
+            }
+        }
+        svc
+    };
+    api.apply(&external("chat", "localhost"));
+    api.apply(&external("nowhere", "no-such-host.invalid"));
+    api.apply(&ingress("chat", "wsingress", &[]));
+    let mut other = ingress_on("nowhere", "wsingress", "nowhere.test");
+    if let Some(b) = other
+        .spec
+        .as_mut()
+        .and_then(|s| s.rules.as_mut())
+        .and_then(|r| r.first_mut())
+        .and_then(|r| r.http.as_mut())
+        .and_then(|h| h.paths.first_mut())
+        .and_then(|p| p.backend.service.as_mut())
+    {
+        b.name = "nowhere".into();
+    }
+    api.apply(&other);
+    let ctl = start_controller(&api, fast_config());
+    eventually(Duration::from_secs(10), "route", || ctl.routes_host(HOST).then_some(())).await;
+    let (proxy, _drain) = start_proxy(ctl.routes.clone()).await;
+    let (mut ws, instance) = connect(proxy).await;
+    assert_eq!(instance, "outside", "connected through the name `localhost`");
+    echo(&mut ws, "via ExternalName").await;
+    let event = eventually(Duration::from_secs(20), "ExternalNameUnresolvable event", || {
+        events_with_reason(&api, "ExternalNameUnresolvable").into_iter().next()
+    })
+    .await;
+    assert!(event.note.unwrap_or_default().contains("no-such-host.invalid"));
+    assert_eq!(event.regarding.and_then(|r| r.name).as_deref(), Some("nowhere"));
+    assert!(events_with_reason(&api, "ExternalNameUnresolvable").len() == 1, "the resolvable one is not reported");
+    ctl.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_list_watches_exactly_those_namespaces() {
+    init_tracing();
+    let api = FakeKube::start().await;
+    api.apply(&ingress_class());
+    for ns in ["apps", "web", "other"] {
+        let mut svc = service("ClusterIP");
+        svc.metadata.namespace = Some(ns.into());
+        api.apply(&svc);
+        let mut s = slice(&["10.1.0.1:8080".parse().expect("addr")]);
+        s.metadata.namespace = Some(ns.into());
+        api.apply(&s);
+        let mut ing = ingress_on("chat", "wsingress", &format!("{ns}.test"));
+        ing.metadata.namespace = Some(ns.into());
+        api.apply(&ing);
+    }
+    let ctl =
+        start_controller(&api, KubeConfig { watch_namespaces: vec!["apps".into(), "web".into()], ..fast_config() });
+    eventually(Duration::from_secs(10), "published", || ctl.routes.has_published().then_some(())).await;
+    assert!(ctl.routes_host("apps.test") && ctl.routes_host("web.test"));
+    assert!(!ctl.routes_host("other.test"));
+    let lists: BTreeSet<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.access().is_some_and(|(_, res, _)| res == "ingresses"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        lists,
+        BTreeSet::from([
+            "/apis/networking.k8s.io/v1/namespaces/apps/ingresses".to_string(),
+            "/apis/networking.k8s.io/v1/namespaces/web/ingresses".to_string()
+        ]),
+        "namespaced lists and watches only"
+    );
+    ctl.stop().await;
 }

@@ -38,9 +38,18 @@ const IDLE_PER_ENDPOINT: usize = 64;
 /// An idle connection older than this is not reused (backends often close at 5 s).
 const IDLE_FOR: Duration = Duration::from_secs(4);
 
-/// Connect to one endpoint with a timeout; `TCP_NODELAY` on.
+/// Connect to one endpoint with a timeout; `TCP_NODELAY` on. An ExternalName endpoint's DNS
+/// name is resolved here, at each connect, and its addresses tried in turn.
 pub async fn connect(ep: &Endpoint, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(ep.addr))
+    let connecting = async {
+        match &ep.hostname {
+            Some(host) => TcpStream::connect((host.as_ref(), ep.addr.port()))
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{host}:{}: {e}", ep.addr.port()))),
+            None => TcpStream::connect(ep.addr).await,
+        }
+    };
+    let stream = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| ProxyError::ConnectTimeout(ep.addr))?
         .map_err(|source| ProxyError::Connect { addr: ep.addr, source })?;

@@ -3,19 +3,18 @@
 //!
 //! Everything here is plain data shared through `Arc`. The only mutable parts are the
 //! per-endpoint live counters (`EndpointLive`), which are carried over from one table to
-//! the next by [`handle::RouteHandle::publish`] so that least-conn counts and draining
-//! survive a reload.
+//! the next by [`handle::RouteHandle::publish`] so that least-conn counts, ejection and
+//! draining survive a reload, and so an endpoint that is briefly not ready keeps them.
 
 pub mod handle;
 pub mod matching;
 pub mod ring;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +100,12 @@ pub struct RouteSettings {
     pub allowed_origins: Vec<String>,
     /// Refuse plain HTTP on this route (426 Upgrade Required).
     pub websocket_only: bool,
+    /// ingress-nginx annotations on the object that wsingress does not implement (each also
+    /// reported by an Event); listed in `/routes`.
+    pub unsupported_annotations: Vec<String>,
+    /// Why the route answers every request with 503: it carries a security annotation
+    /// wsingress does not enforce (fail closed). Its pool is then empty.
+    pub refused: Option<String>,
 }
 
 impl Default for RouteSettings {
@@ -118,6 +123,8 @@ impl Default for RouteSettings {
             max_connections: None,
             allowed_origins: Vec::new(),
             websocket_only: false,
+            unsupported_annotations: Vec::new(),
+            refused: None,
         }
     }
 }
@@ -134,14 +141,47 @@ impl RouteSettings {
     }
 }
 
+/// Where an endpoint is in its life, read from its EndpointSlice conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndpointState {
+    /// Ready: takes new tunnels.
+    Ready,
+    /// Not ready and not terminating (a failed readiness probe, a pod starting): no new
+    /// tunnels; its tunnels stay open and its live state (counts, ejection) is kept for when
+    /// it returns. Drained only once it has stayed not ready for `--unready-drain-after`.
+    NotReady,
+    /// Terminating (serving or not): no new tunnels; its tunnels are drained from now.
+    Terminating,
+}
+
+impl EndpointState {
+    /// The label in metrics and `/routes`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::NotReady => "not_ready",
+            Self::Terminating => "terminating",
+        }
+    }
+}
+
+/// The part of an endpoint's live state that changes with its lifecycle.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    /// Cancelled to drain the tunnels opened while it was current. Replaced by a fresh one
+    /// when a drained endpoint is ready again, so new tunnels are not drained with the old.
+    drain: CancellationToken,
+    /// Since when it has been not ready (`None` while ready or terminating).
+    unready_since: Option<Instant>,
+}
+
 /// Live state of one upstream address, shared by every table that contains it.
 #[derive(Debug, Default)]
 pub struct EndpointLive {
     active: AtomicUsize,
     /// Upgrades in flight towards this endpoint (connect and handshake under way).
     handshaking: AtomicUsize,
-    /// Fired when the endpoint leaves every pool: its tunnels start their drain timers.
-    removed: CancellationToken,
+    lifecycle: Mutex<Lifecycle>,
     /// Milliseconds since the process epoch until which connect failures keep it out of rotation.
     ejected_until_ms: AtomicU64,
 }
@@ -165,17 +205,63 @@ impl EndpointLive {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
     }
-    pub fn removed(&self) -> &CancellationToken {
-        &self.removed
+    fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
     }
+    /// The drain signal a tunnel opened now listens to: cancelled when the endpoint
+    /// terminates, leaves every pool, or stays not ready past `--unready-drain-after`.
+    pub fn removed(&self) -> CancellationToken {
+        self.lifecycle().drain.clone()
+    }
+    /// Whether the tunnels opened on it so far are being drained.
     pub fn is_removed(&self) -> bool {
-        self.removed.is_cancelled()
+        self.lifecycle().drain.is_cancelled()
+    }
+    /// Start draining its tunnels now (idempotent).
+    pub fn drain(&self) {
+        self.lifecycle().drain.cancel();
     }
     pub fn ejected_until_ms(&self) -> u64 {
         self.ejected_until_ms.load(Ordering::Relaxed)
     }
     pub fn eject_until_ms(&self, until: u64) {
         self.ejected_until_ms.store(until, Ordering::Relaxed);
+    }
+    /// Since when it has been not ready, if it is.
+    pub fn unready_since(&self) -> Option<Instant> {
+        self.lifecycle().unready_since
+    }
+
+    /// Record the state a newly published table gives it: ready clears the not-ready clock
+    /// (and re-arms the drain signal if an earlier drain fired), not ready starts the clock
+    /// (once), terminating drains now.
+    pub(crate) fn observe(&self, state: EndpointState, now: Instant) {
+        let mut l = self.lifecycle();
+        match state {
+            EndpointState::Ready => {
+                l.unready_since = None;
+                if l.drain.is_cancelled() {
+                    l.drain = CancellationToken::new();
+                }
+            }
+            EndpointState::NotReady => {
+                l.unready_since.get_or_insert(now);
+            }
+            EndpointState::Terminating => {
+                l.unready_since = None;
+                l.drain.cancel();
+            }
+        }
+    }
+
+    /// Drain it if it has been not ready since `limit` or earlier; true when this call drained it.
+    pub(crate) fn drain_if_unready_since(&self, limit: Instant) -> bool {
+        let l = self.lifecycle();
+        let due = l.unready_since.is_some_and(|t| t <= limit) && !l.drain.is_cancelled();
+        if due {
+            l.drain.cancel();
+        }
+        due
     }
 }
 
@@ -199,41 +285,66 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// One upstream address. `ready == false` means serving-but-terminating: kept only so the
-/// tunnels already on it are not drained early; it gets no new connections.
+/// One upstream address and its lifecycle state; only ready ones get new connections.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    pub ready: bool,
+    pub state: EndpointState,
     /// Pod or target name, for `/routes` and logs only (never a metric label).
     pub target: Option<String>,
+    /// An ExternalName Service's DNS name, resolved at connect time. `addr` is then a
+    /// stand-in unique to the name (in the discard-only prefix `100::/64`, RFC 6666) that
+    /// keys pools and live state; its port is the one connected to.
+    pub hostname: Option<Arc<str>>,
     pub live: Arc<EndpointLive>,
 }
 
 impl Endpoint {
+    /// A ready endpoint, or (`ready == false`) a terminating one.
     pub fn new(addr: SocketAddr, ready: bool) -> Self {
-        Self { addr, ready, target: None, live: Arc::default() }
+        Self::with_state(addr, if ready { EndpointState::Ready } else { EndpointState::Terminating })
+    }
+
+    pub fn with_state(addr: SocketAddr, state: EndpointState) -> Self {
+        Self { addr, state, target: None, hostname: None, live: Arc::default() }
+    }
+
+    /// A ready endpoint for a DNS name resolved at connect time (an ExternalName Service).
+    pub fn external(hostname: &str, port: u16) -> Self {
+        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+        let h = ring::hash_key(name.as_bytes());
+        let stand_in =
+            std::net::Ipv6Addr::new(0x100, 0, 0, 0, (h >> 48) as u16, (h >> 32) as u16, (h >> 16) as u16, h as u16);
+        Self {
+            hostname: Some(name.into()),
+            ..Self::with_state(SocketAddr::new(stand_in.into(), port), EndpointState::Ready)
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state == EndpointState::Ready
     }
 }
 
 /// The endpoints of one backend, in canonical order (sorted by address), with the hash
-/// ring built once over the ready ones.
+/// ring built once over the ready ones, when a hashing policy first needs it (most pools
+/// never do, and a cluster publishes tens of thousands of pools per change).
 #[derive(Debug)]
 pub struct Pool {
     endpoints: Vec<Endpoint>,
     /// Indexes into `endpoints` of the ready ones.
     ready: Vec<usize>,
-    ring: HashRing,
+    ring: Arc<OnceLock<HashRing>>,
     next: AtomicUsize,
 }
 
 impl Pool {
     pub fn new(mut endpoints: Vec<Endpoint>) -> Self {
-        endpoints.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.ready.cmp(&a.ready)));
+        // One entry per address, the most alive state first (Ready < NotReady < Terminating).
+        endpoints.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.state.cmp(&b.state)));
         endpoints.dedup_by(|a, b| a.addr == b.addr);
-        let ready: Vec<usize> = (0..endpoints.len()).filter(|&i| endpoints[i].ready).collect();
-        let ring = HashRing::new(ready.iter().map(|&i| endpoints[i].addr));
-        Self { endpoints, ready, ring, next: AtomicUsize::new(0) }
+        let ready: Vec<usize> = (0..endpoints.len()).filter(|&i| endpoints[i].is_ready()).collect();
+        Self { endpoints, ready, ring: Arc::default(), next: AtomicUsize::new(0) }
     }
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
@@ -249,19 +360,19 @@ impl Pool {
         self.ready.get(n).map(|&i| &self.endpoints[i])
     }
     pub fn ring(&self) -> &HashRing {
-        &self.ring
+        self.ring.get_or_init(|| HashRing::new(self.ready().map(|e| e.addr)))
     }
     /// A rotating start index for round-robin and tie breaking.
     pub fn next_index(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
     /// The same pool (order, ready set, hash ring) with each endpoint's live state taken from
-    /// `live` by address; nothing is sorted or hashed again.
-    fn relinked(&self, live: &HashMap<SocketAddr, Arc<EndpointLive>>) -> Pool {
+    /// `live` by address (its own when `live` has none); nothing is sorted or hashed again.
+    fn relinked(&self, live: impl Fn(SocketAddr) -> Option<Arc<EndpointLive>>) -> Pool {
         let endpoints = self
             .endpoints
             .iter()
-            .map(|ep| Endpoint { live: live.get(&ep.addr).cloned().unwrap_or_else(|| ep.live.clone()), ..ep.clone() })
+            .map(|ep| Endpoint { live: live(ep.addr).unwrap_or_else(|| ep.live.clone()), ..ep.clone() })
             .collect();
         Pool { endpoints, ready: self.ready.clone(), ring: self.ring.clone(), next: AtomicUsize::new(0) }
     }
@@ -311,9 +422,15 @@ pub struct Found<'a> {
 impl RouteTable {
     /// Build a table; rules are ordered by precedence and indexed by host here, once.
     pub fn new(mut rules: Vec<Rule>, default_route: Option<Arc<Route>>) -> Self {
-        rules.sort_by_key(|r| matching::precedence_key(&r.host, &r.path));
-        let mut routes: Vec<Arc<Route>> = Vec::new();
-        let mut by_ptr: HashMap<*const Route, usize> = HashMap::new();
+        rules.sort_by_cached_key(|r| matching::precedence_key(&r.host, &r.path));
+        Self::sorted(rules, default_route)
+    }
+
+    /// A table of rules already in precedence order: its distinct routes get their slots and
+    /// the rules their host index here, once.
+    pub(crate) fn sorted(rules: Vec<Rule>, default_route: Option<Arc<Route>>) -> Self {
+        let mut routes: Vec<Arc<Route>> = Vec::with_capacity(rules.len() + 1);
+        let mut by_ptr: ahash::AHashMap<*const Route, usize> = ahash::AHashMap::with_capacity(rules.len() + 1);
         let mut slot_of = |r: &Arc<Route>| {
             *by_ptr.entry(Arc::as_ptr(r)).or_insert_with(|| {
                 routes.push(r.clone());
@@ -362,59 +479,6 @@ impl RouteTable {
         self.routes.iter()
     }
 
-    /// Swap each endpoint's live state for the one of the same address in `previous`,
-    /// so counters and drain signals carry over a reload.
-    pub(crate) fn adopt_live(self, previous: &RouteTable) -> RouteTable {
-        // One live state per address: the previous table's first, else the first in this one.
-        let mut live: HashMap<SocketAddr, Arc<EndpointLive>> = HashMap::new();
-        for r in previous.routes().chain(self.routes()) {
-            for ep in r.pool.endpoints() {
-                live.entry(ep.addr).or_insert_with(|| ep.live.clone());
-            }
-        }
-        // Each distinct route is rebuilt once, in slot order; rules, slots and the host index
-        // are the same as before, so nothing is sorted or hashed again.
-        let routes: Vec<Arc<Route>> = self
-            .routes
-            .iter()
-            .map(|r| {
-                let pool = r.pool.relinked(&live);
-                Arc::new(Route { id: r.id.clone(), backend: r.backend.clone(), pool, settings: r.settings.clone() })
-            })
-            .collect();
-        let rules = self
-            .rules
-            .iter()
-            .zip(&self.rule_slots)
-            .map(|(rule, &slot)| Rule { host: rule.host.clone(), path: rule.path.clone(), route: routes[slot].clone() })
-            .collect();
-        let default_route = self.default_slot.map(|slot| routes[slot].clone());
-        RouteTable {
-            generation: self.generation,
-            rules,
-            default_route,
-            routes,
-            rule_slots: self.rule_slots,
-            default_slot: self.default_slot,
-            index: self.index,
-        }
-    }
-
-    /// Addresses present in `self` but in no pool of `next`.
-    pub(crate) fn removed_in(&self, next: &RouteTable) -> Vec<Arc<EndpointLive>> {
-        let keep: std::collections::HashSet<SocketAddr> =
-            next.routes().flat_map(|r| r.pool.endpoints().iter().map(|e| e.addr)).collect();
-        let mut out: Vec<Arc<EndpointLive>> = Vec::new();
-        for r in self.routes() {
-            for ep in r.pool.endpoints() {
-                if !keep.contains(&ep.addr) && !out.iter().any(|l| Arc::ptr_eq(l, &ep.live)) {
-                    out.push(ep.live.clone());
-                }
-            }
-        }
-        out
-    }
-
     /// A JSON-friendly view for the admin `/routes` endpoint.
     pub fn view(&self) -> TableView {
         let route_view = |r: &Route| RouteView {
@@ -424,13 +488,17 @@ impl RouteTable {
             idle_timeout_seconds: r.settings.idle_timeout.map(|d| d.as_secs_f64()),
             ping_interval_seconds: r.settings.ping_interval.map(|d| d.as_secs_f64()),
             drain_timeout_seconds: r.settings.drain_timeout.map(|d| d.as_secs_f64()),
+            unsupported_annotations: r.settings.unsupported_annotations.clone(),
+            refused: r.settings.refused.clone(),
             endpoints: r
                 .pool
                 .endpoints()
                 .iter()
                 .map(|e| EndpointView {
                     address: e.addr.to_string(),
-                    state: if e.ready { "ready" } else { "terminating" },
+                    hostname: e.hostname.as_deref().map(str::to_string),
+                    state: e.state.label(),
+                    draining: e.live.is_removed(),
                     target: e.target.clone(),
                     active_connections: e.live.active(),
                 })
@@ -470,13 +538,25 @@ pub struct RouteView {
     pub idle_timeout_seconds: Option<f64>,
     pub ping_interval_seconds: Option<f64>,
     pub drain_timeout_seconds: Option<f64>,
+    /// ingress-nginx annotations of the object that wsingress does not implement.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_annotations: Vec<String>,
+    /// Why every request gets 503 (an unenforced security annotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     pub endpoints: Vec<EndpointView>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct EndpointView {
     pub address: String,
+    /// An ExternalName Service's DNS name (resolved at connect time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `ready`, `not_ready` or `terminating`.
     pub state: &'static str,
+    /// Its tunnels are being drained (terminating, removed, or not ready for too long).
+    pub draining: bool,
     pub target: Option<String>,
     pub active_connections: usize,
 }
@@ -518,26 +598,5 @@ mod tests {
         assert!(s.origin_allowed(Some("https://APP.example.com")));
         assert!(!s.origin_allowed(Some("https://evil.example.com")));
         assert!(!s.origin_allowed(None));
-    }
-
-    #[test]
-    fn reload_keeps_live_state_and_reports_removed_endpoints() {
-        let route = |eps: Vec<Endpoint>| Route {
-            id: "default/chat".into(),
-            backend: "chat:80".into(),
-            pool: Pool::new(eps),
-            settings: RouteSettings::default(),
-        };
-        let old = RouteTable::single(route(vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)]));
-        let live1 = old.default_route().unwrap().pool.endpoints()[0].live.clone();
-        let _guard = live1.track();
-        let new = RouteTable::single(route(vec![ep("10.0.0.1:80", true), ep("10.0.0.3:80", true)]));
-        let removed = old.removed_in(&new);
-        let new = new.adopt_live(&old);
-        let adopted = &new.default_route().unwrap().pool.endpoints()[0];
-        assert!(Arc::ptr_eq(&adopted.live, &live1));
-        assert_eq!(adopted.live.active(), 1);
-        assert_eq!(removed.len(), 1);
-        assert!(Arc::ptr_eq(&removed[0], &old.default_route().unwrap().pool.endpoints()[1].live));
     }
 }

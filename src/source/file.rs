@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Service;
@@ -228,10 +229,10 @@ impl Objects {
 
     fn finish(self) -> (ClusterSnapshot, Vec<Warning>) {
         let snapshot = ClusterSnapshot {
-            ingresses: self.ingresses.into_iter().flatten().collect(),
-            services: self.services.into_iter().flatten().collect(),
-            endpoint_slices: self.endpoint_slices.into_iter().flatten().collect(),
-            ingress_classes: self.ingress_classes.into_iter().flatten().collect(),
+            ingresses: self.ingresses.into_iter().flatten().map(Arc::new).collect(),
+            services: self.services.into_iter().flatten().map(Arc::new).collect(),
+            endpoint_slices: self.endpoint_slices.into_iter().flatten().map(Arc::new).collect(),
+            ingress_classes: self.ingress_classes.into_iter().flatten().map(Arc::new).collect(),
         };
         (snapshot, self.warnings)
     }
@@ -282,11 +283,9 @@ pub fn same_routes(a: &RouteTable, b: &RouteTable) -> bool {
             && x.backend == y.backend
             && x.settings == y.settings
             && x.pool.endpoints().len() == y.pool.endpoints().len()
-            && x.pool
-                .endpoints()
-                .iter()
-                .zip(y.pool.endpoints())
-                .all(|(e, f)| e.addr == f.addr && e.ready == f.ready && e.target == f.target)
+            && x.pool.endpoints().iter().zip(y.pool.endpoints()).all(|(e, f)| {
+                e.addr == f.addr && e.state == f.state && e.target == f.target && e.hostname == f.hostname
+            })
     }
     a.rules().len() == b.rules().len()
         && a.rules()

@@ -1,509 +1,532 @@
-//! Cluster mode: kube-runtime reflectors on Ingress, Service, EndpointSlice (all namespaces or
-//! `--watch-namespace`) and IngressClass; after the first complete sync of all four, every
-//! change is debounced, translated (the same pure `translate` as the file source) and
-//! published. Watch errors, 410 Gone and API outages back off and re-list inside the
-//! reflectors while the last good table keeps serving. Also spawns leader election, the
-//! Ingress status writer and the Event poster (leader only).
+//! Cluster mode: caches of Ingress, Service, EndpointSlice (all namespaces, or each of
+//! `--watch-namespace`) and IngressClass ([`super::watch`]); after the first complete sync of
+//! all, every change is debounced, fingerprinted, translated (the same pure `translate` as
+//! the file source) and published. Watch errors, 410 Gone and API outages back off and
+//! re-list inside the watchers while the last good table keeps serving. Also runs leader
+//! election, the Ingress status writer, the Event poster (leader only) and the ExternalName
+//! check, every task supervised so that one that dies fails `/healthz`.
 //!
 //! ```text
-//!  watcher+reflector ×4 ──notify──> debounce ──> snapshot ──> translate ──> Publisher
-//!                                                      │            └─warnings─> events (leader)
-//!                                                      └─served Ingresses─────> status (leader)
+//!  watches ──notify──> debounce ──> snapshot (Arcs) ──fingerprint──> translate ──> Publisher
+//!                                        │                              └─warnings─┐
+//!                                        │        ExternalName check ──warnings────┴─> Events (leader)
+//!                                        └─our Ingresses──────────────────────────> status (leader)
 //! ```
+//!
+//! Scale: a snapshot shares the caches' `Arc`s (no deep copies), and whether anything that
+//! translation reads changed is decided by a fingerprint of uid and resourceVersion per
+//! object (generation and annotations for an Ingress, so our own status writes do not
+//! translate again), computed without serialising anything.
 
-use std::collections::BTreeSet;
-use std::fmt::Debug;
-use std::future::Future;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::utils::Backoff;
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::runtime::watcher;
+use kube::{Api, Resource};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Publisher;
-use super::events::{self, Report};
+use super::events::{self, EventLimits, Report, Reporter};
 use super::leader::{self, ElectionConfig};
-use super::status::{self, IngressKey, PublishFrom, StatusConfig, StatusError, StatusInput};
-use crate::app::ConfigError;
-use crate::cli::ServeArgs;
-use crate::translate::{self, ClusterSnapshot, Defaults, ObjectRef};
-
-/// Annotation kubectl leaves on applied objects: large and never read, so not cached.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+use super::status::{self, PublishFrom, PublishSource, StatusConfig, StatusInput};
+pub use super::watch::WatchBackoff;
+use super::watch::{Reflected, Watches, resource_version};
+use crate::readiness::Health;
+use crate::routes::RouteTable;
+use crate::translate::{self, ClusterSnapshot, Defaults, ObjectRef, RouteCache, ServedClasses, Warning, reasons};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("cannot build a Kubernetes client from the in-cluster config or kubeconfig: {0}")]
-    Client(#[source] kube::Error),
-    #[error(transparent)]
-    Status(#[from] StatusError),
-    #[error("--{0} must not be empty")]
-    EmptyFlag(&'static str),
-    #[error("the {0} reflector stopped before its first complete sync")]
+    #[error("the {0} watch stopped before its first complete sync")]
     SyncAborted(&'static str),
-}
-
-/// How watches back off after an error: exponential from `initial`, doubling up to `max`,
-/// with up to 25% jitter; reset by the next successful event. kube-runtime's default is
-/// 0.8 s to 30 s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WatchBackoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self { initial: Duration::from_millis(800), max: Duration::from_secs(30) }
-    }
-}
-
-struct BackoffState {
-    config: WatchBackoff,
-    next: Duration,
-}
-
-impl Iterator for BackoffState {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let base = self.next.min(self.config.max);
-        self.next = (base * 2).min(self.config.max);
-        // Jitter without a random source: the clock's sub-second nanos are unpredictable enough
-        // to keep replicas from retrying in lock step.
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let jitter = base.mul_f64(f64::from(nanos % 1000) / 4000.0);
-        Some(base + jitter)
-    }
-}
-
-impl Backoff for BackoffState {
-    fn reset(&mut self) {
-        self.next = self.config.initial;
-    }
-}
-
-impl WatchBackoff {
-    fn start(self) -> BackoffState {
-        BackoffState { config: self, next: self.initial }
-    }
 }
 
 /// Everything cluster mode needs besides the client.
 #[derive(Debug, Clone)]
 pub struct KubeConfig {
-    /// Watch only this namespace (Ingress, Service, EndpointSlice); IngressClass is cluster-scoped.
-    pub watch_namespace: Option<String>,
+    /// Watch only these namespaces (Ingress, Service, EndpointSlice); empty: all. IngressClass
+    /// is cluster-scoped and always watched.
+    pub watch_namespaces: Vec<String>,
     pub defaults: Defaults,
     /// Quiet time after a change before translating: a burst (a rollout) becomes one publish.
     pub debounce: Duration,
     pub backoff: WatchBackoff,
+    /// Objects per page of each (re-)list (`limit`); large clusters list in pages.
+    pub page_size: u32,
     /// Ingress status writing; `None` leaves status alone.
     pub status: Option<StatusConfig>,
     /// Leader election; `None` means this replica always acts as leader (one replica only).
     pub election: Option<ElectionConfig>,
     /// This replica's name in Events (`reportingInstance`).
     pub identity: String,
+    pub event_limits: EventLimits,
+    /// How often the DNS names of ExternalName Services are resolved again, to report the
+    /// ones that do not resolve.
+    pub external_name_check: Duration,
 }
 
 impl KubeConfig {
     pub fn new(defaults: Defaults) -> Self {
         Self {
-            watch_namespace: None,
+            watch_namespaces: Vec::new(),
             defaults,
             debounce: Duration::from_millis(200),
             backoff: WatchBackoff::default(),
+            page_size: 500,
             status: None,
             election: None,
             identity: "wsingress".to_string(),
+            event_limits: EventLimits::default(),
+            external_name_check: Duration::from_secs(60),
         }
     }
-
-    /// From the `serve` flags. `default_namespace` (the client's: the pod's namespace in
-    /// cluster, the kubeconfig context's outside) holds the Lease when `--election-namespace`
-    /// is not given. Pure: call it early to validate flags before binding ports.
-    pub fn from_args(args: &ServeArgs, default_namespace: &str) -> Result<Self, KubeError> {
-        let non_empty = |v: &Option<String>, flag: &'static str| match v.as_deref().map(str::trim) {
-            Some("") => Err(KubeError::EmptyFlag(flag)),
-            other => Ok(other.map(str::to_string)),
-        };
-        let watch_namespace = non_empty(&args.watch_namespace, "watch-namespace")?;
-        let election_namespace =
-            non_empty(&args.election_namespace, "election-namespace")?.unwrap_or_else(|| default_namespace.to_string());
-        let identity = non_empty(&args.pod_name, "pod-name")?
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| format!("wsingress-{}", std::process::id()));
-        if args.election_lease.trim().is_empty() {
-            return Err(KubeError::EmptyFlag("election-lease"));
-        }
-        if args.ingress_class.trim().is_empty() {
-            return Err(KubeError::EmptyFlag("ingress-class"));
-        }
-        let publish = PublishFrom::from_flags(args.publish_service.as_deref(), args.publish_address.as_deref())?;
-        Ok(Self {
-            watch_namespace,
-            defaults: Defaults { class_name: args.ingress_class.trim().to_string(), settings: args.route.settings() },
-            status: publish.map(StatusConfig::new),
-            election: Some(ElectionConfig::new(
-                election_namespace,
-                args.election_lease.trim().to_string(),
-                identity.clone(),
-            )),
-            identity,
-            ..Self::new(Defaults::default())
-        })
-    }
 }
 
-/// Cluster mode wired from the `serve` flags, for `app` when neither `--upstream` nor
-/// `--manifests` is given: validates the flags and builds a client from kube's defaults
-/// (in-cluster service account, else `$KUBECONFIG`/`~/.kube/config`) before anything binds a
-/// port (either failing is a [`ConfigError`], exit 64), then returns the controller to spawn;
-/// it runs until `shutdown`.
-pub async fn run_from_args(
-    args: &ServeArgs,
-    publisher: Publisher,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Pin<Box<dyn Future<Output = ()> + Send>>> {
-    // Flags first, so a typo is reported even where no cluster is reachable.
-    KubeConfig::from_args(args, "default").map_err(|e| ConfigError(e.to_string()))?;
-    let client = kube::Client::try_default().await.map_err(|e| {
-        ConfigError(format!("{}; outside a cluster use --upstream or --manifests", KubeError::Client(e)))
-    })?;
-    let config = KubeConfig::from_args(args, client.default_namespace()).map_err(|e| ConfigError(e.to_string()))?;
-    Ok(Box::pin(async move {
-        if let Err(e) = run(client, config, publisher, shutdown).await {
-            tracing::error!(error = %e, "the Kubernetes controller stopped; the last routes keep serving");
-        }
-    }))
-}
-
-/// Run cluster mode until `shutdown`.
-pub async fn run(
-    client: kube::Client,
-    config: KubeConfig,
-    publisher: Publisher,
-    shutdown: CancellationToken,
-) -> Result<(), KubeError> {
-    KubeSource::new(client, config).run(publisher, shutdown).await
-}
-
-/// The reflector stores translation reads.
+/// The caches translation reads.
 #[derive(Clone)]
-struct Stores {
-    ingresses: Store<Ingress>,
-    services: Store<Service>,
-    endpoint_slices: Store<EndpointSlice>,
-    ingress_classes: Store<IngressClass>,
+pub struct Caches {
+    pub ingresses: Reflected<Ingress>,
+    pub services: Reflected<Service>,
+    pub endpoint_slices: Reflected<EndpointSlice>,
+    pub ingress_classes: Reflected<IngressClass>,
 }
 
-impl Stores {
-    fn snapshot(&self) -> ClusterSnapshot {
-        fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
-            v.iter().map(|k| K::clone(k)).collect()
-        }
+impl Caches {
+    /// Changes exactly when something translation reads changed (uid and resourceVersion per
+    /// object, [`ingress_version`] for Ingresses); kept up to date by the watches.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        (
+            self.ingresses.fingerprint(),
+            self.services.fingerprint(),
+            self.endpoint_slices.fingerprint(),
+            self.ingress_classes.fingerprint(),
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+
+    /// Changes when an Ingress (status included) or an IngressClass changes: what the status
+    /// writer's input depends on.
+    fn status_revision(&self) -> (u64, u64) {
+        (self.ingresses.revision(), self.ingress_classes.fingerprint())
+    }
+
+    /// What translation reads now: the cached objects themselves, shared.
+    pub fn snapshot(&self) -> ClusterSnapshot {
         ClusterSnapshot {
-            ingresses: owned(self.ingresses.state()),
-            services: owned(self.services.state()),
-            endpoint_slices: owned(self.endpoint_slices.state()),
-            ingress_classes: owned(self.ingress_classes.state()),
+            ingresses: self.ingresses.state(),
+            services: self.services.state(),
+            endpoint_slices: self.endpoint_slices.state(),
+            ingress_classes: self.ingress_classes.state(),
         }
     }
 
     async fn wait_synced(&self) -> Result<(), KubeError> {
         let (a, b, c, d) = tokio::join!(
-            self.ingresses.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.endpoint_slices.wait_until_ready(),
-            self.ingress_classes.wait_until_ready(),
+            self.ingresses.wait_synced(),
+            self.services.wait_synced(),
+            self.endpoint_slices.wait_synced(),
+            self.ingress_classes.wait_synced(),
         );
-        a.map_err(|_| KubeError::SyncAborted("Ingress"))?;
-        b.map_err(|_| KubeError::SyncAborted("Service"))?;
-        c.map_err(|_| KubeError::SyncAborted("EndpointSlice"))?;
-        d.map_err(|_| KubeError::SyncAborted("IngressClass"))?;
+        for (ok, kind) in [(a, "Ingress"), (b, "Service"), (c, "EndpointSlice"), (d, "IngressClass")] {
+            if !ok {
+                return Err(KubeError::SyncAborted(kind));
+            }
+        }
         Ok(())
     }
+
+    /// The full reference of the object a warning names (uid and apiVersion when cached),
+    /// for the Event's `regarding`.
+    fn object_reference(&self, o: &ObjectRef) -> ObjectReference {
+        let found = match o.kind.as_str() {
+            "Ingress" => self.ingresses.get(&o.namespace, &o.name).map(|k| k.object_ref(&())),
+            "Service" => self.services.get(&o.namespace, &o.name).map(|k| k.object_ref(&())),
+            "EndpointSlice" => self.endpoint_slices.get(&o.namespace, &o.name).map(|k| k.object_ref(&())),
+            "IngressClass" => self.ingress_classes.get("", &o.name).map(|k| k.object_ref(&())),
+            _ => None,
+        };
+        found.unwrap_or_else(|| ObjectReference {
+            kind: Some(o.kind.clone()),
+            namespace: (!o.namespace.is_empty()).then(|| o.namespace.clone()),
+            name: Some(o.name.clone()),
+            ..ObjectReference::default()
+        })
+    }
 }
 
-/// The controller: reflectors, debounce loop, and the leader-only writers.
-pub struct KubeSource {
+/// Run cluster mode until `shutdown`. Tasks that die fail `health`.
+pub async fn run(
     client: kube::Client,
     config: KubeConfig,
-}
-
-impl KubeSource {
-    pub fn new(client: kube::Client, config: KubeConfig) -> Self {
-        Self { client, config }
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match &self.config.watch_namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
+    publisher: Publisher,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), KubeError> {
+    // Dropping the set (also when this future is dropped) aborts every task.
+    let mut tasks = JoinSet::new();
+    let children = shutdown.child_token();
+    let changed = Arc::new(Notify::new());
+    let metrics = publisher.metrics().clone();
+    let mut watches = Watches {
+        tasks: &mut tasks,
+        health: &health,
+        metrics: &metrics,
+        stop: &children,
+        backoff: config.backoff,
+        page_size: config.page_size,
+    };
+    let caches = watch_caches(&mut watches, &client, &config.watch_namespaces, &changed);
+    let publish = config.status.as_ref().and_then(|s| match &s.publish {
+        PublishFrom::Service { namespace, name } => {
+            let changed = Arc::new(Notify::new());
+            let api = Api::<Service>::namespaced(client.clone(), namespace);
+            let selector = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let scope = format!("{namespace} (publish Service {name})");
+            let service = watches.reflect("Service", vec![(scope, api)], selector, resource_version, &changed);
+            Some(PublishSource { service, changed })
         }
+        PublishFrom::Address(_) => None,
+    });
+
+    let (leader_tx, mut leader_rx) = watch::channel(config.election.is_none());
+    metrics.controller_leader.set(i64::from(config.election.is_none()));
+    if let Some(election) = config.election.clone() {
+        health.spawn(
+            &mut tasks,
+            "leader election",
+            &children,
+            leader::run(client.clone(), election, leader_tx, children.clone()),
+        );
     }
-
-    pub async fn run(self, publisher: Publisher, shutdown: CancellationToken) -> Result<(), KubeError> {
-        let changed = Arc::new(Notify::new());
-        let backoff = self.config.backoff;
-        // Dropping the set (also when this future is dropped) aborts every task.
-        let mut tasks = JoinSet::new();
-        let children = shutdown.child_token();
-
-        let stores = Stores {
-            ingresses: spawn_reflector(&mut tasks, self.api::<Ingress>(), "Ingress", backoff, &changed, &children),
-            services: spawn_reflector(&mut tasks, self.api::<Service>(), "Service", backoff, &changed, &children),
-            endpoint_slices: spawn_reflector(
-                &mut tasks,
-                self.api::<EndpointSlice>(),
-                "EndpointSlice",
-                backoff,
-                &changed,
-                &children,
-            ),
-            ingress_classes: spawn_reflector(
-                &mut tasks,
-                Api::<IngressClass>::all(self.client.clone()),
-                "IngressClass",
-                backoff,
-                &changed,
-                &children,
-            ),
-        };
-
-        let (leader_tx, leader_rx) = watch::channel(self.config.election.is_none());
-        if let Some(election) = self.config.election.clone() {
-            tasks.spawn(leader::run(self.client.clone(), election, leader_tx, children.clone()));
-        }
-        let (reports_tx, reports_rx) = watch::channel(Arc::new(Vec::<Report>::new()));
-        tasks.spawn(events::run(
-            self.client.clone(),
-            self.config.identity.clone(),
+    let (mut reconciler, outputs) = Reconciler::new(config.defaults.clone(), publisher);
+    let Outputs { reports: reports_rx, status: status_rx, targets: targets_rx, unresolved: unresolved_tx } = outputs;
+    let reporter = Reporter { controller: config.defaults.controller_name.clone(), instance: config.identity.clone() };
+    health.spawn(
+        &mut tasks,
+        "events",
+        &children,
+        events::run(
+            client.clone(),
+            reporter,
+            config.event_limits,
             reports_rx,
             leader_rx.clone(),
-            backoff.max,
+            config.backoff.max,
             children.clone(),
-        ));
-        let (status_tx, status_rx) = watch::channel(StatusInput::default());
-        if let Some(status_config) = self.config.status.clone() {
-            tasks.spawn(status::run(
-                self.client.clone(),
-                status_config,
-                stores.ingresses.clone(),
-                status_rx,
-                leader_rx,
-                children.clone(),
-            ));
-        }
-
-        tokio::select! {
-            r = stores.wait_synced() => r?,
-            () = shutdown.cancelled() => return Ok(()),
-        }
-        tracing::info!(
-            namespace = self.config.watch_namespace.as_deref().unwrap_or("(all)"),
-            ingresses = stores.ingresses.len(),
-            services = stores.services.len(),
-            endpoint_slices = stores.endpoint_slices.len(),
-            ingress_classes = stores.ingress_classes.len(),
-            "initial sync complete"
+        ),
+    );
+    if let Some(status_config) = config.status.clone() {
+        let run = status::run(
+            client.clone(),
+            status_config,
+            caches.ingresses.clone(),
+            publish,
+            status_rx,
+            leader_rx.clone(),
+            children.clone(),
         );
+        health.spawn(&mut tasks, "ingress status", &children, run);
+    }
+    health.spawn(
+        &mut tasks,
+        "external name check",
+        &children,
+        check_external_names(targets_rx, unresolved_tx, config.external_name_check, children.clone()),
+    );
 
-        let mut published: Option<u64> = None;
-        loop {
-            let snapshot = stores.snapshot();
-            let fingerprint = fingerprint(&snapshot);
-            if published != Some(fingerprint) {
-                let (table, warnings) = translate::translate(&snapshot, &self.config.defaults);
-                publisher.publish(table, &warnings);
-                let reports = warnings
-                    .into_iter()
-                    .map(|w| Report { regarding: object_reference(&snapshot, &w.object), warning: w })
-                    .collect();
-                reports_tx.send_replace(Arc::new(reports));
-                published = Some(fingerprint);
+    tokio::select! {
+        r = caches.wait_synced() => r?,
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    tracing::info!(
+        namespaces =
+            if config.watch_namespaces.is_empty() { "(all)".to_string() } else { config.watch_namespaces.join(",") },
+        ingresses = caches.ingresses.len(),
+        services = caches.services.len(),
+        endpoint_slices = caches.endpoint_slices.len(),
+        ingress_classes = caches.ingress_classes.len(),
+        "initial sync complete"
+    );
+
+    loop {
+        reconciler.reconcile(&caches);
+        tokio::select! {
+            () = changed.notified() => {}
+            r = reconciler.unresolved.changed() => {
+                if r.is_ok() {
+                    reconciler.reports_stale = true;
+                }
+                continue;
             }
-            let input = StatusInput {
-                served: served_ingresses(&snapshot, &self.config.defaults),
-                statuses: status_fingerprint(&snapshot),
-            };
-            status_tx.send_if_modified(|old| {
+            r = leader_rx.changed() => {
+                if r.is_ok() {
+                    metrics.controller_leader.set(i64::from(*leader_rx.borrow_and_update()));
+                }
+                continue;
+            }
+            () = shutdown.cancelled() => break,
+        }
+        // Coalesce a burst of changes into one translation.
+        tokio::select! {
+            () = tokio::time::sleep(config.debounce) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    // Let the elector release the Lease (bounded inside) before the tasks are dropped.
+    children.cancel();
+    let wait_all = async { while tasks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(3), wait_all).await;
+    Ok(())
+}
+
+/// The channels a [`Reconciler`] feeds and reads.
+pub struct Outputs {
+    /// Warnings as Events to post (with their objects' references).
+    pub reports: watch::Receiver<Arc<Vec<Report>>>,
+    /// The Ingresses we serve, for the status writer.
+    pub status: watch::Receiver<StatusInput>,
+    /// ExternalName targets to resolve.
+    targets: watch::Receiver<Arc<BTreeSet<ExternalTarget>>>,
+    /// Warnings about ExternalName targets that do not resolve.
+    unresolved: watch::Sender<Arc<Vec<Warning>>>,
+}
+
+/// One pass of the controller loop, kept apart so a benchmark drives exactly what the
+/// controller runs: snapshot the caches, fingerprint them, and when routing inputs changed
+/// translate and publish; then refresh the Events' and the status writer's inputs.
+pub struct Reconciler {
+    defaults: Defaults,
+    publisher: Publisher,
+    published: Option<u64>,
+    /// Routes of earlier passes, reused where their inputs did not change.
+    routes: RouteCache,
+    /// The status writer's input was computed at this revision.
+    status_revision: Option<(u64, u64)>,
+    warnings: Vec<Warning>,
+    reports_stale: bool,
+    reports: watch::Sender<Arc<Vec<Report>>>,
+    status: watch::Sender<StatusInput>,
+    targets: watch::Sender<Arc<BTreeSet<ExternalTarget>>>,
+    unresolved: watch::Receiver<Arc<Vec<Warning>>>,
+}
+
+impl Reconciler {
+    pub fn new(defaults: Defaults, publisher: Publisher) -> (Self, Outputs) {
+        let (reports, reports_rx) = watch::channel(Arc::new(Vec::new()));
+        let (status, status_rx) = watch::channel(StatusInput::default());
+        let (targets, targets_rx) = watch::channel(Arc::new(BTreeSet::new()));
+        let (unresolved_tx, unresolved) = watch::channel(Arc::new(Vec::new()));
+        let reconciler = Self {
+            defaults,
+            publisher,
+            published: None,
+            routes: RouteCache::default(),
+            status_revision: None,
+            warnings: Vec::new(),
+            reports_stale: true,
+            reports,
+            status,
+            targets,
+            unresolved,
+        };
+        let outputs =
+            Outputs { reports: reports_rx, status: status_rx, targets: targets_rx, unresolved: unresolved_tx };
+        (reconciler, outputs)
+    }
+
+    /// One pass; true when a new table was published.
+    pub fn reconcile(&mut self, caches: &Caches) -> bool {
+        let fp = caches.fingerprint();
+        let publish = self.published != Some(fp);
+        if publish {
+            let snapshot = caches.snapshot();
+            let (table, warnings) = translate::translate_cached(&snapshot, &self.defaults, &mut self.routes);
+            self.targets.send_if_modified(|old| {
+                let now = external_targets(&table);
+                let differs = **old != now;
+                *old = Arc::new(now);
+                differs
+            });
+            self.publisher.publish(table, &warnings);
+            // The objects the warnings name may have been re-created (new uids): refresh.
+            self.reports_stale |= !warnings.is_empty() || warnings != self.warnings;
+            self.warnings = warnings;
+            self.published = Some(fp);
+        }
+        if self.reports_stale {
+            let unresolved = self.unresolved.borrow_and_update().clone();
+            let reports: Vec<Report> = self
+                .warnings
+                .iter()
+                .chain(unresolved.iter())
+                .map(|w| Report { regarding: caches.object_reference(&w.object), warning: w.clone() })
+                .collect();
+            self.reports.send_replace(Arc::new(reports));
+            self.reports_stale = false;
+        }
+        let revision = caches.status_revision();
+        if self.status_revision != Some(revision) {
+            let input = status_input(&caches.ingresses.state(), &caches.ingress_classes.state(), &self.defaults);
+            self.status.send_if_modified(|old| {
                 let differs = *old != input;
                 *old = input;
                 differs
             });
-
-            tokio::select! {
-                () = changed.notified() => {}
-                () = shutdown.cancelled() => break,
-            }
-            // Coalesce a burst of changes into one translation.
-            tokio::select! {
-                () = tokio::time::sleep(self.config.debounce) => {}
-                () = shutdown.cancelled() => break,
-            }
+            self.status_revision = Some(revision);
         }
-        // Let the elector release the Lease (bounded inside) before the tasks are dropped.
-        children.cancel();
-        let wait_all = async { while tasks.join_next().await.is_some() {} };
-        let _ = tokio::time::timeout(Duration::from_secs(3), wait_all).await;
-        Ok(())
+        publish
     }
 }
 
-/// Start a watcher + reflector for `K`; returns its store. Each applied/deleted object and each
-/// completed (re-)list wakes the debounce loop.
-fn spawn_reflector<K>(
-    tasks: &mut JoinSet<()>,
-    api: Api<K>,
-    kind: &'static str,
-    backoff: WatchBackoff,
+/// The four watched kinds: namespaced kinds in each of `namespaces` (all when empty).
+fn watch_caches(
+    watches: &mut Watches<'_>,
+    client: &kube::Client,
+    namespaces: &[String],
     changed: &Arc<Notify>,
-    stop: &CancellationToken,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let changed = changed.clone();
-    let stop = stop.clone();
-    tasks.spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
-            .modify(|o: &mut K| {
-                o.managed_fields_mut().clear();
-                o.annotations_mut().remove(LAST_APPLIED);
-            })
-            .backoff(backoff.start());
-        let mut stream = pin!(reflector::reflector(writer, stream));
-        let mut failing = false;
-        loop {
-            let event = tokio::select! {
-                e = stream.next() => e,
-                () = stop.cancelled() => return,
-            };
-            let Some(event) = event else { return };
-            match event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => changed.notify_one(),
-                Ok(watcher::Event::InitDone) => {
-                    if failing {
-                        tracing::info!(kind, "watch recovered (re-listed)");
-                        failing = false;
-                    }
-                    changed.notify_one();
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Err(e) => {
-                    failing = true;
-                    tracing::warn!(
-                        kind,
-                        error = %e,
-                        "watch failed; backing off and retrying (the last good routes keep serving)"
-                    );
-                }
+) -> Caches {
+    fn apis<K>(client: &kube::Client, namespaces: &[String]) -> Vec<(String, Api<K>)>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        if namespaces.is_empty() {
+            return vec![(String::new(), Api::all(client.clone()))];
+        }
+        namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
+    }
+    let all = watcher::Config::default();
+    let cluster = vec![(String::new(), Api::all(client.clone()))];
+    Caches {
+        ingresses: watches.reflect("Ingress", apis(client, namespaces), all.clone(), ingress_version, changed),
+        services: watches.reflect("Service", apis(client, namespaces), all.clone(), resource_version, changed),
+        endpoint_slices: watches.reflect(
+            "EndpointSlice",
+            apis(client, namespaces),
+            all.clone(),
+            resource_version,
+            changed,
+        ),
+        ingress_classes: watches.reflect("IngressClass", cluster, all, resource_version, changed),
+    }
+}
+
+/// What translation reads of an Ingress: its generation (spec changes) and annotations, not
+/// its resourceVersion, so status updates (ours included) do not translate again. Without a
+/// generation (not from an API server), its resourceVersion.
+pub fn ingress_version(i: &Ingress) -> u64 {
+    let m = &i.metadata;
+    let mut h = DefaultHasher::new();
+    m.uid.hash(&mut h);
+    match m.generation {
+        Some(g) => (g, &m.annotations).hash(&mut h),
+        None => m.resource_version.hash(&mut h),
+    }
+    h.finish()
+}
+
+/// The Ingresses we serve, with their versions: the status writer's input.
+fn status_input(ingresses: &[Arc<Ingress>], classes: &[Arc<IngressClass>], defaults: &Defaults) -> StatusInput {
+    let served = ServedClasses::new(classes, defaults);
+    StatusInput::new(ingresses.iter().filter(|i| served.serves(i)).cloned().collect())
+}
+
+/// An ExternalName Service's DNS name a route connects to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ExternalTarget {
+    service: ObjectRef,
+    host: String,
+    port: u16,
+}
+
+/// Every ExternalName target of the table, with the Service it comes from (the route's
+/// namespace and its backend's Service name).
+fn external_targets(table: &RouteTable) -> BTreeSet<ExternalTarget> {
+    let mut out = BTreeSet::new();
+    for route in table.routes() {
+        // An ExternalName backend is always its pool's one endpoint.
+        let [ep] = route.pool.endpoints() else { continue };
+        let namespace = route.id.split('/').next().unwrap_or_default();
+        let service = route.backend.split(':').next().unwrap_or_default();
+        {
+            if let Some(host) = &ep.hostname {
+                out.insert(ExternalTarget {
+                    service: ObjectRef { kind: "Service".into(), namespace: namespace.into(), name: service.into() },
+                    host: host.to_string(),
+                    port: ep.addr.port(),
+                });
             }
         }
-    });
-    store
+    }
+    out
 }
 
-/// A hash of what translation reads: objects without resourceVersion, managed fields or
-/// Ingress status, in a stable order. Equal fingerprints translate to the same table, so
-/// status writes and no-op resyncs do not publish again.
-fn fingerprint(s: &ClusterSnapshot) -> u64 {
-    fn add<K: Serialize + ResourceExt>(h: &mut DefaultHasher, items: &[K], strip: impl Fn(&mut serde_json::Value)) {
-        let mut values: Vec<(String, String, Vec<u8>)> = items
-            .iter()
-            .map(|k| {
-                let mut v = serde_json::to_value(k).unwrap_or_default();
-                if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-                    meta.remove("resourceVersion");
-                    meta.remove("managedFields");
-                    meta.remove("generation");
+/// Resolve each ExternalName target when the set changes and every `every`; publish a
+/// warning for each that does not resolve (connections to it fail until it does).
+async fn check_external_names(
+    mut targets: watch::Receiver<Arc<BTreeSet<ExternalTarget>>>,
+    unresolved: watch::Sender<Arc<Vec<Warning>>>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+    loop {
+        let now = targets.borrow_and_update().clone();
+        let mut found = Vec::new();
+        let mut results: HashMap<(&str, u16), Option<String>> = HashMap::new();
+        for t in now.iter() {
+            let problem = match results.get(&(t.host.as_str(), t.port)) {
+                Some(known) => known.clone(),
+                None => {
+                    let lookup = tokio::net::lookup_host((t.host.as_str(), t.port));
+                    let problem = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+                        Ok(Ok(addrs)) => (addrs.count() == 0).then(|| "resolves to no address".to_string()),
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some(format!("no answer within {LOOKUP_TIMEOUT:?}")),
+                    };
+                    results.insert((t.host.as_str(), t.port), problem.clone());
+                    problem
                 }
-                strip(&mut v);
-                let bytes = serde_json::to_vec(&v).unwrap_or_default();
-                (k.namespace().unwrap_or_default(), k.name_any(), bytes)
-            })
-            .collect();
-        values.sort();
-        values.len().hash(h);
-        values.hash(h);
-    }
-    let mut h = DefaultHasher::new();
-    add(&mut h, &s.ingresses, |v| {
-        if let Some(o) = v.as_object_mut() {
-            o.remove("status");
+            };
+            if let Some(why) = problem {
+                found.push(Warning {
+                    object: t.service.clone(),
+                    field: "spec.externalName".into(),
+                    value: t.host.clone(),
+                    reason: format!(
+                        "`{}` does not resolve ({why}); connections to it fail with 502 until it does",
+                        t.host
+                    ),
+                    event_reason: reasons::EXTERNAL_NAME_UNRESOLVABLE,
+                });
+            }
         }
-    });
-    add(&mut h, &s.services, |_| {});
-    add(&mut h, &s.endpoint_slices, |_| {});
-    add(&mut h, &s.ingress_classes, |_| {});
-    h.finish()
-}
-
-fn status_fingerprint(s: &ClusterSnapshot) -> u64 {
-    let mut items: Vec<(String, String, String)> = s
-        .ingresses
-        .iter()
-        .map(|i| {
-            (i.namespace().unwrap_or_default(), i.name_any(), serde_json::to_string(&i.status).unwrap_or_default())
-        })
-        .collect();
-    items.sort();
-    let mut h = DefaultHasher::new();
-    items.hash(&mut h);
-    h.finish()
-}
-
-/// The Ingresses this controller serves (class filtering is translation's).
-fn served_ingresses(s: &ClusterSnapshot, defaults: &Defaults) -> BTreeSet<IngressKey> {
-    translate::served_ingresses(s, defaults).into_iter().map(|o| (o.namespace, o.name)).collect()
-}
-
-/// The full reference of the object a warning names (uid and apiVersion when it is in the
-/// snapshot), for the Event's `regarding`.
-fn object_reference(s: &ClusterSnapshot, o: &ObjectRef) -> ObjectReference {
-    fn find<K: Resource<DynamicType = ()> + ResourceExt>(items: &[K], o: &ObjectRef) -> Option<ObjectReference> {
-        items
-            .iter()
-            .find(|k| k.name_any() == o.name && k.namespace().unwrap_or_default() == o.namespace)
-            .map(|k| k.object_ref(&()))
+        translate::sort_warnings(&mut found);
+        unresolved.send_if_modified(|old| {
+            let differs = **old != found;
+            *old = Arc::new(found);
+            differs
+        });
+        tokio::select! {
+            r = targets.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
     }
-    let found = match o.kind.as_str() {
-        "Ingress" => find(&s.ingresses, o),
-        "Service" => find(&s.services, o),
-        "EndpointSlice" => find(&s.endpoint_slices, o),
-        "IngressClass" => find(&s.ingress_classes, o),
-        _ => None,
-    };
-    found.unwrap_or_else(|| ObjectReference {
-        kind: Some(o.kind.clone()),
-        namespace: (!o.namespace.is_empty()).then(|| o.namespace.clone()),
-        name: Some(o.name.clone()),
-        ..ObjectReference::default()
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::source::watch::TrackedWriter;
     use k8s_openapi::api::networking::v1::{IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus};
     use kube::api::ObjectMeta;
 
@@ -514,31 +537,47 @@ mod tests {
                 namespace: Some("apps".into()),
                 uid: Some(format!("uid-{name}")),
                 resource_version: Some("1".into()),
+                generation: Some(1),
                 ..ObjectMeta::default()
             },
             ..Ingress::default()
         }
     }
 
-    #[test]
-    fn backoff_doubles_to_max_and_resets() {
-        let mut b = WatchBackoff { initial: Duration::from_millis(100), max: Duration::from_millis(350) }.start();
-        let d: Vec<Duration> = (0..4).map(|_| b.next().unwrap_or_default()).collect();
-        let within =
-            |d: Duration, base: u64| d >= Duration::from_millis(base) && d <= Duration::from_millis(base + base / 4);
-        assert!(within(d[0], 100) && within(d[1], 200), "{d:?}");
-        assert!(within(d[2], 350) && within(d[3], 350), "{d:?}");
-        b.reset();
-        assert!(within(b.next().unwrap_or_default(), 100));
+    fn caches_with(ingresses: Vec<Ingress>) -> (Caches, TrackedWriter<Ingress>, TrackedWriter<Service>) {
+        let (is, ifp, mut iw) = TrackedWriter::new(ingress_version);
+        let (ss, sfp, mut sw) = TrackedWriter::new(resource_version);
+        let (es, efp, mut ew) = TrackedWriter::<EndpointSlice>::new(resource_version);
+        let (cs, cfp, mut cw) = TrackedWriter::<IngressClass>::new(resource_version);
+        iw.apply(&watcher::Event::Init);
+        for i in ingresses {
+            iw.apply(&watcher::Event::InitApply(i));
+        }
+        iw.apply(&watcher::Event::InitDone);
+        sw.apply(&watcher::Event::Init);
+        sw.apply(&watcher::Event::InitDone);
+        ew.apply(&watcher::Event::Init);
+        ew.apply(&watcher::Event::InitDone);
+        cw.apply(&watcher::Event::Init);
+        cw.apply(&watcher::Event::InitDone);
+        let caches = Caches {
+            ingresses: Reflected::from_parts(vec![(is, ifp)]),
+            services: Reflected::from_parts(vec![(ss, sfp)]),
+            endpoint_slices: Reflected::from_parts(vec![(es, efp)]),
+            ingress_classes: Reflected::from_parts(vec![(cs, cfp)]),
+        };
+        (caches, iw, sw)
     }
 
     #[test]
-    fn fingerprint_ignores_status_and_versions_only() {
-        let a = ClusterSnapshot { ingresses: vec![ingress("chat"), ingress("feed")], ..ClusterSnapshot::default() };
-        let mut b = a.clone();
-        b.ingresses.reverse();
-        b.ingresses[0].metadata.resource_version = Some("7".into());
-        b.ingresses[1].status = Some(IngressStatus {
+    fn the_fingerprint_ignores_ingress_status_only() {
+        let (caches, mut ingresses, mut services) = caches_with(vec![ingress("chat"), ingress("feed")]);
+        let start = caches.fingerprint();
+        let revision = caches.status_revision();
+        // A status write: new resourceVersion, same generation.
+        let mut chat = ingress("chat");
+        chat.metadata.resource_version = Some("7".into());
+        chat.status = Some(IngressStatus {
             load_balancer: Some(IngressLoadBalancerStatus {
                 ingress: Some(vec![IngressLoadBalancerIngress {
                     ip: Some("10.0.0.1".into()),
@@ -546,60 +585,56 @@ mod tests {
                 }]),
             }),
         });
-        assert_eq!(fingerprint(&a), fingerprint(&b));
-        assert_ne!(status_fingerprint(&a), status_fingerprint(&b));
-        b.ingresses[0]
-            .metadata
-            .annotations
-            .get_or_insert_default()
-            .insert("wsingress.io/idle-timeout".into(), "5m".into());
-        assert_ne!(fingerprint(&a), fingerprint(&b));
+        ingresses.apply(&watcher::Event::Apply(chat.clone()));
+        assert_eq!(caches.fingerprint(), start, "no routing input changed");
+        assert_ne!(caches.status_revision(), revision, "but the status writer looks again");
+        // A spec change bumps the generation; an annotation does not, but is read.
+        chat.metadata.generation = Some(2);
+        ingresses.apply(&watcher::Event::Apply(chat.clone()));
+        let spec_changed = caches.fingerprint();
+        assert_ne!(spec_changed, start);
+        chat.metadata.annotations.get_or_insert_default().insert("wsingress.io/idle-timeout".into(), "5m".into());
+        ingresses.apply(&watcher::Event::Apply(chat));
+        assert_ne!(caches.fingerprint(), spec_changed);
+        // Any other kind: its resourceVersion.
+        let before = caches.fingerprint();
+        let svc = Service {
+            metadata: ObjectMeta {
+                name: Some("chat".into()),
+                namespace: Some("apps".into()),
+                uid: Some("u".into()),
+                resource_version: Some("1".into()),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        };
+        services.apply(&watcher::Event::Apply(svc));
+        assert_ne!(caches.fingerprint(), before);
     }
 
     #[test]
-    fn warnings_point_at_the_object_with_its_uid() {
-        let s = ClusterSnapshot { ingresses: vec![ingress("chat")], ..ClusterSnapshot::default() };
-        let r =
-            object_reference(&s, &ObjectRef { kind: "Ingress".into(), namespace: "apps".into(), name: "chat".into() });
-        assert_eq!(r.uid.as_deref(), Some("uid-chat"));
-        assert_eq!(r.api_version.as_deref(), Some("networking.k8s.io/v1"));
-        let missing =
-            object_reference(&s, &ObjectRef { kind: "Service".into(), namespace: "apps".into(), name: "gone".into() });
-        assert_eq!(missing.name.as_deref(), Some("gone"));
-        assert!(missing.uid.is_none());
-    }
-
-    #[test]
-    fn config_from_flags() {
-        let cli = crate::cli::Cli::try_parse_from([
-            "wsingress",
-            "serve",
-            "--watch-namespace",
-            "apps",
-            "--publish-service",
-            "ingress/wsingress",
-            "--pod-name",
-            "wsingress-0",
-            "--ingress-class",
-            "ws",
-        ])
-        .unwrap();
-        let crate::cli::Command::Serve(args) = cli.command else { panic!("not serve") };
-        let c = KubeConfig::from_args(&args, "ingress").unwrap();
-        assert_eq!(c.watch_namespace.as_deref(), Some("apps"));
-        assert_eq!(c.defaults.class_name, "ws");
-        assert_eq!(c.identity, "wsingress-0");
-        let e = c.election.unwrap();
-        assert_eq!((e.namespace.as_str(), e.lease_name.as_str()), ("ingress", "wsingress-leader"));
-        assert_eq!(
-            c.status.map(|s| s.publish),
-            Some(PublishFrom::Service { namespace: "ingress".into(), name: "wsingress".into() })
-        );
-        let mut bad = (*args).clone();
-        bad.publish_service = Some("nope".into());
-        assert!(matches!(KubeConfig::from_args(&bad, "x"), Err(KubeError::Status(_))));
-        bad.publish_service = None;
-        bad.pod_name = Some(String::new());
-        assert!(matches!(KubeConfig::from_args(&bad, "x"), Err(KubeError::EmptyFlag("pod-name"))));
+    fn status_input_covers_only_served_ingresses() {
+        let mut ours = ingress("chat");
+        ours.spec = Some(k8s_openapi::api::networking::v1::IngressSpec {
+            ingress_class_name: Some("wsingress".into()),
+            ..Default::default()
+        });
+        let mut theirs = ingress("other");
+        theirs.spec = Some(k8s_openapi::api::networking::v1::IngressSpec {
+            ingress_class_name: Some("nginx".into()),
+            ..Default::default()
+        });
+        let d = Defaults::default();
+        let ours = Arc::new(ours);
+        let input = |ings: Vec<Arc<Ingress>>| status_input(&ings, &[], &d);
+        let before = input(vec![ours.clone(), Arc::new(theirs.clone())]);
+        assert_eq!(before.served.len(), 1);
+        assert!(Arc::ptr_eq(&before.served[0], &ours));
+        theirs.metadata.resource_version = Some("9".into());
+        let after = input(vec![ours.clone(), Arc::new(theirs)]);
+        assert_eq!(before, after, "another controller's Ingress changing triggers no status pass");
+        let mut changed = Ingress::clone(&ours);
+        changed.metadata.resource_version = Some("9".into());
+        assert_ne!(before, input(vec![Arc::new(changed)]), "ours changing does");
     }
 }

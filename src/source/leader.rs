@@ -6,7 +6,11 @@
 //! replica's own clock* (no cross-node clock comparison); every write is a replace carrying
 //! the read `resourceVersion`, so two candidates racing for it get one success and one 409.
 //! A leader that cannot renew within `renew_deadline` steps down before anyone else may take
-//! over; on shutdown it releases the Lease so a successor takes over at once.
+//! over; on shutdown it releases the Lease so a successor takes over at once. The bound: a
+//! leader stops acting at most `renew_deadline` (10 s) after the start of its last successful
+//! renewal; a follower takes over no earlier than `lease_duration` (15 s) after it last saw
+//! the Lease change, which is after that renewal started; so two replicas never act as leader
+//! at once unless their clocks' rates differ by a third.
 
 use std::time::Duration;
 
@@ -19,38 +23,36 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Who we are and how the Lease is held.
+/// Who we are and how the Lease is held (client-go's `LeaderElectionConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElectionConfig {
     pub namespace: String,
     pub lease_name: String,
     /// This replica's identity (`--pod-name`).
     pub identity: String,
-    /// How long a holder's claim lasts without renewal (written into the Lease).
+    /// How long a holder's claim lasts without renewal (written into the Lease): a follower
+    /// takes over only after it has seen no renewal for this long.
     pub lease_duration: Duration,
-    /// How often the leader renews.
-    pub renew_every: Duration,
-    /// How often a follower checks whether it may take over.
-    pub retry_every: Duration,
+    /// A leader that has not renewed for this long (from the start of its last successful
+    /// renewal) stops acting as leader. Shorter than `lease_duration`, so it steps down
+    /// before any follower may take over.
+    pub renew_deadline: Duration,
+    /// How often the leader renews and a follower tries to acquire; also the wait between
+    /// failed attempts.
+    pub retry_period: Duration,
 }
 
 impl ElectionConfig {
-    /// client-go's defaults: 15 s lease, renew every 5 s, retry every 2 s.
+    /// client-go's defaults: 15 s lease, 10 s renew deadline, 2 s retry period.
     pub fn new(namespace: String, lease_name: String, identity: String) -> Self {
         Self {
             namespace,
             lease_name,
             identity,
             lease_duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
-            retry_every: Duration::from_secs(2),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
         }
-    }
-
-    /// A leader that has not renewed for this long stops acting as leader: two thirds of the
-    /// lease, so it steps down before a follower's view of the lease expires.
-    pub fn renew_deadline(&self) -> Duration {
-        self.lease_duration * 2 / 3
     }
 
     fn lease_seconds(&self) -> i32 {
@@ -161,6 +163,12 @@ impl Elector {
 }
 
 /// Run the election until `shutdown`; `leader` says whether this replica leads right now.
+///
+/// As client-go: a follower tries to acquire every `retry_period`; the leader renews every
+/// `retry_period`, retrying failed renewals at the same pace, and steps down as soon as
+/// `renew_deadline` has passed since the start of its last successful renewal, even while a
+/// request hangs (each attempt is bounded by the time left). A follower takes the Lease only
+/// after `lease_duration` without a renewal, as timed by its own clock.
 pub async fn run(
     client: kube::Client,
     config: ElectionConfig,
@@ -173,45 +181,59 @@ pub async fn run(
         observed: None,
         observed_at: Instant::now(),
     };
-    let mut last_renewal: Option<Instant> = None;
+    let retry = elector.config.retry_period;
+    let renew_deadline = elector.config.renew_deadline;
+    // When the last successful renewal was sent (the server may have applied it any time after).
+    let mut renewed_at: Option<Instant> = None;
     loop {
         let leading = *leader.borrow();
-        // A hung API server must not keep a leader acting past its renew deadline.
-        let limit = elector.config.renew_deadline() / 2;
+        let started = Instant::now();
+        let deadline = renewed_at.map(|t| t + renew_deadline);
+        let limit = match deadline {
+            Some(d) if leading => d.saturating_duration_since(started).min(retry),
+            _ => retry,
+        }
+        .max(Duration::from_millis(1));
         let round = tokio::select! {
             r = tokio::time::timeout(limit, elector.round()) => r.unwrap_or(Err(RoundError::TimedOut(limit))),
             () = shutdown.cancelled() => break,
         };
         match round {
             Ok(Round::Held) => {
-                last_renewal = Some(Instant::now());
+                renewed_at = Some(started);
                 if !leading {
-                    tracing::info!(
-                        identity = %elector.config.identity,
-                        lease = %elector.config.lease_name,
-                        "became leader"
-                    );
+                    tracing::info!(identity = %elector.config.identity, lease = %elector.config.lease_name, "became leader");
                     leader.send_replace(true);
                 }
             }
             Ok(Round::Other) => {
                 if leading {
-                    tracing::warn!(identity = %elector.config.identity, "lost leadership");
+                    tracing::warn!(identity = %elector.config.identity, "lost leadership: another replica holds the lease");
                     leader.send_replace(false);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, lease = %elector.config.lease_name, "leader election: lease request failed");
-                let stale = last_renewal.is_none_or(|t| t.elapsed() >= elector.config.renew_deadline());
-                if leading && stale {
-                    tracing::warn!(identity = %elector.config.identity, "could not renew the lease in time; stepping down");
-                    leader.send_replace(false);
-                }
             }
         }
-        let pause = if *leader.borrow() { elector.config.renew_every } else { elector.config.retry_every };
+        let deadline = renewed_at.map(|t| t + renew_deadline);
+        let mut next = Instant::now() + retry;
+        if *leader.borrow() {
+            match deadline {
+                Some(d) if Instant::now() >= d => {
+                    tracing::warn!(
+                        identity = %elector.config.identity,
+                        deadline_s = renew_deadline.as_secs_f64(),
+                        "could not renew the lease within the renew deadline; stepping down"
+                    );
+                    leader.send_replace(false);
+                }
+                Some(d) => next = next.min(d),
+                None => {}
+            }
+        }
         tokio::select! {
-            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep_until(next) => {}
             () = shutdown.cancelled() => break,
         }
     }
@@ -233,10 +255,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renew_deadline_is_inside_the_lease() {
+    fn client_go_defaults_step_down_before_the_lease_expires() {
         let c = ElectionConfig::new("ns".into(), "l".into(), "me".into());
-        assert_eq!(c.renew_deadline(), Duration::from_secs(10));
-        assert!(c.renew_deadline() > c.renew_every);
+        assert_eq!(
+            (c.lease_duration, c.renew_deadline, c.retry_period),
+            (Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(2))
+        );
+        assert!(c.renew_deadline < c.lease_duration && c.retry_period < c.renew_deadline);
         assert_eq!(c.lease_seconds(), 15);
     }
 }

@@ -11,9 +11,10 @@ pub struct Access {
     pub own_namespace_only: bool,
 }
 
-/// Exactly the requests the controller makes (`source/kube.rs` reflectors: list + watch;
-/// `source/status.rs`: the publish Service get, nodes list for NodePort, Ingress status merge
-/// patch; `source/events.rs`: Event create; `source/leader.rs`: Lease get/create/update).
+/// Exactly the requests the controller makes (`source/kube.rs` watches: list + watch, the
+/// publish Service included; `source/status.rs`: nodes list for a NodePort publish Service,
+/// Ingress status merge patch; `source/events.rs`: Event create, and get + patch to count a
+/// repeated Event; `source/leader.rs`: Lease get/create/update).
 /// `tests/controller.rs` records every request the controller sends to the fake API server and
 /// checks it against this list, both ways.
 const WATCH: &[&str] = &["list", "watch"];
@@ -22,10 +23,15 @@ pub const ACCESS: &[Access] = &[
     Access { group: "networking.k8s.io", resource: "ingresses", verbs: WATCH, own_namespace_only: false },
     Access { group: "networking.k8s.io", resource: "ingresses/status", verbs: &["patch"], own_namespace_only: false },
     Access { group: "networking.k8s.io", resource: "ingressclasses", verbs: WATCH, own_namespace_only: false },
-    Access { group: "", resource: "services", verbs: &["get", "list", "watch"], own_namespace_only: false },
+    Access { group: "", resource: "services", verbs: WATCH, own_namespace_only: false },
     Access { group: "discovery.k8s.io", resource: "endpointslices", verbs: WATCH, own_namespace_only: false },
     Access { group: "", resource: "nodes", verbs: &["list"], own_namespace_only: false },
-    Access { group: "events.k8s.io", resource: "events", verbs: &["create"], own_namespace_only: false },
+    Access {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "get", "patch"],
+        own_namespace_only: false,
+    },
     Access {
         group: "coordination.k8s.io",
         resource: "leases",

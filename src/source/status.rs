@@ -1,19 +1,23 @@
 //! Ingress status: writes `status.loadBalancer.ingress` on every Ingress we serve (from
-//! `--publish-service NAMESPACE/NAME` or `--publish-address`), and clears it on Ingresses
-//! that stop being ours. Only the elected leader writes (see [`super::leader`]).
+//! `--publish-service NAMESPACE/NAME`, which is watched, or `--publish-address`), and removes
+//! our addresses (only ours) from Ingresses that stop being ours. Only the elected leader
+//! writes (see [`super::leader`]); passes look only at our Ingresses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::watch::Reflected;
 
 /// Where the addresses written into Ingress status come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,12 +74,32 @@ impl StatusConfig {
 pub type IngressKey = (String, String);
 
 /// What the status writer acts on; it runs a pass whenever this changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct StatusInput {
-    /// The Ingresses we serve.
-    pub served: BTreeSet<IngressKey>,
-    /// Changes when any Ingress's status changes (someone else may have overwritten ours).
-    pub statuses: u64,
+    /// The Ingresses we serve, as they were when that was decided (ordered by address): a
+    /// pass writes a served Ingress only while the cache still holds that version, so a
+    /// decision never outlives the object it was made on. Changes whenever one of them
+    /// changes (someone may have overwritten our status).
+    pub served: Vec<Arc<Ingress>>,
+}
+
+impl StatusInput {
+    /// From the served Ingresses, in any order.
+    pub fn new(mut served: Vec<Arc<Ingress>>) -> Self {
+        served.sort_unstable_by_key(|i| Arc::as_ptr(i) as usize);
+        Self { served }
+    }
+
+    fn keyed(&self) -> BTreeMap<IngressKey, &Arc<Ingress>> {
+        self.served.iter().map(|i| ((i.namespace().unwrap_or_default(), i.name_any()), i)).collect()
+    }
+}
+
+/// The same Ingresses in the same versions.
+impl PartialEq for StatusInput {
+    fn eq(&self, other: &Self) -> bool {
+        self.served.len() == other.served.len() && self.served.iter().zip(&other.served).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
 }
 
 /// One status entry: an IP or a hostname.
@@ -91,6 +115,14 @@ fn entry(address: &str) -> IngressLoadBalancerIngress {
 pub fn entries<'a>(addresses: impl IntoIterator<Item = &'a str>) -> Vec<IngressLoadBalancerIngress> {
     let set: BTreeSet<&str> = addresses.into_iter().map(str::trim).filter(|a| !a.is_empty()).collect();
     set.into_iter().map(entry).collect()
+}
+
+/// Whether the published addresses of `service` come from the nodes (a NodePort Service
+/// without `externalIPs`).
+pub fn needs_nodes(service: &Service) -> bool {
+    let spec = service.spec.as_ref();
+    spec.and_then(|s| s.type_.as_deref()) == Some("NodePort")
+        && spec.and_then(|s| s.external_ips.as_ref()).is_none_or(Vec::is_empty)
 }
 
 /// The addresses a Service publishes, as ingress-nginx reads them: LoadBalancer → its
@@ -129,9 +161,16 @@ pub fn service_addresses(service: &Service, nodes: &[Node]) -> Vec<IngressLoadBa
     entries(out.iter().map(String::as_str))
 }
 
+/// An (ip, hostname) pair: what we compare.
+type Addr = (Option<String>, Option<String>);
+
+fn addr(e: &IngressLoadBalancerIngress) -> Addr {
+    (e.ip.clone(), e.hostname.clone())
+}
+
 /// The (ip, hostname) pairs of a status, sorted: what we compare.
-fn comparable(entries: &[IngressLoadBalancerIngress]) -> Vec<(Option<String>, Option<String>)> {
-    let mut v: Vec<_> = entries.iter().map(|e| (e.ip.clone(), e.hostname.clone())).collect();
+fn comparable(entries: &[IngressLoadBalancerIngress]) -> Vec<Addr> {
+    let mut v: Vec<_> = entries.iter().map(addr).collect();
     v.sort();
     v.dedup();
     v
@@ -148,28 +187,26 @@ pub struct StatusChange {
     pub set: Option<Vec<IngressLoadBalancerIngress>>,
 }
 
-/// What to write: every served Ingress whose status differs from `want` gets `want` (an empty
-/// `want` clears it); every Ingress no longer served is cleared if we wrote it (`written`) or
-/// it carries exactly our addresses. Other controllers' statuses are left alone.
-pub fn plan(
-    ingresses: &BTreeMap<IngressKey, Vec<IngressLoadBalancerIngress>>,
-    served: &BTreeSet<IngressKey>,
+/// What to write for one Ingress with status `current`: a served one whose status differs
+/// from `want` gets `want` (an empty `want` clears it); one not served loses only our
+/// addresses (`want`, and `written`: what this process wrote there before), keeping any
+/// other controller's entries.
+pub fn plan_one(
+    key: &IngressKey,
+    current: &[IngressLoadBalancerIngress],
+    served: bool,
     want: &[IngressLoadBalancerIngress],
-    written: &BTreeSet<IngressKey>,
-) -> Vec<StatusChange> {
-    let want_cmp = comparable(want);
-    let mut out = Vec::new();
-    for (key, current) in ingresses {
-        let have = comparable(current);
-        if served.contains(key) {
-            if have != want_cmp {
-                out.push(StatusChange { ingress: key.clone(), set: (!want.is_empty()).then(|| want.to_vec()) });
-            }
-        } else if !have.is_empty() && (written.contains(key) || (!want_cmp.is_empty() && have == want_cmp)) {
-            out.push(StatusChange { ingress: key.clone(), set: None });
-        }
+    written: &[IngressLoadBalancerIngress],
+) -> Option<StatusChange> {
+    let have = comparable(current);
+    if served {
+        return (have != comparable(want))
+            .then(|| StatusChange { ingress: key.clone(), set: (!want.is_empty()).then(|| want.to_vec()) });
     }
-    out
+    let ours: BTreeSet<Addr> = want.iter().chain(written).map(addr).collect();
+    let keep: Vec<IngressLoadBalancerIngress> = current.iter().filter(|e| !ours.contains(&addr(e))).cloned().collect();
+    (keep.len() != current.len())
+        .then(|| StatusChange { ingress: key.clone(), set: (!keep.is_empty()).then_some(keep) })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,82 +217,150 @@ enum ResolveError {
     Api(#[from] kube::Error),
 }
 
+/// The publish Service's cache (a one-object watch) and the node addresses it may need.
+pub struct PublishSource {
+    pub service: Reflected<Service>,
+    /// Wakes when the publish Service changes.
+    pub changed: Arc<Notify>,
+}
+
+/// Node addresses, listed only for a NodePort publish Service, at most once per `resync`.
+struct NodeCache {
+    nodes: Vec<Node>,
+    listed_at: Option<Instant>,
+}
+
+impl NodeCache {
+    async fn get(&mut self, client: &kube::Client, max_age: Duration) -> Result<&[Node], kube::Error> {
+        if self.listed_at.is_none_or(|t| t.elapsed() >= max_age) {
+            self.nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
+            self.listed_at = Some(Instant::now());
+        }
+        Ok(&self.nodes)
+    }
+}
+
+/// The addresses to publish, from the flag or the watched Service (nodes for NodePort).
 async fn resolve(
     client: &kube::Client,
-    publish: &PublishFrom,
+    config: &StatusConfig,
+    source: Option<&PublishSource>,
+    nodes: &mut NodeCache,
 ) -> Result<Vec<IngressLoadBalancerIngress>, ResolveError> {
-    match publish {
-        PublishFrom::Address(a) => Ok(entries([a.as_str()])),
-        PublishFrom::Service { namespace, name } => {
-            let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-            let svc = api
-                .get_opt(name)
-                .await?
+    match (&config.publish, source) {
+        (PublishFrom::Address(a), _) => Ok(entries([a.as_str()])),
+        (PublishFrom::Service { namespace, name }, Some(source)) => {
+            let svc = source
+                .service
+                .get(namespace, name)
                 .ok_or_else(|| ResolveError::ServiceNotFound(namespace.clone(), name.clone()))?;
-            let node_port = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort")
-                && svc.spec.as_ref().and_then(|s| s.external_ips.as_ref()).is_none_or(Vec::is_empty);
-            let nodes = if node_port {
-                Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items
-            } else {
-                Vec::new()
-            };
-            Ok(service_addresses(&svc, &nodes))
+            let nodes = if needs_nodes(&svc) { nodes.get(client, config.resync).await? } else { &[] };
+            Ok(service_addresses(&svc, nodes))
+        }
+        (PublishFrom::Service { namespace, name }, None) => {
+            Err(ResolveError::ServiceNotFound(namespace.clone(), name.clone()))
         }
     }
 }
 
-/// Keep Ingress status right while leading, until `shutdown`. Runs a pass whenever `input`
-/// changes (served set or any Ingress status), leadership is gained, or `resync` elapses.
+/// Keep Ingress status right while leading, until `shutdown`. A pass looks only at the
+/// Ingresses we serve and those we wrote before (to clear them once they are not ours); the
+/// first pass after gaining leadership also looks at every Ingress once, to remove our
+/// addresses left behind by an earlier leader. A pass runs when `input` changes (served set,
+/// or one of those Ingresses), the publish Service changes, leadership is gained, or `resync`
+/// elapses.
 pub async fn run(
     client: kube::Client,
     config: StatusConfig,
-    ingresses: Store<Ingress>,
+    ingresses: Reflected<Ingress>,
+    publish: Option<PublishSource>,
     mut input: watch::Receiver<StatusInput>,
     mut leader: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
-    let mut written: BTreeSet<IngressKey> = BTreeSet::new();
+    // What this process wrote, per Ingress: cleared from it when the Ingress stops being ours.
+    let mut written: BTreeMap<IngressKey, Vec<IngressLoadBalancerIngress>> = BTreeMap::new();
+    let mut nodes = NodeCache { nodes: Vec::new(), listed_at: None };
+    let mut was_leading = false;
+    let mut published: Option<Vec<IngressLoadBalancerIngress>> = None;
     loop {
-        if *leader.borrow_and_update() {
-            let served_now = input.borrow_and_update().served.clone();
-            match resolve(&client, &config.publish).await {
+        let leading = *leader.borrow_and_update();
+        if leading {
+            let decided = input.borrow_and_update().clone();
+            let served = decided.keyed();
+            match resolve(&client, &config, publish.as_ref(), &mut nodes).await {
                 Ok(want) => {
-                    let current: BTreeMap<IngressKey, Vec<IngressLoadBalancerIngress>> = ingresses
-                        .state()
-                        .iter()
-                        .map(|i| ((i.namespace().unwrap_or_default(), i.name_any()), current_status(i)))
-                        .collect();
-                    for change in plan(&current, &served_now, &want, &written) {
+                    // On gaining leadership, and when our addresses change: every Ingress once.
+                    let full = !was_leading || published.as_ref() != Some(&want);
+                    let keys: Vec<IngressKey> = if full {
+                        ingresses.state().iter().map(|i| (i.namespace().unwrap_or_default(), i.name_any())).collect()
+                    } else {
+                        served.keys().chain(written.keys()).cloned().collect::<BTreeSet<_>>().into_iter().collect()
+                    };
+                    let before = published.replace(want.clone()).unwrap_or_default();
+                    for key in keys {
                         if !*leader.borrow() {
                             break;
                         }
-                        write(&client, &change, &mut written).await;
+                        let Some(ing) = ingresses.get(&key.0, &key.1) else {
+                            written.remove(&key);
+                            continue;
+                        };
+                        let is_served = match served.get(&key) {
+                            // Changed since it was judged ours: the next input decides.
+                            Some(was) if was.metadata.resource_version != ing.metadata.resource_version => continue,
+                            Some(_) => true,
+                            None => false,
+                        };
+                        let mut ours = written.get(&key).cloned().unwrap_or_default();
+                        ours.extend(before.iter().cloned());
+                        if let Some(change) = plan_one(&key, &current_status(&ing), is_served, &want, &ours) {
+                            write(&client, &change, is_served, &mut written).await;
+                        }
                     }
+                    was_leading = true;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot resolve the addresses to publish in Ingress status")
                 }
             }
+        } else {
+            was_leading = false;
         }
+        let publish_changed = async {
+            match &publish {
+                Some(p) => p.changed.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = input.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
+            () = publish_changed => {}
             () = tokio::time::sleep(config.resync) => {}
             () = shutdown.cancelled() => return,
         }
     }
 }
 
-async fn write(client: &kube::Client, change: &StatusChange, written: &mut BTreeSet<IngressKey>) {
+async fn write(
+    client: &kube::Client,
+    change: &StatusChange,
+    served: bool,
+    written: &mut BTreeMap<IngressKey, Vec<IngressLoadBalancerIngress>>,
+) {
     let (ns, name) = &change.ingress;
     let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
     let body = json!({"status": {"loadBalancer": {"ingress": change.set}}});
     match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)).await {
         Ok(_) => {
-            if change.set.is_some() {
-                written.insert(change.ingress.clone());
-            } else {
-                written.remove(&change.ingress);
+            match (&change.set, served) {
+                (Some(set), true) => {
+                    written.insert(change.ingress.clone(), set.clone());
+                }
+                _ => {
+                    written.remove(&change.ingress);
+                }
             }
             tracing::info!(namespace = %ns, ingress = %name, addresses = ?change.set.as_ref().map(|s| comparable(s)), "ingress status written");
         }
@@ -347,28 +452,22 @@ mod tests {
     }
 
     #[test]
-    fn plan_sets_ours_and_clears_only_what_we_wrote() {
+    fn plan_sets_ours_and_clears_only_our_addresses() {
         let want = entries(["10.0.0.1"]);
         let k = |n: &str| ("apps".to_string(), n.to_string());
-        let ingresses: BTreeMap<IngressKey, Vec<IngressLoadBalancerIngress>> = [
-            (k("new"), vec![]),
-            (k("done"), want.clone()),
-            (k("stale"), entries(["10.0.0.9"])),
-            (k("left"), want.clone()),
-            (k("foreign"), entries(["172.16.0.1"])),
-            (k("left-written"), entries(["10.0.0.9"])),
-        ]
-        .into_iter()
-        .collect();
-        let served: BTreeSet<IngressKey> = [k("new"), k("done"), k("stale")].into();
-        let written: BTreeSet<IngressKey> = [k("left-written")].into();
-        let p = plan(&ingresses, &served, &want, &written);
-        let by: BTreeMap<String, Option<Vec<_>>> = p.into_iter().map(|c| (c.ingress.1, c.set)).collect();
-        assert_eq!(by.get("new"), Some(&Some(want.clone())));
-        assert_eq!(by.get("stale"), Some(&Some(want.clone())));
-        assert!(!by.contains_key("done"), "unchanged status is not rewritten");
-        assert_eq!(by.get("left"), Some(&None), "carries our address: cleared");
-        assert_eq!(by.get("left-written"), Some(&None), "we wrote it: cleared");
-        assert!(!by.contains_key("foreign"), "another controller's status is kept");
+        let plan = |name: &str, current: Vec<IngressLoadBalancerIngress>, served: bool, written: &[&str]| {
+            plan_one(&k(name), &current, served, &want, &entries(written.iter().copied())).map(|c| c.set)
+        };
+        assert_eq!(plan("new", vec![], true, &[]), Some(Some(want.clone())));
+        assert_eq!(plan("stale", entries(["10.0.0.9"]), true, &[]), Some(Some(want.clone())));
+        assert_eq!(plan("done", want.clone(), true, &[]), None, "unchanged status is not rewritten");
+        assert_eq!(plan("left", want.clone(), false, &[]), Some(None), "carries our address: cleared");
+        assert_eq!(plan("left-written", entries(["10.0.0.9"]), false, &["10.0.0.9"]), Some(None), "we wrote it");
+        assert_eq!(plan("foreign", entries(["172.16.0.1"]), false, &[]), None, "another controller's is kept");
+        assert_eq!(
+            plan("shared", entries(["10.0.0.1", "172.16.0.1"]), false, &[]),
+            Some(Some(entries(["172.16.0.1"]))),
+            "only our address is removed; the other controller's stays"
+        );
     }
 }

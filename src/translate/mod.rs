@@ -4,8 +4,9 @@
 //!
 //! Semantics follow the Kubernetes Ingress API:
 //! - **Class.** An Ingress is ours when `spec.ingressClassName` names an IngressClass whose
-//!   `spec.controller` is [`CONTROLLER_NAME`], or names `--ingress-class` while no
-//!   IngressClass of that name exists (handy for a manifests file); else when it has no
+//!   `spec.controller` is `--controller-name` ([`CONTROLLER_NAME`] by default), or (manifests
+//!   files only, [`Defaults::class_fallback`]) names `--ingress-class` while no IngressClass
+//!   of that name exists; else when it has no
 //!   class name and its legacy `kubernetes.io/ingress.class` annotation names one of those
 //!   classes; else, with no class at all, only when one of our IngressClasses carries
 //!   `ingressclass.kubernetes.io/is-default-class: "true"`.
@@ -16,12 +17,15 @@
 //!   the table's default route.
 //! - **Backends.** A Service port by number or name; its endpoints come from every
 //!   EndpointSlice labelled `kubernetes.io/service-name` in the namespace, using the slice
-//!   port whose name equals the Service port's name (so `targetPort` may differ). Ready
-//!   endpoints (`ready` unset counts as ready) take new connections; serving-but-terminating
-//!   ones are kept not ready, only so their tunnels drain on time; the rest are dropped.
+//!   port whose name equals the Service port's name (so `targetPort` may differ). Every
+//!   endpoint is kept with its lifecycle state ([`endpoint_state`]): ready ones take new
+//!   connections; not-ready ones keep their tunnels and live state; terminating ones drain.
 //!   A missing Service, port or ready endpoint is a warning and the route stays, answering 503.
 //! - **Service-only routes.** A Service annotated `wsingress.io/expose: "true"` is routed
-//!   without an Ingress (see [`annotations::exposure`]); class filtering does not apply.
+//!   without an Ingress (see [`annotations::exposure`]) when [`ServiceRoutes`] lets it: enabled,
+//!   in an allowed namespace, and (in a cluster) naming a served class in
+//!   `wsingress.io/ingress-class`. An Ingress always wins a host + path over a Service-only
+//!   route; the loser gets a `RuleConflict` warning.
 //!
 //! The output depends only on the set of objects, never on their order, so replicas agree.
 
@@ -31,17 +35,20 @@ pub mod units;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use ahash::AHashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
 
-use crate::routes::{Endpoint, HostMatch, PathMatch, Pool, Route, RouteSettings, RouteTable, Rule};
+use crate::routes::{Endpoint, EndpointState, HostMatch, PathMatch, Pool, Route, RouteSettings, RouteTable, Rule};
 use annotations::AnnotatedKind;
 
 /// The controller name our IngressClass must carry in `spec.controller`.
@@ -67,29 +74,90 @@ pub mod reasons {
     pub const UNSUPPORTED_BACKEND: &str = "UnsupportedBackend";
     pub const UNSUPPORTED_ADDRESS_TYPE: &str = "UnsupportedAddressType";
     pub const DUPLICATE_OBJECT: &str = "DuplicateObject";
+    pub const SERVICE_ROUTES_DISABLED: &str = "ServiceRouteRefused";
+    pub const UNSUPPORTED_ANNOTATION: &str = "UnsupportedAnnotation";
+    pub const EXTERNAL_NAME_UNRESOLVABLE: &str = "ExternalNameUnresolvable";
 }
 
-/// Everything translation reads. Order does not matter.
+/// Everything translation reads. Order does not matter. Objects are shared, not copied: the
+/// controller hands over the `Arc`s its caches hold.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterSnapshot {
-    pub ingresses: Vec<Ingress>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub ingress_classes: Vec<IngressClass>,
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub ingress_classes: Vec<Arc<IngressClass>>,
 }
 
 /// Flags that shape translation.
 #[derive(Debug, Clone)]
 pub struct Defaults {
-    /// IngressClass name we serve (`--ingress-class`).
+    /// IngressClass name served when no IngressClass of that name exists (`--ingress-class`),
+    /// and only if `class_fallback` is set.
     pub class_name: String,
+    /// `spec.controller` of the IngressClasses served (`--controller-name`).
+    pub controller_name: String,
+    /// Serve `class_name` even though no IngressClass object declares it: manifests files
+    /// often carry none. Off in a cluster, where an install serves exactly the classes whose
+    /// controller is `controller_name`.
+    pub class_fallback: bool,
     /// Settings used where no annotation says otherwise (from the `serve` flags).
     pub settings: RouteSettings,
+    /// Which Services may define Service-only routes.
+    pub service_routes: ServiceRoutes,
+    /// What a route carrying an ingress-nginx security annotation wsingress does not enforce
+    /// gets (`--unsupported-security-annotations`).
+    pub unsupported_security: UnsupportedSecurity,
 }
 
 impl Default for Defaults {
+    /// The manifests-file defaults: the `wsingress` class (also when undeclared), Service-only
+    /// routes on for every namespace, unenforced security annotations fail closed.
     fn default() -> Self {
-        Self { class_name: DEFAULT_CLASS.to_string(), settings: RouteSettings::default() }
+        Self {
+            class_name: DEFAULT_CLASS.to_string(),
+            controller_name: CONTROLLER_NAME.to_string(),
+            class_fallback: true,
+            settings: RouteSettings::default(),
+            service_routes: ServiceRoutes::default(),
+            unsupported_security: UnsupportedSecurity::Refuse,
+        }
+    }
+}
+
+/// The gate for Service-only routes (`wsingress.io/expose` on a Service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRoutes {
+    /// `--enable-service-routes` (always on for a manifests file).
+    pub enabled: bool,
+    /// The Service must name a served class in `wsingress.io/ingress-class` (cluster mode).
+    pub require_class: bool,
+    /// `--service-routes-namespaces`: only Services in these namespaces; empty = all.
+    pub namespaces: Vec<String>,
+}
+
+impl Default for ServiceRoutes {
+    fn default() -> Self {
+        Self { enabled: true, require_class: false, namespaces: Vec::new() }
+    }
+}
+
+/// `--unsupported-security-annotations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsupportedSecurity {
+    /// The route answers 503 (fail closed) and an Event says why. The default.
+    Refuse,
+    /// The route is served without the protection; the Event says it is not enforced.
+    Ignore,
+}
+
+impl UnsupportedSecurity {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "refuse" => Ok(Self::Refuse),
+            "ignore" => Ok(Self::Ignore),
+            other => Err(format!("`{other}`: expected refuse or ignore")),
+        }
     }
 }
 
@@ -154,7 +222,228 @@ fn namespace_of(meta: &ObjectMeta) -> &str {
 
 /// Translate a snapshot into a route table and the warnings about it (sorted).
 pub fn translate(snapshot: &ClusterSnapshot, defaults: &Defaults) -> (RouteTable, Vec<Warning>) {
-    let mut t = Translation::new(snapshot, defaults);
+    translate_cached(snapshot, defaults, &mut RouteCache::default())
+}
+
+/// Routes an earlier translation built, reused by the next one when nothing they were built
+/// from changed: the Ingress's settings and the versions (uid and resourceVersion) of the
+/// backend Service and its EndpointSlices. A change to one Service then rebuilds only its
+/// routes, and the table keeps the very same `Arc<Route>` for the rest (so publishing them
+/// costs nothing either). Objects without a resourceVersion (a manifests file) are never
+/// reused. Pure data: the controller keeps one across translations.
+#[derive(Debug, Default)]
+pub struct RouteCache {
+    routes: AHashMap<u64, CachedRoute>,
+    index: BackendIndex,
+    /// Each Ingress as parsed (by the address of its `Arc`, which the entry holds), reused
+    /// while the object is the same; valid for the settings and policy it was parsed with.
+    parsed: AHashMap<usize, (Arc<Ingress>, Arc<ParsedIngress>)>,
+    parsed_with: Option<(RouteSettings, UnsupportedSecurity)>,
+}
+
+/// A backend an Ingress names, parsed once per Ingress version: where it sits, the Service
+/// and port, and its cache key.
+#[derive(Debug, Clone)]
+struct BackendRef {
+    /// `spec.rules[i].http.paths[j].backend.service` or `spec.defaultBackend.service`.
+    field: String,
+    service: String,
+    port: Option<PortRef>,
+    port_text: String,
+    /// Its key in [`RouteCache::routes`].
+    cache_key: u64,
+}
+
+/// One path rule of an Ingress as parsed: the host + path it claims and its backend (or the
+/// warning that the backend is unusable, given when the claim succeeds).
+#[derive(Debug)]
+struct ParsedPath {
+    host: HostMatch,
+    path: PathMatch,
+    field: String,
+    claim_key: u128,
+    backend: Result<BackendRef, Box<Warning>>,
+}
+
+/// What translation reads of one Ingress alone, and the warnings about it alone.
+#[derive(Debug)]
+struct ParsedIngress {
+    object: Arc<ObjectRef>,
+    settings: RouteSettings,
+    warnings: Vec<Warning>,
+    default_backend: Option<Result<BackendRef, Box<Warning>>>,
+    paths: Vec<ParsedPath>,
+}
+
+/// Services and their EndpointSlices by namespace and name, kept from one translation to the
+/// next and updated by object identity: only Services and slices whose `Arc` is new are read
+/// again, so a translation does not re-index tens of thousands of unchanged objects.
+#[derive(Debug, Default)]
+struct BackendIndex {
+    /// Which pass last saw each indexed object (by address; the `Arc` keeps it alive).
+    services: AHashMap<usize, (u64, Arc<Service>)>,
+    slices: AHashMap<usize, (u64, Arc<EndpointSlice>)>,
+    /// By a 128-bit hash of (namespace, name) (no collision in practice).
+    by_name: AHashMap<u128, Backend>,
+    pass: u64,
+}
+
+/// One Service name: the Service (if any), its slices sorted by name, and a hash of their
+/// versions (`None` when one has no resourceVersion).
+#[derive(Debug, Clone)]
+struct Backend {
+    service: Option<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    inputs: Option<u64>,
+}
+
+fn name_key(namespace: &str, name: &str) -> u128 {
+    hash128(&(namespace, name))
+}
+
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
+fn slice_service(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((namespace_of(&slice.metadata), service.as_str()))
+}
+
+impl BackendIndex {
+    fn entry(&mut self, namespace: &str, name: &str) -> &mut Backend {
+        self.by_name.entry(name_key(namespace, name)).or_insert_with(|| Backend {
+            service: None,
+            slices: Vec::new(),
+            inputs: None,
+        })
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<&Backend> {
+        self.by_name.get(&name_key(namespace, name))
+    }
+
+    /// Bring the index to `snapshot`: vanished objects are removed, then objects not seen
+    /// before are added (so a replaced object's successor takes its place).
+    fn update(&mut self, snapshot: &ClusterSnapshot) {
+        self.pass += 1;
+        let pass = self.pass;
+        let new_services = unseen(&mut self.services, &snapshot.services, pass);
+        let new_slices = unseen(&mut self.slices, &snapshot.endpoint_slices, pass);
+        let mut touched: Vec<(String, String)> = Vec::new();
+        for svc in vanished(&mut self.services, pass) {
+            let (ns, name) = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or(""));
+            let entry = self.entry(ns, name);
+            if entry.service.as_ref().is_some_and(|s| Arc::ptr_eq(s, &svc)) {
+                entry.service = None;
+            }
+            touched.push((ns.to_string(), name.to_string()));
+        }
+        let gone_slices = vanished(&mut self.slices, pass);
+        for slice in gone_slices {
+            if let Some((ns, service)) = slice_service(&slice) {
+                self.entry(ns, service).slices.retain(|s| !Arc::ptr_eq(s, &slice));
+                touched.push((ns.to_string(), service.to_string()));
+            }
+        }
+        for svc in new_services {
+            self.services.insert(Arc::as_ptr(svc) as usize, (pass, svc.clone()));
+            let (ns, name) = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or(""));
+            // The first Service of a name wins, as objects are unique by name.
+            let entry = self.entry(ns, name);
+            if entry.service.is_none() {
+                entry.service = Some(svc.clone());
+            }
+            touched.push((ns.to_string(), name.to_string()));
+        }
+        for slice in new_slices {
+            self.slices.insert(Arc::as_ptr(slice) as usize, (pass, slice.clone()));
+            if let Some((ns, service)) = slice_service(slice) {
+                self.entry(ns, service).slices.push(slice.clone());
+                touched.push((ns.to_string(), service.to_string()));
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        for (ns, name) in touched {
+            let entry = self.entry(&ns, &name);
+            if entry.service.is_none() && entry.slices.is_empty() {
+                self.by_name.remove(&name_key(&ns, &name));
+                continue;
+            }
+            entry.slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            entry.inputs = backend_inputs(entry.service.as_deref(), &entry.slices);
+        }
+    }
+}
+
+/// The objects of `items` not in `indexed` yet; the others are marked seen in `pass`.
+fn unseen<'s, K>(indexed: &mut AHashMap<usize, (u64, Arc<K>)>, items: &'s [Arc<K>], pass: u64) -> Vec<&'s Arc<K>> {
+    let mut out = Vec::new();
+    for item in items {
+        match indexed.get_mut(&(Arc::as_ptr(item) as usize)) {
+            Some(seen) => seen.0 = pass,
+            None => out.push(item),
+        }
+    }
+    out
+}
+
+/// Remove from `indexed`, and return, the objects not seen in `pass`.
+fn vanished<K>(indexed: &mut AHashMap<usize, (u64, Arc<K>)>, pass: u64) -> Vec<Arc<K>> {
+    let mut gone = Vec::new();
+    indexed.retain(|_, (seen, item)| {
+        let keep = *seen == pass;
+        if !keep {
+            gone.push(item.clone());
+        }
+        keep
+    });
+    gone
+}
+
+/// A hash of the versions of a Service (or its absence) and its EndpointSlices; `None` when
+/// one lacks a resourceVersion (then nothing built from them is reused).
+fn backend_inputs(service: Option<&Service>, slices: &[Arc<EndpointSlice>]) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    match service {
+        Some(svc) => (&svc.metadata.uid, svc.metadata.resource_version.as_ref()?).hash(&mut h),
+        None => 0u8.hash(&mut h),
+    }
+    for slice in slices {
+        (&slice.metadata.uid, slice.metadata.resource_version.as_ref()?).hash(&mut h);
+    }
+    Some(h.finish())
+}
+
+impl RouteCache {
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// One reusable route and what it was built from.
+#[derive(Debug, Clone)]
+struct CachedRoute {
+    /// Object, field, Service and port as written (checked on a hit: the map key is a hash).
+    key: (ObjectRef, String, String, String),
+    settings: RouteSettings,
+    /// Hash of the Service's and its EndpointSlices' versions.
+    inputs: u64,
+    route: Arc<Route>,
+    /// The warnings building it gave, given again when it is reused.
+    warnings: Vec<Warning>,
+}
+
+/// [`translate`], reusing the routes in `cache` whose inputs did not change; `cache` then
+/// holds this translation's routes.
+pub fn translate_cached(
+    snapshot: &ClusterSnapshot,
+    defaults: &Defaults,
+    cache: &mut RouteCache,
+) -> (RouteTable, Vec<Warning>) {
+    let mut t = Translation::new(snapshot, defaults, cache);
     for source in t.sources() {
         match source {
             Source::Ingress(ing) => t.ingress(ing),
@@ -166,7 +455,7 @@ pub fn translate(snapshot: &ClusterSnapshot, defaults: &Defaults) -> (RouteTable
 
 /// The Ingresses this controller serves (by class), sorted: the status writer's list.
 pub fn served_ingresses(snapshot: &ClusterSnapshot, defaults: &Defaults) -> Vec<ObjectRef> {
-    let classes = Classes::new(snapshot, defaults);
+    let classes = ServedClasses::new(&snapshot.ingress_classes, defaults);
     let mut out: Vec<ObjectRef> = snapshot
         .ingresses
         .iter()
@@ -179,17 +468,18 @@ pub fn served_ingresses(snapshot: &ClusterSnapshot, defaults: &Defaults) -> Vec<
 }
 
 /// The IngressClass names we serve and whether one of them is the cluster default.
-struct Classes {
+pub struct ServedClasses {
     names: BTreeSet<String>,
     default: bool,
 }
 
-impl Classes {
-    fn new(snapshot: &ClusterSnapshot, defaults: &Defaults) -> Self {
+impl ServedClasses {
+    pub fn new(classes: &[Arc<IngressClass>], defaults: &Defaults) -> Self {
         let mut names = BTreeSet::new();
         let mut default = false;
-        for class in &snapshot.ingress_classes {
-            let ours = class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME);
+        for class in classes {
+            let ours =
+                class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(defaults.controller_name.as_str());
             if !ours {
                 continue;
             }
@@ -204,15 +494,16 @@ impl Classes {
                 .is_some_and(|v| v.trim() == "true");
             default |= is_default;
         }
-        let declared =
-            snapshot.ingress_classes.iter().any(|c| c.metadata.name.as_deref() == Some(defaults.class_name.as_str()));
-        if !declared {
+        let declared = classes.iter().any(|c| c.metadata.name.as_deref() == Some(defaults.class_name.as_str()));
+        if defaults.class_fallback && !declared {
             names.insert(defaults.class_name.clone());
         }
         Self { names, default }
     }
 
-    fn serves(&self, ing: &Ingress) -> bool {
+    /// Whether an Ingress is ours: its class name, else its legacy class annotation, else
+    /// whether one of our classes is the default.
+    pub fn serves(&self, ing: &Ingress) -> bool {
         if let Some(name) = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
             return self.names.contains(name);
         }
@@ -226,7 +517,7 @@ impl Classes {
 /// An object that defines routes.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    Ingress(&'a Ingress),
+    Ingress(&'a Arc<Ingress>),
     Service(&'a Service),
 }
 
@@ -238,16 +529,17 @@ impl Source<'_> {
         }
     }
 
-    /// Oldest first; objects without a timestamp (a manifests file) after those with one;
-    /// then namespace, name, and kind (Ingress before Service).
-    fn precedence(&self) -> (bool, Option<&Time>, &str, &str, u8) {
+    /// Ingresses before Service-only routes (an Ingress always wins a host and path); then
+    /// oldest first, objects without a timestamp (a manifests file) after those with one;
+    /// then namespace and name.
+    fn precedence(&self) -> (u8, bool, Option<&Time>, &str, &str) {
         let m = self.meta();
         let ts = m.creation_timestamp.as_ref();
         let kind = match self {
             Self::Ingress(_) => 0,
             Self::Service(_) => 1,
         };
-        (ts.is_none(), ts, namespace_of(m), m.name.as_deref().unwrap_or(""), kind)
+        (kind, ts.is_none(), ts, namespace_of(m), m.name.as_deref().unwrap_or(""))
     }
 }
 
@@ -269,51 +561,53 @@ impl PortRef {
 
 /// Who holds a host + path rule, for conflict messages.
 struct Claim {
-    owner: ObjectRef,
+    owner: Arc<ObjectRef>,
 }
 
 struct Translation<'a> {
     snapshot: &'a ClusterSnapshot,
     defaults: &'a Defaults,
-    classes: Classes,
-    services: BTreeMap<(&'a str, &'a str), &'a Service>,
-    /// EndpointSlices by (namespace, service name), sorted by slice name.
-    slices: BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    classes: ServedClasses,
+    /// Services and their EndpointSlices (sorted by slice name) by namespace and name.
+    index: &'a BackendIndex,
+    /// Routes of the previous translation, taken from as they are reused.
+    cache: &'a mut AHashMap<u64, CachedRoute>,
+    /// Ingresses as parsed by the previous translation, taken from as they are reused.
+    parsed: &'a mut AHashMap<usize, (Arc<Ingress>, Arc<ParsedIngress>)>,
+    next_parsed: AHashMap<usize, (Arc<Ingress>, Arc<ParsedIngress>)>,
+    /// Routes built or reused now: the cache for the next translation.
+    next_cache: AHashMap<u64, CachedRoute>,
     rules: Vec<Rule>,
-    claims: HashMap<(HostMatch, PathMatch), Claim>,
+    /// Claimed host + path rules, by a 128-bit hash of the pair (no collision in practice).
+    claims: AHashMap<u128, Claim>,
     default_route: Option<(ObjectRef, Arc<Route>)>,
-    /// One route per (object, service, port as written), shared by its rules.
-    routes: HashMap<(ObjectRef, String, String), Arc<Route>>,
+    /// The current object's routes by (service, port as written), shared by its rules
+    /// (routes are never shared between objects).
+    routes: Vec<(String, String, Arc<Route>)>,
     warnings: Vec<Warning>,
 }
 
 impl<'a> Translation<'a> {
-    fn new(snapshot: &'a ClusterSnapshot, defaults: &'a Defaults) -> Self {
-        let mut services = BTreeMap::new();
-        for svc in &snapshot.services {
-            let key = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or(""));
-            services.entry(key).or_insert(svc);
-        }
-        let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-        for slice in &snapshot.endpoint_slices {
-            let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-                continue;
-            };
-            slices.entry((namespace_of(&slice.metadata), service.as_str())).or_default().push(slice);
-        }
-        for list in slices.values_mut() {
-            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    fn new(snapshot: &'a ClusterSnapshot, defaults: &'a Defaults, cache: &'a mut RouteCache) -> Self {
+        cache.index.update(snapshot);
+        let parsed_with = Some((defaults.settings.clone(), defaults.unsupported_security));
+        if cache.parsed_with != parsed_with {
+            cache.parsed.clear();
+            cache.parsed_with = parsed_with;
         }
         Self {
             snapshot,
             defaults,
-            classes: Classes::new(snapshot, defaults),
-            services,
-            slices,
+            classes: ServedClasses::new(&snapshot.ingress_classes, defaults),
+            index: &cache.index,
+            cache: &mut cache.routes,
+            parsed: &mut cache.parsed,
+            next_parsed: AHashMap::new(),
+            next_cache: AHashMap::new(),
             rules: Vec::new(),
-            claims: HashMap::new(),
+            claims: AHashMap::new(),
             default_route: None,
-            routes: HashMap::new(),
+            routes: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -321,160 +615,75 @@ impl<'a> Translation<'a> {
     /// Route-defining objects in precedence order.
     fn sources(&self) -> Vec<Source<'a>> {
         let snapshot = self.snapshot;
+        let exposed =
+            |s: &&Service| s.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(annotations::EXPOSE));
         let mut out: Vec<Source<'a>> = snapshot
             .ingresses
             .iter()
             .filter(|i| self.classes.serves(i))
             .map(Source::Ingress)
-            .chain(snapshot.services.iter().map(Source::Service))
+            .chain(snapshot.services.iter().map(|s| &**s).filter(exposed).map(Source::Service))
             .collect();
-        out.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+        // Precedence keys are unique (kind, age, namespace, name), so an unstable sort is exact.
+        out.sort_unstable_by(|a, b| a.precedence().cmp(&b.precedence()));
         out
     }
 
-    fn ingress(&mut self, ing: &'a Ingress) {
-        let object = ObjectRef::new("Ingress", &ing.metadata);
-        let settings = annotations::route_settings(
-            &object,
-            ing.metadata.annotations.as_ref(),
-            AnnotatedKind::Ingress,
-            &self.defaults.settings,
-            &mut self.warnings,
-        );
+    fn ingress(&mut self, ing: &'a Arc<Ingress>) {
+        self.routes.clear();
+        let key = Arc::as_ptr(ing) as usize;
+        let parsed = match self.parsed.remove(&key) {
+            Some((held, parsed)) if Arc::ptr_eq(&held, ing) => parsed,
+            _ => Arc::new(parse_ingress(ing, self.defaults)),
+        };
+        self.next_parsed.insert(key, (ing.clone(), parsed.clone()));
+        self.warnings.extend(parsed.warnings.iter().cloned());
         let namespace = namespace_of(&ing.metadata);
-        let Some(spec) = &ing.spec else {
-            self.warn(&object, "spec", "", "the Ingress has no spec", reasons::INVALID_RULE);
-            return;
-        };
-        let rules = spec.rules.as_deref().unwrap_or_default();
-        if rules.is_empty() && spec.default_backend.is_none() {
-            self.warn(
-                &object,
-                "spec.rules",
-                "",
-                "the Ingress has neither rules nor a defaultBackend: nothing to route",
-                reasons::INVALID_RULE,
-            );
-        }
-        if let Some(backend) = &spec.default_backend {
-            self.default_backend(&object, namespace, &settings, backend);
-        }
-        for (i, rule) in rules.iter().enumerate() {
-            let host_text = rule.host.as_deref().unwrap_or("");
-            if !host_text.is_empty() && !valid_host(host_text) {
-                self.warn(
-                    &object,
-                    format!("spec.rules[{i}].host"),
-                    host_text,
-                    "not a host name (e.g. chat.example.com or *.example.com); rule ignored",
-                    reasons::INVALID_RULE,
+        let object = &parsed.object;
+        if let Some(backend) = &parsed.default_backend {
+            let field = "spec.defaultBackend";
+            if let Some((winner, _)) = &self.default_route {
+                let reason = format!(
+                    "{winner} already provides the default backend (older, or the same age and first by namespace/name); this one is ignored"
                 );
-                continue;
-            }
-            let host = HostMatch::parse(host_text);
-            let Some(http) = &rule.http else {
-                self.warn(
-                    &object,
-                    format!("spec.rules[{i}].http"),
-                    host_text,
-                    "the rule has no http paths; nothing is routed for it",
-                    reasons::INVALID_RULE,
-                );
-                continue;
-            };
-            for (j, p) in http.paths.iter().enumerate() {
-                let field = format!("spec.rules[{i}].http.paths[{j}]");
-                let Some(path) = self.path_match(&object, &field, p.path.as_deref(), &p.path_type) else {
-                    continue;
-                };
-                if !self.claim(&object, &field, &host, &path) {
-                    continue;
+                self.warn(object, field, "", reason, reasons::RULE_CONFLICT);
+            } else {
+                match backend {
+                    Ok(b) => {
+                        let route = self.route_for(object, namespace, &parsed.settings, b);
+                        self.default_route = Some((ObjectRef::clone(object), route));
+                    }
+                    Err(w) => self.warnings.push(Warning::clone(w)),
                 }
-                let Some(route) = self.ingress_backend(&object, namespace, &settings, &p.backend, &field) else {
-                    self.claims.remove(&(host.clone(), path.clone()));
-                    continue;
-                };
-                self.rules.push(Rule { host: host.clone(), path, route });
             }
         }
-    }
-
-    fn default_backend(
-        &mut self,
-        object: &ObjectRef,
-        namespace: &str,
-        settings: &RouteSettings,
-        backend: &IngressBackend,
-    ) {
-        let field = "spec.defaultBackend";
-        if let Some((winner, _)) = &self.default_route {
-            let reason = format!(
-                "{winner} already provides the default backend (older, or the same age and first by namespace/name); this one is ignored"
-            );
-            self.warn(object, field, "", reason, reasons::RULE_CONFLICT);
-            return;
-        }
-        if let Some(route) = self.ingress_backend(object, namespace, settings, backend, field) {
-            self.default_route = Some((object.clone(), route));
-        }
-    }
-
-    /// The path of one HTTPIngressPath, or a warning.
-    fn path_match(
-        &mut self,
-        object: &ObjectRef,
-        field: &str,
-        path: Option<&str>,
-        path_type: &str,
-    ) -> Option<PathMatch> {
-        let implementation_specific = path_type == "ImplementationSpecific";
-        let path = match path {
-            Some(p) if !p.is_empty() => p,
-            // Only ImplementationSpecific may leave the path out; it then means every path.
-            _ if implementation_specific => "/",
-            _ => {
-                self.warn(
-                    object,
-                    format!("{field}.path"),
-                    "",
-                    format!("pathType {path_type} needs a path; path ignored"),
-                    reasons::INVALID_RULE,
-                );
-                return None;
+        for p in &parsed.paths {
+            if !self.claim(object, &p.field, p.claim_key, &p.host, &p.path) {
+                continue;
             }
-        };
-        if !path.starts_with('/') {
-            self.warn(
-                object,
-                format!("{field}.path"),
-                path,
-                "a path must start with `/`; path ignored",
-                reasons::INVALID_RULE,
-            );
-            return None;
-        }
-        match path_type {
-            "Exact" => Some(PathMatch::exact(path)),
-            "Prefix" | "ImplementationSpecific" => Some(PathMatch::prefix(path)),
-            other => {
-                self.warn(
-                    object,
-                    format!("{field}.pathType"),
-                    other,
-                    "pathType must be Exact, Prefix or ImplementationSpecific; path ignored",
-                    reasons::INVALID_RULE,
-                );
-                None
+            match &p.backend {
+                Ok(b) => {
+                    let route = self.route_for(object, namespace, &parsed.settings, b);
+                    self.rules.push(Rule { host: p.host.clone(), path: p.path.clone(), route });
+                }
+                Err(w) => {
+                    self.warnings.push(Warning::clone(w));
+                    self.claims.remove(&p.claim_key);
+                }
             }
         }
     }
 
     /// Take host + path for `object`, or warn that an older object holds it.
-    fn claim(&mut self, object: &ObjectRef, field: &str, host: &HostMatch, path: &PathMatch) -> bool {
-        let key = (host.clone(), path.clone());
+    fn claim(&mut self, object: &Arc<ObjectRef>, field: &str, key: u128, host: &HostMatch, path: &PathMatch) -> bool {
         if let Some(claim) = self.claims.get(&key) {
-            let reason = if &claim.owner == object {
+            let reason = if *claim.owner == **object {
                 format!("host {host} path {path} appears twice in this object; the first one is used")
+            } else if claim.owner.kind == "Ingress" && object.kind == "Service" {
+                format!(
+                    "host {host} path {path} is routed by {}: an Ingress always wins over a Service-only route; this route is ignored",
+                    claim.owner
+                )
             } else {
                 format!(
                     "host {host} path {path} is already routed by {} (older, or the same age and first by namespace/name); this rule is ignored",
@@ -488,60 +697,51 @@ impl<'a> Translation<'a> {
         true
     }
 
-    /// The route of an Ingress backend (`field` is where the backend sits in the Ingress).
-    fn ingress_backend(
+    /// The route of a backend an Ingress names (its rules share one per Service and port).
+    fn route_for(
         &mut self,
         object: &ObjectRef,
         namespace: &str,
         settings: &RouteSettings,
-        backend: &IngressBackend,
-        field: &str,
-    ) -> Option<Arc<Route>> {
-        let Some(service) = &backend.service else {
-            let (value, reason) = match &backend.resource {
-                Some(r) => {
-                    (format!("{}/{}", r.kind, r.name), "resource backends are not supported; only Service backends")
-                }
-                None => (String::new(), "the backend names no Service"),
-            };
-            self.warn(
-                object,
-                format!("{field}.backend"),
-                value,
-                format!("{reason}; path ignored"),
-                reasons::UNSUPPORTED_BACKEND,
-            );
-            return None;
-        };
-        let field = if field == "spec.defaultBackend" {
-            format!("{field}.service")
-        } else {
-            format!("{field}.backend.service")
-        };
-        let port = service.port.as_ref().and_then(|p| match (&p.name, p.number) {
-            (Some(name), _) if !name.is_empty() => Some(PortRef::Name(name.clone())),
-            (_, Some(n)) => Some(PortRef::Number(n)),
-            _ => None,
-        });
-        let port_text = port.as_ref().map(PortRef::text).unwrap_or_default();
-        let key = (object.clone(), service.name.clone(), port_text.clone());
-        if let Some(route) = self.routes.get(&key) {
-            return Some(route.clone());
+        backend: &BackendRef,
+    ) -> Arc<Route> {
+        let BackendRef { field, service: service_name, port, port_text, cache_key } = backend;
+        if let Some((_, _, route)) = self.routes.iter().find(|(s, p, _)| s == service_name && p == port_text) {
+            return route.clone();
         }
-        let backend_label = format!("{}:{}", service.name, port_text);
-        let endpoints = match self.services.get(&(namespace, service.name.as_str())).copied() {
+        // Reuse the previous translation's route when its inputs are unchanged.
+        let index = self.index;
+        let found = index.get(namespace, service_name);
+        let inputs = found.map_or_else(|| backend_inputs(None, &[]), |b| b.inputs);
+        let memo = (*cache_key, inputs);
+        if let (cache_key, Some(inputs)) = memo
+            && let Some(hit) = self.cache.remove(&cache_key)
+        {
+            let same_key =
+                hit.key.0 == *object && hit.key.1 == *field && hit.key.2 == *service_name && hit.key.3 == *port_text;
+            if same_key && hit.inputs == inputs && hit.settings == *settings {
+                self.warnings.extend(hit.warnings.iter().cloned());
+                self.routes.push((service_name.clone(), port_text.clone(), hit.route.clone()));
+                let route = hit.route.clone();
+                self.next_cache.insert(cache_key, hit);
+                return route;
+            }
+        }
+        let warned_before = self.warnings.len();
+        let backend_label = format!("{service_name}:{port_text}");
+        let endpoints = match found.and_then(|b| b.service.as_deref()) {
             None => {
                 self.warn(
                     object,
                     format!("{field}.name"),
-                    service.name.as_str(),
-                    format!("Service {namespace}/{} not found; the route answers 503 until it exists", service.name),
+                    service_name.as_str(),
+                    format!("Service {namespace}/{service_name} not found; the route answers 503 until it exists"),
                     reasons::SERVICE_NOT_FOUND,
                 );
                 Vec::new()
             }
             Some(svc) => {
-                let service_port = match &port {
+                let service_port = match port {
                     None => {
                         self.warn(
                             object,
@@ -564,8 +764,7 @@ impl<'a> Translation<'a> {
                                 format!("{field}.{sub}"),
                                 p.text(),
                                 format!(
-                                    "Service {namespace}/{} has no port {}; the route answers 503",
-                                    service.name,
+                                    "Service {namespace}/{service_name} has no port {}; the route answers 503",
                                     p.text()
                                 ),
                                 reasons::PORT_NOT_FOUND,
@@ -575,8 +774,11 @@ impl<'a> Translation<'a> {
                     }
                 };
                 match service_port {
-                    Some(sp) => self.service_endpoints(object, &field, &backend_label, svc, sp),
-                    None => Vec::new(),
+                    // A refused route answers 503 whatever its endpoints.
+                    Some(sp) if settings.refused.is_none() => {
+                        self.service_endpoints(object, field, &backend_label, svc, sp)
+                    }
+                    _ => Vec::new(),
                 }
             }
         };
@@ -586,28 +788,91 @@ impl<'a> Translation<'a> {
             pool: Pool::new(endpoints),
             settings: settings.clone(),
         });
-        self.routes.insert(key, route.clone());
-        Some(route)
+        if let (cache_key, Some(inputs)) = memo {
+            let cached = CachedRoute {
+                key: (object.clone(), field.clone(), service_name.clone(), port_text.clone()),
+                settings: settings.clone(),
+                inputs,
+                route: route.clone(),
+                warnings: self.warnings[warned_before..].to_vec(),
+            };
+            self.next_cache.insert(cache_key, cached);
+        }
+        self.routes.push((service_name.clone(), port_text.clone(), route.clone()));
+        route
     }
 
-    /// A Service annotated `wsingress.io/expose: "true"` becomes a route of its own.
+    /// Whether this controller routes a Service that asks to be exposed; warns where the
+    /// Service is this controller's business (it names a class served here, or, in a
+    /// manifests file, any class) and the gate refuses it.
+    fn service_route_allowed(&mut self, object: &ObjectRef, annotations: Option<&BTreeMap<String, String>>) -> bool {
+        let gate = &self.defaults.service_routes;
+        let field = annotations::annotation_field(annotations::INGRESS_CLASS);
+        let class = annotations.and_then(|a| a.get(annotations::INGRESS_CLASS)).map(|c| c.trim());
+        let served: Vec<&str> = self.classes.names.iter().map(String::as_str).collect();
+        match class {
+            Some(c) if !self.classes.names.contains(c) => {
+                // Another install's class: none of our business, unless there is no other install.
+                if !gate.require_class {
+                    let why =
+                        format!("names class `{c}`, which this controller does not serve ({served:?}); not exposed");
+                    self.warn(object, field, c, why, reasons::INVALID_ANNOTATION);
+                }
+                return false;
+            }
+            None if gate.require_class => {
+                if gate.enabled {
+                    let why = format!(
+                        "a Service-only route must name a class this controller serves ({served:?}) in {}; not exposed",
+                        annotations::INGRESS_CLASS
+                    );
+                    self.warn(object, field, "", why, reasons::INVALID_ANNOTATION);
+                }
+                return false;
+            }
+            _ => {}
+        }
+        let expose = annotations::annotation_field(annotations::EXPOSE);
+        if !gate.enabled {
+            let why = "Service-only routes are disabled on this controller (--enable-service-routes); not exposed";
+            self.warn(object, expose, "true", why, reasons::SERVICE_ROUTES_DISABLED);
+            return false;
+        }
+        if !gate.namespaces.is_empty() && !gate.namespaces.contains(&object.namespace) {
+            let why = format!(
+                "namespace {} may not define Service-only routes (--service-routes-namespaces {}); not exposed",
+                object.namespace,
+                gate.namespaces.join(",")
+            );
+            self.warn(object, expose, "true", why, reasons::SERVICE_ROUTES_DISABLED);
+            return false;
+        }
+        true
+    }
+
+    /// A Service annotated `wsingress.io/expose: "true"` becomes a route of its own, when the
+    /// Service-only route gate lets it.
     fn exposed_service(&mut self, svc: &'a Service) {
         let object = ObjectRef::new("Service", &svc.metadata);
         let annotations = svc.metadata.annotations.as_ref();
         let Some(exposure) = annotations::exposure(&object, annotations, &mut self.warnings) else {
             return;
         };
+        if !self.service_route_allowed(&object, annotations) {
+            return;
+        }
         let settings = annotations::route_settings(
             &object,
             annotations,
             AnnotatedKind::Service,
             &self.defaults.settings,
+            self.defaults.unsupported_security,
             &mut self.warnings,
         );
         let host = HostMatch::parse(&exposure.host);
         let path = PathMatch::prefix(&exposure.path);
         let field = annotations::annotation_field(annotations::EXPOSE);
-        if !self.claim(&object, &field, &host, &path) {
+        if !self.claim(&Arc::new(object.clone()), &field, claim_key(&host, &path), &host, &path) {
             return;
         }
         let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
@@ -629,6 +894,8 @@ impl<'a> Translation<'a> {
                 }
                 found
             }
+            // The one port marked `appProtocol: kubernetes.io/ws` is the WebSocket port.
+            None if ports.iter().filter(|p| is_ws_port(p)).count() == 1 => ports.iter().find(|p| is_ws_port(p)),
             None => {
                 if ports.len() > 1 {
                     let first = ports[0].name.clone().unwrap_or_else(|| ports[0].port.to_string());
@@ -664,8 +931,8 @@ impl<'a> Translation<'a> {
         };
         let backend_label = format!("{name}:{port_text}");
         let endpoints = match chosen {
-            Some(sp) => self.service_endpoints(&object, "spec", &backend_label, svc, sp),
-            None => Vec::new(),
+            Some(sp) if settings.refused.is_none() => self.service_endpoints(&object, "spec", &backend_label, svc, sp),
+            _ => Vec::new(),
         };
         let route = Arc::new(Route { id: object.id(), backend: backend_label, pool: Pool::new(endpoints), settings });
         self.rules.push(Rule { host, path, route });
@@ -684,19 +951,37 @@ impl<'a> Translation<'a> {
         let name = svc.metadata.name.as_deref().unwrap_or("");
         let spec = svc.spec.as_ref();
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-            self.warn(
-                object,
-                field,
-                backend_label,
-                format!("Service {namespace}/{name} is an ExternalName Service, which is not supported; the route answers 503"),
-                reasons::UNSUPPORTED_BACKEND,
-            );
-            return Vec::new();
+            // Resolved at connect time, on the Service port (ExternalName has no endpoints).
+            let external = spec.and_then(|s| s.external_name.as_deref()).map(str::trim).unwrap_or("");
+            let port = u16::try_from(port.port).ok().filter(|&p| p > 0);
+            return match port {
+                Some(port) if valid_host(external) => vec![Endpoint::external(external, port)],
+                _ => {
+                    self.warn(
+                        object,
+                        field,
+                        backend_label,
+                        format!(
+                            "ExternalName Service {namespace}/{name} has no valid spec.externalName ({external:?}) or port; the route answers 503"
+                        ),
+                        reasons::UNSUPPORTED_BACKEND,
+                    );
+                    Vec::new()
+                }
+            };
         }
         let port_name = port.name.as_deref().unwrap_or("");
         let mut out = Vec::new();
-        let slices = self.slices.get(&(namespace, name)).cloned().unwrap_or_default();
-        for slice in slices {
+        let index = self.index;
+        let slices: &[Arc<EndpointSlice>] = index.get(namespace, name).map_or(&[], |b| b.slices.as_slice());
+        // Dual-stack: a pod has an address in each family's slices; count it once, in the
+        // Service's primary family.
+        let family = primary_family(svc, slices);
+        let used = |s: &&Arc<EndpointSlice>| {
+            let ip = matches!(s.address_type.as_str(), "IPv4" | "IPv6");
+            family.is_none_or(|f| s.address_type == f) || !ip
+        };
+        for slice in slices.iter().filter(used) {
             let Some(number) = slice
                 .ports
                 .iter()
@@ -723,14 +1008,7 @@ impl<'a> Translation<'a> {
                 }
             };
             for ep in slice.endpoints.iter().flatten() {
-                let cond = ep.conditions.as_ref();
-                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                let serving = cond.and_then(|c| c.serving) == Some(true);
-                let terminating = cond.and_then(|c| c.terminating) == Some(true);
-                let draining = serving && terminating;
-                if !(ready || draining) {
-                    continue;
-                }
+                let state = endpoint_state(ep.conditions.as_ref());
                 let target = ep.target_ref.as_ref().and_then(|t| t.name.clone());
                 for address in &ep.addresses {
                     let Ok(ip) = address.trim().parse::<IpAddr>() else {
@@ -739,20 +1017,20 @@ impl<'a> Translation<'a> {
                     if ip.is_ipv6() != v6 {
                         continue;
                     }
-                    let mut endpoint = Endpoint::new(SocketAddr::new(ip, number), ready);
+                    let mut endpoint = Endpoint::with_state(SocketAddr::new(ip, number), state);
                     endpoint.target = target.clone();
                     out.push(endpoint);
                 }
             }
         }
-        if !out.iter().any(|e| e.ready) {
+        if !out.iter().any(Endpoint::is_ready) {
             let reason = if out.is_empty() {
                 format!(
                     "Service {namespace}/{name} has no ready endpoints for port {backend_label}; the route answers 503"
                 )
             } else {
                 format!(
-                    "Service {namespace}/{name} has only terminating endpoints for port {backend_label}; the route answers 503"
+                    "Service {namespace}/{name} has only not-ready or terminating endpoints for port {backend_label}; the route answers 503"
                 )
             };
             self.warn(object, field, backend_label, reason, reasons::NO_READY_ENDPOINTS);
@@ -772,10 +1050,183 @@ impl<'a> Translation<'a> {
     }
 
     fn finish(mut self) -> (RouteTable, Vec<Warning>) {
+        *self.cache = std::mem::take(&mut self.next_cache);
+        *self.parsed = std::mem::take(&mut self.next_parsed);
         sort_warnings(&mut self.warnings);
         let table = RouteTable::new(self.rules, self.default_route.map(|(_, r)| r));
         (table, self.warnings)
     }
+}
+
+fn claim_key(host: &HostMatch, path: &PathMatch) -> u128 {
+    hash128(&(host, path))
+}
+
+/// Read one Ingress alone: its settings, rules, paths and backends, and the warnings about
+/// them. Pure on the Ingress and the settings defaults.
+fn parse_ingress(ing: &Ingress, defaults: &Defaults) -> ParsedIngress {
+    let object = Arc::new(ObjectRef::new("Ingress", &ing.metadata));
+    let mut warnings = Vec::new();
+    let settings = annotations::route_settings(
+        &object,
+        ing.metadata.annotations.as_ref(),
+        AnnotatedKind::Ingress,
+        &defaults.settings,
+        defaults.unsupported_security,
+        &mut warnings,
+    );
+    let mut parsed =
+        ParsedIngress { object: object.clone(), settings, warnings, default_backend: None, paths: Vec::new() };
+    let warn = |w: &mut Vec<Warning>, field: String, value: &str, reason: &str, event: &'static str| {
+        w.push(Warning::new(&object, field, value, reason, event));
+    };
+    let Some(spec) = &ing.spec else {
+        warn(&mut parsed.warnings, "spec".into(), "", "the Ingress has no spec", reasons::INVALID_RULE);
+        return parsed;
+    };
+    let rules = spec.rules.as_deref().unwrap_or_default();
+    if rules.is_empty() && spec.default_backend.is_none() {
+        let why = "the Ingress has neither rules nor a defaultBackend: nothing to route";
+        warn(&mut parsed.warnings, "spec.rules".into(), "", why, reasons::INVALID_RULE);
+    }
+    if let Some(backend) = &spec.default_backend {
+        parsed.default_backend = Some(backend_ref(&object, backend, "spec.defaultBackend"));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let host_text = rule.host.as_deref().unwrap_or("");
+        if !host_text.is_empty() && !valid_host(host_text) {
+            let why = "not a host name (e.g. chat.example.com or *.example.com); rule ignored";
+            warn(&mut parsed.warnings, format!("spec.rules[{i}].host"), host_text, why, reasons::INVALID_RULE);
+            continue;
+        }
+        let host = HostMatch::parse(host_text);
+        let Some(http) = &rule.http else {
+            let why = "the rule has no http paths; nothing is routed for it";
+            warn(&mut parsed.warnings, format!("spec.rules[{i}].http"), host_text, why, reasons::INVALID_RULE);
+            continue;
+        };
+        for (j, p) in http.paths.iter().enumerate() {
+            let field = format!("spec.rules[{i}].http.paths[{j}]");
+            let Some(path) = path_match(&object, &field, p.path.as_deref(), &p.path_type, &mut parsed.warnings) else {
+                continue;
+            };
+            let backend = backend_ref(&object, &p.backend, &field);
+            let claim_key = claim_key(&host, &path);
+            parsed.paths.push(ParsedPath { host: host.clone(), path, field, claim_key, backend });
+        }
+    }
+    parsed
+}
+
+/// The Service and port a backend names (`field` is where the backend sits in the Ingress),
+/// or the warning that it names none (a resource backend): then its path is ignored.
+fn backend_ref(object: &ObjectRef, backend: &IngressBackend, field: &str) -> Result<BackendRef, Box<Warning>> {
+    let Some(service) = &backend.service else {
+        let (value, reason) = match &backend.resource {
+            Some(r) => (format!("{}/{}", r.kind, r.name), "resource backends are not supported; only Service backends"),
+            None => (String::new(), "the backend names no Service"),
+        };
+        let why = format!("{reason}; path ignored");
+        let field = format!("{field}.backend");
+        return Err(Box::new(Warning::new(object, field, value, why, reasons::UNSUPPORTED_BACKEND)));
+    };
+    let field =
+        if field == "spec.defaultBackend" { format!("{field}.service") } else { format!("{field}.backend.service") };
+    let port = service.port.as_ref().and_then(|p| match (&p.name, p.number) {
+        (Some(name), _) if !name.is_empty() => Some(PortRef::Name(name.clone())),
+        (_, Some(n)) => Some(PortRef::Number(n)),
+        _ => None,
+    });
+    let port_text = port.as_ref().map(PortRef::text).unwrap_or_default();
+    let cache_key = hash_of(&(object, &field, &service.name, &port_text));
+    Ok(BackendRef { field, service: service.name.clone(), port, port_text, cache_key })
+}
+
+/// The path of one HTTPIngressPath, or a warning.
+fn path_match(
+    object: &ObjectRef,
+    field: &str,
+    path: Option<&str>,
+    path_type: &str,
+    warnings: &mut Vec<Warning>,
+) -> Option<PathMatch> {
+    let implementation_specific = path_type == "ImplementationSpecific";
+    let path = match path {
+        Some(p) if !p.is_empty() => p,
+        // Only ImplementationSpecific may leave the path out; it then means every path.
+        _ if implementation_specific => "/",
+        _ => {
+            let why = format!("pathType {path_type} needs a path; path ignored");
+            warnings.push(Warning::new(object, format!("{field}.path"), "", why, reasons::INVALID_RULE));
+            return None;
+        }
+    };
+    if !path.starts_with('/') {
+        let why = "a path must start with `/`; path ignored";
+        warnings.push(Warning::new(object, format!("{field}.path"), path, why, reasons::INVALID_RULE));
+        return None;
+    }
+    match path_type {
+        "Exact" => Some(PathMatch::exact(path)),
+        "Prefix" | "ImplementationSpecific" => Some(PathMatch::prefix(path)),
+        other => {
+            let why = "pathType must be Exact, Prefix or ImplementationSpecific; path ignored";
+            warnings.push(Warning::new(object, format!("{field}.pathType"), other, why, reasons::INVALID_RULE));
+            None
+        }
+    }
+}
+
+/// `appProtocol: kubernetes.io/ws` (the Kubernetes name for WebSocket over cleartext).
+pub const APP_PROTOCOL_WS: &str = "kubernetes.io/ws";
+
+fn is_ws_port(p: &ServicePort) -> bool {
+    p.app_protocol.as_deref() == Some(APP_PROTOCOL_WS)
+}
+
+/// The address family (`IPv4`/`IPv6`) whose endpoints a Service's pool uses: its first
+/// `spec.ipFamilies` entry, else its cluster IP's family, else IPv4 when it has IPv4 slices,
+/// else any (`None`: a single-family Service).
+fn primary_family(svc: &Service, slices: &[Arc<EndpointSlice>]) -> Option<&'static str> {
+    let spec = svc.spec.as_ref();
+    let declared = spec.and_then(|s| s.ip_families.as_ref()).and_then(|f| f.first()).map(String::as_str);
+    let cluster_ip = spec.and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse::<IpAddr>().ok());
+    let from_ip = cluster_ip.map(|ip| if ip.is_ipv6() { "IPv6" } else { "IPv4" });
+    match declared.or(from_ip) {
+        Some("IPv4") => Some("IPv4"),
+        Some("IPv6") => Some("IPv6"),
+        _ => {
+            let has = |f: &str| slices.iter().any(|s| s.address_type == f);
+            (has("IPv4") && has("IPv6")).then_some("IPv4")
+        }
+    }
+}
+
+/// An endpoint's lifecycle from its EndpointSlice conditions: `terminating` (serving or not)
+/// is Terminating; otherwise `ready` decides, and unset `ready` counts as ready (the API's
+/// "unknown, interpret as ready").
+pub fn endpoint_state(conditions: Option<&EndpointConditions>) -> EndpointState {
+    let terminating = conditions.and_then(|c| c.terminating) == Some(true);
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    match (terminating, ready) {
+        (true, _) => EndpointState::Terminating,
+        (false, true) => EndpointState::Ready,
+        (false, false) => EndpointState::NotReady,
+    }
+}
+
+/// A 128-bit hash (two independent 64-bit ones), the same for every call in this process:
+/// keys that need no stored copy to tell values apart.
+fn hash128(value: &impl Hash) -> u128 {
+    static STATES: std::sync::OnceLock<(ahash::RandomState, ahash::RandomState)> = std::sync::OnceLock::new();
+    let (a, b) = STATES.get_or_init(|| (ahash::RandomState::new(), ahash::RandomState::new()));
+    (u128::from(a.hash_one(value)) << 64) | u128::from(b.hash_one(value))
+}
+
+/// A fast hash, the same for every call in this process (keys of [`RouteCache`]).
+fn hash_of(value: &impl Hash) -> u64 {
+    static STATE: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(ahash::RandomState::new).hash_one(value)
 }
 
 /// Sort warnings into their canonical order (by object, then field, reason, value).

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 use super::units::{parse_bytes, parse_optional_duration, parse_positive_duration};
@@ -33,6 +34,23 @@ struct Expectations {
     served: Option<Vec<String>>,
     /// Number of rules in the table, when the fixture checks it.
     rules: Option<usize>,
+    /// `--controller-name` (default `wsingress.io/ingress-controller`).
+    controller_name: Option<String>,
+    /// Serve `className` when no IngressClass declares it (default true, as for a file).
+    class_fallback: Option<bool>,
+    /// The Service-only route gate (default: on, no class needed, every namespace).
+    service_routes: Option<GateSpec>,
+    /// `--unsupported-security-annotations` (default refuse).
+    unsupported_security: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GateSpec {
+    enabled: bool,
+    require_class: bool,
+    #[serde(default)]
+    namespaces: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,14 +63,25 @@ struct Request {
     backend: Option<String>,
     /// Ready endpoints as `ip:port` (`[v6]:port`), in any order; checked when given.
     ready: Option<Vec<String>>,
-    /// Kept-for-drain endpoints (ready = false); checked when given, else must be none.
+    /// Terminating endpoints (draining); must be exactly these (none when absent).
     #[serde(default)]
     terminating: Vec<String>,
+    /// Not-ready endpoints (kept, no new tunnels); must be exactly these (none when absent).
+    #[serde(default)]
+    not_ready: Vec<String>,
     /// `ip:port` → targetRef name.
     #[serde(default)]
     targets: BTreeMap<String, String>,
     #[serde(default)]
     settings: BTreeMap<String, String>,
+    /// `host:port` of the ExternalName endpoints (resolved at connect time), exactly.
+    #[serde(default)]
+    external: Vec<String>,
+    /// A substring of why the route refuses every request (fail closed), or absent: served.
+    refused: Option<String>,
+    /// The route's unsupported ingress-nginx keys, exactly (none when absent).
+    #[serde(default)]
+    unsupported: Vec<String>,
 }
 
 struct Fixture {
@@ -80,16 +109,16 @@ fn load_fixture(path: &Path) -> Fixture {
         match kind.as_str() {
             "Ingress" => snapshot
                 .ingresses
-                .push(serde_yaml::from_value::<Ingress>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
+                .push(Arc::new(serde_yaml::from_value::<Ingress>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")))),
             "Service" => snapshot
                 .services
-                .push(serde_yaml::from_value::<Service>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
-            "EndpointSlice" => snapshot
-                .endpoint_slices
-                .push(serde_yaml::from_value::<EndpointSlice>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
+                .push(Arc::new(serde_yaml::from_value::<Service>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")))),
+            "EndpointSlice" => snapshot.endpoint_slices.push(Arc::new(
+                serde_yaml::from_value::<EndpointSlice>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")),
+            )),
             "IngressClass" => snapshot
                 .ingress_classes
-                .push(serde_yaml::from_value::<IngressClass>(value).unwrap_or_else(|e| panic!("{ctx}: {e}"))),
+                .push(Arc::new(serde_yaml::from_value::<IngressClass>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")))),
             "Expectations" => {
                 expect = Some(serde_yaml::from_value::<Expectations>(value).unwrap_or_else(|e| panic!("{ctx}: {e}")))
             }
@@ -111,9 +140,22 @@ fn all_fixtures() -> Vec<Fixture> {
 }
 
 fn defaults_for(f: &Fixture) -> Defaults {
+    let e = &f.expect;
+    let d = Defaults::default();
     Defaults {
-        class_name: f.expect.class_name.clone().unwrap_or_else(|| DEFAULT_CLASS.to_string()),
-        ..Defaults::default()
+        class_name: e.class_name.clone().unwrap_or(d.class_name),
+        controller_name: e.controller_name.clone().unwrap_or(d.controller_name),
+        class_fallback: e.class_fallback.unwrap_or(d.class_fallback),
+        service_routes: e.service_routes.as_ref().map_or(d.service_routes, |g| ServiceRoutes {
+            enabled: g.enabled,
+            require_class: g.require_class,
+            namespaces: g.namespaces.clone(),
+        }),
+        unsupported_security: e
+            .unsupported_security
+            .as_deref()
+            .map_or(d.unsupported_security, |v| UnsupportedSecurity::parse(v).unwrap()),
+        ..d
     }
 }
 
@@ -188,19 +230,22 @@ fn check_fixture(f: &Fixture) {
         if let Some(b) = &r.backend {
             assert_eq!(&route.backend, b, "{ctx}: backend");
         }
-        let mut ready: Vec<String> = route.pool.ready().map(|e| e.addr.to_string()).collect();
-        let mut terminating: Vec<String> =
-            route.pool.endpoints().iter().filter(|e| !e.ready).map(|e| e.addr.to_string()).collect();
-        ready.sort();
-        terminating.sort();
+        let in_state = |state: EndpointState| -> Vec<String> {
+            let mut v: Vec<String> =
+                route.pool.endpoints().iter().filter(|e| e.state == state).map(|e| e.addr.to_string()).collect();
+            v.sort();
+            v
+        };
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
         if let Some(want) = &r.ready {
-            let mut want = want.clone();
-            want.sort();
-            assert_eq!(ready, want, "{ctx}: ready endpoints");
+            assert_eq!(in_state(EndpointState::Ready), sorted(want), "{ctx}: ready endpoints");
         }
-        let mut want_term = r.terminating.clone();
-        want_term.sort();
-        assert_eq!(terminating, want_term, "{ctx}: terminating endpoints");
+        assert_eq!(in_state(EndpointState::Terminating), sorted(&r.terminating), "{ctx}: terminating endpoints");
+        assert_eq!(in_state(EndpointState::NotReady), sorted(&r.not_ready), "{ctx}: not-ready endpoints");
         for (addr, target) in &r.targets {
             let ep = route
                 .pool
@@ -211,6 +256,22 @@ fn check_fixture(f: &Fixture) {
             assert_eq!(ep.target.as_deref(), Some(target.as_str()), "{ctx}: target of {addr}");
         }
         check_settings(&ctx, &route.settings, &r.settings);
+        let external: Vec<String> = route
+            .pool
+            .endpoints()
+            .iter()
+            .filter_map(|e| e.hostname.as_ref().map(|h| format!("{h}:{}", e.addr.port())))
+            .collect();
+        assert_eq!(external, r.external, "{ctx}: ExternalName endpoints");
+        match (&r.refused, &route.settings.refused) {
+            (None, None) => {}
+            (Some(want), Some(got)) => assert!(got.contains(want.as_str()), "{ctx}: refused {got:?} lacks {want:?}"),
+            (want, got) => panic!("{ctx}: refused: want {want:?}, got {got:?}"),
+        }
+        if route.settings.refused.is_some() {
+            assert_eq!(route.pool.endpoints().len(), 0, "{ctx}: a refused route has no endpoints (503)");
+        }
+        assert_eq!(route.settings.unsupported_annotations, r.unsupported, "{ctx}: unsupported annotations");
     }
 }
 
@@ -243,7 +304,7 @@ fn output_does_not_depend_on_input_order() {
             let n = s.endpoint_slices.len().max(1);
             s.endpoint_slices.rotate_left(shift % n);
             for slice in &mut s.endpoint_slices {
-                if let Some(eps) = &mut slice.endpoints {
+                if let Some(eps) = &mut Arc::make_mut(slice).endpoints {
                     eps.reverse();
                 }
             }
@@ -281,5 +342,88 @@ fn host_validation() {
     }
     for bad in ["", "*", "a*.example.com", "chat.example.com:80", "a..b", "-a.com", "a b", "*.*.a"] {
         assert!(!valid_host(bad), "{bad}");
+    }
+}
+
+/// Every object stamped with a uid and resourceVersion, as an API server hands them over.
+fn versioned(snapshot: &ClusterSnapshot) -> ClusterSnapshot {
+    fn stamp<K: k8s_openapi::Metadata<Ty = ObjectMeta> + Clone>(items: &[Arc<K>]) -> Vec<Arc<K>> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let mut k = K::clone(k);
+                let m = k.metadata_mut();
+                m.uid = Some(format!("uid-{}-{}", m.name.clone().unwrap_or_default(), i));
+                m.resource_version = Some("1".into());
+                Arc::new(k)
+            })
+            .collect()
+    }
+    ClusterSnapshot {
+        ingresses: stamp(&snapshot.ingresses),
+        services: stamp(&snapshot.services),
+        endpoint_slices: stamp(&snapshot.endpoint_slices),
+        ingress_classes: stamp(&snapshot.ingress_classes),
+    }
+}
+
+/// The route cache changes nothing but the work: for every fixture the cached translation
+/// equals a fresh one, reuses every route when nothing changed, and rebuilds exactly the
+/// routes of a changed EndpointSlice.
+#[test]
+fn cached_translation_equals_a_fresh_one_and_reuses_unchanged_routes() {
+    for f in all_fixtures() {
+        let defaults = defaults_for(&f);
+        let snapshot = versioned(&f.snapshot);
+        let mut cache = RouteCache::default();
+        let (first, _) = translate_cached(&snapshot, &defaults, &mut cache);
+        let (second, _) = translate_cached(&snapshot, &defaults, &mut cache);
+        assert_eq!(
+            rendered(&snapshot, &defaults),
+            {
+                let (t, w) = translate_cached(&snapshot, &defaults, &mut cache);
+                format!("{}\n{}", serde_json::to_string(&t.view()).unwrap(), serde_json::to_string(&w).unwrap())
+            },
+            "{}: cached output differs",
+            f.name
+        );
+        let before: std::collections::HashSet<*const Route> = first.routes().map(Arc::as_ptr).collect();
+        let ingress_ids: Vec<String> =
+            snapshot.ingresses.iter().map(|i| ObjectRef::new("Ingress", &i.metadata).id()).collect();
+        let mut reused = 0;
+        for r in second.routes().filter(|r| ingress_ids.contains(&r.id)) {
+            assert!(before.contains(&Arc::as_ptr(r)), "{}: route {} rebuilt though nothing changed", f.name, r.id);
+            reused += 1;
+        }
+        assert_eq!(reused, first.routes().filter(|r| ingress_ids.contains(&r.id)).count(), "{}", f.name);
+        // A re-list hands over every object again as a new Arc: nothing may be lost.
+        let relisted = versioned(&f.snapshot);
+        let (after_relist, _) = translate_cached(&relisted, &defaults, &mut cache);
+        assert_eq!(
+            serde_json::to_string(&after_relist.view()).unwrap(),
+            serde_json::to_string(&translate(&relisted, &defaults).0.view()).unwrap(),
+            "{}: after a re-list",
+            f.name
+        );
+        let snapshot = relisted;
+        // One slice changes: its routes are rebuilt, the output still equals a fresh translation.
+        let Some(slice) = snapshot.endpoint_slices.first() else { continue };
+        let mut changed = snapshot.clone();
+        let mut s = EndpointSlice::clone(slice);
+        s.metadata.resource_version = Some("2".into());
+        if let Some(eps) = s.endpoints.as_mut() {
+            eps.truncate(eps.len().saturating_sub(1));
+        }
+        changed.endpoint_slices[0] = Arc::new(s);
+        let (cached, w1) = translate_cached(&changed, &defaults, &mut cache);
+        let (fresh, w2) = translate(&changed, &defaults);
+        assert_eq!(
+            serde_json::to_string(&cached.view()).unwrap(),
+            serde_json::to_string(&fresh.view()).unwrap(),
+            "{}",
+            f.name
+        );
+        assert_eq!(w1, w2, "{}", f.name);
     }
 }

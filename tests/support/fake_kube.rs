@@ -3,18 +3,28 @@
 //!
 //! It stores objects as JSON under one global resourceVersion counter and serves what the
 //! real `kube::Client` and kube-runtime reflectors ask of it:
-//! - list (`metadata.resourceVersion` on every list), namespaced and cluster-wide paths;
+//! - list (`metadata.resourceVersion` on every list), namespaced and cluster-wide paths, paged
+//!   with `limit`/`continue` like the real server (every page carries the first page's
+//!   resourceVersion; a continue token whose version was compacted gets 410 `Expired`);
 //! - `?watch=true`: ADDED/MODIFIED/DELETED/BOOKMARK as newline-delimited JSON over chunked
 //!   HTTP, replaying history newer than `resourceVersion`; a compacted (stale) version gets
 //!   HTTP 200 with an `ERROR` event carrying a 410 `Status`, like the real API server;
 //! - get, create (409 AlreadyExists), replace (409 Conflict on a stale resourceVersion),
 //!   merge patch (on the object or its `status` subresource), delete;
 //! - simple label (`k=v`, `k!=v`, `k`) and field (`metadata.name=`, `metadata.namespace=`)
-//!   selectors.
+//!   selectors;
+//! - what the API server stamps: a `uid`, a distinct `creationTimestamp` per object (one second
+//!   apart, in creation order), and `metadata.generation` (1 on create, +1 whenever anything
+//!   but metadata and status changes);
+//! - `events.k8s.io/v1` Event validation as the real server does it (eventTime, type,
+//!   reason, action, reportingController/-Instance, note length, series, and the Event's
+//!   namespace matching its `regarding` object's): invalid Events get 422 `Invalid`.
 //!
 //! Test hooks: [`FakeKube::apply`]/[`FakeKube::delete`] objects, [`FakeKube::compact`] history
 //! (forces 410 on every watch behind it), [`FakeKube::go_down`] (drop every connection and
-//! refuse new ones) and [`FakeKube::come_back`], and a log of every request for assertions.
+//! refuse new ones) and [`FakeKube::come_back`], [`FakeKube::forbid`] (403 for a verb on a
+//! resource, as RBAC answers), [`FakeKube::set_fault`] (any status for requests a test picks),
+//! [`FakeKube::expire_next_continue`], and a log of every request for assertions.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -123,7 +133,23 @@ struct Store {
     history: Vec<HistoryEvent>,
     requests: Vec<RequestRecord>,
     uid: u64,
+    /// The next request carrying a `continue` token gets 410 Expired.
+    expire_continue: bool,
 }
+
+/// What a fault hook sees of a request.
+#[derive(Debug, Clone)]
+pub struct FaultRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub body: &'a [u8],
+    /// `(group, resource[/subresource], verb)` as RBAC names it.
+    pub access: Option<(String, String, &'static str)>,
+}
+
+/// Decides, per request, an error status to answer instead of serving it.
+pub type FaultHook = Arc<dyn Fn(&FaultRequest<'_>) -> Option<u16> + Send + Sync>;
 
 struct Shared {
     store: Mutex<Store>,
@@ -134,6 +160,7 @@ struct Shared {
     connections: Mutex<CancellationToken>,
     bookmark_every: Duration,
     stop: CancellationToken,
+    fault: Mutex<Option<FaultHook>>,
 }
 
 impl Shared {
@@ -176,6 +203,7 @@ impl FakeKube {
             connections: Mutex::new(CancellationToken::new()),
             bookmark_every,
             stop: CancellationToken::new(),
+            fault: Mutex::new(None),
         });
         tokio::spawn(accept_loop(listener, shared.clone()));
         Self { addr, shared }
@@ -207,13 +235,10 @@ impl FakeKube {
         let mut s = self.shared.store();
         let key = (coll.clone(), ns.clone(), name);
         let kind = if let Some(old) = s.objects.get(&key) {
-            value["metadata"]["uid"] = old["metadata"]["uid"].clone();
-            value["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+            keep_server_fields(old, &mut value);
             "MODIFIED"
         } else {
-            s.uid += 1;
-            value["metadata"]["uid"] = json!(format!("uid-{}", s.uid));
-            value["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+            stamp_new(&mut s, &mut value);
             "ADDED"
         };
         let rv = commit(&mut s, &coll, &ns, kind, &mut value);
@@ -268,6 +293,31 @@ impl FakeKube {
         self.shared.down.store(false, Ordering::SeqCst);
     }
 
+    /// Answer 403 Forbidden, as RBAC does, to `verb` on `resource` (`ingresses`,
+    /// `ingresses/status`, ...) of API group `group` ("" for core).
+    pub fn forbid(&self, group: &str, resource: &str, verb: &'static str) {
+        let (group, resource) = (group.to_string(), resource.to_string());
+        self.set_fault(move |r: &FaultRequest<'_>| {
+            r.access.as_ref().is_some_and(|(g, res, v)| *g == group && *res == resource && *v == verb).then_some(403)
+        });
+    }
+
+    /// Answer requests `hook` picks with the status it returns (a Kubernetes `Status` body)
+    /// instead of serving them; replaces any earlier hook.
+    pub fn set_fault(&self, hook: impl Fn(&FaultRequest<'_>) -> Option<u16> + Send + Sync + 'static) {
+        *self.shared.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+    }
+
+    pub fn clear_fault(&self) {
+        *self.shared.fault.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The next list request that carries a `continue` token gets 410 Expired, as when the
+    /// API server compacted the version the token was issued for.
+    pub fn expire_next_continue(&self) {
+        self.shared.store().expire_continue = true;
+    }
+
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.store().requests.clone()
     }
@@ -288,6 +338,103 @@ fn commit(s: &mut Store, coll: &Collection, ns: &str, kind: &'static str, value:
     value["metadata"]["resourceVersion"] = json!(rv.to_string());
     s.history.push(HistoryEvent { rv, coll: coll.clone(), namespace: ns.to_string(), kind, object: value.clone() });
     rv
+}
+
+/// The first creationTimestamp handed out; each new object gets one second more.
+const EPOCH_SECONDS: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+
+/// RFC 3339 UTC time of a Unix timestamp (the fake's only clock format).
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm), days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// What the API server sets on a new object: uid, a creationTimestamp one second after the
+/// previous object's, generation 1.
+fn stamp_new(s: &mut Store, value: &mut Value) {
+    s.uid += 1;
+    value["metadata"]["uid"] = json!(format!("uid-{}", s.uid));
+    value["metadata"]["creationTimestamp"] = json!(rfc3339(EPOCH_SECONDS + s.uid));
+    value["metadata"]["generation"] = json!(1);
+}
+
+/// On an update: uid and creationTimestamp stay; generation grows when anything but
+/// metadata and status changed.
+fn keep_server_fields(old: &Value, value: &mut Value) {
+    value["metadata"]["uid"] = old["metadata"]["uid"].clone();
+    value["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+    let generation = old["metadata"]["generation"].as_u64().unwrap_or(1);
+    let bump = u64::from(spec_part(old) != spec_part(value));
+    value["metadata"]["generation"] = json!(generation + bump);
+}
+
+/// The object without metadata, status, kind and apiVersion: what `generation` tracks.
+fn spec_part(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in ["metadata", "status", "kind", "apiVersion"] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+/// events.k8s.io/v1 validation as kube-apiserver does it (pkg/apis/core/validation/events.go).
+fn validate_event(coll: &Collection, ns: &str, value: &Value) -> Result<(), String> {
+    if coll.group != "events.k8s.io" {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    let text = |k: &str| value[k].as_str().unwrap_or("");
+    if value["eventTime"].as_str().unwrap_or("").is_empty() {
+        errors.push("eventTime: Required value".to_string());
+    }
+    if !matches!(text("type"), "Normal" | "Warning") {
+        errors.push(format!("type: Unsupported value: {:?}: supported values: \"Normal\", \"Warning\"", text("type")));
+    }
+    for (key, max) in [("reason", 128), ("action", 128), ("reportingController", 253), ("reportingInstance", 128)] {
+        let v = text(key);
+        if v.is_empty() {
+            errors.push(format!("{key}: Required value"));
+        } else if v.len() > max {
+            errors.push(format!("{key}: Too long: must have at most {max} bytes"));
+        }
+    }
+    if text("note").len() > 1024 {
+        errors.push("note: Too long: must have at most 1024 bytes".to_string());
+    }
+    if let Some(series) = value.get("series").filter(|v| !v.is_null()) {
+        if series["count"].as_i64().unwrap_or(0) < 2 {
+            errors.push("series.count: Invalid value: should be at least 2".to_string());
+        }
+        if series["lastObservedTime"].as_str().unwrap_or("").is_empty() {
+            errors.push("series.lastObservedTime: Required value".to_string());
+        }
+    }
+    let regarding_ns = value["regarding"]["namespace"].as_str().unwrap_or("");
+    if regarding_ns.is_empty() {
+        if !matches!(ns, "" | "default" | "kube-system") {
+            errors.push(format!("metadata.namespace: Invalid value: {ns:?}: does not match event.namespace"));
+        }
+    } else if regarding_ns != ns {
+        errors.push(format!("regarding.namespace: Invalid value: {regarding_ns:?}: does not match event.namespace"));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join(", ")) }
+}
+
+fn invalid(coll: &Collection, name: &str, why: &str) -> Response<Body> {
+    error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("{} \"{name}\" is invalid: {why}", coll.kind()))
 }
 
 fn delete_object(shared: &Shared, coll: &Collection, ns: &str, name: &str) -> Option<Value> {
@@ -431,13 +578,30 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let response = route(&shared, &method, &path, &query, &content_type, &body);
-    shared.store().requests.push(RequestRecord {
-        method: method.to_string(),
-        path,
-        query,
-        status: response.status().as_u16(),
+    let hook = shared.fault.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let record = RequestRecord { method: method.to_string(), path: path.clone(), query: query.clone(), status: 0 };
+    let fault = hook.and_then(|h| {
+        h(&FaultRequest { method: method.as_str(), path: &path, query: &query, body: &body, access: record.access() })
     });
+    let response = match fault {
+        Some(403) => {
+            let (group, resource, verb) = record.access().unwrap_or_default();
+            let what = if group.is_empty() { resource.clone() } else { format!("{resource}.{group}") };
+            error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!(
+                    "{what} is forbidden: User \"system:serviceaccount:test:wsingress\" cannot {verb} resource \"{resource}\" in API group \"{group}\""
+                ),
+            )
+        }
+        Some(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(status, status.canonical_reason().unwrap_or("Error"), "injected by the test")
+        }
+        None => route(&shared, &method, &path, &query, &content_type, &body),
+    };
+    shared.store().requests.push(RequestRecord { status: response.status().as_u16(), ..record });
     response
 }
 
@@ -521,18 +685,63 @@ fn matches_selectors(obj: &Value, query: &str) -> bool {
     true
 }
 
+/// A list, paged when `limit` is given: the `continue` token carries the first page's
+/// resourceVersion and the last key served; every page reports that resourceVersion, and a
+/// token whose version was compacted away gets 410 Expired (the client must list again).
 fn list_collection(shared: &Shared, coll: &Collection, ns: Option<&str>, query: &str) -> Response<Body> {
-    let s = shared.store();
-    let items: Vec<Value> = s
-        .objects
-        .iter()
-        .filter(|((c, n, _), v)| c == coll && ns.is_none_or(|ns| ns == n) && matches_selectors(v, query))
-        .map(|(_, v)| v.clone())
-        .collect();
+    let mut s = shared.store();
+    let limit = query_param(query, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|&l| l > 0);
+    let token = query_param(query, "continue").filter(|c| !c.is_empty());
+    let (list_rv, after) = match &token {
+        None => (s.rv, None),
+        Some(t) => {
+            let parsed = t.split_once('/').and_then(|(rv, key)| Some((rv.parse::<u64>().ok()?, key.to_string())));
+            let Some((rv, key)) = parsed else {
+                return error(StatusCode::BAD_REQUEST, "BadRequest", "invalid continue token");
+            };
+            if std::mem::take(&mut s.expire_continue) || rv < s.compacted {
+                return error(
+                    StatusCode::GONE,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                );
+            }
+            (rv, Some(key))
+        }
+    };
+    let mut items: Vec<Value> = Vec::new();
+    let mut more = None;
+    for ((c, n, name), v) in &s.objects {
+        let key = format!("{n}/{name}");
+        if c != coll || ns.is_some_and(|ns| ns != n) || after.as_ref().is_some_and(|a| key <= *a) {
+            continue;
+        }
+        if !matches_selectors(v, query) {
+            continue;
+        }
+        if limit.is_some_and(|l| items.len() == l) {
+            more = Some(());
+            break;
+        }
+        items.push(v.clone());
+    }
+    let continue_token = more.and_then(|()| {
+        let last = items.last()?;
+        let key = format!(
+            "{}/{}",
+            last["metadata"]["namespace"].as_str().unwrap_or(""),
+            last["metadata"]["name"].as_str().unwrap_or("")
+        );
+        Some(format!("{list_rv}/{key}"))
+    });
+    let mut metadata = json!({"resourceVersion": list_rv.to_string()});
+    if let Some(t) = continue_token {
+        metadata["continue"] = json!(t);
+    }
     let list = json!({
         "apiVersion": coll.api_version(),
         "kind": format!("{}List", coll.kind()),
-        "metadata": {"resourceVersion": s.rv.to_string()},
+        "metadata": metadata,
         "items": items,
     });
     drop(s);
@@ -555,15 +764,16 @@ fn create(shared: &Shared, coll: Collection, ns: String, body: &[u8]) -> Respons
     if s.objects.contains_key(&key) {
         return error(StatusCode::CONFLICT, "AlreadyExists", &format!("\"{name}\" already exists"));
     }
-    s.uid += 1;
+    if let Err(why) = validate_event(&coll, &ns, &value) {
+        return invalid(&coll, &name, &why);
+    }
     value["apiVersion"] = json!(coll.api_version());
     value["kind"] = json!(coll.kind());
     value["metadata"]["name"] = json!(name);
     if !ns.is_empty() {
         value["metadata"]["namespace"] = json!(ns);
     }
-    value["metadata"]["uid"] = json!(format!("uid-{}", s.uid));
-    value["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    stamp_new(&mut s, &mut value);
     let rv = commit(&mut s, &coll, &ns, "ADDED", &mut value);
     s.objects.insert(key, value.clone());
     drop(s);
@@ -592,10 +802,13 @@ fn replace(shared: &Shared, coll: Collection, ns: String, name: &str, body: &[u8
             ),
         );
     }
+    if let Err(why) = validate_event(&coll, &ns, &value) {
+        return invalid(&coll, name, &why);
+    }
     value["apiVersion"] = json!(coll.api_version());
     value["kind"] = json!(coll.kind());
-    value["metadata"]["uid"] = old["metadata"]["uid"].clone();
-    value["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+    let old = old.clone();
+    keep_server_fields(&old, &mut value);
     let rv = commit(&mut s, &coll, &ns, "MODIFIED", &mut value);
     s.objects.insert(key, value.clone());
     drop(s);
@@ -668,8 +881,13 @@ fn patch(
             if let Some(o) = patch.as_object_mut() {
                 o.remove("status");
             }
+            let old = value.clone();
             merge_patch(&mut value, &patch);
+            keep_server_fields(&old, &mut value);
         }
+    }
+    if let Err(why) = validate_event(&coll, &ns, &value) {
+        return invalid(&coll, name, &why);
     }
     let rv = commit(&mut s, &coll, &ns, "MODIFIED", &mut value);
     s.objects.insert(key, value.clone());
