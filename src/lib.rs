@@ -24,5 +24,6 @@ pub mod proxy;
 pub mod readiness;
 pub mod routes;
 pub mod source;
+pub mod tls;
 pub mod translate;
 pub mod ws;

@@ -97,6 +97,40 @@ pub struct RouteSettings {
     pub allowed_origins: Vec<String>,
     /// Refuse plain HTTP on this route (426 Upgrade Required).
     pub websocket_only: bool,
+    /// Plain HTTP to a host with a certificate of its own is redirected to https (308).
+    pub ssl_redirect: bool,
+    /// Plain HTTP is redirected to https (308) even for hosts without a certificate.
+    pub force_ssl_redirect: bool,
+    /// TLS towards the endpoints; `None` speaks plain TCP.
+    pub backend_tls: Option<BackendTls>,
+}
+
+/// TLS towards a route's endpoints, as plain data: the proxy turns it into a client
+/// configuration through `tls::client`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// Sent as SNI, and the name the backend's certificate must carry.
+    pub server_name: String,
+    pub verify: BackendVerify,
+}
+
+/// How a backend's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendVerify {
+    /// Against the system's trust store.
+    SystemRoots,
+    /// Against the `ca.crt` of a Secret.
+    Ca(Arc<CaBundle>),
+    /// Not at all (`wsingress.io/backend-tls-verify: "false"`).
+    Off,
+}
+
+/// A PEM bundle of trust anchors and where it came from.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CaBundle {
+    /// `namespace/name` of the Secret.
+    pub id: String,
+    pub pem: Vec<u8>,
 }
 
 impl Default for RouteSettings {
@@ -113,6 +147,9 @@ impl Default for RouteSettings {
             max_connections: None,
             allowed_origins: Vec::new(),
             websocket_only: false,
+            ssl_redirect: true,
+            force_ssl_redirect: false,
+            backend_tls: None,
         }
     }
 }
