@@ -97,12 +97,35 @@ pub struct RouteSettings {
     pub allowed_origins: Vec<String>,
     /// Refuse plain HTTP on this route (426 Upgrade Required).
     pub websocket_only: bool,
-    /// Plain HTTP to a host with a certificate of its own is redirected to https (308).
-    pub ssl_redirect: bool,
-    /// Plain HTTP is redirected to https (308) even for hosts without a certificate.
-    pub force_ssl_redirect: bool,
+    /// When plain HTTP is redirected to https (308).
+    pub ssl_redirect: SslRedirect,
     /// TLS towards the endpoints; `None` speaks plain TCP.
     pub backend_tls: Option<BackendTls>,
+}
+
+/// When a plain HTTP request (or `ws://` upgrade) is answered with a 308 to `https://`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslRedirect {
+    /// For hosts with a certificate of their own (listed in an Ingress `spec.tls`), as
+    /// ingress-nginx does by default.
+    #[default]
+    TlsHosts,
+    /// Never.
+    Off,
+    /// Always, even for hosts without a certificate (ingress-nginx `force-ssl-redirect`).
+    Force,
+}
+
+impl SslRedirect {
+    /// Whether a plain request to a host redirects; `host_has_certificate` comes from the
+    /// certificate table published with this route table.
+    pub fn redirects(self, host_has_certificate: bool) -> bool {
+        match self {
+            Self::TlsHosts => host_has_certificate,
+            Self::Off => false,
+            Self::Force => true,
+        }
+    }
 }
 
 /// TLS towards a route's endpoints, as plain data: the proxy turns it into a client
@@ -147,8 +170,7 @@ impl Default for RouteSettings {
             max_connections: None,
             allowed_origins: Vec::new(),
             websocket_only: false,
-            ssl_redirect: true,
-            force_ssl_redirect: false,
+            ssl_redirect: SslRedirect::default(),
             backend_tls: None,
         }
     }

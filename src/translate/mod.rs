@@ -26,6 +26,7 @@
 //! The output depends only on the set of objects, never on their order, so replicas agree.
 
 pub mod annotations;
+pub mod tls;
 pub mod units;
 
 #[cfg(test)]
@@ -35,14 +36,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Secret, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
 
-use crate::routes::{Endpoint, HostMatch, PathMatch, Pool, Route, RouteSettings, RouteTable, Rule};
-use annotations::AnnotatedKind;
+use crate::routes::{
+    BackendTls, BackendVerify, CaBundle, Endpoint, HostMatch, PathMatch, Pool, Route, RouteSettings, RouteTable, Rule,
+};
+use crate::tls::CertTable;
+use annotations::{AnnotatedKind, BackendTlsRequest};
+use tls::{SecretIndex, TlsDefaults};
 
 /// The controller name our IngressClass must carry in `spec.controller`.
 pub const CONTROLLER_NAME: &str = "wsingress.io/ingress-controller";
@@ -67,7 +72,13 @@ pub mod reasons {
     pub const UNSUPPORTED_BACKEND: &str = "UnsupportedBackend";
     pub const UNSUPPORTED_ADDRESS_TYPE: &str = "UnsupportedAddressType";
     pub const DUPLICATE_OBJECT: &str = "DuplicateObject";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const INVALID_CERTIFICATE: &str = "InvalidCertificate";
+    pub const CERTIFICATE_CONFLICT: &str = "CertificateConflict";
 }
+
+/// Service port `appProtocol` values that make the proxy speak TLS to the endpoints.
+pub const TLS_APP_PROTOCOLS: &[&str] = &["https", "kubernetes.io/wss", "kubernetes.io/https", "wss"];
 
 /// Everything translation reads. Order does not matter.
 #[derive(Debug, Clone, Default)]
@@ -152,16 +163,40 @@ fn namespace_of(meta: &ObjectMeta) -> &str {
     meta.namespace.as_deref().unwrap_or("default")
 }
 
-/// Translate a snapshot into a route table and the warnings about it (sorted).
+/// Translate a snapshot into a route table and the warnings about it (sorted). Secrets are
+/// not read: no certificates, and `backend-ca-secret` is not resolved (verification uses the
+/// system roots). [`translate_all`] reads them.
 pub fn translate(snapshot: &ClusterSnapshot, defaults: &Defaults) -> (RouteTable, Vec<Warning>) {
-    let mut t = Translation::new(snapshot, defaults);
+    let mut t = Translation::new(snapshot, defaults, None);
+    t.routes();
+    t.finish()
+}
+
+/// Translate a snapshot and its Secrets into a route table and a certificate table, with
+/// every warning (sorted). `previous` is the certificate table now serving and `now` the
+/// time (Unix seconds): see [`tls`].
+pub fn translate_all<'a>(
+    snapshot: &'a ClusterSnapshot,
+    secrets: &'a [Secret],
+    defaults: &Defaults,
+    tls_defaults: &TlsDefaults,
+    previous: &CertTable,
+    now: i64,
+) -> (RouteTable, CertTable, Vec<Warning>) {
+    let index = tls::index(secrets);
+    let mut t = Translation::new(snapshot, defaults, Some(index.clone()));
+    t.routes();
+    let mut warnings = std::mem::take(&mut t.warnings);
+    let mut certs = tls::Certificates::new(&index, previous, now, &mut warnings);
     for source in t.sources() {
-        match source {
-            Source::Ingress(ing) => t.ingress(ing),
-            Source::Service(svc) => t.exposed_service(svc),
+        if let Source::Ingress(ing) = source {
+            certs.ingress(ing);
         }
     }
-    t.finish()
+    let certs = certs.finish(tls_defaults);
+    t.warnings = warnings;
+    let (table, warnings) = t.finish();
+    (table, certs, warnings)
 }
 
 /// The Ingresses this controller serves (by class), sorted: the status writer's list.
@@ -285,10 +320,14 @@ struct Translation<'a> {
     /// One route per (object, service, port as written), shared by its rules.
     routes: HashMap<(ObjectRef, String, String), Arc<Route>>,
     warnings: Vec<Warning>,
+    /// `None` when Secrets are not read ([`translate`]).
+    secrets: Option<SecretIndex<'a>>,
+    /// CA bundles by (namespace, Secret name), shared by the routes naming them.
+    cas: HashMap<(String, String), Option<Arc<CaBundle>>>,
 }
 
 impl<'a> Translation<'a> {
-    fn new(snapshot: &'a ClusterSnapshot, defaults: &'a Defaults) -> Self {
+    fn new(snapshot: &'a ClusterSnapshot, defaults: &'a Defaults, secrets: Option<SecretIndex<'a>>) -> Self {
         let mut services = BTreeMap::new();
         for svc in &snapshot.services {
             let key = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or(""));
@@ -315,6 +354,18 @@ impl<'a> Translation<'a> {
             default_route: None,
             routes: HashMap::new(),
             warnings: Vec::new(),
+            secrets,
+            cas: HashMap::new(),
+        }
+    }
+
+    /// Every route-defining object, in precedence order.
+    fn routes(&mut self) {
+        for source in self.sources() {
+            match source {
+                Source::Ingress(ing) => self.ingress(ing),
+                Source::Service(svc) => self.exposed_service(svc),
+            }
         }
     }
 
@@ -341,6 +392,7 @@ impl<'a> Translation<'a> {
             &self.defaults.settings,
             &mut self.warnings,
         );
+        let tls = annotations::backend_tls_request(&object, ing.metadata.annotations.as_ref(), &mut self.warnings);
         let namespace = namespace_of(&ing.metadata);
         let Some(spec) = &ing.spec else {
             self.warn(&object, "spec", "", "the Ingress has no spec", reasons::INVALID_RULE);
@@ -357,7 +409,7 @@ impl<'a> Translation<'a> {
             );
         }
         if let Some(backend) = &spec.default_backend {
-            self.default_backend(&object, namespace, &settings, backend);
+            self.default_backend(&object, namespace, &settings, &tls, backend);
         }
         for (i, rule) in rules.iter().enumerate() {
             let host_text = rule.host.as_deref().unwrap_or("");
@@ -390,7 +442,7 @@ impl<'a> Translation<'a> {
                 if !self.claim(&object, &field, &host, &path) {
                     continue;
                 }
-                let Some(route) = self.ingress_backend(&object, namespace, &settings, &p.backend, &field) else {
+                let Some(route) = self.ingress_backend(&object, namespace, &settings, &tls, &p.backend, &field) else {
                     self.claims.remove(&(host.clone(), path.clone()));
                     continue;
                 };
@@ -404,6 +456,7 @@ impl<'a> Translation<'a> {
         object: &ObjectRef,
         namespace: &str,
         settings: &RouteSettings,
+        tls: &BackendTlsRequest,
         backend: &IngressBackend,
     ) {
         let field = "spec.defaultBackend";
@@ -414,7 +467,7 @@ impl<'a> Translation<'a> {
             self.warn(object, field, "", reason, reasons::RULE_CONFLICT);
             return;
         }
-        if let Some(route) = self.ingress_backend(object, namespace, settings, backend, field) {
+        if let Some(route) = self.ingress_backend(object, namespace, settings, tls, backend, field) {
             self.default_route = Some((object.clone(), route));
         }
     }
@@ -494,6 +547,7 @@ impl<'a> Translation<'a> {
         object: &ObjectRef,
         namespace: &str,
         settings: &RouteSettings,
+        tls: &BackendTlsRequest,
         backend: &IngressBackend,
         field: &str,
     ) -> Option<Arc<Route>> {
@@ -529,6 +583,7 @@ impl<'a> Translation<'a> {
             return Some(route.clone());
         }
         let backend_label = format!("{}:{}", service.name, port_text);
+        let mut settings = settings.clone();
         let endpoints = match self.services.get(&(namespace, service.name.as_str())).copied() {
             None => {
                 self.warn(
@@ -575,17 +630,15 @@ impl<'a> Translation<'a> {
                     }
                 };
                 match service_port {
-                    Some(sp) => self.service_endpoints(object, &field, &backend_label, svc, sp),
+                    Some(sp) => {
+                        settings.backend_tls = self.backend_tls(object, tls, svc, sp);
+                        self.service_endpoints(object, &field, &backend_label, svc, sp)
+                    }
                     None => Vec::new(),
                 }
             }
         };
-        let route = Arc::new(Route {
-            id: object.id(),
-            backend: backend_label,
-            pool: Pool::new(endpoints),
-            settings: settings.clone(),
-        });
+        let route = Arc::new(Route { id: object.id(), backend: backend_label, pool: Pool::new(endpoints), settings });
         self.routes.insert(key, route.clone());
         Some(route)
     }
@@ -597,13 +650,14 @@ impl<'a> Translation<'a> {
         let Some(exposure) = annotations::exposure(&object, annotations, &mut self.warnings) else {
             return;
         };
-        let settings = annotations::route_settings(
+        let mut settings = annotations::route_settings(
             &object,
             annotations,
             AnnotatedKind::Service,
             &self.defaults.settings,
             &mut self.warnings,
         );
+        let tls = annotations::backend_tls_request(&object, annotations, &mut self.warnings);
         let host = HostMatch::parse(&exposure.host);
         let path = PathMatch::prefix(&exposure.path);
         let field = annotations::annotation_field(annotations::EXPOSE);
@@ -664,7 +718,10 @@ impl<'a> Translation<'a> {
         };
         let backend_label = format!("{name}:{port_text}");
         let endpoints = match chosen {
-            Some(sp) => self.service_endpoints(&object, "spec", &backend_label, svc, sp),
+            Some(sp) => {
+                settings.backend_tls = self.backend_tls(&object, &tls, svc, sp);
+                self.service_endpoints(&object, "spec", &backend_label, svc, sp)
+            }
             None => Vec::new(),
         };
         let route = Arc::new(Route { id: object.id(), backend: backend_label, pool: Pool::new(endpoints), settings });
@@ -758,6 +815,68 @@ impl<'a> Translation<'a> {
             self.warn(object, field, backend_label, reason, reasons::NO_READY_ENDPOINTS);
         }
         out
+    }
+
+    /// TLS towards one Service port: asked by the annotations, else by the port's
+    /// `appProtocol`; SNI the Service's DNS name unless overridden.
+    fn backend_tls(
+        &mut self,
+        object: &ObjectRef,
+        req: &BackendTlsRequest,
+        svc: &Service,
+        port: &ServicePort,
+    ) -> Option<BackendTls> {
+        let by_port = port
+            .app_protocol
+            .as_deref()
+            .is_some_and(|p| TLS_APP_PROTOCOLS.contains(&p.trim().to_ascii_lowercase().as_str()));
+        if !req.https.unwrap_or(by_port) {
+            return None;
+        }
+        let namespace = namespace_of(&svc.metadata);
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        let server_name = req.server_name.clone().unwrap_or_else(|| format!("{name}.{namespace}.svc"));
+        let verify = match (&req.ca_secret, req.verify) {
+            (_, false) => BackendVerify::Off,
+            (Some(secret), true) => {
+                self.ca_bundle(object, namespace, secret).map_or(BackendVerify::SystemRoots, BackendVerify::Ca)
+            }
+            (None, true) => BackendVerify::SystemRoots,
+        };
+        Some(BackendTls { server_name, verify })
+    }
+
+    /// The CA bundle of `backend-ca-secret`, or a warning (verification then uses the system
+    /// roots, never nothing). Silent when Secrets are not read.
+    fn ca_bundle(&mut self, object: &ObjectRef, namespace: &str, name: &str) -> Option<Arc<CaBundle>> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(found) = self.cas.get(&key) {
+            return found.clone();
+        }
+        let secret = self.secrets.as_ref()?.get(&(namespace, name)).copied();
+        let result = match secret {
+            None => Err(tls::SecretError::NotFound),
+            Some(secret) => tls::ca_bundle(secret),
+        };
+        let found = match result {
+            Ok(bundle) => Some(Arc::new(bundle)),
+            Err(e) => {
+                let event_reason = match e {
+                    tls::SecretError::NotFound => reasons::SECRET_NOT_FOUND,
+                    _ => reasons::INVALID_CERTIFICATE,
+                };
+                self.warn(
+                    object,
+                    annotations::annotation_field(annotations::BACKEND_CA_SECRET),
+                    name,
+                    format!("Secret {namespace}/{name} {e}; verifying the backend against the system roots"),
+                    event_reason,
+                );
+                None
+            }
+        };
+        self.cas.insert(key, found.clone());
+        found
     }
 
     fn warn(
