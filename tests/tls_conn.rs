@@ -36,7 +36,7 @@ async fn echoes_over_tls13_and_tls12_and_reports_sni_alpn_and_certificate() {
         let server = tokio::spawn(accept_one(listener, certs.clone(), HANDSHAKE));
         let client = pki.client(&["h2", "http/1.1"], &[version]);
         let name = ServerName::try_from("news.example.com").unwrap();
-        let mut c = tokio_rustls::TlsConnector::from(client).connect(name, connect(addr).await).await.unwrap();
+        let mut c = tokio_rustls::TlsConnector::from(client.clone()).connect(name, connect(addr).await).await.unwrap();
         let (conn, accepted) = server.await.unwrap().unwrap();
         assert_eq!(accepted.sni.as_deref(), Some("news.example.com"));
         assert_eq!(accepted.alpn.as_deref(), Some(&b"http/1.1"[..]), "h2 must never be chosen");
@@ -44,12 +44,17 @@ async fn echoes_over_tls13_and_tls12_and_reports_sni_alpn_and_certificate() {
         assert_eq!(accepted.certificate.as_ref().unwrap().source, CertSource::secret("test", "news.example.com"));
         assert_eq!(accepted.version, Some(version.version));
         assert_eq!(c.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert!(!accepted.resumed);
         let echo = tokio::spawn(echo(conn));
         for msg in [&b"hello"[..], &[7u8; 40_000][..]] {
             c.write_all(msg).await.unwrap();
             let mut back = vec![0u8; msg.len()];
             c.read_exact(&mut back).await.unwrap();
             assert_eq!(back, msg);
+            if version == &rustls::version::TLS13 {
+                // A key update from the client, answered by ours, mid-stream.
+                c.get_mut().1.refresh_traffic_keys().unwrap();
+            }
         }
         c.shutdown().await.unwrap();
         let mut rest = Vec::new();
@@ -58,6 +63,39 @@ async fn echoes_over_tls13_and_tls12_and_reports_sni_alpn_and_certificate() {
         let (total, clean) = echo.await.unwrap().unwrap();
         assert_eq!(total, 40_005);
         assert!(clean, "tokio-rustls' shutdown sends close_notify");
+    }
+}
+
+/// Session resumption is left at rustls' defaults: a client that comes back to the same
+/// server configuration resumes (TLS 1.3 tickets, TLS 1.2 session ids).
+#[tokio::test]
+async fn clients_resume_their_sessions() {
+    let pki = Pki::new("resume CA");
+    let certs = handle(&pki, &["chat.example.com"]);
+    let config = server::config(certs).unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let client = tokio_rustls::TlsConnector::from(pki.client(&[], &[version]));
+        let mut resumed = Vec::new();
+        for _ in 0..2 {
+            let (l, addr) = listener().await;
+            let config = config.clone();
+            let server = tokio::spawn(async move {
+                let (tcp, _) = l.accept().await.unwrap();
+                TlsConn::accept(tcp, config, HANDSHAKE).await
+            });
+            let name = ServerName::try_from("chat.example.com").unwrap();
+            let mut c = client.connect(name, connect(addr).await).await.unwrap();
+            let (conn, accepted) = server.await.unwrap().unwrap();
+            resumed.push(accepted.resumed);
+            // One round trip, so the client reads the session tickets sent after the handshake.
+            let echoing = tokio::spawn(echo(conn));
+            c.write_all(b"x").await.unwrap();
+            let mut one = [0u8; 1];
+            c.read_exact(&mut one).await.unwrap();
+            c.shutdown().await.unwrap();
+            echoing.await.unwrap().unwrap();
+        }
+        assert_eq!(resumed, [false, true], "{version:?}");
     }
 }
 
