@@ -8,7 +8,7 @@
 #   scripts/fuzz.sh --seconds 600   # longer
 #   scripts/fuzz.sh --short         # CI form: 10 s per target
 #   scripts/fuzz.sh scanner         # one target (any of: scanner upgrade_request annotations
-#                                   #   manifests_text manifests_structured)
+#                                   #   manifests_text manifests_structured tls_material)
 #   scripts/fuzz.sh --asan          # with AddressSanitizer (slower; the crate has no unsafe code)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#targets[@]} -gt 0 ] || targets=(scanner upgrade_request annotations manifests_text manifests_structured)
+[ ${#targets[@]} -gt 0 ] || targets=(scanner upgrade_request annotations manifests_text manifests_structured tls_material)
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
     echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION under .tools/cargo"

@@ -146,7 +146,8 @@ pub struct Accepted {
     pub version: Option<ProtocolVersion>,
     /// The client resumed an earlier session (no certificate sent).
     pub resumed: bool,
-    /// From the first byte read to the handshake's end.
+    /// From the client's first byte to the handshake's end (a client that connects and waits
+    /// is not counted against the server).
     pub elapsed: Duration,
 }
 
@@ -338,19 +339,18 @@ impl TlsConn {
     ) -> Result<(TlsConn, Accepted), TlsError> {
         let session = UnbufferedServerConnection::new(config).map_err(TlsError::from_rustls)?;
         let mut conn = TlsConn::new(tcp, Session::Server(session));
-        let started = Instant::now();
         let mut resolved: Option<Resolved> = None;
         server::take_resolved();
         let handshake = conn.handshake(Some(&mut resolved));
-        match tokio::time::timeout(timeout, handshake).await {
+        let started = match tokio::time::timeout(timeout, handshake).await {
             Err(_) => return Err(TlsError::Timeout(timeout)),
             Ok(Err(TlsError::PlaintextHttp)) => {
                 conn.answer_plaintext_http().await;
                 return Err(TlsError::PlaintextHttp);
             }
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(())) => {}
-        }
+            Ok(Ok(first_byte)) => first_byte,
+        };
         let common = conn.session.common();
         let accepted = Accepted {
             sni: resolved.as_ref().and_then(|r| r.sni.clone()),
@@ -376,7 +376,7 @@ impl TlsConn {
         match tokio::time::timeout(timeout, conn.handshake(None)).await {
             Err(_) => Err(TlsError::Timeout(timeout)),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Ok(conn),
+            Ok(Ok(_)) => Ok(conn),
         }
     }
 
@@ -402,10 +402,11 @@ impl TlsConn {
         self.outbox_start < self.outbox.len() || (self.write_shut && !self.fin_sent)
     }
 
-    async fn handshake(&mut self, mut resolved: Option<&mut Option<Resolved>>) -> Result<(), TlsError> {
+    /// Drive the handshake to its end; returns when the peer's first bytes arrived.
+    async fn handshake(&mut self, mut resolved: Option<&mut Option<Resolved>>) -> Result<Instant, TlsError> {
         let mut buf = vec![0u8; 8 * 1024];
         let mut filled = 0usize;
-        let mut first_read = true;
+        let mut first_byte: Option<Instant> = None;
         loop {
             let Self { session, outbox, plain, .. } = self;
             let result =
@@ -443,10 +444,12 @@ impl TlsConn {
             match self.tcp.try_read(&mut buf[filled..]) {
                 Ok(0) => return Err(TlsError::Eof),
                 Ok(n) => {
-                    if first_read && matches!(*self.session, Session::Server(_)) && buf[0].is_ascii_uppercase() {
-                        return Err(TlsError::PlaintextHttp);
+                    if first_byte.is_none() {
+                        first_byte = Some(Instant::now());
+                        if matches!(*self.session, Session::Server(_)) && buf[0].is_ascii_uppercase() {
+                            return Err(TlsError::PlaintextHttp);
+                        }
                     }
-                    first_read = false;
                     filled += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -457,7 +460,7 @@ impl TlsConn {
             self.incoming = buf[..filled].to_vec();
             self.incoming_ready = true;
         }
-        Ok(())
+        Ok(first_byte.unwrap_or_else(Instant::now))
     }
 
     /// Write the whole outbox (handshake only: waits for the socket).
