@@ -646,6 +646,15 @@ impl TlsConn {
                         break Err(io::ErrorKind::WouldBlock.into());
                     }
                     let room = (scratch.len() - filled).min(buf.len().max(MAX_RECORD));
+                    if room == 0 {
+                        // Only a handshake message spanning many records could fill it.
+                        self.broken = true;
+                        filled = 0;
+                        break Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "TLS message larger than the read buffer",
+                        ));
+                    }
                     match read_socket(&self.tcp, &mut scratch[filled..filled + room]) {
                         Ok((0, _)) => {
                             self.eof = true;
