@@ -27,17 +27,28 @@ async fn accept_one(
     TlsConn::accept(tcp, server::config(certs).unwrap(), timeout).await
 }
 
+type Client = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A tokio-rustls client with `config` for `host` against one `TlsConn::accept`: both results.
+async fn handshake_pair(
+    certs: &Arc<tls::CertHandle>,
+    config: Arc<rustls::ClientConfig>,
+    host: &str,
+) -> (std::io::Result<Client>, Result<(TlsConn, tls::Accepted), TlsError>) {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(accept_one(l, certs.clone(), HANDSHAKE));
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    let client = tokio_rustls::TlsConnector::from(config).connect(name, connect(addr).await).await;
+    (client, server.await.unwrap())
+}
+
 #[tokio::test]
 async fn echoes_over_tls13_and_tls12_and_reports_sni_alpn_and_certificate() {
     let pki = Pki::new("echo CA");
     let certs = handle(&pki, &["chat.example.com", "news.example.com"]);
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let (listener, addr) = listener().await;
-        let server = tokio::spawn(accept_one(listener, certs.clone(), HANDSHAKE));
-        let client = pki.client(&["h2", "http/1.1"], &[version]);
-        let name = ServerName::try_from("news.example.com").unwrap();
-        let mut c = tokio_rustls::TlsConnector::from(client.clone()).connect(name, connect(addr).await).await.unwrap();
-        let (conn, accepted) = server.await.unwrap().unwrap();
+        let (c, s) = handshake_pair(&certs, pki.client(&["h2", "http/1.1"], &[version]), "news.example.com").await;
+        let (mut c, (conn, accepted)) = (c.unwrap(), s.unwrap());
         assert_eq!(accepted.sni.as_deref(), Some("news.example.com"));
         assert_eq!(accepted.alpn.as_deref(), Some(&b"http/1.1"[..]), "h2 must never be chosen");
         assert_eq!(accepted.choice, Some(tls::table::Choice::Host));
@@ -117,12 +128,9 @@ async fn unknown_and_missing_sni_get_the_fallback_certificate() {
     assert_eq!(accepted.choice, Some(tls::table::Choice::Fallback));
     assert_eq!(accepted.certificate.unwrap().source, CertSource::SelfSigned);
 
-    let (l, addr) = listener().await;
-    let server = tokio::spawn(accept_one(l, certs, HANDSHAKE));
-    let client = tokio_rustls::TlsConnector::from(pki.client(&[], &[]));
-    let c = client.connect(ServerName::try_from("other.example.com").unwrap(), connect(addr).await).await;
+    let (c, s) = handshake_pair(&certs, pki.client(&[], &[]), "other.example.com").await;
     assert!(c.is_err());
-    let err = server.await.unwrap().unwrap_err();
+    let err = s.unwrap_err();
     assert_eq!(err.label(), "certificate_rejected", "{err}");
 }
 
@@ -270,14 +278,8 @@ async fn large_writes_both_ways_arrive_intact() {
 async fn a_peer_that_never_reads_cannot_make_it_buffer() {
     let pki = Pki::new("stall CA");
     let certs = handle(&pki, &["chat.example.com"]);
-    let (listener, addr) = listener().await;
-    let server = tokio::spawn(accept_one(listener, certs, HANDSHAKE));
-    let client = pki.client(&[], &[]);
-    let mut c = tokio_rustls::TlsConnector::from(client)
-        .connect(ServerName::try_from("chat.example.com").unwrap(), connect(addr).await)
-        .await
-        .unwrap();
-    let (mut conn, _) = server.await.unwrap().unwrap();
+    let (c, s) = handshake_pair(&certs, pki.client(&[], &[]), "chat.example.com").await;
+    let (mut c, (mut conn, _)) = (c.unwrap(), s.unwrap());
     let chunk = vec![1u8; 64 * 1024];
     let mut accepted = 0usize;
     let deadline = Instant::now() + TIMEOUT;
@@ -314,14 +316,8 @@ async fn eof_with_and_without_close_notify() {
     let pki = Pki::new("eof CA");
     let certs = handle(&pki, &["chat.example.com"]);
     for clean in [true, false] {
-        let (listener, addr) = listener().await;
-        let server = tokio::spawn(accept_one(listener, certs.clone(), HANDSHAKE));
-        let client = pki.client(&[], &[]);
-        let mut c = tokio_rustls::TlsConnector::from(client)
-            .connect(ServerName::try_from("chat.example.com").unwrap(), connect(addr).await)
-            .await
-            .unwrap();
-        let (mut conn, _) = server.await.unwrap().unwrap();
+        let (c, s) = handshake_pair(&certs, pki.client(&[], &[]), "chat.example.com").await;
+        let (mut c, (mut conn, _)) = (c.unwrap(), s.unwrap());
         c.write_all(b"last words").await.unwrap();
         c.flush().await.unwrap();
         if clean {
@@ -410,15 +406,10 @@ async fn plain_http_to_the_tls_port_gets_400() {
 async fn an_h2_only_client_is_refused_with_no_application_protocol() {
     let pki = Pki::new("alpn CA");
     let certs = handle(&pki, &["chat.example.com"]);
-    let (listener, addr) = listener().await;
-    let server = tokio::spawn(accept_one(listener, certs, HANDSHAKE));
-    let client = pki.client(&["h2"], &[]);
-    let result = tokio_rustls::TlsConnector::from(client)
-        .connect(ServerName::try_from("chat.example.com").unwrap(), connect(addr).await)
-        .await;
-    let err = result.unwrap_err().to_string();
+    let (c, s) = handshake_pair(&certs, pki.client(&["h2"], &[]), "chat.example.com").await;
+    let err = c.unwrap_err().to_string();
     assert!(err.contains("NoApplicationProtocol"), "{err}");
-    let err = server.await.unwrap().unwrap_err();
+    let err = s.unwrap_err();
     assert!(matches!(err, TlsError::UnsupportedAlpn), "{err}");
     assert_eq!(err.label(), "unsupported_alpn");
 }
