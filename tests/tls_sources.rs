@@ -5,6 +5,8 @@
 
 mod common;
 mod tls_common;
+#[path = "peers/tools.rs"]
+mod tools;
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -151,6 +153,39 @@ async fn the_echo_binary_takes_tls_cert_and_key() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(reply, "from a test");
+}
+
+/// Node `ws` (OpenSSL underneath) with `ca:` against the echo server over wss: the
+/// certificate verifies, a message echoes, the close handshake completes.
+#[tokio::test]
+async fn node_ws_with_ca_echoes_over_wss() {
+    if tools::node_with("ws").is_none() {
+        tools::skip("Node ws client: node or the ws package not found (scripts/install-tools.sh node)");
+        return;
+    }
+    let pki = Pki::new("node CA");
+    let dir = Scratch::new("node-wss");
+    let ca = dir.write("ca.crt", &pki.ca_pem);
+    let handle = Arc::new(CertHandle::new(pki.entry(tls::CertSource::SelfSigned, "echo", &["127.0.0.1"])));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let config = EchoConfig { prefix: "node: ".into(), instance: "e".into() };
+    tokio::spawn(echo::serve_tls(listener, config, tls::server::config(handle).unwrap(), stop.clone()));
+    const SCRIPT: &str = r#"
+const WebSocket = require('ws');
+const ws = new WebSocket(process.argv[1], { ca: require('fs').readFileSync(process.argv[2]) });
+ws.on('open', () => ws.send('hello'));
+ws.on('message', (d) => { console.log('got:' + d.toString()); ws.close(1000); });
+ws.on('close', (code) => { console.log('closed:' + code); process.exit(0); });
+ws.on('error', (e) => { console.log('error:' + e.message); process.exit(1); });
+"#;
+    let mut cmd = Command::new("node");
+    cmd.args(["-e", SCRIPT, &format!("wss://{addr}/ws")]).arg(&ca).env("NODE_PATH", tools::node_path());
+    let ran = tokio::task::spawn_blocking(move || tools::run_bounded(cmd, b"", |_| false, TIMEOUT)).await.unwrap();
+    assert!(ran.success, "{ran:?}");
+    assert!(ran.stdout.contains("got:node: hello") && ran.stdout.contains("closed:1000"), "{ran:?}");
+    stop.cancel();
 }
 
 async fn routes_json(admin: SocketAddr) -> serde_json::Value {
