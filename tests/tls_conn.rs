@@ -267,7 +267,7 @@ async fn large_writes_both_ways_arrive_intact() {
     let (got, max_held) = tokio::time::timeout(TIMEOUT * 3, server).await.unwrap().unwrap();
     assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 241) as u8));
     assert_eq!(got.len(), N);
-    println!("largest ciphertext held by the server: {max_held} bytes");
+    println!("most the server held (one record out, one partial record in): {max_held} bytes");
     // At most one record of ciphertext out and one partial record in.
     assert!(max_held <= 2 * (16 * 1024 + 1024), "held {max_held} bytes");
 }
