@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz` (every task that must
-//! keep running still runs: 503 naming the dead ones otherwise),
-//! `/readyz` (routes loaded and not draining) and `/routes` (the current route table as JSON).
+//! keep running still runs: 503 naming the dead ones otherwise), `/readyz` (routes loaded and
+//! not draining) and `/routes` (the current route table as JSON, with the certificate each
+//! host gets).
 //! It runs on its own port (default 0.0.0.0:9090); the proxy port never serves these paths.
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::routes::RouteHandle;
+use crate::tls::CertHandle;
 
 /// Content type of the Prometheus text exposition format 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -29,12 +31,14 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown, how long open admin connections get to finish their response.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// What the admin endpoints read. Cheap to clone (three `Arc`s).
+/// What the admin endpoints read. Cheap to clone (a few `Arc`s).
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub routes: Arc<RouteHandle>,
+    /// When set, `/routes` gains a `tls` section: the certificate each host gets.
+    pub certs: Option<Arc<CertHandle>>,
 }
 
 /// Serve the admin endpoints on `listener` until `shutdown` fires; then stop accepting and
@@ -123,9 +127,21 @@ fn route_request(state: &AdminState, method: &Method, path: &str) -> Response<Fu
     }
 }
 
+/// `/routes`: the table's view, plus `tls` when certificates are wired.
+#[derive(serde::Serialize)]
+struct RoutesDoc {
+    #[serde(flatten)]
+    table: crate::routes::TableView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<crate::tls::TlsView>,
+}
+
 fn routes_json(state: &AdminState) -> Response<Full<Bytes>> {
     let table = state.routes.load();
-    match serde_json::to_vec_pretty(&table.view()) {
+    let tls = state.certs.as_ref().map(|c| {
+        c.view(table.rules().iter().map(|r| r.host.to_string()).collect::<Vec<_>>().iter().map(String::as_str))
+    });
+    match serde_json::to_vec_pretty(&RoutesDoc { table: table.view(), tls }) {
         Ok(mut json) => {
             json.push(b'\n');
             body(StatusCode::OK, "application/json", json.into())
@@ -160,6 +176,7 @@ mod tests {
             metrics: Arc::new(Metrics::new().unwrap()),
             readiness: Arc::new(Readiness::new(routes.clone())),
             routes,
+            certs: None,
         }
     }
 
@@ -196,6 +213,50 @@ mod tests {
         s.readiness.health().fail("watch Ingress", "panicked: boom");
         let (st, _, b) = call(&s, Method::GET, "/healthz").await;
         assert_eq!((st, b.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "unhealthy: watch Ingress: panicked: boom\n"));
+    }
+
+    #[tokio::test]
+    async fn routes_shows_the_certificate_of_each_host() {
+        use crate::routes::{HostMatch, PathMatch, Rule};
+        use crate::tls::{CertSource, CertTable, generate, material};
+        let mut s = state();
+        let now = crate::tls::unix_now();
+        let load = |g: generate::Generated, source| {
+            Arc::new(
+                material::load(g.cert_pem.as_bytes(), g.key_pem.as_bytes(), source, now, &crate::tls::provider())
+                    .unwrap(),
+            )
+        };
+        let fallback = generate::default_certificate(now, &crate::tls::provider()).unwrap();
+        let certs = Arc::new(CertHandle::new(Arc::new(fallback)));
+        let chat = generate::self_signed("chat", &["chat.example.com"], generate::Validity::around(now, 1)).unwrap();
+        certs.publish(CertTable::new(
+            vec![("chat.example.com".into(), load(chat, CertSource::secret("prod", "chat-tls")))],
+            None,
+        ));
+        s.certs = Some(certs);
+        let route = Arc::new(Route {
+            id: "prod/chat".into(),
+            backend: "chat:80".into(),
+            pool: Pool::new(vec![]),
+            settings: RouteSettings::default(),
+        });
+        let rule =
+            |host: &str| Rule { host: HostMatch::parse(host), path: PathMatch::prefix("/"), route: route.clone() };
+        s.routes.publish(RouteTable::new(vec![rule("chat.example.com"), rule("other.example.com")], None));
+        let (st, _, body) = call(&s, Method::GET, "/routes").await;
+        assert_eq!(st, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["generation"], 1);
+        assert_eq!(v["rules"].as_array().unwrap().len(), 2);
+        let hosts = v["tls"]["hosts"].as_array().unwrap();
+        let of = |h: &str| hosts.iter().find(|x| x["host"] == h).unwrap().clone();
+        assert_eq!(of("chat.example.com")["certificate"]["subject"], "CN=chat");
+        assert_eq!(of("chat.example.com")["certificate"]["source"]["name"], "chat-tls");
+        assert_eq!(of("chat.example.com")["choice"], "host");
+        assert_eq!(of("other.example.com")["choice"], "fallback");
+        assert!(of("chat.example.com")["certificate"]["serial"].as_str().unwrap().contains(':'));
+        assert!(v["tls"]["fallback"]["not_after"].as_str().unwrap().ends_with('Z'));
     }
 
     #[tokio::test]

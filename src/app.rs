@@ -22,10 +22,13 @@ use crate::proxy::headers::TrustedProxies;
 use crate::proxy::{self, ProxyConfig, ProxyState};
 use crate::readiness::Readiness;
 use crate::routes::RouteHandle;
+use crate::source::cert_files::{self, CertFiles};
 use crate::source::kube::KubeConfig;
 use crate::source::leader::ElectionConfig;
 use crate::source::status::{PublishFrom, StatusConfig};
 use crate::source::{self, Publisher};
+use crate::tls::{self, CertEntry, CertHandle, generate};
+use crate::translate::tls::TlsDefaults;
 use crate::translate::{Defaults, ServiceRoutes};
 
 /// Exit code for invalid configuration (EX_USAGE).
@@ -82,6 +85,8 @@ pub struct Running {
     pub drain: Drain,
     /// Window over which tunnels spread their Close 1001s on shutdown.
     pub shutdown_spread: Duration,
+    /// Certificates by SNI and the fallback certificate.
+    pub certs: Arc<CertHandle>,
     publisher: Publisher,
     stop_background: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -224,7 +229,22 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
     let routes = Arc::new(RouteHandle::new());
     let readiness = Arc::new(Readiness::new(routes.clone()));
     let drain = Drain::new();
-    let publisher = Publisher::new(routes.clone(), metrics.clone(), route_source.label());
+    let tls_defaults = TlsDefaults { default_secret: args.default_tls_secret.clone() };
+    if args.default_tls_secret.is_some() && matches!(route_source, RouteSource::Static(_)) {
+        return Err(ConfigError(
+            "--default-tls-secret names a Secret, and sidecar mode (--upstream) reads none; use --tls-cert and --tls-key"
+                .into(),
+        )
+        .into());
+    }
+    let cert_files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(CertFiles { cert: cert.clone(), key: key.clone() }),
+        _ => None,
+    };
+    let fallback = fallback_certificate(args, cert_files.as_ref())?;
+    let fallback_digest = fallback.digest;
+    let certs = Arc::new(CertHandle::new(Arc::new(fallback)));
+    let publisher = Publisher::new(routes.clone(), metrics.clone(), route_source.label()).with_certs(certs.clone());
     let stop_background = CancellationToken::new();
 
     // Routes that can be known before binding are published first, so a bad file fails fast.
@@ -237,11 +257,15 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
         }
         RouteSource::Manifests(path) => {
             let defaults = translate_defaults(args)?;
-            let (table, warnings) = source::file::load_file(path, &defaults)
-                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-            publisher.publish(table, &warnings);
+            let (table, cert_table, warnings) =
+                source::file::load_file_all(path, &defaults, &tls_defaults, &certs.load(), tls::unix_now())
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            publisher.publish_all(table, cert_table, &warnings);
             let (path, publisher, stop) = (path.clone(), publisher.clone(), stop_background.clone());
-            background.push(("manifests file reload", Box::pin(source::file::run(path, defaults, publisher, stop))));
+            background.push((
+                "manifests file reload",
+                Box::pin(source::file::run_tls(path, defaults, tls_defaults, publisher, stop)),
+            ));
         }
         RouteSource::Kube => {
             // Flags first, so a typo is reported even where no cluster is reachable.
@@ -265,6 +289,12 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
         }
         RouteSource::Manual => {}
     }
+    if let Some(files) = cert_files {
+        background.push((
+            "certificate files reload",
+            Box::pin(cert_files::run(files, fallback_digest, publisher.clone(), stop_background.clone())),
+        ));
+    }
 
     let proxy_listener = proxy::server::bind(args.listen, &config)
         .with_context(|| format!("binding the proxy listener {}", args.listen))?;
@@ -276,7 +306,12 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
 
     let state = Arc::new(ProxyState::new(routes.clone(), metrics.clone(), drain.clone(), trusted));
     let mut tasks = vec![tokio::spawn(proxy::serve(proxy_listener, state, config))];
-    let admin_state = AdminState { metrics: metrics.clone(), readiness: readiness.clone(), routes: routes.clone() };
+    let admin_state = AdminState {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        routes: routes.clone(),
+        certs: Some(certs.clone()),
+    };
     let admin_stop = stop_background.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = admin::serve(admin_listener, admin_state, admin_stop).await {
@@ -299,10 +334,40 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
         readiness,
         drain,
         shutdown_spread,
+        certs,
         publisher,
         stop_background,
         tasks,
     })
+}
+
+/// The certificate for TLS clients with an unknown or no SNI when the source has no default:
+/// `--tls-cert`/`--tls-key` (a bad pair is a configuration error), else one generated now.
+fn fallback_certificate(args: &ServeArgs, files: Option<&CertFiles>) -> anyhow::Result<CertEntry> {
+    let now = tls::unix_now();
+    if let Some(files) = files {
+        let entry = cert_files::load(files, now).map_err(|e| ConfigError(format!("--tls-cert/--tls-key: {e}")))?;
+        tracing::info!(
+            cert = %files.cert.display(),
+            subject = %entry.info.subject,
+            not_after = %tls::rfc3339(entry.info.not_after),
+            "TLS certificate loaded from files (reloaded when they change)"
+        );
+        return Ok(entry);
+    }
+    let entry =
+        generate::default_certificate(now, &tls::provider()).context("generating the default TLS certificate")?;
+    let served = if args.default_tls_secret.is_some() {
+        "served while --default-tls-secret is missing or bad"
+    } else {
+        "served to TLS clients with an unknown or no SNI (set --tls-cert or --default-tls-secret to replace it)"
+    };
+    tracing::info!(
+        subject = %entry.info.subject,
+        not_after = %tls::rfc3339(entry.info.not_after),
+        "generated a self-signed default certificate (ECDSA P-256), {served}"
+    );
+    Ok(entry)
 }
 
 /// The process entry point behind `main`.
@@ -373,15 +438,28 @@ async fn run_echo(args: EchoArgs) -> anyhow::Result<()> {
     let instance = args.instance.clone().unwrap_or_else(|| args.listen.to_string());
     let config = EchoConfig { prefix: args.prefix, instance };
     config.validate().map_err(|e| ConfigError(e.to_string()))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = CertFiles { cert: cert.clone(), key: key.clone() };
+            let entry = cert_files::load(&files, tls::unix_now())
+                .map_err(|e| ConfigError(format!("--tls-cert/--tls-key: {e}")))?;
+            let handle = Arc::new(CertHandle::new(Arc::new(entry)));
+            Some(tls::server::config(handle).context("TLS configuration")?)
+        }
+        _ => None,
+    };
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, instance = %config.instance, "echo serving");
+    tracing::info!(listen = %listener.local_addr()?, instance = %config.instance, tls = tls.is_some(), "echo serving");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         stop.cancel();
     });
-    echo::serve(listener, config, shutdown).await?;
+    match tls {
+        Some(tls) => echo::serve_tls(listener, config, tls, shutdown).await?,
+        None => echo::serve(listener, config, shutdown).await?,
+    }
     Ok(())
 }
 

@@ -129,6 +129,15 @@ pub struct ServeArgs {
     /// CIDRs whose X-Forwarded-For is trusted to name the client (comma separated). Empty: trust none.
     #[arg(long, value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// TLS certificate chain (PEM) for clients with an unknown or no SNI (in sidecar mode, for every host); reloaded when the file changes.
+    #[arg(long, requires = "tls_key", conflicts_with = "default_tls_secret")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Default certificate from a kubernetes.io/tls Secret (NAMESPACE/NAME) for clients with an unknown or no SNI. Without it or --tls-cert, a self-signed one is generated at start.
+    #[arg(long, value_parser = crate::translate::tls::parse_secret_ref)]
+    pub default_tls_secret: Option<(String, String)>,
     #[command(flatten)]
     pub route: RouteDefaults,
 }
@@ -194,6 +203,12 @@ pub struct EchoArgs {
     /// Name sent in the x-echo-instance header (default: $HOSTNAME, else the listen address).
     #[arg(long, env = "HOSTNAME")]
     pub instance: Option<String>,
+    /// Serve https and wss with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -311,5 +326,25 @@ mod tests {
         assert_eq!(settings.policy, Policy::IpHash);
         assert!(Cli::try_parse_from(["wsingress", "serve", "--load-balance", "fastest"]).is_err());
         assert!(Cli::try_parse_from(["wsingress", "serve", "--upstream", "a:1", "--manifests", "f.yaml"]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_parse_and_conflict() {
+        let serve = |extra: &[&str]| {
+            let argv = [&["wsingress", "serve"][..], extra].concat();
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Serve(s) => s,
+                _ => panic!("not serve"),
+            })
+        };
+        let s = serve(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(s.tls_cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        let s = serve(&["--default-tls-secret", "ingress/default-tls"]).unwrap();
+        assert_eq!(s.default_tls_secret, Some(("ingress".into(), "default-tls".into())));
+        assert!(serve(&["--tls-cert", "c.pem"]).is_err(), "a certificate needs its key");
+        assert!(serve(&["--tls-key", "k.pem"]).is_err());
+        assert!(serve(&["--default-tls-secret", "no-namespace"]).is_err());
+        let both = ["--tls-cert", "c", "--tls-key", "k", "--default-tls-secret", "a/b"];
+        assert!(serve(&both).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! The echo server (`wsingress echo`): a WebSocket echo with an optional prefix, request info on
 //! `/headers` (and `__headers__` over a WebSocket), a self-contained test page on `/`, and `/healthz`.
 //!
+//! [`serve_tls`] serves the same over TLS (https and wss) through [`TlsConn`].
+//!
 //! Built on hyper 1 (HTTP/1.1 with upgrades) and hyper-tungstenite. Every response, the 101
 //! included, carries `x-echo-instance` so tests can tell backends apart. Close frames are echoed
 //! exactly (code and reason), which is what the Autobahn testsuite expects of an echo server.
@@ -29,6 +31,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+
+use crate::tls::TlsConn;
 
 /// Response header naming the instance that answered (on every response, the 101 included).
 pub const INSTANCE_HEADER: &str = "x-echo-instance";
@@ -94,11 +98,33 @@ struct Shared {
     page: Bytes,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// TLS on every connection (`echo --tls-cert`).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serve until `shutdown` fires; then stop accepting, send Close 1001 to open WebSockets, wait
 /// (bounded) for connections to finish and return.
 pub async fn serve(listener: TcpListener, config: EchoConfig, shutdown: CancellationToken) -> std::io::Result<()> {
+    serve_with(listener, config, None, shutdown).await
+}
+
+/// [`serve`] over TLS: https and wss with `tls` (for example `tls::server::config` over a
+/// handle holding the `--tls-cert` pair).
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: EchoConfig,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(listener, config, Some(tls), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    config: EchoConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let instance_header = config.instance_header()?;
     let page = Bytes::from(render_page(&config));
     let shared = Arc::new(Shared {
@@ -108,9 +134,10 @@ pub async fn serve(listener: TcpListener, config: EchoConfig, shutdown: Cancella
         page,
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
+        tls,
     });
     let local = listener.local_addr()?;
-    info!(%local, instance = %shared.instance, prefix = %shared.prefix, "echo server listening");
+    info!(%local, instance = %shared.instance, prefix = %shared.prefix, tls = shared.tls.is_some(), "echo server listening");
 
     loop {
         let accepted = tokio::select! {
@@ -158,9 +185,25 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             async move { Ok::<_, Infallible>(response) }
         })
     };
+    match shared.tls.clone() {
+        None => serve_http(TokioIo::new(stream), peer, service, &shared).await,
+        Some(config) => match TlsConn::accept(stream, config, HEADER_READ_TIMEOUT).await {
+            Ok((conn, _)) => serve_http(TokioIo::new(conn), peer, service, &shared).await,
+            Err(error) => debug!(%peer, %error, "echo: TLS handshake failed"),
+        },
+    }
+}
+
+/// HTTP/1.1 with upgrades on one connection, plain or TLS.
+async fn serve_http<I, S>(io: I, peer: SocketAddr, service: S, shared: &Shared)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
 
     let result = tokio::select! {

@@ -25,5 +25,6 @@ pub mod proxy;
 pub mod readiness;
 pub mod routes;
 pub mod source;
+pub mod tls;
 pub mod translate;
 pub mod ws;

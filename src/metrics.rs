@@ -169,6 +169,9 @@ pub struct Metrics {
     /// The routes last published (by address; held, so an address is not reused), so a
     /// publish updates only the series of routes that changed.
     published_routes: std::sync::Mutex<AHashMap<usize, Arc<Route>>>,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_handshake_seconds: Histogram,
+    pub tls_certificate_expiry: IntGaugeVec,
     /// Every family as registered (the registry's `gather()` omits vectors with no series yet).
     docs: Vec<FamilyDoc>,
 }
@@ -245,6 +248,14 @@ impl Metrics {
             &["kind"],
         )?;
         register(Box::new(controller_last_sync.clone()), "gauge")?;
+        let tls_handshake_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "wsingress_tls_handshake_duration_seconds",
+                "TLS handshakes on the TLS listener, from the first byte to the handshake's end (successful ones).",
+            )
+            .buckets(HANDSHAKE_BUCKETS.to_vec()),
+        )?;
+        register(Box::new(tls_handshake_seconds.clone()), "histogram")?;
         let mut m = Self {
             connections_active: gauge(
                 "wsingress_websocket_connections_active",
@@ -329,6 +340,17 @@ impl Metrics {
             controller_leader,
             routes_conflicts,
             published_routes: std::sync::Mutex::default(),
+            tls_handshakes: counter(
+                "wsingress_tls_handshakes_total",
+                "TLS handshakes on the TLS listener by result: ok, timeout, plaintext_http (answered 400), eof (closed mid-handshake), no_certificate, unsupported_alpn (no http/1.1 offered), certificate_rejected (the client refused our certificate), bad_certificate, incompatible (no common version or cipher), protocol_error, io_error.",
+                &["result"],
+            )?,
+            tls_handshake_seconds,
+            tls_certificate_expiry: gauge(
+                "wsingress_tls_certificate_expiry_timestamp_seconds",
+                "Expiry (notAfter, Unix seconds) of each certificate in use, by source: namespace/name of its Secret, file:PATH for --tls-cert, self-signed for the generated default.",
+                &["secret"],
+            )?,
             registry,
             docs: Vec::new(),
         };
@@ -477,6 +499,22 @@ impl Metrics {
     pub fn watch_synced(&self, kind: &str) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         self.controller_last_sync.with_label_values(&[kind]).set(now.as_secs_f64());
+    }
+
+    /// One TLS handshake on the TLS listener: `result` is `ok` or a `TlsError` label.
+    pub fn tls_handshake(&self, result: &str, elapsed: Duration) {
+        self.tls_handshakes.with_label_values(&[result]).inc();
+        if result == "ok" {
+            self.tls_handshake_seconds.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// The certificates now in use, as `(source label, notAfter)`: replaces the expiry series.
+    pub fn tls_certificates<'a>(&self, certificates: impl IntoIterator<Item = (String, i64)> + 'a) {
+        self.tls_certificate_expiry.reset();
+        for (source, not_after) in certificates {
+            self.tls_certificate_expiry.with_label_values(&[&source]).set(not_after);
+        }
     }
 
     /// A source produced no new table (parse error, API error): the last good one keeps serving.
@@ -813,7 +851,7 @@ mod tests {
     fn families_include_vectors_without_series_and_match_the_exposition() {
         let m = Metrics::new().unwrap();
         let names: Vec<String> = m.families().into_iter().map(|f| f.name).collect();
-        assert_eq!(names.len(), 21, "{names:?}");
+        assert_eq!(names.len(), 24, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("wsingress_")));
         // Give every vector one series; then the exposition lists exactly the documented families.
         let c = m.connection("default/chat", "chat:80");
@@ -827,6 +865,8 @@ mod tests {
         m.endpoints.with_label_values(&["default/chat", "chat:80", "ready"]).set(1);
         m.watch_error("Ingress");
         m.watch_synced("Ingress");
+        m.tls_handshake("ok", Duration::from_millis(1));
+        m.tls_certificates([("default/chat-tls".to_string(), 1)]);
         let mut gathered: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
         gathered.sort();
         assert_eq!(gathered, names);
@@ -848,7 +888,8 @@ mod tests {
                         "status_class",
                         "source",
                         "version",
-                        "kind"
+                        "kind",
+                        "secret"
                     ]
                     .contains(&l.as_str()),
                     "unbounded label {l} on {}",
@@ -887,6 +928,25 @@ mod tests {
         assert_eq!(t.lines().count(), 2 + m.families().len());
         assert!(t.contains("| `wsingress_websocket_messages_total` | counter | `route`, `backend`, `direction` | "));
         assert!(t.contains("| `wsingress_config_generation` | gauge | — | "));
+    }
+
+    #[test]
+    fn tls_handshakes_and_certificate_expiry() {
+        let m = Metrics::new().unwrap();
+        m.tls_handshake("ok", Duration::from_millis(2));
+        m.tls_handshake("timeout", Duration::from_secs(10));
+        m.tls_certificates([("prod/chat-tls".to_string(), 1_900_000_000), ("self-signed".to_string(), 1_800_000_000)]);
+        m.tls_certificates([("prod/chat-tls".to_string(), 1_900_000_001)]);
+        let text = String::from_utf8(m.encode()).unwrap();
+        for line in [
+            "wsingress_tls_handshakes_total{result=\"ok\"} 1",
+            "wsingress_tls_handshakes_total{result=\"timeout\"} 1",
+            "wsingress_tls_handshake_duration_seconds_count 1",
+            "wsingress_tls_certificate_expiry_timestamp_seconds{secret=\"prod/chat-tls\"} 1900000001",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+        assert!(!text.contains("secret=\"self-signed\""), "a certificate no longer in use keeps no series");
     }
 
     #[test]

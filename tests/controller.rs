@@ -315,6 +315,7 @@ impl Controller {
             metrics: self.metrics.clone(),
             readiness: self.readiness.clone(),
             routes: self.routes.clone(),
+            certs: None,
         };
         tokio::spawn(wsingress::admin::serve(listener, state, self.shutdown.clone()));
         addr

@@ -170,6 +170,7 @@ async fn start_admin() -> Admin {
         metrics: Arc::new(Metrics::new().expect("metrics")),
         readiness: Arc::new(Readiness::new(routes.clone())),
         routes,
+        certs: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -369,8 +370,19 @@ fn dashboard_queries_name_only_registered_families() {
         };
         assert!(balanced('(', ')') && balanced('{', '}') && balanced('[', ']'), "unbalanced: {e}");
     }
-    // Every family is on the dashboard somewhere.
+    // Every family is on the dashboard somewhere, except the TLS families registered ahead of
+    // the TLS listener: their panels (certificate expiry, handshakes by result) come with the
+    // chart's TLS values (issue 12, phase 2). Remove them from this list when the panels land.
+    const PANELS_PENDING: &[&str] = &[
+        "wsingress_tls_certificate_expiry_timestamp_seconds",
+        "wsingress_tls_handshake_duration_seconds",
+        "wsingress_tls_handshakes_total",
+    ];
     for f in &families {
+        if PANELS_PENDING.contains(&f.name.as_str()) {
+            assert!(!used.contains(&f.name), "{} has a panel now: take it off PANELS_PENDING", f.name);
+            continue;
+        }
         assert!(used.contains(&f.name), "{} is on no panel", f.name);
     }
 }
@@ -521,8 +533,12 @@ mod e2e {
 
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let admin = l.local_addr().unwrap();
-            let admin_state =
-                AdminState { metrics: metrics.clone(), readiness: readiness.clone(), routes: routes.clone() };
+            let admin_state = AdminState {
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+                routes: routes.clone(),
+                certs: None,
+            };
             tasks.push(tokio::spawn(admin::serve(l, admin_state, shutdown.clone())));
             Stack {
                 proxy,

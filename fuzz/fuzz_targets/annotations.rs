@@ -1,5 +1,5 @@
 //! Fuzz target: the annotation parser (`translate::annotations::route_settings` and
-//! `exposure`) over arbitrary annotation maps, with keys drawn mostly from the real
+//! `exposure`, `backend_tls_request`) over arbitrary annotation maps, with keys drawn mostly from the real
 //! `wsingress.io/*` and ingress-nginx keys. Invariants: no panic; every warning names one
 //! of the annotations present; parsing is deterministic.
 #![no_main]
@@ -35,6 +35,14 @@ const KEYS: &[&str] = &[
     ann::NGINX_LOAD_BALANCE,
     ann::NGINX_LIMIT_CONNECTIONS,
     ann::NGINX_AFFINITY,
+    ann::SSL_REDIRECT,
+    ann::BACKEND_PROTOCOL,
+    ann::BACKEND_TLS_SERVER_NAME,
+    ann::BACKEND_CA_SECRET,
+    ann::BACKEND_TLS_VERIFY,
+    ann::NGINX_SSL_REDIRECT,
+    ann::NGINX_FORCE_SSL_REDIRECT,
+    ann::NGINX_BACKEND_PROTOCOL,
 ];
 
 #[derive(Debug, Arbitrary)]
@@ -70,6 +78,7 @@ fuzz_target!(|input: Input| {
     let mut warnings = Vec::new();
     let settings = ann::route_settings(&object, Some(&map), kind, &base, &mut warnings);
     let exposure = ann::exposure(&object, Some(&map), &mut warnings);
+    let backend_tls = ann::backend_tls_request(&object, Some(&map), &mut warnings);
     for w in &warnings {
         assert!(
             map.keys().any(|k| w.field == ann::annotation_field(k)),
@@ -81,5 +90,6 @@ fuzz_target!(|input: Input| {
     let mut again = Vec::new();
     assert_eq!(settings, ann::route_settings(&object, Some(&map), kind, &base, &mut again));
     assert_eq!(exposure, ann::exposure(&object, Some(&map), &mut again));
+    assert_eq!(backend_tls, ann::backend_tls_request(&object, Some(&map), &mut again));
     assert_eq!(warnings.len(), again.len());
 });

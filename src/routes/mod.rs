@@ -106,6 +106,63 @@ pub struct RouteSettings {
     /// Why the route answers every request with 503: it carries a security annotation
     /// wsingress does not enforce (fail closed). Its pool is then empty.
     pub refused: Option<String>,
+    /// When plain HTTP is redirected to https (308).
+    pub ssl_redirect: SslRedirect,
+    /// TLS towards the endpoints; `None` speaks plain TCP.
+    pub backend_tls: Option<BackendTls>,
+}
+
+/// When a plain HTTP request (or `ws://` upgrade) is answered with a 308 to `https://`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslRedirect {
+    /// For hosts with a certificate of their own (listed in an Ingress `spec.tls`), as
+    /// ingress-nginx does by default.
+    #[default]
+    TlsHosts,
+    /// Never.
+    Off,
+    /// Always, even for hosts without a certificate (ingress-nginx `force-ssl-redirect`).
+    Force,
+}
+
+impl SslRedirect {
+    /// Whether a plain request to a host redirects; `host_has_certificate` comes from the
+    /// certificate table published with this route table.
+    pub fn redirects(self, host_has_certificate: bool) -> bool {
+        match self {
+            Self::TlsHosts => host_has_certificate,
+            Self::Off => false,
+            Self::Force => true,
+        }
+    }
+}
+
+/// TLS towards a route's endpoints, as plain data: the proxy turns it into a client
+/// configuration through `tls::client`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// Sent as SNI, and the name the backend's certificate must carry.
+    pub server_name: String,
+    pub verify: BackendVerify,
+}
+
+/// How a backend's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendVerify {
+    /// Against the system's trust store.
+    SystemRoots,
+    /// Against the `ca.crt` of a Secret.
+    Ca(Arc<CaBundle>),
+    /// Not at all (`wsingress.io/backend-tls-verify: "false"`).
+    Off,
+}
+
+/// A PEM bundle of trust anchors and where it came from.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CaBundle {
+    /// `namespace/name` of the Secret.
+    pub id: String,
+    pub pem: Vec<u8>,
 }
 
 impl Default for RouteSettings {
@@ -125,6 +182,8 @@ impl Default for RouteSettings {
             websocket_only: false,
             unsupported_annotations: Vec::new(),
             refused: None,
+            ssl_redirect: SslRedirect::default(),
+            backend_tls: None,
         }
     }
 }

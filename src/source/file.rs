@@ -1,6 +1,8 @@
 //! `wsingress serve --manifests FILE`: routes from a multi-document YAML of Ingress,
 //! Service, EndpointSlice and IngressClass objects (what you would `kubectl apply`),
 //! translated by the same pure [`translate`] as the controller, and reloaded on change.
+//! `kind: Secret` objects (`kubernetes.io/tls` for `spec.tls`, `ca.crt` for backend
+//! verification) become the certificate table published with the routes ([`load_all`]).
 //!
 //! **Why polling, not inotify.** The file is checked every [`POLL_INTERVAL`]: its metadata
 //! (modification time and length, following symlinks), and its content hash when those
@@ -24,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -33,7 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::routes::{Route, RouteTable};
 use crate::source::Publisher;
-use crate::translate::{ClusterSnapshot, Defaults, ObjectRef, Warning, reasons, sort_warnings, translate};
+use crate::tls::CertTable;
+use crate::translate::tls::TlsDefaults;
+use crate::translate::{ClusterSnapshot, Defaults, ObjectRef, Warning, reasons, sort_warnings, translate_all};
 
 /// Label of this source in metrics and logs.
 pub const SOURCE: &str = "file";
@@ -72,18 +76,46 @@ fn describe(kind: &Option<String>, name: &Option<String>) -> String {
 
 /// Translate a manifests text: the table and every warning (sorted).
 pub fn load(text: &str, defaults: &Defaults) -> Result<(RouteTable, Vec<Warning>), LoadError> {
-    let (snapshot, mut warnings) = parse(text)?;
-    let (table, more) = translate(&snapshot, defaults);
+    let (table, _, warnings) =
+        load_all(text, defaults, &TlsDefaults::default(), &CertTable::default(), crate::tls::unix_now())?;
+    Ok((table, warnings))
+}
+
+/// Translate a manifests text with its Secrets: the route table, the certificate table and
+/// every warning (sorted). `previous` and `now` as for [`translate_all`].
+pub fn load_all(
+    text: &str,
+    defaults: &Defaults,
+    tls: &TlsDefaults,
+    previous: &CertTable,
+    now: i64,
+) -> Result<(RouteTable, CertTable, Vec<Warning>), LoadError> {
+    let (snapshot, secrets, mut warnings) = parse_all(text)?;
+    let (table, certs, more) = translate_all(&snapshot, &secrets, defaults, tls, previous, now);
     warnings.extend(more);
     sort_warnings(&mut warnings);
-    Ok((table, warnings))
+    Ok((table, certs, warnings))
+}
+
+fn read_file(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })
 }
 
 /// Read and translate the file once: the app calls this before binding any port, so a bad
 /// initial file exits with the configuration-error code instead of serving nothing.
 pub fn load_file(path: &Path, defaults: &Defaults) -> Result<(RouteTable, Vec<Warning>), LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
-    load(&text, defaults)
+    load(&read_file(path)?, defaults)
+}
+
+/// [`load_file`] with the certificate table ([`load_all`]).
+pub fn load_file_all(
+    path: &Path,
+    defaults: &Defaults,
+    tls: &TlsDefaults,
+    previous: &CertTable,
+    now: i64,
+) -> Result<(RouteTable, CertTable, Vec<Warning>), LoadError> {
+    load_all(&read_file(path)?, defaults, tls, previous, now)
 }
 
 /// The `kind` and `namespace/name` of a document, read loosely for messages.
@@ -100,6 +132,11 @@ fn identity(value: &serde_yaml::Value) -> (Option<String>, Option<String>) {
 /// The objects of a multi-document YAML. Kinds translation does not read are skipped with
 /// an info line; an object defined twice keeps its last definition, with a warning.
 pub fn parse(text: &str) -> Result<(ClusterSnapshot, Vec<Warning>), LoadError> {
+    parse_all(text).map(|(snapshot, _, warnings)| (snapshot, warnings))
+}
+
+/// [`parse`], with the file's Secrets.
+pub fn parse_all(text: &str) -> Result<(ClusterSnapshot, Vec<Secret>, Vec<Warning>), LoadError> {
     // Pass 1: every document as a loose value, to learn its kind and name (and to catch
     // YAML syntax errors with the document's position).
     let mut values = Vec::new();
@@ -146,6 +183,10 @@ pub fn parse(text: &str) -> Result<(ClusterSnapshot, Vec<Warning>), LoadError> {
                 let obj = IngressClass::deserialize(doc).map_err(|e| fail(e.to_string()))?;
                 objects.add(index, "IngressClass", obj, |o| &o.metadata).map_err(fail)?;
             }
+            Some("Secret") => {
+                let obj = Secret::deserialize(doc).map_err(|e| fail(e.to_string()))?;
+                objects.add(index, "Secret", obj, |o| &o.metadata).map_err(fail)?;
+            }
             Some(other) => {
                 tracing::info!(
                     source = SOURCE,
@@ -168,6 +209,7 @@ struct Objects {
     services: Vec<Option<Service>>,
     endpoint_slices: Vec<Option<EndpointSlice>>,
     ingress_classes: Vec<Option<IngressClass>>,
+    secrets: Vec<Option<Secret>>,
     /// (kind, namespace, name) → (document index, position in its list).
     seen: HashMap<(String, String, String), (usize, usize)>,
     warnings: Vec<Warning>,
@@ -194,6 +236,12 @@ impl Collect<EndpointSlice> for Objects {
 impl Collect<IngressClass> for Objects {
     fn list(&mut self) -> &mut Vec<Option<IngressClass>> {
         &mut self.ingress_classes
+    }
+}
+
+impl Collect<Secret> for Objects {
+    fn list(&mut self) -> &mut Vec<Option<Secret>> {
+        &mut self.secrets
     }
 }
 
@@ -227,14 +275,14 @@ impl Objects {
         Ok(())
     }
 
-    fn finish(self) -> (ClusterSnapshot, Vec<Warning>) {
+    fn finish(self) -> (ClusterSnapshot, Vec<Secret>, Vec<Warning>) {
         let snapshot = ClusterSnapshot {
             ingresses: self.ingresses.into_iter().flatten().map(Arc::new).collect(),
             services: self.services.into_iter().flatten().map(Arc::new).collect(),
             endpoint_slices: self.endpoint_slices.into_iter().flatten().map(Arc::new).collect(),
             ingress_classes: self.ingress_classes.into_iter().flatten().map(Arc::new).collect(),
         };
-        (snapshot, self.warnings)
+        (snapshot, self.secrets.into_iter().flatten().collect(), self.warnings)
     }
 }
 
@@ -262,18 +310,37 @@ async fn stat(path: &Path) -> Option<(Option<SystemTime>, u64)> {
     Some((m.modified().ok(), m.len()))
 }
 
-/// Apply one settled observation: publish a new table, or keep the last good one.
-fn apply(seen: &Seen, text: Option<&str>, defaults: &Defaults, publisher: &Publisher, path: &Path) {
+/// Apply one settled observation: publish new tables, or keep the last good ones.
+fn apply(seen: &Seen, text: Option<&str>, config: &Config, publisher: &Publisher, path: &Path) {
     match (seen, text) {
-        (Seen::Content(_), Some(text)) => match load(text, defaults) {
-            Ok((table, warnings)) => {
-                publisher.publish(table, &warnings);
+        (Seen::Content(_), Some(text)) => match config.load(text, publisher) {
+            Ok((table, certs, warnings)) => {
+                publisher.publish_all(table, certs, &warnings);
             }
             Err(e) => publisher.rejected(&format!("{}: {e}", path.display())),
         },
         (Seen::Unreadable(why), _) => publisher.rejected(why),
         (Seen::Content(_), None) => {}
     }
+}
+
+/// What translation of the file needs besides its text.
+struct Config {
+    defaults: Defaults,
+    tls: TlsDefaults,
+}
+
+impl Config {
+    /// Translate `text` against the certificates now serving.
+    fn load(&self, text: &str, publisher: &Publisher) -> Result<(RouteTable, CertTable, Vec<Warning>), LoadError> {
+        load_all(text, &self.defaults, &self.tls, &publisher.current_certs(), crate::tls::unix_now())
+    }
+}
+
+/// Whether two certificate tables serve the same certificates for the same hosts.
+pub fn same_certs(a: &CertTable, b: &CertTable) -> bool {
+    let hosts = |t: &CertTable| -> Vec<(String, u64)> { t.hosts().into_iter().map(|(h, e)| (h, e.digest)).collect() };
+    hosts(a) == hosts(b) && a.default_certificate().map(|e| e.digest) == b.default_certificate().map(|e| e.digest)
 }
 
 /// Whether two tables route the same way: same rules, routes, settings and endpoints.
@@ -303,18 +370,32 @@ pub fn same_routes(a: &RouteTable, b: &RouteTable) -> bool {
 /// reported through `publisher.rejected` and never replace the last good table. Validate the
 /// file with [`load_file`] first when a bad initial file must stop the process.
 pub async fn run(path: PathBuf, defaults: Defaults, publisher: Publisher, shutdown: CancellationToken) {
+    run_tls(path, defaults, TlsDefaults::default(), publisher, shutdown).await
+}
+
+/// [`run`], with `--default-tls-secret` for the certificate tables it publishes.
+pub async fn run_tls(
+    path: PathBuf,
+    defaults: Defaults,
+    tls: TlsDefaults,
+    publisher: Publisher,
+    shutdown: CancellationToken,
+) {
+    let config = Config { defaults, tls };
     let mut last_stat = stat(&path).await;
     let (seen, text) = observe(&path).await;
     let already_served = match (&seen, text.as_deref()) {
-        // The app usually publishes `load_file`'s table before starting us: do not publish
-        // the same routes twice (but do if the file changed in between).
+        // The app usually publishes `load_file_all`'s tables before starting us: do not publish
+        // the same routes and certificates twice (but do if the file changed in between).
         (Seen::Content(_), Some(text)) if publisher.routes().has_published() => {
-            load(text, &defaults).is_ok_and(|(table, _)| same_routes(&publisher.routes().load(), &table))
+            config.load(text, &publisher).is_ok_and(|(table, certs, _)| {
+                same_routes(&publisher.routes().load(), &table) && same_certs(&publisher.current_certs(), &certs)
+            })
         }
         _ => false,
     };
     if !already_served {
-        apply(&seen, text.as_deref(), &defaults, &publisher, &path);
+        apply(&seen, text.as_deref(), &config, &publisher, &path);
     }
     let mut applied = seen.clone();
     let mut previous = seen;
@@ -337,7 +418,7 @@ pub async fn run(path: PathBuf, defaults: Defaults, publisher: Publisher, shutdo
             previous = seen;
             continue;
         }
-        apply(&seen, text.as_deref(), &defaults, &publisher, &path);
+        apply(&seen, text.as_deref(), &config, &publisher, &path);
         applied = seen.clone();
         previous = seen;
     }
@@ -348,8 +429,8 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::routes::RouteHandle;
+    use crate::source::test_support::until;
     use std::sync::Arc;
-    use std::time::Instant;
 
     const GOOD: &str = r#"
 apiVersion: networking.k8s.io/v1
@@ -485,14 +566,6 @@ endpoints:
         }
     }
 
-    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     #[tokio::test]
     async fn run_reloads_on_change_and_keeps_the_last_good_table() {
         let file = TempFile::new("run");
@@ -572,6 +645,65 @@ endpoints:
         file.replace(&GOOD.replace("port: 8010", "port: 8020"));
         until("the edit", || endpoints(&routes.load(), "chat.example.com") == ["127.0.0.1:8020"]).await;
         assert_eq!(routes.generation(), 2);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
+    /// A manifests file with a `kubernetes.io/tls` Secret in `stringData`.
+    fn with_tls_secret(cert: &str, key: &str) -> String {
+        let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+        let ingress = GOOD.replace(
+            "  ingressClassName: wsingress\n",
+            "  ingressClassName: wsingress\n  tls: [{hosts: [chat.example.com], secretName: chat-tls}]\n",
+        );
+        format!(
+            "{ingress}apiVersion: v1\nkind: Secret\nmetadata: {{name: chat-tls}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(cert),
+            indent(key)
+        )
+    }
+
+    #[tokio::test]
+    async fn secrets_in_the_file_become_certificates_and_rotate_on_edit() {
+        use crate::tls::generate::{Validity, self_signed};
+        use crate::tls::{CertHandle, unix_now};
+        let now = unix_now();
+        let v1 = self_signed("v1", &["chat.example.com"], Validity::around(now, 1)).unwrap();
+        let v2 = self_signed("v2", &["chat.example.com"], Validity::around(now, 1)).unwrap();
+        let file = TempFile::new("tls");
+        file.replace(&with_tls_secret(&v1.cert_pem, &v1.key_pem));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let routes = Arc::new(RouteHandle::new());
+        let fallback = crate::tls::generate::default_certificate(now, &crate::tls::provider()).unwrap();
+        let certs = Arc::new(CertHandle::new(Arc::new(fallback)));
+        let publisher = Publisher::new(routes.clone(), metrics.clone(), SOURCE).with_certs(certs.clone());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_tls(
+            file.0.clone(),
+            Defaults::default(),
+            TlsDefaults::default(),
+            publisher,
+            shutdown.clone(),
+        ));
+        let subject = || certs.load().lookup("chat.example.com").map(|e| e.info.subject.clone());
+        until("the first certificate", || subject().as_deref() == Some("CN=v1")).await;
+        assert_eq!(certs.load().generation, routes.generation());
+
+        // A key from another certificate: the table is published with the warning, v1 stays.
+        file.replace(&with_tls_secret(&v1.cert_pem, &v2.key_pem));
+        until("the second publish", || routes.generation() == 2).await;
+        assert_eq!(subject().as_deref(), Some("CN=v1"));
+        assert_eq!(metrics.config_warnings.get(), 1);
+
+        // Rotated: new handshakes get v2, under the routes' generation.
+        file.replace(&with_tls_secret(&v2.cert_pem, &v2.key_pem));
+        until("the rotation", || subject().as_deref() == Some("CN=v2")).await;
+        assert_eq!(certs.load().generation, routes.generation());
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(
+            text.contains("wsingress_tls_certificate_expiry_timestamp_seconds{secret=\"default/chat-tls\"}"),
+            "{text}"
+        );
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::units::{parse_bytes, parse_optional_duration, parse_positive_duration};
 use super::{ObjectRef, UnsupportedSecurity, Warning, reasons};
-use crate::routes::{Policy, RouteSettings};
+use crate::routes::{Policy, RouteSettings, SslRedirect};
 
 /// Prefix of our annotation keys.
 pub const PREFIX: &str = "wsingress.io/";
@@ -33,6 +33,11 @@ pub const HOST: &str = "wsingress.io/host";
 pub const PATH: &str = "wsingress.io/path";
 pub const PORT: &str = "wsingress.io/port";
 pub const INGRESS_CLASS: &str = "wsingress.io/ingress-class";
+pub const SSL_REDIRECT: &str = "wsingress.io/ssl-redirect";
+pub const BACKEND_PROTOCOL: &str = "wsingress.io/backend-protocol";
+pub const BACKEND_TLS_SERVER_NAME: &str = "wsingress.io/backend-tls-server-name";
+pub const BACKEND_CA_SECRET: &str = "wsingress.io/backend-ca-secret";
+pub const BACKEND_TLS_VERIFY: &str = "wsingress.io/backend-tls-verify";
 
 /// ingress-nginx annotations accepted as aliases (ours win when both are set).
 pub const NGINX_PROXY_READ_TIMEOUT: &str = "nginx.ingress.kubernetes.io/proxy-read-timeout";
@@ -42,6 +47,15 @@ pub const NGINX_UPSTREAM_HASH_BY: &str = "nginx.ingress.kubernetes.io/upstream-h
 pub const NGINX_LOAD_BALANCE: &str = "nginx.ingress.kubernetes.io/load-balance";
 pub const NGINX_LIMIT_CONNECTIONS: &str = "nginx.ingress.kubernetes.io/limit-connections";
 pub const NGINX_AFFINITY: &str = "nginx.ingress.kubernetes.io/affinity";
+pub const NGINX_SSL_REDIRECT: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
+pub const NGINX_FORCE_SSL_REDIRECT: &str = "nginx.ingress.kubernetes.io/force-ssl-redirect";
+pub const NGINX_BACKEND_PROTOCOL: &str = "nginx.ingress.kubernetes.io/backend-protocol";
+
+/// Keys of the table read by their own parser (`apply` is `None`) although they are route
+/// settings: they report entries one by one, or need the Service and Secrets.
+pub const PARSED_ELSEWHERE: &[&str] =
+    &[ALLOWED_ORIGINS, BACKEND_PROTOCOL, BACKEND_TLS_SERVER_NAME, BACKEND_CA_SECRET, BACKEND_TLS_VERIFY];
+
 /// Prefix of every ingress-nginx annotation.
 pub const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
@@ -53,6 +67,9 @@ pub const NGINX_ALIASES: &[&str] = &[
     NGINX_PROXY_CONNECT_TIMEOUT,
     NGINX_UPSTREAM_HASH_BY,
     NGINX_LOAD_BALANCE,
+    NGINX_SSL_REDIRECT,
+    NGINX_FORCE_SSL_REDIRECT,
+    NGINX_BACKEND_PROTOCOL,
 ];
 
 /// Whether an ingress-nginx key (without its prefix) restricts who may use the route:
@@ -225,6 +242,49 @@ pub static ANNOTATIONS: &[AnnotationSpec] = &[
             s.websocket_only = parse_bool(v)?;
             Ok(())
         }),
+    },
+    AnnotationSpec {
+        key: SSL_REDIRECT,
+        applies_to: AppliesTo::Route,
+        default: "`true`",
+        meaning: "Plain HTTP (and `ws://` upgrades) to a host with its own certificate (listed in an Ingress `spec.tls`) gets 308 to `https://`; `false` never redirects, `force` redirects every host.",
+        nginx: "`ssl-redirect`, `force-ssl-redirect` (aliases)",
+        apply: Some(|v, s| {
+            s.ssl_redirect = parse_ssl_redirect(v)?;
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: BACKEND_PROTOCOL,
+        applies_to: AppliesTo::Route,
+        default: "`http` (`https` when the Service port's `appProtocol` is `https` or `kubernetes.io/wss`)",
+        meaning: "`https` speaks TLS to the endpoints (ALPN `http/1.1`, SNI the Service's DNS name `NAME.NAMESPACE.svc`), verified against `backend-ca-secret` or the system roots.",
+        nginx: "`backend-protocol: HTTPS` (alias)",
+        apply: None,
+    },
+    AnnotationSpec {
+        key: BACKEND_TLS_SERVER_NAME,
+        applies_to: AppliesTo::Route,
+        default: "`NAME.NAMESPACE.svc` of the Service",
+        meaning: "SNI sent to the endpoints and the name their certificate must carry.",
+        nginx: "`proxy-ssl-name`",
+        apply: None,
+    },
+    AnnotationSpec {
+        key: BACKEND_CA_SECRET,
+        applies_to: AppliesTo::Route,
+        default: "the system roots",
+        meaning: "Name of a Secret in the same namespace whose `ca.crt` (PEM) verifies the endpoints' certificates. A missing or bad Secret is reported and the system roots are used (never no verification).",
+        nginx: "`proxy-ssl-secret`",
+        apply: None,
+    },
+    AnnotationSpec {
+        key: BACKEND_TLS_VERIFY,
+        applies_to: AppliesTo::Route,
+        default: "`true`",
+        meaning: "`false` accepts any certificate from the endpoints (still encrypted; logged once per route). An explicit opt-out for self-signed backends.",
+        nginx: "`proxy-ssl-verify: off`",
+        apply: None,
     },
     AnnotationSpec {
         key: EXPOSE,
@@ -423,6 +483,20 @@ fn apply_nginx_aliases(
             Err(why) => report.warn(NGINX_UPSTREAM_HASH_BY, v, why),
         }
     }
+    if let Some(v) = get(NGINX_SSL_REDIRECT) {
+        match parse_bool(v) {
+            Ok(true) => settings.ssl_redirect = SslRedirect::TlsHosts,
+            Ok(false) => settings.ssl_redirect = SslRedirect::Off,
+            Err(why) => report.warn(NGINX_SSL_REDIRECT, v, why),
+        }
+    }
+    if let Some(v) = get(NGINX_FORCE_SSL_REDIRECT) {
+        match parse_bool(v) {
+            Ok(true) => settings.ssl_redirect = SslRedirect::Force,
+            Ok(false) => {}
+            Err(why) => report.warn(NGINX_FORCE_SSL_REDIRECT, v, why),
+        }
+    }
 }
 
 /// Report every `nginx.ingress.kubernetes.io/*` key that is not an alias (one
@@ -505,6 +579,83 @@ fn parse_count(value: &str) -> Result<Option<u32>, String> {
         Ok(n) => Ok(Some(n)),
         Err(_) => Err(format!("`{value}` is not a connection count")),
     }
+}
+
+fn parse_ssl_redirect(value: &str) -> Result<SslRedirect, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(SslRedirect::TlsHosts),
+        "false" => Ok(SslRedirect::Off),
+        "force" => Ok(SslRedirect::Force),
+        _ => Err(format!("`{value}` is not `true`, `false` or `force`")),
+    }
+}
+
+/// What an object's annotations ask of TLS towards its backends; `translate` completes it
+/// with the Service port's `appProtocol`, the Service's DNS name and the CA Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTlsRequest {
+    /// `Some(true)` for `https`, `Some(false)` for `http`, `None` when unset (the Service
+    /// port decides).
+    pub https: Option<bool>,
+    pub server_name: Option<String>,
+    /// Secret name, in the object's namespace.
+    pub ca_secret: Option<String>,
+    pub verify: bool,
+}
+
+/// Read the backend TLS annotations (ours win over the ingress-nginx alias).
+pub fn backend_tls_request(
+    object: &ObjectRef,
+    annotations: Option<&BTreeMap<String, String>>,
+    warnings: &mut Vec<Warning>,
+) -> BackendTlsRequest {
+    let mut req = BackendTlsRequest { https: None, server_name: None, ca_secret: None, verify: true };
+    let Some(annotations) = annotations else { return req };
+    let mut report = Reporter { object, warnings };
+    for key in [NGINX_BACKEND_PROTOCOL, BACKEND_PROTOCOL] {
+        let Some(v) = annotations.get(key) else { continue };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "https" => req.https = Some(true),
+            "http" => req.https = Some(false),
+            other => {
+                report.warn(key, v, format!("backend protocol `{other}` is not supported (http or https); using http"))
+            }
+        }
+    }
+    if let Some(v) = annotations.get(BACKEND_TLS_SERVER_NAME) {
+        let name = v.trim().trim_end_matches('.').to_ascii_lowercase();
+        if super::valid_host(&name) && !name.starts_with("*.") || name.parse::<std::net::IpAddr>().is_ok() {
+            req.server_name = Some(name);
+        } else {
+            report.warn(
+                BACKEND_TLS_SERVER_NAME,
+                v,
+                format!("`{v}` is not a DNS name or IP address; using the Service's DNS name"),
+            );
+        }
+    }
+    if let Some(v) = annotations.get(BACKEND_CA_SECRET) {
+        let name = v.trim();
+        let own = name.split_once('/').map_or(Some(name), |(ns, n)| (ns == object.namespace).then_some(n));
+        match own {
+            Some(n) if !n.is_empty() => req.ca_secret = Some(n.to_string()),
+            _ => report.warn(
+                BACKEND_CA_SECRET,
+                v,
+                format!(
+                    "the CA Secret must be a Secret name in namespace {}; verifying against the system roots",
+                    object.namespace
+                ),
+            ),
+        }
+    }
+    if let Some(v) = annotations.get(BACKEND_TLS_VERIFY) {
+        match parse_bool(v) {
+            Ok(b) => req.verify = b,
+            Err(why) => report.warn(BACKEND_TLS_VERIFY, v, format!("{why}; verifying")),
+        }
+    }
+    req
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -797,6 +948,72 @@ mod tests {
     }
 
     #[test]
+    fn ssl_redirect_and_its_nginx_aliases() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], SslRedirect, usize);
+        let cases: &[Case] = &[
+            (&[], SslRedirect::TlsHosts, 0),
+            (&[(SSL_REDIRECT, "false")], SslRedirect::Off, 0),
+            (&[(SSL_REDIRECT, "force")], SslRedirect::Force, 0),
+            (&[(NGINX_SSL_REDIRECT, "false")], SslRedirect::Off, 0),
+            (&[(NGINX_FORCE_SSL_REDIRECT, "true")], SslRedirect::Force, 0),
+            (&[(NGINX_FORCE_SSL_REDIRECT, "true"), (SSL_REDIRECT, "true")], SslRedirect::TlsHosts, 0),
+            (&[(NGINX_SSL_REDIRECT, "no")], SslRedirect::TlsHosts, 1),
+            (&[(SSL_REDIRECT, "always")], SslRedirect::TlsHosts, 1),
+        ];
+        for (pairs, want, warns) in cases {
+            let (s, w) = settings_of(pairs);
+            assert_eq!(s.ssl_redirect, *want, "{pairs:?}");
+            assert_eq!(w.len(), *warns, "{pairs:?}: {w:?}");
+        }
+        assert!(SslRedirect::TlsHosts.redirects(true) && !SslRedirect::TlsHosts.redirects(false));
+        assert!(SslRedirect::Force.redirects(false) && !SslRedirect::Off.redirects(true));
+    }
+
+    #[test]
+    fn backend_tls_annotations() {
+        let read = |pairs: &[(&str, &str)]| {
+            let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let mut w = Vec::new();
+            let r = backend_tls_request(&obj(), Some(&map), &mut w);
+            // The route-settings pass must not complain about these keys either.
+            let (_, w2) = settings_of(pairs);
+            assert!(w2.iter().all(|x| !x.field.contains("backend-")), "{w2:?}");
+            (r, w)
+        };
+        let (r, w) = read(&[
+            (BACKEND_PROTOCOL, "HTTPS"),
+            (BACKEND_TLS_SERVER_NAME, "Chat.Internal."),
+            (BACKEND_CA_SECRET, "chat-ca"),
+            (BACKEND_TLS_VERIFY, "true"),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            r,
+            BackendTlsRequest {
+                https: Some(true),
+                server_name: Some("chat.internal".into()),
+                ca_secret: Some("chat-ca".into()),
+                verify: true
+            }
+        );
+        let (r, _) = read(&[(NGINX_BACKEND_PROTOCOL, "HTTPS")]);
+        assert_eq!(r.https, Some(true));
+        let (r, _) = read(&[(NGINX_BACKEND_PROTOCOL, "HTTPS"), (BACKEND_PROTOCOL, "http")]);
+        assert_eq!(r.https, Some(false));
+        let (r, _) = read(&[(BACKEND_CA_SECRET, "default/chat-ca"), (BACKEND_TLS_VERIFY, "false")]);
+        assert_eq!((r.ca_secret.as_deref(), r.verify), (Some("chat-ca"), false));
+        let (r, w) = read(&[
+            (BACKEND_PROTOCOL, "GRPC"),
+            (BACKEND_TLS_SERVER_NAME, "*.wild"),
+            (BACKEND_CA_SECRET, "other/ca"),
+            (BACKEND_TLS_VERIFY, "nope"),
+        ]);
+        assert_eq!(r, BackendTlsRequest { https: None, server_name: None, ca_secret: None, verify: true });
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w.iter().all(|x| x.event_reason == "InvalidAnnotation"));
+    }
+
+    #[test]
     fn service_exposure() {
         let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -864,7 +1081,7 @@ mod tests {
         assert!(keys.iter().all(|k| k.starts_with(PREFIX)));
         for s in ANNOTATIONS {
             assert!(!s.meaning.contains('|') && !s.default.contains('|') && !s.nginx.contains('|'));
-            let settable = s.apply.is_some() || s.key == ALLOWED_ORIGINS;
+            let settable = s.apply.is_some() || PARSED_ELSEWHERE.contains(&s.key);
             assert_eq!(settable, s.applies_to == AppliesTo::Route, "{}", s.key);
         }
     }

@@ -30,26 +30,32 @@
 //! The output depends only on the set of objects, never on their order, so replicas agree.
 
 pub mod annotations;
+pub mod tls;
 pub mod units;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ahash::AHashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Secret, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
 
-use crate::routes::{Endpoint, EndpointState, HostMatch, PathMatch, Pool, Route, RouteSettings, RouteTable, Rule};
-use annotations::AnnotatedKind;
+use crate::routes::{
+    BackendTls, BackendVerify, CaBundle, Endpoint, EndpointState, HostMatch, PathMatch, Pool, Route, RouteSettings,
+    RouteTable, Rule,
+};
+use crate::tls::CertTable;
+use annotations::{AnnotatedKind, BackendTlsRequest};
+use tls::{SecretIndex, TlsDefaults};
 
 /// The controller name our IngressClass must carry in `spec.controller`.
 pub const CONTROLLER_NAME: &str = "wsingress.io/ingress-controller";
@@ -77,7 +83,13 @@ pub mod reasons {
     pub const SERVICE_ROUTES_DISABLED: &str = "ServiceRouteRefused";
     pub const UNSUPPORTED_ANNOTATION: &str = "UnsupportedAnnotation";
     pub const EXTERNAL_NAME_UNRESOLVABLE: &str = "ExternalNameUnresolvable";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const INVALID_CERTIFICATE: &str = "InvalidCertificate";
+    pub const CERTIFICATE_CONFLICT: &str = "CertificateConflict";
 }
+
+/// Service port `appProtocol` values that make the proxy speak TLS to the endpoints.
+pub const TLS_APP_PROTOCOLS: &[&str] = &["https", "kubernetes.io/wss", "kubernetes.io/https", "wss"];
 
 /// Everything translation reads. Order does not matter. Objects are shared, not copied: the
 /// controller hands over the `Arc`s its caches hold.
@@ -270,6 +282,7 @@ struct ParsedPath {
 struct ParsedIngress {
     object: Arc<ObjectRef>,
     settings: RouteSettings,
+    tls: BackendTlsRequest,
     warnings: Vec<Warning>,
     default_backend: Option<Result<BackendRef, Box<Warning>>>,
     paths: Vec<ParsedPath>,
@@ -429,6 +442,9 @@ struct CachedRoute {
     /// Object, field, Service and port as written (checked on a hit: the map key is a hash).
     key: (ObjectRef, String, String, String),
     settings: RouteSettings,
+    /// The backend TLS the annotations asked for (with the Service port, it decides the
+    /// route's `backend_tls`).
+    tls: BackendTlsRequest,
     /// Hash of the Service's and its EndpointSlices' versions.
     inputs: u64,
     route: Arc<Route>,
@@ -444,13 +460,38 @@ pub fn translate_cached(
     cache: &mut RouteCache,
 ) -> (RouteTable, Vec<Warning>) {
     let mut t = Translation::new(snapshot, defaults, cache);
+    t.routes();
+    t.finish()
+}
+
+/// Translate a snapshot and its Secrets into a route table and a certificate table, with
+/// every warning (sorted). `previous` is the certificate table now serving and `now` the
+/// time (Unix seconds): see [`tls`]. Routes are built afresh (no [`RouteCache`]): a CA
+/// Secret's contents are an input the cache does not track.
+pub fn translate_all<'a>(
+    snapshot: &'a ClusterSnapshot,
+    secrets: &'a [Secret],
+    defaults: &Defaults,
+    tls_defaults: &TlsDefaults,
+    previous: &CertTable,
+    now: i64,
+) -> (RouteTable, CertTable, Vec<Warning>) {
+    let index = tls::index(secrets);
+    let mut cache = RouteCache::default();
+    let mut t = Translation::new(snapshot, defaults, &mut cache);
+    t.secrets = Some(index.clone());
+    t.routes();
+    let mut warnings = std::mem::take(&mut t.warnings);
+    let mut certs = tls::Certificates::new(&index, previous, now, &mut warnings);
     for source in t.sources() {
-        match source {
-            Source::Ingress(ing) => t.ingress(ing),
-            Source::Service(svc) => t.exposed_service(svc),
+        if let Source::Ingress(ing) = source {
+            certs.ingress(ing);
         }
     }
-    t.finish()
+    let certs = certs.finish(tls_defaults);
+    t.warnings = warnings;
+    let (table, warnings) = t.finish();
+    (table, certs, warnings)
 }
 
 /// The Ingresses this controller serves (by class), sorted: the status writer's list.
@@ -585,6 +626,10 @@ struct Translation<'a> {
     /// (routes are never shared between objects).
     routes: Vec<(String, String, Arc<Route>)>,
     warnings: Vec<Warning>,
+    /// `None` when Secrets are not read ([`translate`]).
+    secrets: Option<SecretIndex<'a>>,
+    /// CA bundles by (namespace, Secret name), shared by the routes naming them.
+    cas: HashMap<(String, String), Option<Arc<CaBundle>>>,
 }
 
 impl<'a> Translation<'a> {
@@ -609,6 +654,18 @@ impl<'a> Translation<'a> {
             default_route: None,
             routes: Vec::new(),
             warnings: Vec::new(),
+            secrets: None,
+            cas: HashMap::new(),
+        }
+    }
+
+    /// Every route-defining object, in precedence order.
+    fn routes(&mut self) {
+        for source in self.sources() {
+            match source {
+                Source::Ingress(ing) => self.ingress(ing),
+                Source::Service(svc) => self.exposed_service(svc),
+            }
         }
     }
 
@@ -650,7 +707,7 @@ impl<'a> Translation<'a> {
             } else {
                 match backend {
                     Ok(b) => {
-                        let route = self.route_for(object, namespace, &parsed.settings, b);
+                        let route = self.route_for(object, namespace, &parsed.settings, &parsed.tls, b);
                         self.default_route = Some((ObjectRef::clone(object), route));
                     }
                     Err(w) => self.warnings.push(Warning::clone(w)),
@@ -663,7 +720,7 @@ impl<'a> Translation<'a> {
             }
             match &p.backend {
                 Ok(b) => {
-                    let route = self.route_for(object, namespace, &parsed.settings, b);
+                    let route = self.route_for(object, namespace, &parsed.settings, &parsed.tls, b);
                     self.rules.push(Rule { host: p.host.clone(), path: p.path.clone(), route });
                 }
                 Err(w) => {
@@ -703,6 +760,7 @@ impl<'a> Translation<'a> {
         object: &ObjectRef,
         namespace: &str,
         settings: &RouteSettings,
+        tls: &BackendTlsRequest,
         backend: &BackendRef,
     ) -> Arc<Route> {
         let BackendRef { field, service: service_name, port, port_text, cache_key } = backend;
@@ -719,7 +777,12 @@ impl<'a> Translation<'a> {
         {
             let same_key =
                 hit.key.0 == *object && hit.key.1 == *field && hit.key.2 == *service_name && hit.key.3 == *port_text;
-            if same_key && hit.inputs == inputs && hit.settings == *settings {
+            if same_key
+                && hit.inputs == inputs
+                && hit.settings == *settings
+                && hit.tls == *tls
+                && self.secrets.is_none()
+            {
                 self.warnings.extend(hit.warnings.iter().cloned());
                 self.routes.push((service_name.clone(), port_text.clone(), hit.route.clone()));
                 let route = hit.route.clone();
@@ -729,6 +792,7 @@ impl<'a> Translation<'a> {
         }
         let warned_before = self.warnings.len();
         let backend_label = format!("{service_name}:{port_text}");
+        let mut route_settings = settings.clone();
         let endpoints = match found.and_then(|b| b.service.as_deref()) {
             None => {
                 self.warn(
@@ -776,6 +840,7 @@ impl<'a> Translation<'a> {
                 match service_port {
                     // A refused route answers 503 whatever its endpoints.
                     Some(sp) if settings.refused.is_none() => {
+                        route_settings.backend_tls = self.backend_tls(object, tls, svc, sp);
                         self.service_endpoints(object, field, &backend_label, svc, sp)
                     }
                     _ => Vec::new(),
@@ -786,12 +851,13 @@ impl<'a> Translation<'a> {
             id: object.id(),
             backend: backend_label,
             pool: Pool::new(endpoints),
-            settings: settings.clone(),
+            settings: route_settings,
         });
         if let (cache_key, Some(inputs)) = memo {
             let cached = CachedRoute {
                 key: (object.clone(), field.clone(), service_name.clone(), port_text.clone()),
                 settings: settings.clone(),
+                tls: tls.clone(),
                 inputs,
                 route: route.clone(),
                 warnings: self.warnings[warned_before..].to_vec(),
@@ -861,7 +927,7 @@ impl<'a> Translation<'a> {
         if !self.service_route_allowed(&object, annotations) {
             return;
         }
-        let settings = annotations::route_settings(
+        let mut settings = annotations::route_settings(
             &object,
             annotations,
             AnnotatedKind::Service,
@@ -869,6 +935,7 @@ impl<'a> Translation<'a> {
             self.defaults.unsupported_security,
             &mut self.warnings,
         );
+        let tls = annotations::backend_tls_request(&object, annotations, &mut self.warnings);
         let host = HostMatch::parse(&exposure.host);
         let path = PathMatch::prefix(&exposure.path);
         let field = annotations::annotation_field(annotations::EXPOSE);
@@ -931,11 +998,76 @@ impl<'a> Translation<'a> {
         };
         let backend_label = format!("{name}:{port_text}");
         let endpoints = match chosen {
-            Some(sp) if settings.refused.is_none() => self.service_endpoints(&object, "spec", &backend_label, svc, sp),
+            Some(sp) if settings.refused.is_none() => {
+                settings.backend_tls = self.backend_tls(&object, &tls, svc, sp);
+                self.service_endpoints(&object, "spec", &backend_label, svc, sp)
+            }
             _ => Vec::new(),
         };
         let route = Arc::new(Route { id: object.id(), backend: backend_label, pool: Pool::new(endpoints), settings });
         self.rules.push(Rule { host, path, route });
+    }
+
+    /// TLS towards one Service port: asked by the annotations, else by the port's
+    /// `appProtocol`; SNI the Service's DNS name unless overridden.
+    fn backend_tls(
+        &mut self,
+        object: &ObjectRef,
+        req: &BackendTlsRequest,
+        svc: &Service,
+        port: &ServicePort,
+    ) -> Option<BackendTls> {
+        let by_port = port
+            .app_protocol
+            .as_deref()
+            .is_some_and(|p| TLS_APP_PROTOCOLS.contains(&p.trim().to_ascii_lowercase().as_str()));
+        if !req.https.unwrap_or(by_port) {
+            return None;
+        }
+        let namespace = namespace_of(&svc.metadata);
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        let server_name = req.server_name.clone().unwrap_or_else(|| format!("{name}.{namespace}.svc"));
+        let verify = match (&req.ca_secret, req.verify) {
+            (_, false) => BackendVerify::Off,
+            (Some(secret), true) => {
+                self.ca_bundle(object, namespace, secret).map_or(BackendVerify::SystemRoots, BackendVerify::Ca)
+            }
+            (None, true) => BackendVerify::SystemRoots,
+        };
+        Some(BackendTls { server_name, verify })
+    }
+
+    /// The CA bundle of `backend-ca-secret`, or a warning (verification then uses the system
+    /// roots, never nothing). Silent when Secrets are not read.
+    fn ca_bundle(&mut self, object: &ObjectRef, namespace: &str, name: &str) -> Option<Arc<CaBundle>> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(found) = self.cas.get(&key) {
+            return found.clone();
+        }
+        let secret = self.secrets.as_ref()?.get(&(namespace, name)).copied();
+        let result = match secret {
+            None => Err(tls::SecretError::NotFound),
+            Some(secret) => tls::ca_bundle(secret),
+        };
+        let found = match result {
+            Ok(bundle) => Some(Arc::new(bundle)),
+            Err(e) => {
+                let event_reason = match e {
+                    tls::SecretError::NotFound => reasons::SECRET_NOT_FOUND,
+                    _ => reasons::INVALID_CERTIFICATE,
+                };
+                self.warn(
+                    object,
+                    annotations::annotation_field(annotations::BACKEND_CA_SECRET),
+                    name,
+                    format!("Secret {namespace}/{name} {e}; verifying the backend against the system roots"),
+                    event_reason,
+                );
+                None
+            }
+        };
+        self.cas.insert(key, found.clone());
+        found
     }
 
     /// Endpoints of one Service port from its EndpointSlices; warns when none is ready.
@@ -1075,8 +1207,9 @@ fn parse_ingress(ing: &Ingress, defaults: &Defaults) -> ParsedIngress {
         defaults.unsupported_security,
         &mut warnings,
     );
+    let tls = annotations::backend_tls_request(&object, ing.metadata.annotations.as_ref(), &mut warnings);
     let mut parsed =
-        ParsedIngress { object: object.clone(), settings, warnings, default_backend: None, paths: Vec::new() };
+        ParsedIngress { object: object.clone(), settings, tls, warnings, default_backend: None, paths: Vec::new() };
     let warn = |w: &mut Vec<Warning>, field: String, value: &str, reason: &str, event: &'static str| {
         w.push(Warning::new(&object, field, value, reason, event));
     };
