@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::cli::{Cli, Command, DemoArgs, EchoArgs, ServeArgs};
+use crate::cli::{Cli, ClientArgs, Command, DemoArgs, EchoArgs, ServeArgs};
 use crate::drain::Drain;
 use crate::echo::{self, EchoConfig};
 use crate::metrics::Metrics;
@@ -187,6 +187,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Serve(args) => run_serve(*args).await,
             Command::Echo(args) => run_echo(args).await,
             Command::Demo(args) => run_demo(args).await,
+            Command::Client(args) => run_client(args).await,
         }
     });
     match result {
@@ -301,6 +302,27 @@ fn demo_serve_args(args: &DemoArgs, backends: &[SocketAddr]) -> Result<ServeArgs
     serve.listen = args.listen;
     serve.admin_listen = args.admin_listen;
     Ok(serve)
+}
+
+/// `wsingress client`: progress on stdout; a flag mistake exits 64, a failed expectation 1.
+async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
+    let plan = crate::client::ClientPlan::new(
+        &args.url,
+        args.host.as_deref(),
+        &args.headers,
+        &args.send,
+        &args.expect,
+        args.count,
+        args.ca.as_deref(),
+        args.timeout,
+        args.retry_for,
+    )
+    .map_err(|e| ConfigError(e.to_string()))?;
+    let result = crate::client::run(&plan, |line| println!("{line}")).await;
+    result.map(drop).map_err(|e| match e {
+        e if e.is_usage() => anyhow::Error::new(ConfigError(e.to_string())),
+        e => anyhow::Error::new(e).context(format!("client {}", plan.url)),
+    })
 }
 
 /// SIGTERM or SIGINT (Ctrl-C).
