@@ -156,8 +156,10 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
     let mut tasks = vec![tokio::spawn(proxy::serve(proxy_listener, state, config))];
     let admin_state = AdminState { metrics: metrics.clone(), readiness: readiness.clone(), routes: routes.clone() };
     let admin_stop = stop_background.clone();
+    let admin_drain =
+        args.admin_drain.then(|| admin::AdminDrain { drain: drain.clone(), timeout: args.shutdown_timeout });
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = admin::serve(admin_listener, admin_state, admin_stop).await {
+        if let Err(e) = admin::serve_with_drain(admin_listener, admin_state, admin_drain, admin_stop).await {
             tracing::error!(error = %e, "admin listener failed");
         }
     }));
@@ -306,18 +308,7 @@ fn demo_serve_args(args: &DemoArgs, backends: &[SocketAddr]) -> Result<ServeArgs
 
 /// `wsingress client`: progress on stdout; a flag mistake exits 64, a failed expectation 1.
 async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
-    let plan = crate::client::ClientPlan::new(
-        &args.url,
-        args.host.as_deref(),
-        &args.headers,
-        &args.send,
-        &args.expect,
-        args.count,
-        args.ca.as_deref(),
-        args.timeout,
-        args.retry_for,
-    )
-    .map_err(|e| ConfigError(e.to_string()))?;
+    let plan = args.plan().map_err(|e| ConfigError(e.to_string()))?;
     let result = crate::client::run(&plan, |line| println!("{line}")).await;
     result.map(drop).map_err(|e| match e {
         e if e.is_usage() => anyhow::Error::new(ConfigError(e.to_string())),

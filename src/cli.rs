@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// CIDRs whose X-Forwarded-For is trusted to name the client (comma separated). Empty: trust none.
     #[arg(long, value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// Serve GET /drain?after=DURATION on the admin port: drain like SIGTERM without exiting
+    /// (a native sidecar's preStop hook; its SIGTERM comes only after the app has stopped).
+    #[arg(long)]
+    pub admin_drain: bool,
     #[command(flatten)]
     pub route: RouteDefaults,
 }
@@ -195,6 +199,23 @@ pub struct ClientArgs {
     /// Retry a failed attempt (once a second) until this long has passed; 0: one attempt.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub retry_for: Duration,
+}
+
+impl ClientArgs {
+    /// The validated plan (every flag checked before anything is sent).
+    pub fn plan(&self) -> Result<crate::client::ClientPlan, crate::client::ClientError> {
+        crate::client::ClientPlan::new(
+            &self.url,
+            self.host.as_deref(),
+            &self.headers,
+            &self.send,
+            &self.expect,
+            self.count,
+            self.ca.as_deref(),
+            self.timeout,
+            self.retry_for,
+        )
+    }
 }
 
 /// A duration that may be switched off (`never`, `off`, `0`).
