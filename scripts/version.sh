@@ -2,8 +2,8 @@
 # One version source: Cargo.toml's `version`. Every other place that repeats it follows:
 #   - Cargo.lock (the wsingress package entry);
 #   - charts/wsingress/Chart.yaml `version` and `appVersion` (one version for chart and app);
-#   - every `ghcr.io/wsingress/wsingress:X.Y.Z` image reference in tracked files (manifests,
-#     chart annotations, docs, README, the kind suite);
+#   - every `.../wsingress:X.Y.Z` image reference and every `charts/wsingress --version X.Y.Z`
+#     in tracked files (manifests, chart annotations, docs, READMEs, the kind suite);
 #   - the Dockerfile's `ARG VERSION=` default and tests/e2e/values-kind.yaml's image tag.
 #
 #   scripts/version.sh check              # exit 1, naming each place that differs (.ci/run)
@@ -15,8 +15,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-IMAGE_REPO=ghcr.io/wsingress/wsingress
 SEMVER='[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?'
+# What precedes a copy of the version: an image path ending in /wsingress, or the chart's name
+# before a --version flag.
+REF='(/wsingress:|charts/wsingress --version )'
 
 die() {
     printf 'version: %s\n' "$*" >&2
@@ -27,9 +29,9 @@ cargo_version() {
     sed -n '/^\[package\]/,/^\[/ s/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1
 }
 
-# Tracked text files that name the image with a version (this script excluded).
+# Tracked text files that name the image or the chart with a version (this script excluded).
 image_files() {
-    git ls-files -z | xargs -0 grep -l -E "${IMAGE_REPO//./\\.}:$SEMVER" -- 2>/dev/null |
+    git ls-files -z | xargs -0 grep -l -E "$REF$SEMVER" -- 2>/dev/null |
         grep -v -x 'scripts/version.sh' || true
 }
 
@@ -48,9 +50,9 @@ mismatches() {
     [ "$found" = "$want" ] || echo "tests/e2e/values-kind.yaml: image tag '$found'"
     while IFS= read -r file; do
         [ -n "$file" ] || continue
-        grep -n -o -E "${IMAGE_REPO//./\\.}:$SEMVER" "$file" |
-            awk -v want="$IMAGE_REPO:$want" -v file="$file" \
-                '{ref = $0; sub(/^[0-9]+:/, "", ref); if (ref != want) print file ":" $0}' || true
+        grep -n -o -E "$REF$SEMVER" "$file" |
+            awk -v want="$want" -v file="$file" \
+                '{v = $0; sub(/.*(:| )/, "", v); if (v != want) print file ":" $0}' || true
     done < <(image_files)
 }
 
@@ -66,7 +68,7 @@ check() {
         printf '%s\n' "$problems" | sed 's/^/  /' >&2
         die "these places differ from Cargo.toml's version $version; run: scripts/version.sh bump $version"
     fi
-    echo "version $version: Cargo.toml, Cargo.lock, Chart.yaml, Dockerfile and $(image_files | wc -l) files with image references agree"
+    echo "version $version: Cargo.toml, Cargo.lock, Chart.yaml, Dockerfile and $(image_files | wc -l) files naming the image or chart agree"
 }
 
 bump() {
@@ -84,7 +86,7 @@ bump() {
     sed -i -E "s/^  tag: \".*\"$/  tag: \"$new\"/" tests/e2e/values-kind.yaml
     while IFS= read -r file; do
         [ -n "$file" ] || continue
-        sed -i -E "s#${IMAGE_REPO//./\\.}:$SEMVER#$IMAGE_REPO:$new#g" "$file"
+        sed -i -E "s#$REF$SEMVER#\\1$new#g" "$file"
     done < <(image_files)
     echo "version: $old -> $new"
     check

@@ -60,15 +60,16 @@ fn scratch_copy(tag: &str) -> PathBuf {
 fn a_drifted_copy_is_named_and_bump_rewrites_every_copy() {
     let dir = scratch_copy("drift");
     let version = env!("CARGO_PKG_VERSION");
-    // A manifest left behind at another version.
+    // A manifest left behind at another version (spelled so that this file holds no copy).
+    let old = ["0", "0", "9"].join(".");
     let echo = dir.join("manifests/echo.yaml");
     let drifted = std::fs::read_to_string(&echo)
         .expect("echo.yaml")
-        .replace(&format!("ghcr.io/wsingress/wsingress:{version}"), "ghcr.io/wsingress/wsingress:0.0.9");
+        .replace(&format!("/wsingress:{version}"), &format!("/wsingress:{old}"));
     std::fs::write(&echo, drifted).expect("write");
     let out = run(&dir, "bash", &["scripts/version.sh", "check"]);
     assert!(!out.status.success(), "a drifted manifest must fail the check");
-    assert!(text(&out).contains("manifests/echo.yaml:") && text(&out).contains(":0.0.9"), "{}", text(&out));
+    assert!(text(&out).contains("manifests/echo.yaml:") && text(&out).contains(&format!(":{old}")), "{}", text(&out));
 
     // bump rewrites every copy (the drifted one too) and checks the result.
     let out = run(&dir, "bash", &["scripts/version.sh", "bump", "1.2.3-rc.1"]);
@@ -80,9 +81,18 @@ fn a_drifted_copy_is_named_and_bump_rewrites_every_copy() {
     assert!(cargo.contains("\nversion = \"1.2.3-rc.1\"\n"));
     let lock = std::fs::read_to_string(dir.join("Cargo.lock")).expect("Cargo.lock");
     assert!(lock.contains("name = \"wsingress\"\nversion = \"1.2.3-rc.1\""));
-    for file in ["manifests/echo.yaml", "manifests/sidecar-example.yaml", "README.md", "docs/kubernetes.md"] {
+    for file in [
+        "manifests/echo.yaml",
+        "manifests/sidecar-example.yaml",
+        "README.md",
+        "docs/kubernetes.md",
+        "charts/wsingress/README.md",
+        "tests/e2e/values-kind.yaml",
+    ] {
         let text = std::fs::read_to_string(dir.join(file)).expect(file);
-        assert!(!text.contains(&format!("wsingress:{version}")) && !text.contains("wsingress:0.0.9"), "{file}");
+        for stale in [format!("wsingress:{version}"), format!("wsingress:{old}"), format!("--version {version}")] {
+            assert!(!text.contains(&stale), "{file} still says {stale}");
+        }
     }
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
