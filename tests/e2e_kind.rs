@@ -21,6 +21,7 @@ fn kind_end_to_end() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new("bash")
         .arg(root.join("tests/e2e/run.sh"))
+        .env("WSINGRESS_BIN", env!("CARGO_BIN_EXE_wsingress"))
         .current_dir(&root)
         .status()
         .expect("run tests/e2e/run.sh");

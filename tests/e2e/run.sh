@@ -4,7 +4,8 @@
 # nor kind. Run from anywhere:
 #   tests/e2e/run.sh     # or: cargo test --test e2e_kind -- --ignored
 # Environment: KIND_CLUSTER (default wsingress-e2e), KIND_NODE_IMAGE (default: kind's),
-# KEEP_CLUSTER=1 keeps the cluster afterwards, SKIP_BUILD=1 reuses an image already built.
+# KEEP_CLUSTER=1 keeps the cluster afterwards, SKIP_BUILD=1 reuses an image already built,
+# WSINGRESS_BIN (default target/debug/wsingress; tests/e2e_kind.rs passes its own build).
 #
 # Steps: create the cluster (a control plane and a worker), build the image without
 # attestations (kind load cannot import an image index with provenance) and load it, helm
@@ -33,6 +34,7 @@ URL=ws://127.0.0.1:8080/
 PREFIX="Server received from client: "
 WORK=$(mktemp -d)
 PIDS=()
+WSINGRESS_BIN=${WSINGRESS_BIN:-$ROOT/target/debug/wsingress}
 
 step() { printf '\n=== %s\n' "$*"; }
 die() {
@@ -43,6 +45,7 @@ die() {
 for tool in docker kind node npm; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
+[ -x "$WSINGRESS_BIN" ] || die "$WSINGRESS_BIN is not built (cargo build, or set WSINGRESS_BIN)"
 "$ROOT/scripts/install-tools.sh" node helm
 # shellcheck source=scripts/env.sh
 . "$ROOT/scripts/env.sh"
@@ -124,8 +127,10 @@ step "echo deployment"
 kubectl -n "$APP_NS" apply -f manifests/echo.yaml
 kubectl -n "$APP_NS" rollout status deployment/echo --timeout=180s
 
-step "1. round trip"
+step "1. round trip (ws-check.js, and wsingress client from this build)"
 node tests/e2e/ws-check.js roundtrip "$URL" "$PREFIX"
+"$WSINGRESS_BIN" client "$URL" --send "hello from the host" --expect "${PREFIX}hello from the host" \
+    --count 4 --retry-for 90s
 
 step "2. connections spread over both echo pods"
 node tests/e2e/ws-check.js spread "$URL" 12 2
