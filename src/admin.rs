@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz` (every task that must
 //! keep running still runs: 503 naming the dead ones otherwise), `/readyz` (routes loaded and
-//! not draining) and `/routes` (the current route table as JSON, with the certificate each
-//! host gets).
+//! not draining), `/routes` (the current route table as JSON, with the certificate each host
+//! gets) and, with `serve --admin-drain`, `/drain` (a preStop hook's way to drain before
+//! SIGTERM).
 //! It runs on its own port (default 0.0.0.0:9090); the proxy port never serves these paths.
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::routes::RouteHandle;
@@ -41,9 +43,33 @@ pub struct AdminState {
     pub certs: Option<Arc<CertHandle>>,
 }
 
+/// `GET /drain?after=DURATION` (`serve --admin-drain`): what SIGTERM does, without exiting, for
+/// a native sidecar whose SIGTERM comes only after its app has stopped. Readiness turns false at
+/// once; after `after` (time for the pod's endpoint to leave the Service) every tunnel gets
+/// Close 1001 and the answer waits until they are closed or `timeout` passed. The process keeps
+/// running (not accepting) until its SIGTERM.
+#[derive(Debug, Clone)]
+pub struct AdminDrain {
+    pub drain: Drain,
+    pub timeout: Duration,
+}
+
+/// The longest `after` a `/drain` request may ask for.
+const MAX_DRAIN_DELAY: Duration = Duration::from_secs(600);
+
 /// Serve the admin endpoints on `listener` until `shutdown` fires; then stop accepting and
 /// give open connections [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
+    serve_with_drain(listener, state, None, shutdown).await
+}
+
+/// [`serve`], plus `/drain` when `drain` is given.
+pub async fn serve_with_drain(
+    listener: TcpListener,
+    state: AdminState,
+    drain: Option<AdminDrain>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
@@ -62,12 +88,20 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
             },
         };
         let state = state.clone();
+        let drain = drain.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |req| {
-                let response = respond(&state, &req);
-                async move { Ok::<_, std::convert::Infallible>(response) }
+            let service = service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                let drain = drain.clone();
+                async move {
+                    let response = match &drain {
+                        Some(d) if req.uri().path() == "/drain" => drain_request(&state, d, &req).await,
+                        _ => respond(&state, &req),
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
@@ -134,6 +168,46 @@ struct RoutesDoc {
     table: crate::routes::TableView,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<crate::tls::TlsView>,
+}
+
+async fn drain_request(state: &AdminState, d: &AdminDrain, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return r;
+    }
+    let after = match drain_delay(req.uri().query()) {
+        Ok(after) => after,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    };
+    state.readiness.set_draining();
+    tracing::info!(after_s = after.as_secs_f64(), "drain requested on the admin port; readiness is now false");
+    tokio::time::sleep(after).await;
+    d.drain.start();
+    let open = d.drain.active();
+    tracing::info!(open_connections = open, timeout_s = d.timeout.as_secs_f64(), "draining (admin /drain)");
+    if d.drain.wait(d.timeout).await {
+        text(StatusCode::OK, &format!("drained: {open} connections closed\n"))
+    } else {
+        let left = d.drain.active();
+        tracing::warn!(still_open = left, "drain timeout passed (admin /drain)");
+        text(StatusCode::OK, &format!("drain timeout passed: {left} of {open} connections still open\n"))
+    }
+}
+
+/// `after=DURATION` from the query (default 0), at most [`MAX_DRAIN_DELAY`].
+fn drain_delay(query: Option<&str>) -> Result<Duration, String> {
+    let mut after = Duration::ZERO;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("after", value)) => after = crate::translate::units::parse_duration(value)?,
+            _ => return Err(format!("unknown parameter {pair:?} (only after=DURATION)")),
+        }
+    }
+    if after > MAX_DRAIN_DELAY {
+        return Err(format!("after={after:?} is longer than {MAX_DRAIN_DELAY:?}"));
+    }
+    Ok(after)
 }
 
 fn routes_json(state: &AdminState) -> Response<Full<Bytes>> {
@@ -259,8 +333,20 @@ mod tests {
         assert!(v["tls"]["fallback"]["not_after"].as_str().unwrap().ends_with('Z'));
     }
 
+    #[test]
+    fn drain_delay_reads_after_and_refuses_the_rest() {
+        assert_eq!(drain_delay(None), Ok(Duration::ZERO));
+        assert_eq!(drain_delay(Some("after=5s")), Ok(Duration::from_secs(5)));
+        assert_eq!(drain_delay(Some("after=250ms")), Ok(Duration::from_millis(250)));
+        assert!(drain_delay(Some("after=soon")).is_err());
+        assert!(drain_delay(Some("now=1")).is_err());
+        assert!(drain_delay(Some("after=1h")).is_err());
+    }
+
     #[tokio::test]
     async fn unknown_paths_404_and_other_methods_405() {
+        // Without --admin-drain there is no /drain.
+        assert_eq!(call(&state(), Method::GET, "/drain").await.0, StatusCode::NOT_FOUND);
         let s = state();
         assert_eq!(call(&s, Method::GET, "/").await.0, StatusCode::NOT_FOUND);
         assert_eq!(call(&s, Method::GET, "/metrics/x").await.0, StatusCode::NOT_FOUND);

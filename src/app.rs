@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::cli::{Cli, Command, DemoArgs, EchoArgs, ServeArgs};
+use crate::cli::{Cli, ClientArgs, Command, DemoArgs, EchoArgs, ServeArgs};
 use crate::drain::Drain;
 use crate::echo::{self, EchoConfig};
 use crate::metrics::Metrics;
@@ -313,8 +313,10 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
         certs: Some(certs.clone()),
     };
     let admin_stop = stop_background.clone();
+    let admin_drain =
+        args.admin_drain.then(|| admin::AdminDrain { drain: drain.clone(), timeout: args.shutdown_timeout });
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = admin::serve(admin_listener, admin_state, admin_stop).await {
+        if let Err(e) = admin::serve_with_drain(admin_listener, admin_state, admin_drain, admin_stop).await {
             tracing::error!(error = %e, "admin listener failed");
         }
     }));
@@ -389,6 +391,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Serve(args) => run_serve(*args).await,
             Command::Echo(args) => run_echo(args).await,
             Command::Demo(args) => run_demo(args).await,
+            Command::Client(args) => run_client(args).await,
         }
     });
     match result {
@@ -516,6 +519,16 @@ fn demo_serve_args(args: &DemoArgs, backends: &[SocketAddr]) -> Result<ServeArgs
     serve.listen = args.listen;
     serve.admin_listen = args.admin_listen;
     Ok(serve)
+}
+
+/// `wsingress client`: progress on stdout; a flag mistake exits 64, a failed expectation 1.
+async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
+    let plan = args.plan().map_err(|e| ConfigError(e.to_string()))?;
+    let result = crate::client::run(&plan, |line| println!("{line}")).await;
+    result.map(drop).map_err(|e| match e {
+        e if e.is_usage() => anyhow::Error::new(ConfigError(e.to_string())),
+        e => anyhow::Error::new(e).context(format!("client {}", plan.url)),
+    })
 }
 
 /// SIGTERM or SIGINT (Ctrl-C).

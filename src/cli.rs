@@ -1,4 +1,5 @@
-//! The command line: `serve` (cluster / `--manifests FILE` / `--upstream ADDR,...`), `echo`, `demo`.
+//! The command line: `serve` (cluster / `--manifests FILE` / `--upstream ADDR,...`), `echo`, `demo`,
+//! `client`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ pub enum Command {
     Echo(EchoArgs),
     /// Start two echo backends and the proxy on loopback, print how to connect, run until Ctrl-C.
     Demo(DemoArgs),
+    /// Connect to a WebSocket URL, send messages and check the replies (exit 0 only when every
+    /// expectation held). For probes, `helm test` and scripts.
+    Client(ClientArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -138,6 +142,10 @@ pub struct ServeArgs {
     /// Default certificate from a kubernetes.io/tls Secret (NAMESPACE/NAME) for clients with an unknown or no SNI. Without it or --tls-cert, a self-signed one is generated at start.
     #[arg(long, value_parser = crate::translate::tls::parse_secret_ref)]
     pub default_tls_secret: Option<(String, String)>,
+    /// Serve GET /drain?after=DURATION on the admin port: drain like SIGTERM without exiting
+    /// (a native sidecar's preStop hook; its SIGTERM comes only after the app has stopped).
+    #[arg(long)]
+    pub admin_drain: bool,
     #[command(flatten)]
     pub route: RouteDefaults,
 }
@@ -219,6 +227,53 @@ pub struct DemoArgs {
     /// Admin listener of the demo.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH.
+    pub url: String,
+    /// Host header (and, for wss, the TLS server name) instead of the URL's host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Extra request header NAME:VALUE (repeatable).
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+    /// A text message to send (repeatable; the Nth is sent before the Nth reply is read).
+    #[arg(long)]
+    pub send: Vec<String>,
+    /// The exact text the Nth reply must be (repeatable).
+    #[arg(long)]
+    pub expect: Vec<String>,
+    /// Do the whole exchange this many times, each on a new connection.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// PEM file of the CA certificates a wss:// server must chain to (default: the system's).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Limit for one attempt: connect, handshake, every reply and the close.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+    /// Retry a failed attempt (once a second) until this long has passed; 0: one attempt.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub retry_for: Duration,
+}
+
+impl ClientArgs {
+    /// The validated plan (every flag checked before anything is sent).
+    pub fn plan(&self) -> Result<crate::client::ClientPlan, crate::client::ClientError> {
+        crate::client::ClientPlan::new(
+            &self.url,
+            self.host.as_deref(),
+            &self.headers,
+            &self.send,
+            &self.expect,
+            self.count,
+            self.ca.as_deref(),
+            self.timeout,
+            self.retry_for,
+        )
+    }
 }
 
 /// A duration that may be switched off (`never`, `off`, `0`).

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod drain;
 pub mod echo;
 pub mod metrics;

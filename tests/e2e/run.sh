@@ -2,25 +2,31 @@
 # The kind end-to-end suite. Needs Docker, kind and internet access for images (a GitHub
 # hosted runner: .github/workflows/e2e.yml); the development machines have neither Docker
 # nor kind. Run from anywhere:
-#   tests/e2e/run.sh                 # or: WSINGRESS_E2E=kind cargo test --test e2e_kind
+#   tests/e2e/run.sh     # or: cargo test --test e2e_kind -- --ignored
 # Environment: KIND_CLUSTER (default wsingress-e2e), KIND_NODE_IMAGE (default: kind's),
-# KEEP_CLUSTER=1 keeps the cluster afterwards, SKIP_BUILD=1 reuses an image already built.
+# KEEP_CLUSTER=1 keeps the cluster afterwards, SKIP_BUILD=1 reuses an image already built,
+# WSINGRESS_BIN (default target/debug/wsingress; tests/e2e_kind.rs passes its own build).
 #
-# Steps: create the cluster, build and load the image, helm install the chart (NodePort
-# 30080 -> host 127.0.0.1:8080), apply manifests/echo.yaml, then check from the host:
+# Steps: create the cluster (a control plane and a worker), build the image without
+# attestations (kind load cannot import an image index with provenance) and load it, helm
+# install the chart with two replicas (NodePort 30080 -> host 127.0.0.1:8080), apply
+# manifests/echo.yaml, then check from the host (every connection is opened with retries):
 #   1. a WebSocket round trip returns the prefixed echo;
 #   2. connections spread over both echo pods;
 #   3. the Ingress status has an address;
 #   4. /metrics (port-forward to each controller pod's admin port) counts held connections;
 #   5. a rolling restart of the echo closes old tunnels with Close 1001, new ones succeed;
-#   6. helm test passes.
+#   6. a helm upgrade that changes the controller's pod template while 200 tunnels are open:
+#      each survives or gets Close 1001 before its pod goes; no client sees a reset;
+#   7. helm test (wsingress client from the release's image) passes;
+#   8. wss:// and Gateway API: checks come here with TLS (issue 12) and Gateway API (issue 14).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
 CLUSTER=${KIND_CLUSTER:-wsingress-e2e}
-IMAGE=ghcr.io/wsingress/wsingress:0.1.0
+IMAGE=ghcr.io/wsingress/wsingress:$("$ROOT/scripts/version.sh" get)
 NS=wsingress-system
 RELEASE=wsingress
 APP_NS=default
@@ -28,6 +34,7 @@ URL=ws://127.0.0.1:8080/
 PREFIX="Server received from client: "
 WORK=$(mktemp -d)
 PIDS=()
+WSINGRESS_BIN=${WSINGRESS_BIN:-$ROOT/target/debug/wsingress}
 
 step() { printf '\n=== %s\n' "$*"; }
 die() {
@@ -38,6 +45,7 @@ die() {
 for tool in docker kind node npm; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
+[ -x "$WSINGRESS_BIN" ] || die "$WSINGRESS_BIN is not built (cargo build, or set WSINGRESS_BIN)"
 "$ROOT/scripts/install-tools.sh" node helm
 # shellcheck source=scripts/env.sh
 . "$ROOT/scripts/env.sh"
@@ -98,22 +106,31 @@ kubectl version
 
 step "image $IMAGE"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    docker build -t "$IMAGE" --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" .
+    # A plain single-platform image: no provenance or SBOM attestations, which would make it
+    # an index that `kind load docker-image` cannot import.
+    docker buildx build --load --provenance=false --sbom=false -t "$IMAGE" \
+        --build-arg VERSION="$("$ROOT/scripts/version.sh" get)" \
+        --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
 fi
 docker run --rm "$IMAGE" --version
+docker image inspect --format 'image size (uncompressed): {{.Size}} bytes' "$IMAGE"
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
-step "helm install"
+step "helm install (two replicas)"
 helm install "$RELEASE" charts/wsingress --namespace "$NS" --create-namespace \
     -f tests/e2e/values-kind.yaml --wait --timeout 240s
 kubectl -n "$NS" get pods,svc -o wide
+replicas=$(kubectl -n "$NS" get deployment "$RELEASE" -o 'jsonpath={.status.readyReplicas}')
+[ "$replicas" = 2 ] || die "want 2 ready controller replicas, have '$replicas'"
 
 step "echo deployment"
 kubectl -n "$APP_NS" apply -f manifests/echo.yaml
 kubectl -n "$APP_NS" rollout status deployment/echo --timeout=180s
 
-step "1. round trip"
+step "1. round trip (ws-check.js, and wsingress client from this build)"
 node tests/e2e/ws-check.js roundtrip "$URL" "$PREFIX"
+"$WSINGRESS_BIN" client "$URL" --send "hello from the host" --expect "${PREFIX}hello from the host" \
+    --count 4 --retry-for 90s
 
 step "2. connections spread over both echo pods"
 node tests/e2e/ws-check.js spread "$URL" 12 2
@@ -158,7 +175,19 @@ step "5. rolling restart of the echo drains with Close 1001"
 node tests/e2e/ws-check.js drain "$URL" 6 -- \
     bash -c "kubectl -n $APP_NS rollout restart deployment/echo && kubectl -n $APP_NS rollout status deployment/echo --timeout=180s"
 
-step "6. helm test"
+step "6. helm upgrade with 200 tunnels open: each survives or gets Close 1001, no resets"
+node tests/e2e/ws-check.js upgrade "$URL" 200 -- \
+    helm upgrade "$RELEASE" charts/wsingress --namespace "$NS" -f tests/e2e/values-kind.yaml \
+    --set-string "podAnnotations.e2e/rollout=$(date +%s)" --wait --timeout 300s
+kubectl -n "$NS" rollout status "deployment/$RELEASE" --timeout=120s
+
+step "7. helm test (wsingress client from the release image)"
 helm test "$RELEASE" --namespace "$NS" --logs --timeout 180s
+
+# step "8. wss://": with TLS (issue 12): install with a TLS Secret for the echo host, then
+#   node tests/e2e/ws-check.js roundtrip wss://127.0.0.1:8443/ "$PREFIX" (CA from the Secret),
+#   and `helm test` with the wss variant of the test pod (wsingress client --ca).
+# step "9. Gateway API": with issue 14: apply the Gateway API CRDs and
+#   manifests/gateway-echo.yaml, then the same round trip and drain checks through the Gateway.
 
 step "e2e: all checks passed"

@@ -98,5 +98,97 @@ number of seconds. values.schema.json restricts the inputs to these forms.
 {{/* preStop sleep + shutdown timeout + margin: the pod is never killed mid-drain. */}}
 {{- define "wsingress.terminationGracePeriodSeconds" -}}
 {{- $shutdown := include "wsingress.durationSeconds" .Values.controller.shutdownTimeout | int -}}
-{{- add .Values.controller.preStopSleepSeconds $shutdown .Values.controller.terminationGraceExtraSeconds -}}
+{{- add (include "wsingress.int" .Values.controller.preStopSleepSeconds) $shutdown (include "wsingress.int" .Values.controller.terminationGraceExtraSeconds) -}}
+{{- end -}}
+
+{{/*
+An integer value rendered as an integer, whatever its source: a values file (YAML numbers
+arrive as float64, and 1048576 would print as 1.048576e+06), --set (int64) or --set-string (a
+string of digits; values.schema.json allows only digits). Usage: include "wsingress.int" VALUE
+*/}}
+{{- define "wsingress.int" -}}
+{{- if typeIs "string" . -}}
+{{- if not (regexMatch "^(0|[1-9][0-9]*)$" .) -}}
+{{- fail (printf "%q is not a whole number" .) -}}
+{{- end -}}
+{{- end -}}
+{{- int64 . -}}
+{{- end -}}
+
+{{/* The watched namespaces as a list (controller.watchNamespace: a name, a list, or empty). */}}
+{{- define "wsingress.watchNamespaces" -}}
+{{- $ns := .Values.controller.watchNamespace -}}
+{{- if kindIs "string" $ns -}}
+{{- $ns = ternary (list) (list $ns) (eq $ns "") -}}
+{{- end -}}
+{{- toJson (uniq $ns) -}}
+{{- end -}}
+
+{{/* The pod's update strategy (see values.yaml controller.updateStrategy). */}}
+{{- define "wsingress.updateStrategy" -}}
+{{- $strategy := .Values.controller.updateStrategy -}}
+{{- if not $strategy -}}
+{{- if or .Values.hostPort.enabled (eq .Values.controller.kind "DaemonSet") -}}
+{{- $strategy = dict "type" "RollingUpdate" "rollingUpdate" (dict "maxUnavailable" 1 "maxSurge" 0) -}}
+{{- else -}}
+{{- $strategy = dict "type" "RollingUpdate" "rollingUpdate" (dict "maxUnavailable" 0 "maxSurge" 1) -}}
+{{- end -}}
+{{- end -}}
+{{- $surge := toString (dig "rollingUpdate" "maxSurge" "" $strategy) -}}
+{{- if and .Values.hostPort.enabled (not (has $surge (list "" "0" "0%"))) -}}
+{{- fail (printf "controller.updateStrategy.rollingUpdate.maxSurge=%s with hostPort.enabled: a surge pod can never bind the node's port, so the rollout would never finish; use maxSurge: 0 and maxUnavailable: 1" $surge) -}}
+{{- end -}}
+{{- toYaml $strategy -}}
+{{- end -}}
+
+{{/* A probe's timings (values livenessProbe/readinessProbe/startupProbe), as integers. */}}
+{{- define "wsingress.probeTimings" -}}
+{{- range $key := list "initialDelaySeconds" "periodSeconds" "timeoutSeconds" "failureThreshold" }}
+{{- if hasKey $ $key }}
+{{ $key }}: {{ include "wsingress.int" (get $ $key) }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* An IntOrString value: "25%" stays a quoted string, anything else is a whole number. */}}
+{{- define "wsingress.intOrPercent" -}}
+{{- if and (typeIs "string" .) (hasSuffix "%" .) -}}
+{{- . | quote -}}
+{{- else -}}
+{{- include "wsingress.int" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* RBAC rules for cluster-scoped objects (always a ClusterRole). */}}
+{{- define "wsingress.rbac.clusterScopedRules" -}}
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingressclasses"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list"]
+{{- end -}}
+
+{{/* RBAC rule for Services (the routes' backends and the publish Service). */}}
+{{- define "wsingress.rbac.serviceRule" -}}
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch"]
+{{- end -}}
+
+{{/* RBAC rules for namespaced objects (ClusterRole, or a Role per watched namespace). */}}
+{{- define "wsingress.rbac.namespacedRules" -}}
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["list", "watch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses/status"]
+  verbs: ["patch"]
+{{ include "wsingress.rbac.serviceRule" . }}
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "get", "patch"]
 {{- end -}}
