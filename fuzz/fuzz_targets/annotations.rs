@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use wsingress::routes::RouteSettings;
-use wsingress::translate::ObjectRef;
+use wsingress::translate::{ObjectRef, UnsupportedSecurity};
 use wsingress::translate::annotations::{self as ann, AnnotatedKind};
 
 const KEYS: &[&str] = &[
@@ -55,6 +55,7 @@ enum Key {
 #[derive(Debug, Arbitrary)]
 struct Input {
     service: bool,
+    ignore_security: bool,
     pairs: Vec<(Key, String)>,
 }
 
@@ -74,9 +75,10 @@ fuzz_target!(|input: Input| {
     let object = ObjectRef { kind: "Ingress".into(), namespace: "default".into(), name: "fuzz".into() };
     let kind = if input.service { AnnotatedKind::Service } else { AnnotatedKind::Ingress };
     let base = RouteSettings::default();
+    let security = if input.ignore_security { UnsupportedSecurity::Ignore } else { UnsupportedSecurity::Refuse };
 
     let mut warnings = Vec::new();
-    let settings = ann::route_settings(&object, Some(&map), kind, &base, &mut warnings);
+    let settings = ann::route_settings(&object, Some(&map), kind, &base, security, &mut warnings);
     let exposure = ann::exposure(&object, Some(&map), &mut warnings);
     let backend_tls = ann::backend_tls_request(&object, Some(&map), &mut warnings);
     for w in &warnings {
@@ -88,7 +90,7 @@ fuzz_target!(|input: Input| {
     }
 
     let mut again = Vec::new();
-    assert_eq!(settings, ann::route_settings(&object, Some(&map), kind, &base, &mut again));
+    assert_eq!(settings, ann::route_settings(&object, Some(&map), kind, &base, security, &mut again));
     assert_eq!(exposure, ann::exposure(&object, Some(&map), &mut again));
     assert_eq!(backend_tls, ann::backend_tls_request(&object, Some(&map), &mut again));
     assert_eq!(warnings.len(), again.len());
