@@ -133,7 +133,7 @@ address_from() {
 export RUST_LOG=${RUST_LOG:-warn,wsingress::app=info}
 # proxy NAME UPSTREAM : a wsingress proxy in sidecar mode in front of UPSTREAM; prints its address.
 proxy() {
-    start "$1-proxy" "$BIN" serve --upstream "$2" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+    start "$1-proxy" "$BIN" serve --upstream "$2" --listen 127.0.0.1:0 --tls-listen off --admin-listen 127.0.0.1:0
     address_from "$1-proxy" 's/.*wsingress serving proxy=\(127\.0\.0\.1:[0-9]*\).*/\1/p'
 }
 

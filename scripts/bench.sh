@@ -192,7 +192,7 @@ start_target() {
       [ -x "$WSINGRESS" ] || { PID[wsingress]=""; return 1; }
       # Access logs off, as for nginx (access_log off) and HAProxy (no log target).
       RUST_LOG=warn "${ON_PROXY_CPU[@]}" "$WSINGRESS" serve --upstream "127.0.0.1:$B1,127.0.0.1:$B2" --workers 1 \
-        --listen "127.0.0.1:$P_WSI" --admin-listen "127.0.0.1:$P_ADMIN" --idle-timeout 300s \
+        --listen "127.0.0.1:$P_WSI" --tls-listen off --admin-listen "127.0.0.1:$P_ADMIN" --idle-timeout 300s \
         >"$WORK/wsingress.log" 2>&1 & STARTED+=($!)
       PID[wsingress]=$! ;;
   esac

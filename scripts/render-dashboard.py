@@ -306,7 +306,7 @@ def run(binary, seconds, peak):
             wait_port(p)
         proxy, admin = free_port(), free_port()
         procs.append(subprocess.Popen(
-            [binary, "serve", "--listen", f"127.0.0.1:{proxy}", "--admin-listen", f"127.0.0.1:{admin}",
+            [binary, "serve", "--listen", f"127.0.0.1:{proxy}", "--tls-listen", "off", "--admin-listen", f"127.0.0.1:{admin}",
              "--upstream", ",".join(f"127.0.0.1:{p}" for p in echo),
              "--idle-timeout", f"{IDLE_TIMEOUT_S:g}s"],
             stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn")))

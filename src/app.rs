@@ -78,6 +78,8 @@ pub fn route_source(args: &ServeArgs) -> Result<RouteSource, ConfigError> {
 #[derive(Debug)]
 pub struct Running {
     pub proxy_addr: SocketAddr,
+    /// The TLS listener's address (`None` with `--tls-listen off`).
+    pub tls_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub routes: Arc<RouteHandle>,
     pub metrics: Arc<Metrics>,
@@ -298,14 +300,30 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
 
     let proxy_listener = proxy::server::bind(args.listen, &config)
         .with_context(|| format!("binding the proxy listener {}", args.listen))?;
+    let tls_listener = match args.tls_listen.0 {
+        Some(addr) => {
+            Some(proxy::server::bind(addr, &config).with_context(|| format!("binding the TLS listener {addr}"))?)
+        }
+        None => None,
+    };
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
     let proxy_addr = proxy_listener.local_addr()?;
+    let tls_addr = tls_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let state = Arc::new(ProxyState::new(routes.clone(), metrics.clone(), drain.clone(), trusted));
-    let mut tasks = vec![tokio::spawn(proxy::serve(proxy_listener, state, config))];
+    let mut state = ProxyState::new(routes.clone(), metrics.clone(), drain.clone(), trusted);
+    if tls_listener.is_some() {
+        state.certs = Some(certs.clone());
+    }
+    let state = Arc::new(state);
+    let mut tasks = Vec::new();
+    if let Some(listener) = tls_listener {
+        let server_config = tls::server::config(certs.clone()).context("building the TLS server configuration")?;
+        tasks.push(tokio::spawn(proxy::server::serve_tls(listener, state.clone(), config.clone(), server_config)));
+    }
+    tasks.push(tokio::spawn(proxy::serve(proxy_listener, state, config)));
     let admin_state = AdminState {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
@@ -327,9 +345,11 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
     for (name, fut) in background {
         tasks.push(tokio::spawn(readiness.health().supervise(name.to_string(), stop_background.clone(), fut)));
     }
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, source = route_source.label(), "wsingress serving");
+    let tls_text = tls_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(proxy = %proxy_addr, tls = %tls_text, admin = %admin_addr, source = route_source.label(), "wsingress serving");
     Ok(Running {
         proxy_addr,
+        tls_addr,
         admin_addr,
         routes,
         metrics,
@@ -518,6 +538,8 @@ fn demo_serve_args(args: &DemoArgs, backends: &[SocketAddr]) -> Result<ServeArgs
     };
     serve.listen = args.listen;
     serve.admin_listen = args.admin_listen;
+    // The demo is plain ws:// on loopback; TLS is `serve --tls-listen`'s.
+    serve.tls_listen = crate::cli::OptionalAddr(None);
     Ok(serve)
 }
 

@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Proxy listener.
     #[arg(long, default_value = "0.0.0.0:8080", env = "WSINGRESS_LISTEN")]
     pub listen: SocketAddr,
+    /// TLS listener (wss:// and https://, TLS 1.2 and 1.3, ALPN http/1.1): the same routes as
+    /// --listen, certificates chosen by SNI ("off" to disable).
+    #[arg(long, default_value = "0.0.0.0:8443", value_parser = parse_optional_addr, env = "WSINGRESS_TLS_LISTEN")]
+    pub tls_listen: OptionalAddr,
     /// Admin listener (/metrics, /healthz, /readyz, /routes). Never served on the proxy port.
     #[arg(long, default_value = "0.0.0.0:9090", env = "WSINGRESS_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
@@ -274,6 +278,19 @@ impl ClientArgs {
             self.retry_for,
         )
     }
+}
+
+/// A listen address that may be switched off (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+/// `ADDR:PORT`, or `off`.
+pub fn parse_optional_addr(value: &str) -> Result<OptionalAddr, String> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(OptionalAddr(None));
+    }
+    v.parse().map(|a| OptionalAddr(Some(a))).map_err(|_| format!("`{value}` is not ADDRESS:PORT or `off`"))
 }
 
 /// A duration that may be switched off (`never`, `off`, `0`).

@@ -157,7 +157,7 @@ fn rollout_command(dir: &Path, file: &Path, old_pid: u32, addr: SocketAddr, sign
     let pidfile = dir.join("new.pid");
     let script = format!(
         "kill -{signal} {old_pid}; while kill -0 {old_pid} 2>/dev/null; do sleep 0.05; done; \
-         {BIN} serve --manifests {file} --listen {addr} --admin-listen 127.0.0.1:0 >/dev/null 2>&1 & echo $! > {pid}",
+         {BIN} serve --manifests {file} --listen {addr} --tls-listen off --admin-listen 127.0.0.1:0 >/dev/null 2>&1 & echo $! > {pid}",
         file = file.display(),
         pid = pidfile.display(),
     );

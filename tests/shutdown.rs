@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 
 #[tokio::test]
 async fn sigterm_sends_1001_to_every_client_and_exits() {
@@ -60,13 +61,17 @@ async fn readiness_goes_false_before_connections_close() {
     // The first thing a drain does is flip readiness.
     wait_until(Duration::from_secs(2), "readiness false", || async { !readiness.is_ready() }).await;
     assert_eq!(expect_close(&mut ws, Duration::from_secs(5)).await, Some(1001));
+    // Keep reading so tungstenite sends its Close reply (it goes out with the next poll); a
+    // client that never answers costs the proxy its close linger.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = ws.next().await {} }).await;
     assert!(shutdown.await.unwrap(), "every tunnel closed within the drain timeout");
 }
 
 #[test]
 fn bad_configuration_exits_64_before_binding() {
     let out = Command::new(env!("CARGO_BIN_EXE_wsingress"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", "not-an-address"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-listen", "off", "--admin-listen", "127.0.0.1:0"])
+        .args(["--upstream", "not-an-address"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));

@@ -45,7 +45,12 @@ fn pod() -> PodSpec {
 fn sidecar_args(sidecar: &Container, app_addr: SocketAddr) -> Vec<String> {
     let mut args: Vec<String> = sidecar.args.clone().unwrap_or_default();
     assert_eq!(args.remove(0), "serve");
-    args.retain(|a| !a.starts_with("--listen") && !a.starts_with("--admin-listen") && !a.starts_with("--log-format"));
+    args.retain(|a| {
+        !a.starts_with("--listen")
+            && !a.starts_with("--tls-listen")
+            && !a.starts_with("--admin-listen")
+            && !a.starts_with("--log-format")
+    });
     for a in &mut args {
         if a.starts_with("--upstream=") {
             *a = format!("--upstream={app_addr}");

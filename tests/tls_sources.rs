@@ -313,7 +313,17 @@ fn bad_tls_flags_exit_64_before_binding() {
     let b = pki.leaf("b", &["b.test"]);
     let cert = dir.write("a.crt", &a.cert_pem);
     let other_key = dir.write("b.key", &b.key_pem);
-    let base = ["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"];
+    let base = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "127.0.0.1:1",
+    ];
     fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
         [base, extra].concat()
     }

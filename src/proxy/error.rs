@@ -38,6 +38,9 @@ pub enum ProxyError {
     BadHandshake(&'static str),
     #[error("backend connection failed: {0}")]
     Backend(#[from] hyper::Error),
+    /// Plain HTTP to a host served over TLS (`ssl-redirect`): 308 to this location.
+    #[error("this host is served over https: {0}")]
+    HttpsRedirect(String),
 }
 
 impl ProxyError {
@@ -53,6 +56,15 @@ impl ProxyError {
             Self::WebSocketOnly => StatusCode::UPGRADE_REQUIRED,
             Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout(_) | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::HttpsRedirect(_) => StatusCode::PERMANENT_REDIRECT,
+        }
+    }
+
+    /// The `Location` of a redirect.
+    pub fn location(&self) -> Option<&str> {
+        match self {
+            Self::HttpsRedirect(to) => Some(to),
+            _ => None,
         }
     }
 

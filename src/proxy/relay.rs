@@ -33,6 +33,8 @@ const CTRL_ROOM: usize = 131;
 const READS_PER_WAKE: usize = 4;
 /// After the proxy sent its Close frames: how long to wait for the peers' replies.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// After the tunnel ends, how long TLS gets to send what it still holds.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
 /// After both endpoints exchanged Close frames: how long to wait for them to close TCP.
 const HANDSHAKE_LINGER: Duration = Duration::from_secs(5);
 /// Buffers kept per worker thread.
@@ -216,6 +218,8 @@ impl Half {
 struct Tunnel<'a> {
     client: Stream,
     upstream: Stream,
+    /// Both directions are done; TLS may still send what it holds until then.
+    flush_until: Option<Instant>,
     /// [0] client→backend, [1] backend→client.
     halves: [Half; 2],
     settings: &'a RelaySettings,
@@ -288,6 +292,7 @@ pub async fn relay(
         fail_close: None,
         reason: None,
         mask_seed: seed(),
+        flush_until: None,
     };
     // Bytes read during the handshakes go first. They are dropped right after: they may share
     // the HTTP parser's whole read buffer, which an idle tunnel must not keep alive.
@@ -315,7 +320,19 @@ pub async fn relay(
     let removed = signals.endpoint_removed.cancelled();
     tokio::pin!(shutdown, removed);
     let mut turn = 0usize;
-    while !t.done() {
+    loop {
+        if t.done() {
+            // What TLS still holds (the last Close frame, close_notify) gets FINAL_FLUSH to go
+            // out; the loop below keeps polling writability while it waits.
+            if !(t.client.has_pending_write() || t.upstream.has_pending_write()) {
+                break;
+            }
+            let now = Instant::now();
+            let until = *t.flush_until.get_or_insert(now + FINAL_FLUSH);
+            if now >= until {
+                break;
+            }
+        }
         // The timer is re-armed only when the next deadline moved earlier; when activity moved
         // it later, the timer fires early, finds nothing due, and is armed again. So traffic
         // never touches the timer wheel.
@@ -334,7 +351,10 @@ pub async fn relay(
             // alternating which direction goes first.
             for k in 0..2 {
                 let d = (turn + k) % 2;
-                let (wants_read, has_pending) = (t.halves[d].wants_read(), t.halves[d].pending.is_some());
+                // TLS holds a record (or its close_notify) the socket did not take: keep
+                // polling its writability until it is out.
+                let wants_read = t.halves[d].wants_read();
+                let has_pending = t.halves[d].pending.is_some() || t.dst(d).has_pending_write();
                 if wants_read && let Poll::Ready(r) = t.src(d).poll_read_ready(cx) {
                     return Poll::Ready(Event::Readable(d, r));
                 }
@@ -406,6 +426,9 @@ impl Tunnel<'_> {
                 next = Some(next.map_or(at, |n: Instant| n.min(at)));
             }
         };
+        if self.flush_until.is_some() {
+            return self.flush_until;
+        }
         if let Some(since) = self.closing_since {
             consider(Some(since + CLOSE_LINGER));
             return next;

@@ -1,4 +1,4 @@
-//! Accepting connections: TCP_NODELAY and TCP keepalive set once on the listener (accepted
+//! Accepting connections (plain and TLS): TCP_NODELAY and TCP keepalive set once on the listener (accepted
 //! sockets inherit them on Linux), the global `--max-connections` (503 and a metric above it),
 //! then each connection goes to the front door in a task the drain tracks. On shutdown the
 //! accept loop stops; tunnels get their Close 1001 from the relay.
@@ -18,6 +18,7 @@ use super::front;
 use super::headers::Listener;
 use super::service::ProxyState;
 use super::stream::Stream;
+use crate::tls::TlsConn;
 
 /// Listener-level settings.
 #[derive(Debug, Clone)]
@@ -123,8 +124,29 @@ pub fn bind(addr: SocketAddr, config: &ProxyConfig) -> std::io::Result<TcpListen
     TcpListener::from_std(sock.into())
 }
 
-/// Accept and serve until draining starts. Connection tasks are tracked by the drain.
+/// Accept and serve plain HTTP until draining starts. Connection tasks are tracked by the drain.
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, config: ProxyConfig) {
+    accept_loop(listener, state, config, None).await;
+}
+
+/// Accept TLS connections (`--tls-listen`) until draining starts: each one's handshake
+/// (within `--header-timeout`, counted in `wsingress_tls_handshakes_total`) and then the
+/// same front door, routes and relay as the plain listener, with `X-Forwarded-Proto: https`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    config: ProxyConfig,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    accept_loop(listener, state, config, Some(tls)).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    config: ProxyConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let port = listener.local_addr().map_or(0, |a| a.port());
     // Options already on the listener (from `bind`) were there before any connection arrived,
     // so accepted sockets carry them. A listener bound elsewhere gets them now for later
@@ -141,7 +163,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, config: ProxyC
             tracing::warn!(error = %e, "cannot set TCP keepalive on the listener");
         }
     }
-    let ctx = Arc::new(ListenerCtx::new(config, Listener { https: false, port }));
+    let ctx = Arc::new(ListenerCtx::new(config, Listener { https: tls.is_some(), port }));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -161,10 +183,53 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, config: ProxyC
         }
         let Some(conn) = open_connection(&state, ctx.config.max_connections) else {
             state.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
-            tokio::spawn(refuse_over_capacity(stream));
+            // A TLS client could not read a plain 503: it sees the close.
+            if tls.is_none() {
+                tokio::spawn(refuse_over_capacity(stream));
+            }
             continue;
         };
-        state.drain.spawn(front::serve_connection(Stream::from(stream), peer, state.clone(), ctx.clone(), conn));
+        match &tls {
+            None => {
+                state.drain.spawn(front::serve_connection(
+                    Stream::from(stream),
+                    peer,
+                    state.clone(),
+                    ctx.clone(),
+                    conn,
+                ));
+            }
+            Some(tls) => {
+                state.drain.spawn(tls_connection(stream, peer, state.clone(), ctx.clone(), conn, tls.clone()));
+            }
+        }
+    }
+}
+
+/// One TLS connection: the handshake, then the front door over the decrypted stream.
+async fn tls_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ProxyState>,
+    ctx: Arc<ListenerCtx>,
+    conn: ConnGuard,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    match TlsConn::accept(tcp, tls, ctx.config.header_timeout).await {
+        Ok((session, accepted)) => {
+            state.metrics.tls_handshake("ok", accepted.elapsed);
+            tracing::debug!(
+                client = %peer.ip(),
+                sni = accepted.sni.as_deref().unwrap_or(""),
+                resumed = accepted.resumed,
+                "TLS handshake done"
+            );
+            front::serve_connection(Stream::Tls(Box::new(session)), peer, state, ctx, conn).await;
+        }
+        Err(e) => {
+            state.metrics.tls_handshake(e.label(), Duration::ZERO);
+            tracing::debug!(client = %peer.ip(), error = %e, "TLS handshake failed");
+        }
     }
 }
 

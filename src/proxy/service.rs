@@ -16,14 +16,15 @@ use hyper::body::Incoming;
 use super::error::ProxyError;
 use super::forward::HttpPool;
 use super::front::{self, RequestLog};
-use super::headers::{self, TrustedProxies};
+use super::headers::{self, Listener, TrustedProxies};
 use super::http1::{self, HeadError};
 use super::server::{ListenerCtx, OpenConnections};
 use super::{ProxyBody, forward, text_response, upgrade};
 use crate::drain::Drain;
 use crate::metrics::{HttpAccess, Metrics};
 use crate::policy::limits::{ClientCounters, RouteCounters};
-use crate::routes::RouteHandle;
+use crate::routes::{RouteHandle, SslRedirect};
+use crate::tls::CertHandle;
 
 /// Everything the proxy shares between connections.
 #[derive(Debug)]
@@ -39,6 +40,9 @@ pub struct ProxyState {
     pub clients: Arc<ClientCounters>,
     /// Open client connections (`--max-connections`).
     pub open: OpenConnections,
+    /// The TLS listener's certificates (`None` without one): plain requests to a host with a
+    /// certificate of its own are redirected to https (`ssl-redirect`).
+    pub certs: Option<Arc<CertHandle>>,
 }
 
 impl ProxyState {
@@ -52,7 +56,26 @@ impl ProxyState {
             route_conns: Arc::default(),
             clients: Arc::default(),
             open: OpenConnections::default(),
+            certs: None,
         }
+    }
+
+    /// Where a plain request for `host` and `target` (path and query as sent) is redirected
+    /// by the route's `ssl-redirect`, if it is: never on the TLS listener or without one.
+    pub fn https_redirect(
+        &self,
+        listener: Listener,
+        redirect: SslRedirect,
+        host: Option<&str>,
+        target: &str,
+    ) -> Option<String> {
+        let certs = self.certs.as_ref()?;
+        let host = host.filter(|_| !listener.https)?;
+        if !redirect.redirects(certs.load().has_host(host)) {
+            return None;
+        }
+        // The https port is the default one (the Service's 443), as ingress-nginx redirects.
+        Some(format!("https://{}{target}", crate::tls::table::host_name(host)))
     }
 }
 
@@ -98,6 +121,12 @@ pub async fn handle(
     let rm =
         handles.route(found.slot).cloned().unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
     drop(table);
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Some(to) = state.https_redirect(ctx.listener, route.settings.ssl_redirect, host.as_deref(), target) {
+        let err = ProxyError::HttpsRedirect(to);
+        front::account(&state, Some(&rm), &err, &log, &client, started, false);
+        return error_response(&err, false);
+    }
     let (resp, endpoint, err) =
         match forward::forward(&state, req, &route, &rm, &client, ctx.listener, ctx.config.write_timeout).await {
             Ok((resp, ep)) => (resp, Some(ep), None),
@@ -129,6 +158,9 @@ pub fn error_response(err: &ProxyError, close: bool) -> Response<ProxyBody> {
     for (name, value) in err.extra_fields() {
         upgrade |= *name == "upgrade";
         h.insert(*name, HeaderValue::from_static(value));
+    }
+    if let Some(to) = err.location().and_then(|l| HeaderValue::from_str(l).ok()) {
+        h.insert(header::LOCATION, to);
     }
     let close = close || matches!(err, ProxyError::BadRequest(_) | ProxyError::ClientLimit);
     let connection = match (upgrade, close) {

@@ -1,5 +1,5 @@
 //! The one stream type the front door and the relay drive, for both sides of a tunnel: plain
-//! TCP (and, with the TLS listener, TLS over TCP). The relay needs readiness and non-blocking
+//! TCP, or TLS over TCP ([`TlsConn`], from the TLS listener). The relay needs readiness and non-blocking
 //! reads and writes into buffers it borrows only while data flows; hyper's plain-HTTP path
 //! needs `AsyncRead`/`AsyncWrite`. Both are offered here, once.
 
@@ -13,10 +13,14 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::tls::TlsConn;
+
 /// A connection to a client or a backend.
 #[derive(Debug)]
 pub enum Stream {
     Plain(TcpStream),
+    /// Boxed: the session state is large and most streams are plain.
+    Tls(Box<TlsConn>),
 }
 
 impl From<TcpStream> for Stream {
@@ -30,13 +34,40 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Self::Plain(s) => s,
+            Self::Tls(t) => t.tcp(),
         }
+    }
+
+    /// Whether this is the TLS listener's stream (`X-Forwarded-Proto: https`).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Self::Tls(_))
+    }
+
+    /// Bytes (or a close_notify and FIN) accepted by a write but not yet on the socket: the
+    /// owner keeps polling [`poll_write_ready`](Self::poll_write_ready) until this is false.
+    /// Always false for plain TCP.
+    pub fn has_pending_write(&self) -> bool {
+        match self {
+            Self::Plain(_) => false,
+            Self::Tls(t) => t.has_pending_write(),
+        }
+    }
+
+    /// Flush what [`has_pending_write`](Self::has_pending_write) reports, giving up when the
+    /// peer takes nothing for `stall`.
+    pub async fn flush_pending(&mut self, stall: Duration) -> io::Result<()> {
+        while self.has_pending_write() {
+            let ready = std::future::poll_fn(|cx| self.poll_write_ready(cx));
+            tokio::time::timeout(stall, ready).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        }
+        Ok(())
     }
 
     /// Ready when a read may return data (or EOF/error).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Self::Plain(s) => s.poll_read_ready(cx),
+            Self::Tls(t) => t.poll_read_ready(cx),
         }
     }
 
@@ -47,6 +78,7 @@ impl Stream {
     pub fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Self::Plain(s) => read_drained(s, buf),
+            Self::Tls(t) => t.read_some(buf),
         }
     }
 
@@ -54,6 +86,7 @@ impl Stream {
     pub fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Self::Plain(s) => s.poll_write_ready(cx),
+            Self::Tls(t) => t.poll_write_ready(cx),
         }
     }
 
@@ -61,13 +94,20 @@ impl Stream {
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Self::Plain(s) => s.try_write(buf),
+            Self::Tls(t) => t.try_write(buf),
         }
     }
 
-    /// Close the write side (FIN) once nothing more will be sent.
+    /// Close the write side once nothing more will be sent: FIN, or for TLS a close_notify
+    /// then FIN (which may wait in [`has_pending_write`](Self::has_pending_write)).
     pub fn shutdown_write(&mut self) {
-        // ENOTCONN after the peer left is expected and harmless.
-        let _ = SockRef::from(self.tcp()).shutdown(Shutdown::Write);
+        match self {
+            // ENOTCONN after the peer left is expected and harmless.
+            Self::Plain(s) => {
+                let _ = SockRef::from(&*s).shutdown(Shutdown::Write);
+            }
+            Self::Tls(t) => t.shutdown_write(),
+        }
     }
 
     /// Stop both directions now (the peer sees EOF; our pending reads end).
@@ -115,7 +155,8 @@ impl Stream {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        // TLS may hold the last record until the socket takes it.
+        self.flush_pending(stall).await
     }
 }
 
@@ -142,6 +183,7 @@ impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
         }
     }
 }
@@ -150,16 +192,19 @@ impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(t) => Pin::new(&mut **t).poll_shutdown(cx),
         }
     }
     fn poll_write_vectored(
@@ -169,11 +214,13 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(t) => Pin::new(&mut **t).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(t) => t.is_write_vectored(),
         }
     }
 }

@@ -150,6 +150,10 @@ async fn open(
         handles.route(found.slot).cloned().unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
     let fail = |e: ProxyError| (Some(rm.clone()), e);
     let settings = &route.settings;
+    let target = std::str::from_utf8(req.path_and_query).unwrap_or("/");
+    if let Some(to) = state.https_redirect(ctx.listener, settings.ssl_redirect, req.host, target) {
+        return Err(fail(ProxyError::HttpsRedirect(to)));
+    }
     let origin = req.fields.value("origin").and_then(|o| std::str::from_utf8(o).ok());
     if !settings.origin_allowed(origin) {
         return Err(fail(ProxyError::OriginForbidden));

@@ -64,11 +64,7 @@ impl CertTable {
     /// Whether `host` (a request's `Host`, maybe with a port) has a certificate of its own:
     /// plain HTTP to such a host is redirected to https unless the route says otherwise.
     pub fn has_host(&self, host: &str) -> bool {
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(']') => name,
-            _ => host,
-        };
-        self.lookup(name).is_some()
+        self.lookup(host_name(host)).is_some()
     }
 
     pub fn default_certificate(&self) -> Option<&Arc<CertEntry>> {
@@ -236,9 +232,33 @@ impl CertView {
     }
 }
 
+/// A request's `Host` without its port (`chat.example.com:8080` → `chat.example.com`; an IPv6
+/// literal keeps its brackets).
+pub fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            name
+        }
+        _ => host,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_name_drops_only_a_port() {
+        assert_eq!(host_name("chat.example.com:8080"), "chat.example.com");
+        assert_eq!(host_name("chat.example.com"), "chat.example.com");
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        assert_eq!(host_name("[::1]"), "[::1]");
+        assert_eq!(host_name("chat:"), "chat:");
+    }
     use crate::tls::generate::{self, Validity};
     use crate::tls::{material, provider, unix_now};
 

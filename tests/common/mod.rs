@@ -46,6 +46,10 @@ pub async fn echo(instance: &str, prefix: &str) -> Echo {
 /// `serve` arguments on ephemeral loopback ports, plus `extra` flags.
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
     let mut argv = vec!["wsingress", "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    // An ephemeral TLS listener unless the test chooses one (the default port would collide).
+    if !extra.contains(&"--tls-listen") {
+        argv.extend(["--tls-listen", "127.0.0.1:0"]);
+    }
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).unwrap().command {
         Command::Serve(s) => *s,
@@ -253,6 +257,7 @@ pub fn spawn_serve_binary(bin: &str, args: &[&str], log: &str) -> (ServeProcess,
     use std::process::{Command, Stdio};
     let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(if args.contains(&"--tls-listen") { &[][..] } else { &["--tls-listen", "127.0.0.1:0"][..] })
         .args(args)
         .env("RUST_LOG", log)
         .stdout(Stdio::piped())
