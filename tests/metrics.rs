@@ -370,19 +370,8 @@ fn dashboard_queries_name_only_registered_families() {
         };
         assert!(balanced('(', ')') && balanced('{', '}') && balanced('[', ']'), "unbalanced: {e}");
     }
-    // Every family is on the dashboard somewhere, except the TLS families registered ahead of
-    // the TLS listener: their panels (certificate expiry, handshakes by result) come with the
-    // chart's TLS values (issue 12, phase 2). Remove them from this list when the panels land.
-    const PANELS_PENDING: &[&str] = &[
-        "wsingress_tls_certificate_expiry_timestamp_seconds",
-        "wsingress_tls_handshake_duration_seconds",
-        "wsingress_tls_handshakes_total",
-    ];
+    // Every family is on the dashboard somewhere.
     for f in &families {
-        if PANELS_PENDING.contains(&f.name.as_str()) {
-            assert!(!used.contains(&f.name), "{} has a panel now: take it off PANELS_PENDING", f.name);
-            continue;
-        }
         assert!(used.contains(&f.name), "{} is on no panel", f.name);
     }
 }
