@@ -307,7 +307,7 @@ impl Metrics {
             )?,
             upstream_errors: counter(
                 "wsingress_upstream_errors_total",
-                "Failures talking to backends by reason.",
+                "Failures talking to backends by reason: connect_refused, connect_error, connect_timeout, response_timeout, bad_handshake, backend_io, tls_error (TLS to a backend failed: handshake or certificate).",
                 &["route", "backend", "reason"],
             )?,
             endpoints: gauge(

@@ -38,6 +38,10 @@ pub enum ProxyError {
     BadHandshake(&'static str),
     #[error("backend connection failed: {0}")]
     Backend(#[from] hyper::Error),
+    /// TLS to the backend failed (`backend-protocol: https`): handshake, verification or
+    /// configuration.
+    #[error("TLS to {addr} failed: {reason}")]
+    BackendTls { addr: std::net::SocketAddr, reason: String },
     /// Plain HTTP to a host served over TLS (`ssl-redirect`): 308 to this location.
     #[error("this host is served over https: {0}")]
     HttpsRedirect(String),
@@ -54,7 +58,9 @@ impl ProxyError {
             Self::OriginForbidden => StatusCode::FORBIDDEN,
             Self::ClientLimit => StatusCode::TOO_MANY_REQUESTS,
             Self::WebSocketOnly => StatusCode::UPGRADE_REQUIRED,
-            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => StatusCode::BAD_GATEWAY,
+            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) | Self::BackendTls { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::ConnectTimeout(_) | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HttpsRedirect(_) => StatusCode::PERMANENT_REDIRECT,
         }
@@ -72,7 +78,9 @@ impl ProxyError {
         match self {
             Self::NoEndpoints => UpgradeResult::NoEndpoints,
             Self::ConnectTimeout(_) | Self::ResponseTimeout => UpgradeResult::Timeout,
-            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) => UpgradeResult::BackendError,
+            Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) | Self::BackendTls { .. } => {
+                UpgradeResult::BackendError
+            }
             _ => UpgradeResult::Rejected,
         }
     }
@@ -100,6 +108,7 @@ impl ProxyError {
             Self::ResponseTimeout => Some("response_timeout"),
             Self::BadHandshake(_) => Some("bad_handshake"),
             Self::Backend(_) => Some("backend_io"),
+            Self::BackendTls { .. } => Some("tls_error"),
             _ => None,
         }
     }

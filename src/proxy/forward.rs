@@ -25,9 +25,11 @@ use super::balance;
 use super::error::ProxyError;
 use super::headers::{self, ClientInfo, Listener};
 use super::service::ProxyState;
+use super::stream::Stream;
 use super::{BodyError, ProxyBody};
 use crate::metrics::RouteMetrics;
-use crate::routes::{Endpoint, Route};
+use crate::routes::{BackendTls, BackendVerify, Endpoint, Route};
+use crate::tls::TlsConn;
 
 /// Request bodies towards a backend: the client's, or none (so a bodiless request can be
 /// retried on a fresh connection when a pooled one turns out to be closed).
@@ -58,13 +60,50 @@ pub async fn connect(ep: &Endpoint, timeout: Duration) -> Result<TcpStream, Prox
     Ok(stream)
 }
 
+/// Connect to one endpoint of `route`: TCP, then TLS when the route asks for it
+/// (`backend-protocol: https` or a Service port's `appProtocol`), within the connect timeout.
+pub async fn connect_stream(state: &ProxyState, route: &Route, ep: &Endpoint) -> Result<Stream, ProxyError> {
+    let timeout = route.settings.connect_timeout;
+    let tcp = connect(ep, timeout).await?;
+    let Some(tls) = &route.settings.backend_tls else {
+        return Ok(Stream::from(tcp));
+    };
+    let fail = |reason: String| ProxyError::BackendTls { addr: ep.addr, reason };
+    let configs = state.backend_tls().map_err(|e| fail(e.to_string()))?;
+    let config = configs.get(&route.id, tls).map_err(|e| fail(e.to_string()))?;
+    let name = crate::tls::client::server_name(tls).map_err(|e| fail(e.to_string()))?;
+    let session = TlsConn::connect(tcp, config, name, timeout).await.map_err(|e| fail(e.to_string()))?;
+    Ok(Stream::Tls(Box::new(session)))
+}
+
 /// A reusable connection and when it went idle.
 type IdleConn = (SendRequest<UpBody>, Instant);
+
+/// What a pooled connection may be reused for: the endpoint, and the TLS it was opened with
+/// (0 for plain TCP), so a connection verified for one route never serves a route that asks
+/// for other verification.
+type PoolKey = (SocketAddr, u64);
+
+fn pool_key(addr: SocketAddr, tls: Option<&BackendTls>) -> PoolKey {
+    use std::hash::{Hash, Hasher};
+    let Some(tls) = tls else { return (addr, 0) };
+    let mut h = std::hash::DefaultHasher::new();
+    tls.server_name.hash(&mut h);
+    match &tls.verify {
+        BackendVerify::SystemRoots => 1u8.hash(&mut h),
+        BackendVerify::Off => 2u8.hash(&mut h),
+        BackendVerify::Ca(ca) => {
+            3u8.hash(&mut h);
+            ca.pem.hash(&mut h);
+        }
+    }
+    (addr, h.finish() | 1)
+}
 
 /// Idle HTTP/1.1 connections to endpoints.
 #[derive(Default)]
 pub struct HttpPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<IdleConn>>>,
 }
 
 impl std::fmt::Debug for HttpPool {
@@ -74,18 +113,18 @@ impl std::fmt::Debug for HttpPool {
 }
 
 impl HttpPool {
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
+    fn take(&self, key: PoolKey) -> Option<SendRequest<UpBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         let now = Instant::now();
         list.retain(|(s, at)| !s.is_closed() && now.duration_since(*at) < IDLE_FOR);
         let pos = list.iter().position(|(s, _)| s.is_ready())?;
         Some(list.swap_remove(pos).0)
     }
 
-    fn put(&self, addr: SocketAddr, sender: SendRequest<UpBody>) {
+    fn put(&self, key: PoolKey, sender: SendRequest<UpBody>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < IDLE_PER_ENDPOINT {
             list.push((sender, Instant::now()));
         }
@@ -93,12 +132,13 @@ impl HttpPool {
 
     async fn open(
         &self,
+        state: &ProxyState,
+        route: &Route,
         ep: &Endpoint,
-        timeout: Duration,
         write_timeout: Duration,
     ) -> Result<SendRequest<UpBody>, ProxyError> {
-        let stream = connect(ep, timeout).await?;
-        let io = super::front::HyperIo::new(super::stream::Stream::from(stream), Bytes::new(), write_timeout);
+        let stream = connect_stream(state, route, ep).await?;
+        let io = super::front::HyperIo::new(stream, Bytes::new(), write_timeout);
         let (sender, conn) = hyper::client::conn::http1::handshake::<_, UpBody>(TokioIo::new(io)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -171,11 +211,12 @@ pub async fn forward(
         {
             parts.headers.insert(header::HOST, v);
         }
-        let pooled = state.http_pool.take(ep.addr);
+        let key = pool_key(ep.addr, settings.backend_tls.as_ref());
+        let pooled = state.http_pool.take(key);
         let reused = pooled.is_some();
         let sender = match pooled {
             Some(s) => s,
-            None => match state.http_pool.open(ep, settings.connect_timeout, write_timeout).await {
+            None => match state.http_pool.open(state, route, ep, write_timeout).await {
                 Ok(s) => s,
                 Err(e) => {
                     record(rm, &e);
@@ -186,30 +227,24 @@ pub async fn forward(
             },
         };
         let up = Request::from_parts(parts.clone(), body.take().map_or(Either::Right(Empty::new()), Either::Left));
-        let resp = match send(&state.http_pool, ep.addr, sender, up, settings.response_timeout).await {
+        let resp = match send(&state.http_pool, key, sender, up, settings.response_timeout).await {
             Ok(resp) => resp,
             Err(Failure::NotSent(up, e)) => {
                 // Never written: safe to send again on a fresh connection, whatever the method.
                 tracing::debug!(error = %e, "pooled backend connection closed before the request was sent; retrying");
-                let fresh = state
-                    .http_pool
-                    .open(ep, settings.connect_timeout, write_timeout)
-                    .await
-                    .inspect_err(|e| record(rm, e))?;
-                send(&state.http_pool, ep.addr, fresh, *up, settings.response_timeout)
+                let fresh =
+                    state.http_pool.open(state, route, ep, write_timeout).await.inspect_err(|e| record(rm, e))?;
+                send(&state.http_pool, key, fresh, *up, settings.response_timeout)
                     .await
                     .map_err(|f| f.into_error())
                     .inspect_err(|e| record(rm, e))?
             }
             Err(f) if reused && bodiless && safe && !matches!(f, Failure::Sent(ProxyError::ResponseTimeout)) => {
                 tracing::debug!(error = %f.as_error(), "reused backend connection failed; retrying a safe request");
-                let fresh = state
-                    .http_pool
-                    .open(ep, settings.connect_timeout, write_timeout)
-                    .await
-                    .inspect_err(|e| record(rm, e))?;
+                let fresh =
+                    state.http_pool.open(state, route, ep, write_timeout).await.inspect_err(|e| record(rm, e))?;
                 let up = Request::from_parts(parts.clone(), Either::Right(Empty::new()));
-                send(&state.http_pool, ep.addr, fresh, up, settings.response_timeout)
+                send(&state.http_pool, key, fresh, up, settings.response_timeout)
                     .await
                     .map_err(|f| f.into_error())
                     .inspect_err(|e| record(rm, e))?
@@ -265,7 +300,7 @@ impl Failure {
 /// goes back to the pool (hyper queues the next request until this response's body is read).
 async fn send(
     pool: &HttpPool,
-    addr: SocketAddr,
+    key: PoolKey,
     mut sender: SendRequest<UpBody>,
     req: Request<UpBody>,
     timeout: Duration,
@@ -278,7 +313,7 @@ async fn send(
         },
         Ok(Ok(resp)) => {
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                pool.put(addr, sender);
+                pool.put(key, sender);
             }
             Ok(resp)
         }

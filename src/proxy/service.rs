@@ -6,7 +6,7 @@
 //! Errors become responses here, once, through [`ProxyError`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -25,6 +25,7 @@ use crate::metrics::{HttpAccess, Metrics};
 use crate::policy::limits::{ClientCounters, RouteCounters};
 use crate::routes::{RouteHandle, SslRedirect};
 use crate::tls::CertHandle;
+use crate::tls::client::BackendConfigs;
 
 /// Everything the proxy shares between connections.
 #[derive(Debug)]
@@ -43,6 +44,9 @@ pub struct ProxyState {
     /// The TLS listener's certificates (`None` without one): plain requests to a host with a
     /// certificate of its own are redirected to https (`ssl-redirect`).
     pub certs: Option<Arc<CertHandle>>,
+    /// TLS client configurations for `backend-protocol: https`, built at the first use (the
+    /// system trust store is read then, once).
+    backend_tls: OnceLock<Result<Arc<BackendConfigs>, String>>,
 }
 
 impl ProxyState {
@@ -57,7 +61,16 @@ impl ProxyState {
             clients: Arc::default(),
             open: OpenConnections::default(),
             certs: None,
+            backend_tls: OnceLock::new(),
         }
+    }
+
+    /// The backend TLS configurations, or why they cannot be built.
+    pub fn backend_tls(&self) -> Result<&Arc<BackendConfigs>, &str> {
+        self.backend_tls
+            .get_or_init(|| BackendConfigs::new().map(Arc::new).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(String::as_str)
     }
 
     /// Where a plain request for `host` and `target` (path and query as sent) is redirected
