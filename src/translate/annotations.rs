@@ -206,7 +206,7 @@ pub static ANNOTATIONS: &[AnnotationSpec] = &[
         key: MAX_MESSAGE_BYTES,
         applies_to: AppliesTo::Route,
         default: "unlimited (`--max-message-bytes`)",
-        meaning: "Close with 1009 when one message (all its fragments) exceeds this many bytes; plain bytes or `Ki`/`Mi`/`Gi`.",
+        meaning: "Close with 1009 when one message (all its fragments) or one control frame exceeds this many bytes; plain bytes or `Ki`/`Mi`/`Gi`.",
         nginx: "none (nginx does not see messages)",
         apply: Some(|v, s| {
             s.max_message_bytes = parse_bytes(v)?;
