@@ -105,7 +105,7 @@ impl Running {
     /// all are closed or `timeout` passed. True when everything closed in time.
     pub async fn shutdown(self, timeout: Duration) -> bool {
         self.readiness.set_draining();
-        self.drain.start_spread(self.shutdown_spread.min(timeout * 2 / 3));
+        self.drain.start_spread(shutdown_window(self.shutdown_spread, timeout));
         let open = self.drain.active();
         tracing::info!(open_connections = open, timeout_s = timeout.as_secs_f64(), "draining");
         let clean = self.drain.wait(timeout).await;
@@ -118,6 +118,14 @@ impl Running {
         }
         clean
     }
+}
+
+/// The window the shutdown's Close 1001s are spread over: `--shutdown-spread`, but at most two
+/// thirds of the timeout, and ending early enough that a peer that never answers its Close is
+/// cut by the relay's close linger before the timeout.
+fn shutdown_window(spread: Duration, timeout: Duration) -> Duration {
+    let linger_room = crate::proxy::relay::CLOSE_LINGER + Duration::from_millis(500);
+    spread.min(timeout * 2 / 3).min(timeout.saturating_sub(linger_room))
 }
 
 /// The listener settings of `serve`, validated.
@@ -587,6 +595,18 @@ mod tests {
             Ok(Command::Serve(s)) => *s,
             other => panic!("not serve: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_shutdown_window_leaves_room_for_the_close_linger() {
+        let s = Duration::from_secs;
+        // Defaults: a third of 30 s.
+        assert_eq!(shutdown_window(s(10), s(30)), s(10));
+        // Capped at two thirds of the timeout.
+        assert_eq!(shutdown_window(s(60), s(30)), s(20));
+        // A short timeout: the window ends 2.5 s before it (a silent peer's 2 s linger fits).
+        assert_eq!(shutdown_window(s(10), s(5)), Duration::from_millis(2500));
+        assert_eq!(shutdown_window(s(1), s(2)), Duration::ZERO);
     }
 
     #[test]

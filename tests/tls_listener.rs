@@ -170,6 +170,9 @@ async fn a_large_message_and_the_shutdown_close_cross_tls() {
         }
     };
     assert_eq!(code, Some(1001));
+    // Keep reading so tungstenite sends its Close reply (it goes out with the next poll); a
+    // client that never answers costs the proxy its close linger.
+    let _ = tokio::time::timeout(TIMEOUT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     assert!(shutdown.await.unwrap(), "the drain finished in time");
 }
 

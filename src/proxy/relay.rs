@@ -32,7 +32,7 @@ const CTRL_ROOM: usize = 131;
 /// Reads per wake-up of one direction before yielding to the other.
 const READS_PER_WAKE: usize = 4;
 /// After the proxy sent its Close frames: how long to wait for the peers' replies.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// After the tunnel ends, how long TLS gets to send what it still holds.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 /// After both endpoints exchanged Close frames: how long to wait for them to close TCP.
