@@ -834,12 +834,10 @@ async fn violations_are_refused_from_the_header_byte_that_decides_them() {
 
 /// When the byte that decides a rule comes in a later read than the header's first byte, that
 /// first byte has already gone to the backend, so the proxy cannot put a Close there and ends
-/// the backend's connection instead. The client must still get its Close 1002. Known gap in
-/// src/proxy/relay.rs: the Close owed to the sender (`fail_close`) waits for the 2 s linger,
-/// and when the backend closes first (as `wsingress echo` does at once) the tunnel ends
-/// without it, so the client sees the end of stream and no Close. Run with `--ignored`.
+/// the backend's connection instead. The client must still get its Close 1002 — at once, not
+/// after the linger: the backend (`wsingress echo`) closes as soon as it sees the end, which
+/// used to end the tunnel before the client's Close went out.
 #[tokio::test]
-#[ignore = "known gap in src/proxy/relay.rs: no Close to the sender when the receiver leaves first"]
 async fn a_header_split_before_its_deciding_byte_still_gets_the_sender_a_close() {
     let backend = echo("split", "").await;
     let proxied = proxy(&[backend.addr], &[]).await;

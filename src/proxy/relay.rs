@@ -643,21 +643,32 @@ impl Tunnel<'_> {
             h.scanner = Scanner::new(h.scanner.sender(), None);
             self.reason.get_or_insert(reason);
             self.mark_proxy_close(code);
-            match boundary {
+            let receiver_told = match boundary {
                 Some(b) if !self.halves[d].sent_close && !self.halves[d].dst_done => {
                     self.queue_close(d, code);
                     self.write_out(d, OutBuf::Pooled(buf), 0, b, Some(b));
+                    true
                 }
                 _ => {
                     self.halves[d].dst_done = true;
                     self.dst(d).shutdown_write();
+                    false
                 }
-            }
+            };
             // The sender of the bad frame hears the other peer's answer to our Close (as it
             // would without a proxy), or our own Close when none came by the linger deadline.
+            // When the receiver could not be told (its output was inside a frame), no answer
+            // will come: the sender gets our Close now, before the receiver's end can end the
+            // tunnel without it.
             let back = 1 - d;
             if !self.halves[back].told() {
-                self.fail_close = Some((back, code));
+                if receiver_told {
+                    self.fail_close = Some((back, code));
+                } else {
+                    self.queue_close(back, code);
+                    self.try_inject(back);
+                    self.fail_close = Some((back, code));
+                }
             }
             self.closing_since.get_or_insert(now);
             return;
