@@ -131,10 +131,10 @@ address_from() {
 }
 
 export RUST_LOG=${RUST_LOG:-warn,wsingress::app=info}
-# proxy NAME UPSTREAM : a wsingress proxy in sidecar mode in front of UPSTREAM; prints its address.
-proxy() {
+# start_proxy NAME UPSTREAM : a wsingress proxy in sidecar mode in front of UPSTREAM. Called in
+# this shell, never inside $(...), so its PID reaches PIDS and the EXIT cleanup.
+start_proxy() {
     start "$1-proxy" "$BIN" serve --upstream "$2" --listen 127.0.0.1:0 --tls-listen off --admin-listen 127.0.0.1:0
-    address_from "$1-proxy" 's/.*wsingress serving proxy=\(127\.0\.0\.1:[0-9]*\).*/\1/p'
 }
 
 # upgrades NAME : WebSocket upgrades the proxy in front of NAME completed (from its /metrics).
@@ -159,7 +159,8 @@ if [ "$MODE" = full ]; then
     DIRECT[ws-deflate]=127.0.0.1:$(address_from ws-deflate-backend 's/^{"listening":\([0-9]*\)}$/\1/p')
 fi
 for t in "${TARGETS[@]}"; do
-    PROXIED[$t]=$(proxy "$t" "${DIRECT[$t]}")
+    start_proxy "$t" "${DIRECT[$t]}"
+    PROXIED[$t]=$(address_from "$t-proxy" 's/.*wsingress serving proxy=\(127\.0\.0\.1:[0-9]*\).*/\1/p')
     log "$(printf '%-11s direct ws://%s  through wsingress ws://%s' "$t" "${DIRECT[$t]}" "${PROXIED[$t]}")"
 done
 
