@@ -265,9 +265,9 @@ fn upstream_head(out: &mut Vec<u8>, req: &UpgradeReq<'_>, client: &ClientInfo, l
     out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n");
 }
 
-/// The 101 for the client: the backend's end-to-end fields and our own upgrade fields.
-fn switching_head(out: &mut Vec<u8>, backend: &ResponseHead) {
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+/// The backend's end-to-end fields for the client, without `Content-Length` (the proxy frames
+/// what it passes on itself).
+fn backend_fields(out: &mut Vec<u8>, backend: &ResponseHead) {
     for (name, value) in backend.end_to_end() {
         if name.eq_ignore_ascii_case(b"content-length") {
             continue;
@@ -277,6 +277,12 @@ fn switching_head(out: &mut Vec<u8>, backend: &ResponseHead) {
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// The 101 for the client: the backend's end-to-end fields and our own upgrade fields.
+fn switching_head(out: &mut Vec<u8>, backend: &ResponseHead) {
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    backend_fields(out, backend);
     out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n");
 }
 
@@ -388,15 +394,7 @@ async fn write_refusal(
     let status = StatusCode::from_u16(backend.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = Vec::with_capacity(512);
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    for (name, value) in backend.end_to_end() {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
+    backend_fields(&mut out, backend);
     let chunked = match body.framing() {
         Framing::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
