@@ -182,6 +182,7 @@ pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConf
             identity.clone(),
         )),
         identity,
+        tls: TlsDefaults { default_secret: args.default_tls_secret.clone() },
         ..KubeConfig::new(Defaults::default())
     })
 }

@@ -4,7 +4,8 @@
 //! for backend verification. The clock (`now`) and the previously published table come in
 //! as arguments: an unchanged Secret reuses its parsed certificate, and a Secret that turned
 //! bad (missing key, key not matching, unparsable PEM, expired) is reported while its last
-//! good certificate — when still valid — keeps serving, else the default does.
+//! good certificate — when still valid — keeps serving, else the default does. A deleted
+//! Secret is reported too, but its certificate is not kept (the default answers).
 //!
 //! Semantics: `spec.tls[].hosts` may be exact names or one-label wildcards; an entry without
 //! hosts applies to the hosts of the Ingress's rules; an entry without `secretName` leaves
@@ -108,7 +109,7 @@ pub fn ca_bundle(secret: &Secret) -> Result<CaBundle, SecretError> {
 /// Secrets by (namespace, name).
 pub(super) type SecretIndex<'a> = BTreeMap<(&'a str, &'a str), &'a Secret>;
 
-pub(super) fn index(secrets: &[Secret]) -> SecretIndex<'_> {
+pub(super) fn index<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> SecretIndex<'a> {
     let mut out = BTreeMap::new();
     for s in secrets {
         out.entry((namespace_of(&s.metadata), s.metadata.name.as_deref().unwrap_or(""))).or_insert(s);
@@ -165,7 +166,12 @@ impl<'a, 'w> Certificates<'a, 'w> {
         match self.load(namespace, name) {
             Ok(e) => Some(e),
             Err(err) => {
-                let kept = self.last_good(namespace, name);
+                // A deleted Secret is a decision (perhaps a revoked key), not a botched edit:
+                // its certificate is not kept.
+                let kept = match err {
+                    SecretError::NotFound => None,
+                    _ => self.last_good(namespace, name),
+                };
                 let fallback = match &kept {
                     Some(e) => format!(
                         "the last good certificate (serial {}, expires {}) keeps serving",
@@ -427,6 +433,12 @@ spec:
                 "{what}: {}",
                 warn.reason
             );
+            if what == "deleted" {
+                // Deleting a Secret is deliberate (perhaps a revoked key): the default answers.
+                assert!(warn.reason.contains("the default certificate is served"), "{what}: {}", warn.reason);
+                assert!(t.lookup("chat.example.com").is_none(), "{what}");
+                continue;
+            }
             assert!(warn.reason.contains("last good certificate"), "{what}: {}", warn.reason);
             assert_eq!(t.lookup("chat.example.com").unwrap().info.serial, serial, "{what}");
             // From nothing: the default certificate answers for those hosts.
