@@ -599,6 +599,68 @@ spec: {ports: [{port: 80}]}
     }
 
     #[test]
+    fn the_controllers_cached_translation_gives_the_file_modes_tables_and_follows_ca_changes() {
+        use crate::translate::{RouteCache, TlsInputs, translate_all_cached};
+        let w = World::new();
+        // With resourceVersions, as from an API server, so the route cache reuses routes.
+        let text = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: chat
+  namespace: prod
+  resourceVersion: "1"
+  uid: u1
+  annotations: {wsingress.io/backend-protocol: https, wsingress.io/backend-ca-secret: chat-ca}
+spec:
+  ingressClassName: wsingress
+  tls: [{hosts: [chat.example.com], secretName: chat-tls}]
+  rules:
+    - host: chat.example.com
+      http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: chat, port: {number: 443}}}}]}
+    - host: plain.example.com
+      http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: chat, port: {number: 443}}}}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: chat, namespace: prod, resourceVersion: "2", uid: u2}
+spec: {ports: [{port: 443}]}
+"#;
+        let (snapshot, _) = crate::source::file::parse(text).unwrap();
+        let mut ca = secret("prod", "chat-ca", Some("Opaque"));
+        ca.string_data = Some([(CA_KEY.to_string(), w.ca.cert_pem())].into());
+        let secrets = vec![w.good("prod", "chat-tls", &["chat.example.com"]), ca.clone()];
+        let defaults = Defaults::default();
+        let tls_defaults = TlsDefaults::default();
+        let empty = CertTable::default();
+        let (file_routes, file_certs, file_warnings) =
+            translate_all(&snapshot, &secrets, &defaults, &tls_defaults, &empty, w.now);
+        let mut cache = RouteCache::default();
+        let controller = |secrets: &[Secret], cache: &mut RouteCache| {
+            let inputs =
+                TlsInputs { secrets: secrets.iter().collect(), defaults: &tls_defaults, previous: &empty, now: w.now };
+            translate_all_cached(&snapshot, &inputs, &defaults, cache)
+        };
+        for pass in 0..2 {
+            let (routes, certs, warnings) = controller(&secrets, &mut cache);
+            assert!(crate::source::file::same_certs(&certs, &file_certs), "pass {pass}");
+            assert_eq!(warnings, file_warnings, "pass {pass}");
+            assert_eq!(routes.routes().count(), file_routes.routes().count());
+        }
+        let verify = |routes: &crate::routes::RouteTable| {
+            routes.find(Some("chat.example.com"), "/").unwrap().settings.backend_tls.clone().unwrap().verify
+        };
+        let (routes, _, _) = controller(&secrets, &mut cache);
+        assert!(matches!(verify(&routes), BackendVerify::Ca(b) if b.pem == w.ca.cert_pem().into_bytes()));
+        // The CA Secret's bytes change, nothing else does: the cached route is not reused.
+        let other = Authority::new("other CA", Validity::around(w.now, 2)).unwrap();
+        let mut changed = ca;
+        changed.string_data = Some([(CA_KEY.to_string(), other.cert_pem())].into());
+        let (routes, _, _) = controller(&[secrets[0].clone(), changed], &mut cache);
+        assert!(matches!(verify(&routes), BackendVerify::Ca(b) if b.pem == other.cert_pem().into_bytes()));
+    }
+
+    #[test]
     fn secret_refs_parse() {
         assert_eq!(parse_secret_ref("ingress/default-tls"), Ok(("ingress".into(), "default-tls".into())));
         for bad in ["default-tls", "/x", "x/", "Ns/x", "a/b/c", "a b/c"] {
