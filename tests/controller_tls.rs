@@ -35,6 +35,7 @@ use wsingress::readiness::Readiness;
 use wsingress::routes::RouteHandle;
 use wsingress::source::Publisher;
 use wsingress::source::kube::{KubeConfig, KubeError, WatchBackoff};
+use wsingress::tls::generate::Validity;
 use wsingress::tls::{self, CertHandle, CertSource, material};
 use wsingress::translate::tls::TlsDefaults;
 use wsingress::translate::{CONTROLLER_NAME, Defaults};
@@ -409,6 +410,36 @@ async fn a_bad_secret_gets_a_warning_event_and_the_last_good_certificate_keeps_s
     api.apply(&fixed);
     eventually("the fixed certificate published", || (c.serial("chat.test")? == fixed_serial).then_some(())).await;
     assert!(c.readiness.health().is_healthy(), "nothing crashed: {:?}", c.readiness.health().failures());
+    c.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_expires_while_nothing_changes_is_replaced_by_the_default_and_reported() {
+    init_tracing();
+    let stop = CancellationToken::new();
+    let (pki, api) = setup(&stop).await;
+    let now = tls::unix_now();
+    let g =
+        pki.ca.issue("short-lived", &["chat.test"], Validity { not_before: now - 3600, not_after: now + 3 }).unwrap();
+    api.apply(&secret(NS, "chat-tls", "kubernetes.io/tls", &[("tls.crt", &g.cert_pem), ("tls.key", &g.key_pem)]));
+    api.apply(&ingress(&["chat.test"], &[(&["chat.test"], "chat-tls")], &[]));
+    let c = Cluster::start(&api, TlsDefaults::default()).await;
+    eventually("certificate published", || c.cert_source("chat.test")).await;
+    let requests = api.requests().len();
+    // No object changes; the controller looks again when the certificate expires.
+    let event = support::kube_test::eventually(Duration::from_secs(15), "an event about the expiry", || {
+        events_with_reason(&api, "InvalidCertificate").pop()
+    })
+    .await;
+    let note = event.note.unwrap_or_default();
+    assert!(note.contains("Secret apps/chat-tls") && note.contains("expired at"), "{note}");
+    assert!(note.contains("the default certificate is served"), "{note}");
+    assert!(c.cert_source("chat.test").is_none(), "the expired certificate is no longer served");
+    assert!(
+        api.requests()[requests..].iter().all(|r| r.method != "GET" || r.query.contains("watch")),
+        "no re-list was needed"
+    );
     c.stop().await;
     stop.cancel();
 }

@@ -274,11 +274,12 @@ pub async fn run(
     loop {
         reconciler.reconcile_with_secrets(&caches, &mut secrets);
         // A named Secret watch that has not listed yet holds the publish until it has, or
-        // until this instant.
-        let waiting = secrets.waiting_until();
+        // until this instant ...
+        // ... and a certificate that expires is looked at again when it does.
+        let wake_at = secrets.waiting_until().or_else(|| reconciler.next_expiry());
         tokio::select! {
             () = changed.notified() => {}
-            () = async { match waiting {
+            () = async { match wake_at {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             } } => {}
@@ -330,6 +331,10 @@ pub struct Reconciler {
     published: Option<u64>,
     /// The inputs the named Secret watches were last chosen from.
     followed: Option<(u64, u64)>,
+    /// The first notAfter (Unix seconds) of the Secret certificates published: translate again
+    /// once it has passed, so an expired certificate is reported and replaced by the default
+    /// even when nothing else changes.
+    next_expiry: Option<i64>,
     /// Routes of earlier passes, reused where their inputs did not change.
     routes: RouteCache,
     /// The status writer's input was computed at this revision.
@@ -353,6 +358,7 @@ impl Reconciler {
             publisher,
             published: None,
             followed: None,
+            next_expiry: None,
             routes: RouteCache::default(),
             status_revision: None,
             warnings: Vec::new(),
@@ -378,6 +384,13 @@ impl Reconciler {
         self.pass(caches, Some(secrets))
     }
 
+    /// When the next pass is due without any change: just after the first certificate in use
+    /// expires.
+    pub fn next_expiry(&self) -> Option<tokio::time::Instant> {
+        let secs = self.next_expiry?.saturating_sub(crate::tls::unix_now()).saturating_add(1).max(1);
+        Some(tokio::time::Instant::now() + Duration::from_secs(secs.unsigned_abs()))
+    }
+
     fn pass(&mut self, caches: &Caches, mut secrets: Option<&mut SecretWatches>) -> bool {
         let mut fp = caches.fingerprint();
         let mut waiting = false;
@@ -392,7 +405,8 @@ impl Reconciler {
             (fp, s.fingerprint()).hash(&mut h);
             fp = h.finish();
         }
-        let publish = self.published != Some(fp) && !waiting;
+        let expired = self.next_expiry.is_some_and(|at| crate::tls::unix_now() > at);
+        let publish = (self.published != Some(fp) || expired) && !waiting;
         if publish {
             let snapshot = caches.snapshot();
             let (table, certs, warnings) = match secrets.as_deref() {
@@ -421,7 +435,11 @@ impl Reconciler {
                 differs
             });
             match certs {
-                Some(certs) => self.publisher.publish_all(table, certs, &warnings),
+                Some(certs) => {
+                    let now = crate::tls::unix_now();
+                    self.next_expiry = certs.certificates().map(|e| e.info.not_after).filter(|t| *t >= now).min();
+                    self.publisher.publish_all(table, certs, &warnings)
+                }
                 None => self.publisher.publish(table, &warnings),
             };
             // The objects the warnings name may have been re-created (new uids): refresh.
