@@ -165,6 +165,11 @@ struct Cluster {
 impl Cluster {
     /// The controller (with certificates) and the proxy's two listeners, as `serve` wires them.
     async fn start(api: &FakeKube, tls_defaults: TlsDefaults) -> Self {
+        Self::start_in(api, tls_defaults, &[]).await
+    }
+
+    /// [`Self::start`] watching only `namespaces` (all when empty).
+    async fn start_in(api: &FakeKube, tls_defaults: TlsDefaults, namespaces: &[&str]) -> Self {
         let routes = Arc::new(RouteHandle::new());
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let readiness = Arc::new(Readiness::new(routes.clone()));
@@ -175,6 +180,7 @@ impl Cluster {
             debounce: Duration::from_millis(50),
             backoff: WatchBackoff { initial: Duration::from_millis(50), max: Duration::from_millis(300) },
             tls: tls_defaults,
+            watch_namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
             ..KubeConfig::new(Defaults {
                 class_fallback: false,
                 controller_name: CONTROLLER_NAME.into(),
@@ -455,7 +461,7 @@ async fn a_spec_tls_secret_of_the_wrong_type_is_reported_as_such() {
     // `kubectl create secret generic` instead of `kubectl create secret tls`.
     api.apply(&secret(NS, "chat-tls", "Opaque", &[("tls.crt", &g.cert_pem), ("tls.key", &g.key_pem)]));
     api.apply(&ingress(&["chat.test"], &[(&["chat.test"], "chat-tls")], &[]));
-    let c = Cluster::start(&api, TlsDefaults::default()).await;
+    let c = Cluster::start_in(&api, TlsDefaults::default(), &[NS]).await;
     let event = eventually("InvalidCertificate event", || events_with_reason(&api, "InvalidCertificate").pop()).await;
     let note = event.note.unwrap_or_default();
     assert!(note.contains("has type Opaque"), "{note}");
@@ -467,6 +473,14 @@ async fn a_spec_tls_secret_of_the_wrong_type_is_reported_as_such() {
         (c.cert_source("chat.test")? == "apps/chat-tls").then_some(())
     })
     .await;
+    // With --watch-namespace, the TLS watch is per namespace too.
+    let requests = secret_requests(&api);
+    assert!(
+        requests.iter().all(|(p, _)| p == "/api/v1/namespaces/apps/secrets"),
+        "only the watched namespace: {requests:?}"
+    );
+    assert!(requests.iter().any(|(_, s)| s == "type=kubernetes.io/tls"), "{requests:?}");
+    assert!(requests.iter().any(|(_, s)| s == "metadata.name=chat-tls"), "{requests:?}");
     c.stop().await;
 }
 
