@@ -21,7 +21,7 @@
 #   7. helm test (wsingress client from the release's image) passes;
 #   8. wss://: TLS Secrets (openssl) for an Ingress host and --default-tls-secret; SNI picks the
 #      certificate (openssl s_client, verified with the CA), wss round trips from the host
-#      (wsingress client --ca) and from a pod (the release image, the CA from a Secret), a
+#      (wsingress client --ca) and in the cluster (helm test's wss pod, tests.wss.*), a
 #      rotation keeps a tunnel opened before, a bad Secret gets a Warning Event and the last
 #      good certificate keeps serving;
 #   9. Gateway API: checks come here with issue 14.
@@ -208,9 +208,9 @@ make_leaf echo-v2 "echo e2e v2" "DNS:$TLS_HOST"
 make_leaf default "e2e default" "DNS:default.e2e.test"
 kubectl -n "$APP_NS" create secret tls echo-tls --cert "$TLS_DIR/echo-v1.crt" --key "$TLS_DIR/echo-v1.key"
 kubectl -n "$NS" create secret tls e2e-default-tls --cert "$TLS_DIR/default.crt" --key "$TLS_DIR/default.key"
-# The CA for the in-cluster client below: an Opaque Secret nothing names, so the controller
-# never reads it.
-kubectl -n "$APP_NS" create secret generic e2e-ca --from-file=ca.crt="$TLS_DIR/ca.crt"
+# The CA for the wss `helm test` pod: an Opaque Secret no route names, so the controller never
+# reads it.
+kubectl -n "$NS" create secret generic e2e-ca --from-file=ca.crt="$TLS_DIR/ca.crt"
 kubectl -n "$APP_NS" apply -f - <<YAML
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -233,7 +233,14 @@ spec:
                 port:
                   name: ws
 YAML
-printf 'controller:\n  extraArgs: ["--default-tls-secret=%s/e2e-default-tls"]\n' "$NS" >"$WORK/values-tls.yaml"
+cat >"$WORK/values-tls.yaml" <<YAML
+controller:
+  extraArgs: ["--default-tls-secret=$NS/e2e-default-tls"]
+tests:
+  wss:
+    caSecret: e2e-ca
+    host: $TLS_HOST
+YAML
 helm upgrade "$RELEASE" charts/wsingress --namespace "$NS" -f tests/e2e/values-kind.yaml \
     -f "$WORK/values-tls.yaml" --wait --timeout 300s
 kubectl -n "$NS" rollout status "deployment/$RELEASE" --timeout=120s
@@ -293,29 +300,9 @@ wait_for_output 60 "InvalidCertificate Event for Secret echo-tls" bad_event
 subject=$(served_subject "$TLS_HOST")
 case "$subject" in *"echo e2e v2"*) ;; *) die "after a bad Secret $TLS_HOST got '$subject', want echo e2e v2" ;; esac
 
-# wss inside the cluster: the release's image, trusting the CA from a Secret, through the
-# Service's TLS port (what a `helm test` wss variant would run; the chart's test pod has no
-# CA volume yet).
-kubectl -n "$APP_NS" delete pod wss-check --ignore-not-found
-overrides=$(
-    cat <<JSON
-{"apiVersion": "v1", "spec": {
-  "automountServiceAccountToken": false,
-  "containers": [{
-    "name": "wss-check", "image": "$IMAGE", "imagePullPolicy": "Never",
-    "args": ["client", "wss://$RELEASE.$NS.svc:443/", "--host", "$TLS_HOST", "--ca", "/ca/ca.crt",
-             "--send", "in-cluster wss", "--expect", "${PREFIX}in-cluster wss", "--retry-for", "60s"],
-    "volumeMounts": [{"name": "ca", "mountPath": "/ca", "readOnly": true}]
-  }],
-  "volumes": [{"name": "ca", "secret": {"secretName": "e2e-ca"}}]
-}}
-JSON
-)
-kubectl -n "$APP_NS" run wss-check --image "$IMAGE" --restart=Never --overrides "$overrides"
-kubectl -n "$APP_NS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/wss-check --timeout=120s ||
-    die "in-cluster wss check: $(kubectl -n "$APP_NS" logs wss-check 2>&1 | tail -5)"
-kubectl -n "$APP_NS" logs wss-check
-kubectl -n "$APP_NS" delete pod wss-check --wait=false
+# wss inside the cluster: `helm test` now also runs the wss test pod (the release's image,
+# the CA from Secret e2e-ca, through the Service's TLS port with SNI $TLS_HOST).
+helm test "$RELEASE" --namespace "$NS" --logs --timeout 180s
 
 # step "9. Gateway API": with issue 14: apply the Gateway API CRDs and
 #   manifests/gateway-echo.yaml, then the same round trip and drain checks through the Gateway.
