@@ -182,6 +182,7 @@ pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConf
             identity.clone(),
         )),
         identity,
+        tls: TlsDefaults { default_secret: args.default_tls_secret.clone() },
         ..KubeConfig::new(Defaults::default())
     })
 }
@@ -511,10 +512,21 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let serve = demo_serve_args(&args, &backends)?;
-    let running = start(&serve, RouteSource::Static(backends.clone()))
-        .await
-        .map_err(|e| e.context("the demo needs two free local ports; pick others with --listen/--admin-listen"))?;
+    let mut serve = demo_serve_args(&args, &backends)?;
+    let demo_tls = if args.tls {
+        let dir = args.tls_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("wsingress-demo-tls"));
+        let files =
+            write_demo_tls(&dir).with_context(|| format!("writing the demo's TLS files to {}", dir.display()))?;
+        serve.tls_listen = crate::cli::OptionalAddr(Some(args.tls_listen));
+        serve.tls_cert = Some(files.cert.clone());
+        serve.tls_key = Some(files.key.clone());
+        Some(files)
+    } else {
+        None
+    };
+    let running = start(&serve, RouteSource::Static(backends.clone())).await.map_err(|e| {
+        e.context("the demo needs free local ports; pick others with --listen/--admin-listen (and --tls-listen)")
+    })?;
     let url = format!("ws://{}/", running.proxy_addr);
     println!();
     println!(
@@ -526,12 +538,53 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  try it        : echo hello | websocat -1 {url}        (or: npx wscat -c {url})");
     println!("  in a browser  : http://{}/", running.proxy_addr);
     println!("  metrics       : http://{}/metrics    routes: http://{}/routes", running.admin_addr, running.admin_addr);
+    if let (Some(files), Some(tls_addr)) = (&demo_tls, running.tls_addr) {
+        let wss = format!("wss://{tls_addr}/");
+        let ca = files.ca.display();
+        println!();
+        println!("  wss URL       : {wss}");
+        println!("  CA to trust   : {ca}   (made now; the certificate names 127.0.0.1 and localhost)");
+        println!("  try it (wss)  : wsingress client {wss} --ca {ca} --send hello");
+        println!("          node  : NODE_EXTRA_CA_CERTS={ca} npx wscat -c {wss}");
+        println!(
+            "       openssl  : openssl s_client -connect {tls_addr} -CAfile {ca} -alpn http/1.1 -verify_return_error </dev/null"
+        );
+        println!("  in a browser  : https://{tls_addr}/   (once {ca} is trusted)");
+    }
     println!();
     println!("Press Ctrl-C to stop.");
     wait_for_signal().await;
     running.shutdown(Duration::from_secs(5)).await;
     stop.cancel();
     Ok(())
+}
+
+/// The files `demo --tls` writes: a CA made now, and a certificate it issued for the
+/// loopback names with its key (readable by the owner only).
+#[derive(Debug, Clone)]
+pub struct DemoTlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Make the demo's CA and certificate (ECDSA P-256, 30 days, for 127.0.0.1, ::1 and
+/// localhost) and write them to `dir`.
+pub fn write_demo_tls(dir: &std::path::Path) -> anyhow::Result<DemoTlsFiles> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let validity = generate::Validity::around(tls::unix_now(), 30);
+    let ca = generate::Authority::new("wsingress demo CA", validity)?;
+    let leaf = ca.issue("wsingress demo", &["127.0.0.1", "::1", "localhost"], validity)?;
+    std::fs::create_dir_all(dir)?;
+    let files = DemoTlsFiles { ca: dir.join("ca.crt"), cert: dir.join("tls.crt"), key: dir.join("tls.key") };
+    std::fs::write(&files.ca, ca.cert_pem())?;
+    std::fs::write(&files.cert, &leaf.cert_pem)?;
+    // Replaced, not rewritten in place: a key file left by another user keeps its owner.
+    let _ = std::fs::remove_file(&files.key);
+    let mut key = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&files.key)?;
+    key.write_all(leaf.key_pem.as_bytes())?;
+    Ok(files)
 }
 
 /// The `serve` settings of the demo: the defaults, in front of `backends`.
@@ -546,7 +599,7 @@ fn demo_serve_args(args: &DemoArgs, backends: &[SocketAddr]) -> Result<ServeArgs
     };
     serve.listen = args.listen;
     serve.admin_listen = args.admin_listen;
-    // The demo is plain ws:// on loopback; TLS is `serve --tls-listen`'s.
+    // The demo is plain ws:// on loopback; `--tls` adds its own listener and certificate.
     serve.tls_listen = crate::cli::OptionalAddr(None);
     Ok(serve)
 }

@@ -231,6 +231,17 @@ pub struct DemoArgs {
     /// Admin listener of the demo.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
+    /// Also serve wss:// and https:// on --tls-listen, with a certificate for 127.0.0.1 and
+    /// localhost from a CA generated now (its PEM is written for clients to trust).
+    #[arg(long)]
+    pub tls: bool,
+    /// TLS listener of the demo (with --tls).
+    #[arg(long, default_value = "127.0.0.1:8443", requires = "tls")]
+    pub tls_listen: SocketAddr,
+    /// Where --tls writes ca.crt (the CA to trust), tls.crt and tls.key (default: the folder
+    /// wsingress-demo-tls in the system's temporary directory).
+    #[arg(long, requires = "tls")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

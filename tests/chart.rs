@@ -176,6 +176,7 @@ fn matrix() -> Vec<Vec<String>> {
         &["--set", "service.type=NodePort", "--set", "service.nodePort=30080"],
         &["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podAnnotations=true"],
         &["--set", "ingressClass.default=true", "--set", "tests.host=ws.example.com"],
+        &["--set", "tests.wss.caSecret=echo-ca", "--set", "tests.wss.host=echo.example.com"],
         &["--set", "hostPort.enabled=true", "--set", "replicaCount=1"],
         &[
             "--set",
@@ -680,11 +681,34 @@ fn check_test_pod(docs: &Docs, pod: &Pod) {
         other => panic!("the test pod does not run `client`: {other:?}"),
     };
     let proxy: Service = docs.one(RELEASE);
-    let port = service_spec(&proxy).ports.as_ref().expect("ports")[0].port;
-    assert!(args.url.starts_with(&format!("ws://{RELEASE}.{NAMESPACE}.svc:{port}/")), "{}", args.url);
+    let ports = service_spec(&proxy).ports.as_ref().expect("ports");
+    if object_name(pod).ends_with("-test-wss") {
+        // The wss variant: the Service's TLS port, the CA from the Secret's volume.
+        let https = ports.iter().find(|p| p.name.as_deref() == Some("https")).expect("an https port").port;
+        assert!(args.url.starts_with(&format!("wss://{RELEASE}.{NAMESPACE}.svc:{https}/")), "{}", args.url);
+        assert!(args.host.is_some(), "a TLS server name for SNI");
+        let ca = args.ca.as_ref().expect("--ca");
+        let mount = client.volume_mounts.as_ref().and_then(|m| m.iter().find(|m| ca.starts_with(&m.mount_path)));
+        let volume = mount.and_then(|m| spec.volumes.as_ref()?.iter().find(|v| v.name == m.name));
+        assert!(volume.and_then(|v| v.secret.as_ref()).is_some(), "--ca {} comes from a Secret volume", ca.display());
+    } else {
+        let port = ports[0].port;
+        assert!(args.url.starts_with(&format!("ws://{RELEASE}.{NAMESPACE}.svc:{port}/")), "{}", args.url);
+    }
     assert_eq!(args.send.len(), 1);
     assert_eq!(args.expect, [format!("Server received from client: {}", args.send[0])]);
     assert!(args.retry_for >= Duration::from_secs(10), "the route needs time to appear");
+    let mut args = args;
+    if args.ca.is_some() {
+        // The CA file exists only in the pod: check the flags with a real one here.
+        let ca =
+            wsingress::tls::generate::Authority::new("chart test CA", wsingress::tls::generate::Validity::around(0, 1))
+                .expect("a CA")
+                .cert_pem();
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chart-test-ca.crt");
+        std::fs::write(&path, ca).expect("write the CA");
+        args.ca = Some(path);
+    }
     check_client_plan(&args);
 }
 
@@ -1164,6 +1188,27 @@ fn helm_test_runs_the_release_image_with_the_host_it_is_given() {
     let echo: Deployment = echo_docs.one("echo");
     let prefix = echo_args(container(pod_spec(&echo.spec.template), "echo")).prefix;
     assert!(client.expect[0].starts_with(&prefix));
+}
+
+#[test]
+fn helm_test_has_a_wss_variant_when_given_a_ca_secret_and_a_host() {
+    let Some(docs) = render(&["--set", "tests.wss.caSecret=echo-ca", "--set", "tests.wss.host=echo.example.com"])
+    else {
+        return;
+    };
+    let pods = docs.all::<Pod>();
+    assert_eq!(pods.len(), 2, "the ws pod and the wss pod");
+    let wss = pods.iter().find(|p| object_name(*p) == format!("{RELEASE}-test-wss")).expect("the wss test pod");
+    check_test_pod(&docs, wss);
+    let client = match parse_cli(&wss.spec.as_ref().expect("spec").containers[0]).command {
+        Command::Client(args) => args,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(client.host.as_deref(), Some("echo.example.com"));
+    let volumes = wss.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+    assert_eq!(volumes[0].secret.as_ref().and_then(|s| s.secret_name.as_deref()), Some("echo-ca"));
+    let Some(err) = render_error(&["--set", "tests.wss.caSecret=echo-ca"]) else { return };
+    assert!(err.contains("tests.wss.host is required"), "{err}");
 }
 
 #[test]

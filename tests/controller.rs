@@ -20,9 +20,9 @@ use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec, IngressRule,
     IngressServiceBackend, IngressSpec, ServiceBackendPort,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use support::fake_kube::FakeKube;
+use support::kube_test::{events_with_reason, eventually, ingress_class, init_tracing, meta};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -43,39 +43,7 @@ use wsingress::translate::{CONTROLLER_NAME, Defaults, ServiceRoutes, Unsupported
 const NS: &str = "apps";
 const HOST: &str = "chat.test";
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "wsingress=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// Poll `check` every 20 ms until it returns `Some`, or panic with `what` after `limit`.
-async fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------- objects
-
-fn meta(ns: &str, name: &str) -> ObjectMeta {
-    ObjectMeta { name: Some(name.into()), namespace: (!ns.is_empty()).then(|| ns.to_string()), ..ObjectMeta::default() }
-}
-
-fn ingress_class() -> IngressClass {
-    IngressClass {
-        metadata: meta("", "wsingress"),
-        spec: Some(IngressClassSpec { controller: Some(CONTROLLER_NAME.into()), ..IngressClassSpec::default() }),
-    }
-}
 
 fn ingress(name: &str, class: &str, annotations: &[(&str, &str)]) -> Ingress {
     let mut m = meta(NS, name);
@@ -217,10 +185,6 @@ fn cluster_defaults(controller: &str) -> Defaults {
         service_routes: ServiceRoutes { enabled: false, require_class: true, namespaces: Vec::new() },
         ..Defaults::default()
     }
-}
-
-fn events_with_reason(api: &FakeKube, reason: &str) -> Vec<Event> {
-    api.list::<Event>().into_iter().filter(|e| e.reason.as_deref() == Some(reason)).collect()
 }
 
 /// The usual objects: our class, Service `chat`, its slice, and Ingress `chat` (+ annotations).

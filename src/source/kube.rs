@@ -35,12 +35,16 @@ use tokio_util::sync::CancellationToken;
 use super::Publisher;
 use super::events::{self, EventLimits, Report, Reporter};
 use super::leader::{self, ElectionConfig};
+use super::secrets::SecretWatches;
 use super::status::{self, PublishFrom, PublishSource, StatusConfig, StatusInput};
 pub use super::watch::WatchBackoff;
 use super::watch::{Reflected, Watches, resource_version};
 use crate::readiness::Health;
 use crate::routes::RouteTable;
-use crate::translate::{self, ClusterSnapshot, Defaults, ObjectRef, RouteCache, ServedClasses, Warning, reasons};
+use crate::translate::tls::TlsDefaults;
+use crate::translate::{
+    self, ClusterSnapshot, Defaults, ObjectRef, RouteCache, ServedClasses, TlsInputs, Warning, reasons,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -70,6 +74,8 @@ pub struct KubeConfig {
     /// How often the DNS names of ExternalName Services are resolved again, to report the
     /// ones that do not resolve.
     pub external_name_check: Duration,
+    /// `--default-tls-secret` (certificates come from the TLS Secrets, see [`super::secrets`]).
+    pub tls: TlsDefaults,
 }
 
 impl KubeConfig {
@@ -85,6 +91,7 @@ impl KubeConfig {
             identity: "wsingress".to_string(),
             event_limits: EventLimits::default(),
             external_name_check: Duration::from_secs(60),
+            tls: TlsDefaults::default(),
         }
     }
 }
@@ -185,6 +192,8 @@ pub async fn run(
         page_size: config.page_size,
     };
     let caches = watch_caches(&mut watches, &client, &config.watch_namespaces, &changed);
+    let mut secrets =
+        SecretWatches::start(&mut watches, &client, &config.watch_namespaces, config.tls.clone(), &changed);
     let publish = config.status.as_ref().and_then(|s| match &s.publish {
         PublishFrom::Service { namespace, name } => {
             let changed = Arc::new(Notify::new());
@@ -247,6 +256,10 @@ pub async fn run(
         r = caches.wait_synced() => r?,
         () = shutdown.cancelled() => return Ok(()),
     }
+    tokio::select! {
+        ok = secrets.wait_synced() => if !ok { return Err(KubeError::SyncAborted("Secret")) },
+        () = shutdown.cancelled() => return Ok(()),
+    }
     tracing::info!(
         namespaces =
             if config.watch_namespaces.is_empty() { "(all)".to_string() } else { config.watch_namespaces.join(",") },
@@ -254,13 +267,22 @@ pub async fn run(
         services = caches.services.len(),
         endpoint_slices = caches.endpoint_slices.len(),
         ingress_classes = caches.ingress_classes.len(),
+        tls_secrets = secrets.secrets().len(),
         "initial sync complete"
     );
 
     loop {
-        reconciler.reconcile(&caches);
+        reconciler.reconcile_with_secrets(&caches, &mut secrets);
+        // A named Secret watch that has not listed yet holds the publish until it has, or
+        // until this instant ...
+        // ... and a certificate that expires is looked at again when it does.
+        let wake_at = secrets.waiting_until().or_else(|| reconciler.next_expiry());
         tokio::select! {
             () = changed.notified() => {}
+            () = async { match wake_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            } } => {}
             r = reconciler.unresolved.changed() => {
                 if r.is_ok() {
                     reconciler.reports_stale = true;
@@ -307,6 +329,12 @@ pub struct Reconciler {
     defaults: Defaults,
     publisher: Publisher,
     published: Option<u64>,
+    /// The inputs the named Secret watches were last chosen from.
+    followed: Option<(u64, u64)>,
+    /// The first notAfter (Unix seconds) of the Secret certificates published: translate again
+    /// once it has passed, so an expired certificate is reported and replaced by the default
+    /// even when nothing else changes.
+    next_expiry: Option<i64>,
     /// Routes of earlier passes, reused where their inputs did not change.
     routes: RouteCache,
     /// The status writer's input was computed at this revision.
@@ -329,6 +357,8 @@ impl Reconciler {
             defaults,
             publisher,
             published: None,
+            followed: None,
+            next_expiry: None,
             routes: RouteCache::default(),
             status_revision: None,
             warnings: Vec::new(),
@@ -343,20 +373,75 @@ impl Reconciler {
         (reconciler, outputs)
     }
 
-    /// One pass; true when a new table was published.
+    /// One pass without Secrets (no certificates, CA Secrets not read); true when a new
+    /// table was published.
     pub fn reconcile(&mut self, caches: &Caches) -> bool {
-        let fp = caches.fingerprint();
-        let publish = self.published != Some(fp);
+        self.pass(caches, None)
+    }
+
+    /// One pass of cluster mode: routes and certificates from the caches and the Secrets.
+    pub fn reconcile_with_secrets(&mut self, caches: &Caches, secrets: &mut SecretWatches) -> bool {
+        self.pass(caches, Some(secrets))
+    }
+
+    /// When the next pass is due without any change: just after the first certificate in use
+    /// expires.
+    pub fn next_expiry(&self) -> Option<tokio::time::Instant> {
+        let secs = self.next_expiry?.saturating_sub(crate::tls::unix_now()).saturating_add(1).max(1);
+        Some(tokio::time::Instant::now() + Duration::from_secs(secs.unsigned_abs()))
+    }
+
+    fn pass(&mut self, caches: &Caches, mut secrets: Option<&mut SecretWatches>) -> bool {
+        let mut fp = caches.fingerprint();
+        let mut waiting = false;
+        if let Some(s) = secrets.as_deref_mut() {
+            let inputs = (fp, s.tls_fingerprint());
+            if self.followed != Some(inputs) {
+                s.follow(&caches.snapshot(), &self.defaults);
+                self.followed = Some(inputs);
+            }
+            waiting = s.waiting_until().is_some();
+            let mut h = DefaultHasher::new();
+            (fp, s.fingerprint()).hash(&mut h);
+            fp = h.finish();
+        }
+        let expired = self.next_expiry.is_some_and(|at| crate::tls::unix_now() > at);
+        let publish = (self.published != Some(fp) || expired) && !waiting;
         if publish {
             let snapshot = caches.snapshot();
-            let (table, warnings) = translate::translate_cached(&snapshot, &self.defaults, &mut self.routes);
+            let (table, certs, warnings) = match secrets.as_deref() {
+                Some(s) => {
+                    let all = s.secrets();
+                    let previous = self.publisher.current_certs();
+                    let inputs = TlsInputs {
+                        secrets: all.iter().map(AsRef::as_ref).collect(),
+                        defaults: s.tls_defaults(),
+                        previous: &previous,
+                        now: crate::tls::unix_now(),
+                    };
+                    let (table, certs, warnings) =
+                        translate::translate_all_cached(&snapshot, &inputs, &self.defaults, &mut self.routes);
+                    (table, Some(certs), warnings)
+                }
+                None => {
+                    let (table, warnings) = translate::translate_cached(&snapshot, &self.defaults, &mut self.routes);
+                    (table, None, warnings)
+                }
+            };
             self.targets.send_if_modified(|old| {
                 let now = external_targets(&table);
                 let differs = **old != now;
                 *old = Arc::new(now);
                 differs
             });
-            self.publisher.publish(table, &warnings);
+            match certs {
+                Some(certs) => {
+                    let now = crate::tls::unix_now();
+                    self.next_expiry = certs.certificates().map(|e| e.info.not_after).filter(|t| *t >= now).min();
+                    self.publisher.publish_all(table, certs, &warnings)
+                }
+                None => self.publisher.publish(table, &warnings),
+            };
             // The objects the warnings name may have been re-created (new uids): refresh.
             self.reports_stale |= !warnings.is_empty() || warnings != self.warnings;
             self.warnings = warnings;
@@ -368,7 +453,15 @@ impl Reconciler {
                 .warnings
                 .iter()
                 .chain(unresolved.iter())
-                .map(|w| Report { regarding: caches.object_reference(&w.object), warning: w.clone() })
+                .map(|w| {
+                    let secret = (w.object.kind == "Secret")
+                        .then(|| {
+                            secrets.as_deref().and_then(|s| s.object_reference(&w.object.namespace, &w.object.name))
+                        })
+                        .flatten();
+                    let regarding = secret.unwrap_or_else(|| caches.object_reference(&w.object));
+                    Report { regarding, warning: w.clone() }
+                })
                 .collect();
             self.reports.send_replace(Arc::new(reports));
             self.reports_stale = false;

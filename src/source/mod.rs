@@ -7,6 +7,7 @@ pub mod file;
 pub mod kube;
 pub mod leader;
 pub mod rbac;
+pub mod secrets;
 pub mod static_upstream;
 pub mod status;
 pub mod watch;

@@ -12,7 +12,8 @@ pub struct Access {
 }
 
 /// Exactly the requests the controller makes (`source/kube.rs` watches: list + watch, the
-/// publish Service included; `source/status.rs`: nodes list for a NodePort publish Service,
+/// publish Service included; `source/secrets.rs`: list + watch of TLS Secrets by field
+/// selector and of named Secrets; `source/status.rs`: nodes list for a NodePort publish Service,
 /// Ingress status merge patch; `source/events.rs`: Event create, and get + patch to count a
 /// repeated Event; `source/leader.rs`: Lease get/create/update).
 /// `tests/controller.rs` records every request the controller sends to the fake API server and
@@ -25,6 +26,8 @@ pub const ACCESS: &[Access] = &[
     Access { group: "networking.k8s.io", resource: "ingressclasses", verbs: WATCH, own_namespace_only: false },
     Access { group: "", resource: "services", verbs: WATCH, own_namespace_only: false },
     Access { group: "discovery.k8s.io", resource: "endpointslices", verbs: WATCH, own_namespace_only: false },
+    // Only `type=kubernetes.io/tls` Secrets, and Secrets by name (`source/secrets.rs`).
+    Access { group: "", resource: "secrets", verbs: WATCH, own_namespace_only: false },
     Access { group: "", resource: "nodes", verbs: &["list"], own_namespace_only: false },
     Access {
         group: "events.k8s.io",

@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -103,6 +103,8 @@ pub struct Fingerprint {
     routing: AtomicU64,
     /// Over uid and resourceVersion: any change at all (status updates included).
     revision: AtomicU64,
+    /// The first list completed.
+    synced: AtomicBool,
 }
 
 /// One object's two hashes.
@@ -183,6 +185,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> TrackedWriter<K> {
                 self.relist.get_or_insert_default().insert(id, new);
             }
             watcher::Event::InitDone => {
+                self.shared.synced.store(true, Ordering::Release);
                 self.objects = self.relist.take().unwrap_or_default();
                 self.sum = self.objects.values().fold(Hashes { routing: 0, revision: 0 }, |a, h| a.add(*h));
             }
@@ -237,6 +240,11 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Reflected<K> {
             key = key.within(namespace);
         }
         self.stores.iter().find_map(|s| s.get(&key))
+    }
+
+    /// Every store has completed its first list (without waiting, unlike [`Self::wait_synced`]).
+    pub fn is_synced(&self) -> bool {
+        self.fingerprints.iter().all(|f| f.synced.load(Ordering::Acquire))
     }
 
     pub fn len(&self) -> usize {

@@ -476,9 +476,32 @@ pub fn translate_all<'a>(
     previous: &CertTable,
     now: i64,
 ) -> (RouteTable, CertTable, Vec<Warning>) {
-    let index = tls::index(secrets);
-    let mut cache = RouteCache::default();
-    let mut t = Translation::new(snapshot, defaults, &mut cache);
+    let certs = TlsInputs { secrets: secrets.iter().collect(), defaults: tls_defaults, previous, now };
+    translate_all_cached(snapshot, &certs, defaults, &mut RouteCache::default())
+}
+
+/// What [`translate_all_cached`] reads besides the snapshot: the Secrets (shared, not
+/// copied), `--default-tls-secret`, the certificate table now serving and the time.
+pub struct TlsInputs<'a> {
+    pub secrets: Vec<&'a Secret>,
+    pub defaults: &'a TlsDefaults,
+    pub previous: &'a CertTable,
+    pub now: i64,
+}
+
+/// [`translate_all`] for the controller: routes whose inputs did not change are reused from
+/// `cache` unless they name a CA Secret (its contents are not part of the cache key, so those
+/// few routes are built again each time); certificates are checked as [`translate_all`] does,
+/// by the same code, so the same objects give the same tables in every mode.
+pub fn translate_all_cached<'a>(
+    snapshot: &'a ClusterSnapshot,
+    inputs: &TlsInputs<'a>,
+    defaults: &Defaults,
+    cache: &mut RouteCache,
+) -> (RouteTable, CertTable, Vec<Warning>) {
+    let (tls_defaults, previous, now) = (inputs.defaults, inputs.previous, inputs.now);
+    let index = tls::index(inputs.secrets.iter().copied());
+    let mut t = Translation::new(snapshot, defaults, cache);
     t.secrets = Some(index.clone());
     t.routes();
     let mut warnings = std::mem::take(&mut t.warnings);
@@ -781,7 +804,7 @@ impl<'a> Translation<'a> {
                 && hit.inputs == inputs
                 && hit.settings == *settings
                 && hit.tls == *tls
-                && self.secrets.is_none()
+                && (self.secrets.is_none() || tls.ca_secret.is_none())
             {
                 self.warnings.extend(hit.warnings.iter().cloned());
                 self.routes.push((service_name.clone(), port_text.clone(), hit.route.clone()));

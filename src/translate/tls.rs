@@ -4,7 +4,8 @@
 //! for backend verification. The clock (`now`) and the previously published table come in
 //! as arguments: an unchanged Secret reuses its parsed certificate, and a Secret that turned
 //! bad (missing key, key not matching, unparsable PEM, expired) is reported while its last
-//! good certificate — when still valid — keeps serving, else the default does.
+//! good certificate — when still valid — keeps serving, else the default does. A deleted
+//! Secret is reported too, but its certificate is not kept (the default answers).
 //!
 //! Semantics: `spec.tls[].hosts` may be exact names or one-label wildcards; an entry without
 //! hosts applies to the hosts of the Ingress's rules; an entry without `secretName` leaves
@@ -108,7 +109,7 @@ pub fn ca_bundle(secret: &Secret) -> Result<CaBundle, SecretError> {
 /// Secrets by (namespace, name).
 pub(super) type SecretIndex<'a> = BTreeMap<(&'a str, &'a str), &'a Secret>;
 
-pub(super) fn index(secrets: &[Secret]) -> SecretIndex<'_> {
+pub(super) fn index<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> SecretIndex<'a> {
     let mut out = BTreeMap::new();
     for s in secrets {
         out.entry((namespace_of(&s.metadata), s.metadata.name.as_deref().unwrap_or(""))).or_insert(s);
@@ -165,7 +166,12 @@ impl<'a, 'w> Certificates<'a, 'w> {
         match self.load(namespace, name) {
             Ok(e) => Some(e),
             Err(err) => {
-                let kept = self.last_good(namespace, name);
+                // A deleted Secret is a decision (perhaps a revoked key), not a botched edit:
+                // its certificate is not kept.
+                let kept = match err {
+                    SecretError::NotFound => None,
+                    _ => self.last_good(namespace, name),
+                };
                 let fallback = match &kept {
                     Some(e) => format!(
                         "the last good certificate (serial {}, expires {}) keeps serving",
@@ -427,6 +433,12 @@ spec:
                 "{what}: {}",
                 warn.reason
             );
+            if what == "deleted" {
+                // Deleting a Secret is deliberate (perhaps a revoked key): the default answers.
+                assert!(warn.reason.contains("the default certificate is served"), "{what}: {}", warn.reason);
+                assert!(t.lookup("chat.example.com").is_none(), "{what}");
+                continue;
+            }
             assert!(warn.reason.contains("last good certificate"), "{what}: {}", warn.reason);
             assert_eq!(t.lookup("chat.example.com").unwrap().info.serial, serial, "{what}");
             // From nothing: the default certificate answers for those hosts.
@@ -584,6 +596,68 @@ spec: {ports: [{port: 80}]}
         // Without Secrets (plain `translate`), nothing is reported about them.
         let (_, warnings) = crate::translate::translate(&snapshot, &Defaults::default());
         assert!(warnings.iter().all(|w| w.event_reason != reasons::SECRET_NOT_FOUND), "{warnings:?}");
+    }
+
+    #[test]
+    fn the_controllers_cached_translation_gives_the_file_modes_tables_and_follows_ca_changes() {
+        use crate::translate::{RouteCache, TlsInputs, translate_all_cached};
+        let w = World::new();
+        // With resourceVersions, as from an API server, so the route cache reuses routes.
+        let text = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: chat
+  namespace: prod
+  resourceVersion: "1"
+  uid: u1
+  annotations: {wsingress.io/backend-protocol: https, wsingress.io/backend-ca-secret: chat-ca}
+spec:
+  ingressClassName: wsingress
+  tls: [{hosts: [chat.example.com], secretName: chat-tls}]
+  rules:
+    - host: chat.example.com
+      http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: chat, port: {number: 443}}}}]}
+    - host: plain.example.com
+      http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: chat, port: {number: 443}}}}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: chat, namespace: prod, resourceVersion: "2", uid: u2}
+spec: {ports: [{port: 443}]}
+"#;
+        let (snapshot, _) = crate::source::file::parse(text).unwrap();
+        let mut ca = secret("prod", "chat-ca", Some("Opaque"));
+        ca.string_data = Some([(CA_KEY.to_string(), w.ca.cert_pem())].into());
+        let secrets = vec![w.good("prod", "chat-tls", &["chat.example.com"]), ca.clone()];
+        let defaults = Defaults::default();
+        let tls_defaults = TlsDefaults::default();
+        let empty = CertTable::default();
+        let (file_routes, file_certs, file_warnings) =
+            translate_all(&snapshot, &secrets, &defaults, &tls_defaults, &empty, w.now);
+        let mut cache = RouteCache::default();
+        let controller = |secrets: &[Secret], cache: &mut RouteCache| {
+            let inputs =
+                TlsInputs { secrets: secrets.iter().collect(), defaults: &tls_defaults, previous: &empty, now: w.now };
+            translate_all_cached(&snapshot, &inputs, &defaults, cache)
+        };
+        for pass in 0..2 {
+            let (routes, certs, warnings) = controller(&secrets, &mut cache);
+            assert!(crate::source::file::same_certs(&certs, &file_certs), "pass {pass}");
+            assert_eq!(warnings, file_warnings, "pass {pass}");
+            assert_eq!(routes.routes().count(), file_routes.routes().count());
+        }
+        let verify = |routes: &crate::routes::RouteTable| {
+            routes.find(Some("chat.example.com"), "/").unwrap().settings.backend_tls.clone().unwrap().verify
+        };
+        let (routes, _, _) = controller(&secrets, &mut cache);
+        assert!(matches!(verify(&routes), BackendVerify::Ca(b) if b.pem == w.ca.cert_pem().into_bytes()));
+        // The CA Secret's bytes change, nothing else does: the cached route is not reused.
+        let other = Authority::new("other CA", Validity::around(w.now, 2)).unwrap();
+        let mut changed = ca;
+        changed.string_data = Some([(CA_KEY.to_string(), other.cert_pem())].into());
+        let (routes, _, _) = controller(&[secrets[0].clone(), changed], &mut cache);
+        assert!(matches!(verify(&routes), BackendVerify::Ca(b) if b.pem == other.cert_pem().into_bytes()));
     }
 
     #[test]

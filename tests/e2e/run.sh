@@ -19,7 +19,12 @@
 #   6. a helm upgrade that changes the controller's pod template while 200 tunnels are open:
 #      each survives or gets Close 1001 before its pod goes; no client sees a reset;
 #   7. helm test (wsingress client from the release's image) passes;
-#   8. wss:// and Gateway API: checks come here with TLS (issue 12) and Gateway API (issue 14).
+#   8. wss://: TLS Secrets (openssl) for an Ingress host and --default-tls-secret; SNI picks the
+#      certificate (openssl s_client, verified with the CA), wss round trips from the host
+#      (wsingress client --ca) and in the cluster (helm test's wss pod, tests.wss.*), a
+#      rotation keeps a tunnel opened before, a bad Secret gets a Warning Event and the last
+#      good certificate keeps serving;
+#   9. Gateway API: checks come here with issue 14.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -184,9 +189,121 @@ kubectl -n "$NS" rollout status "deployment/$RELEASE" --timeout=120s
 step "7. helm test (wsingress client from the release image)"
 helm test "$RELEASE" --namespace "$NS" --logs --timeout 180s
 
-# step "8. wss://": with TLS (issue 12): install with a TLS Secret for the echo host, then
-#   node tests/e2e/ws-check.js roundtrip wss://127.0.0.1:8443/ "$PREFIX" (CA from the Secret),
-#   and `helm test` with the wss variant of the test pod (wsingress client --ca).
+step "8. wss:// with TLS Secrets: SNI, the default certificate, rotation, a bad Secret, wss in the cluster"
+TLS_HOST=echo.e2e.test
+TLS_DIR="$WORK/tls"
+mkdir -p "$TLS_DIR"
+# A CA, then leaves it issues (ECDSA P-256): NAME CN SAN.
+make_leaf() {
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$2" \
+        -keyout "$TLS_DIR/$1.key" -out "$TLS_DIR/$1.csr" 2>/dev/null
+    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$3" >"$TLS_DIR/$1.ext"
+    openssl x509 -req -in "$TLS_DIR/$1.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 2 -extfile "$TLS_DIR/$1.ext" -out "$TLS_DIR/$1.crt" 2>/dev/null
+}
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=wsingress e2e CA" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.crt" 2>/dev/null
+make_leaf echo-v1 "echo e2e v1" "DNS:$TLS_HOST"
+make_leaf echo-v2 "echo e2e v2" "DNS:$TLS_HOST"
+make_leaf default "e2e default" "DNS:default.e2e.test"
+kubectl -n "$APP_NS" create secret tls echo-tls --cert "$TLS_DIR/echo-v1.crt" --key "$TLS_DIR/echo-v1.key"
+kubectl -n "$NS" create secret tls e2e-default-tls --cert "$TLS_DIR/default.crt" --key "$TLS_DIR/default.key"
+# The CA for the wss `helm test` pod: an Opaque Secret no route names, so the controller never
+# reads it.
+kubectl -n "$NS" create secret generic e2e-ca --from-file=ca.crt="$TLS_DIR/ca.crt"
+kubectl -n "$APP_NS" apply -f - <<YAML
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: echo-tls
+spec:
+  ingressClassName: wsingress
+  tls:
+    - hosts: [$TLS_HOST]
+      secretName: echo-tls
+  rules:
+    - host: $TLS_HOST
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service:
+                name: echo
+                port:
+                  name: ws
+YAML
+cat >"$WORK/values-tls.yaml" <<YAML
+controller:
+  extraArgs: ["--default-tls-secret=$NS/e2e-default-tls"]
+tests:
+  wss:
+    caSecret: e2e-ca
+    host: $TLS_HOST
+YAML
+helm upgrade "$RELEASE" charts/wsingress --namespace "$NS" -f tests/e2e/values-kind.yaml \
+    -f "$WORK/values-tls.yaml" --wait --timeout 300s
+kubectl -n "$NS" rollout status "deployment/$RELEASE" --timeout=120s
+kubectl -n "$NS" port-forward "svc/$RELEASE" 18443:443 >"$WORK/pf-tls.log" 2>&1 &
+PIDS+=($!)
+TLS_ADDR=127.0.0.1:18443
+WSS_URL="wss://$TLS_ADDR/"
+# The subject of the certificate served for SNI $1, verified against the CA (empty if not).
+served_subject() {
+    openssl s_client -connect "$TLS_ADDR" -servername "$1" -CAfile "$TLS_DIR/ca.crt" -alpn http/1.1 \
+        -verify_return_error </dev/null 2>/dev/null | openssl x509 -noout -subject 2>/dev/null
+}
+subject=$(wait_for_output 90 "certificate for $TLS_HOST" served_subject "$TLS_HOST")
+case "$subject" in *"echo e2e v1"*) ;; *) die "SNI $TLS_HOST got '$subject', want echo e2e v1" ;; esac
+subject=$(wait_for_output 30 "default certificate" served_subject unknown.e2e.test)
+case "$subject" in *"e2e default"*) ;; *) die "an unknown SNI got '$subject', want the default" ;; esac
+"$WSINGRESS_BIN" client "$WSS_URL" --host "$TLS_HOST" --ca "$TLS_DIR/ca.crt" \
+    --send "hello over wss" --expect "${PREFIX}hello over wss" --count 4 --retry-for 60s
+
+# Rotation: a wss tunnel opened before keeps echoing; new handshakes get the new certificate.
+# shellcheck disable=SC2016 # JavaScript template literals, not shell expansions
+NODE_EXTRA_CA_CERTS="$TLS_DIR/ca.crt" node -e '
+const WebSocket = require("ws");
+const [url, host, prefix, seconds] = process.argv.slice(1);
+const ws = new WebSocket(url, { servername: host, headers: { Host: host }, handshakeTimeout: 10000 });
+let sent = 0, echoed = 0;
+ws.on("open", () => {
+  console.log("wss tunnel open");
+  const t = setInterval(() => ws.send(`tick ${sent++}`), 1000);
+  setTimeout(() => { clearInterval(t); ws.close(1000); }, Number(seconds) * 1000);
+});
+ws.on("message", (d) => { if (String(d).startsWith(prefix + "tick ")) echoed++; });
+ws.on("close", (code) => {
+  console.log(`wss tunnel closed ${code}: ${echoed} of ${sent} echoed`);
+  process.exit(code === 1000 && echoed >= sent - 1 && sent > 0 ? 0 : 1);
+});
+ws.on("error", (e) => { console.error(`wss tunnel: ${e.message}`); process.exit(1); });
+' "$WSS_URL" "$TLS_HOST" "$PREFIX" 20 &
+tunnel_pid=$!
+PIDS+=("$tunnel_pid")
+sleep 3
+kubectl -n "$APP_NS" create secret tls echo-tls --cert "$TLS_DIR/echo-v2.crt" --key "$TLS_DIR/echo-v2.key" \
+    --dry-run=client -o yaml | kubectl -n "$APP_NS" apply -f -
+rotated() { served_subject "$TLS_HOST" | grep "echo e2e v2" || true; }
+wait_for_output 60 "the rotated certificate" rotated >/dev/null
+wait "$tunnel_pid" || die "the wss tunnel opened before the rotation did not keep echoing"
+
+# A bad Secret (the key of another certificate): a Warning Event names it, and the last good
+# certificate keeps serving.
+kubectl -n "$APP_NS" create secret tls echo-tls --cert "$TLS_DIR/echo-v2.crt" --key "$TLS_DIR/echo-v1.key" \
+    --dry-run=client -o yaml | kubectl -n "$APP_NS" apply -f -
+bad_event() {
+    kubectl -n "$APP_NS" get events.events.k8s.io --field-selector reason=InvalidCertificate \
+        -o 'jsonpath={range .items[*]}{.note}{"\n"}{end}' | grep "echo-tls" || true
+}
+wait_for_output 60 "InvalidCertificate Event for Secret echo-tls" bad_event
+subject=$(served_subject "$TLS_HOST")
+case "$subject" in *"echo e2e v2"*) ;; *) die "after a bad Secret $TLS_HOST got '$subject', want echo e2e v2" ;; esac
+
+# wss inside the cluster: `helm test` now also runs the wss test pod (the release's image,
+# the CA from Secret e2e-ca, through the Service's TLS port with SNI $TLS_HOST).
+helm test "$RELEASE" --namespace "$NS" --logs --timeout 180s
+
 # step "9. Gateway API": with issue 14: apply the Gateway API CRDs and
 #   manifests/gateway-echo.yaml, then the same round trip and drain checks through the Gateway.
 

@@ -11,8 +11,8 @@
 //!   HTTP 200 with an `ERROR` event carrying a 410 `Status`, like the real API server;
 //! - get, create (409 AlreadyExists), replace (409 Conflict on a stale resourceVersion),
 //!   merge patch (on the object or its `status` subresource), delete;
-//! - simple label (`k=v`, `k!=v`, `k`) and field (`metadata.name=`, `metadata.namespace=`)
-//!   selectors;
+//! - simple label (`k=v`, `k!=v`, `k`) and field (`metadata.name=`, `metadata.namespace=`,
+//!   Secrets' `type=`) selectors;
 //! - what the API server stamps: a `uid`, a distinct `creationTimestamp` per object (one second
 //!   apart, in creation order), and `metadata.generation` (1 on create, +1 whenever anything
 //!   but metadata and status changes);
@@ -76,6 +76,7 @@ impl Collection {
             "leases" => "Lease",
             "configmaps" => "ConfigMap",
             "pods" => "Pod",
+            "secrets" => "Secret",
             other => other,
         }
         .to_string()
@@ -658,6 +659,8 @@ fn matches_selectors(obj: &Value, query: &str) -> bool {
             let have = match key {
                 "metadata.name" => obj["metadata"]["name"].as_str().unwrap_or(""),
                 "metadata.namespace" => obj["metadata"]["namespace"].as_str().unwrap_or(""),
+                // Secrets' one selectable field besides metadata (an unset type is Opaque).
+                "type" => obj["type"].as_str().unwrap_or("Opaque"),
                 _ => continue,
             };
             if (have == want) != eq {

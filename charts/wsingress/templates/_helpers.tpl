@@ -188,6 +188,10 @@ string of digits; values.schema.json allows only digits). Usage: include "wsingr
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["list", "watch"]
+{{- /* Read only through field selectors: type=kubernetes.io/tls, or metadata.name (docs/tls.md). */}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "get", "patch"]
