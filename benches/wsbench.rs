@@ -1,6 +1,8 @@
 //! `wsbench`: a WebSocket load generator for comparing relays (wsingress, nginx, HAProxy) with a
 //! direct connection. Modes: `handshake`, `pingpong`, `stream`, `idle`, and `probe` (readiness).
-//! Every echo is checked byte for byte; a run with errors says so and exits 1.
+//! Targets are `ws://` or `wss://` (`--ca`: TLS 1.3, full handshakes only, no resumption), with
+//! an optional `--host` for proxies with many routes. Every echo is checked byte for byte; a run
+//! with errors says so and exits 1.
 #![forbid(unsafe_code)]
 
 #[path = "wsbench/conn.rs"]
@@ -12,6 +14,7 @@ mod procfs;
 #[path = "wsbench/stats.rs"]
 mod stats;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -38,9 +41,19 @@ pub struct Opts {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: Mode,
-    /// Target, ws://HOST:PORT/PATH.
+    /// Target, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH.
     #[arg(long, default_value = "ws://127.0.0.1:8080/")]
     pub url: String,
+    /// The `Host` header to send (default: the URL's authority); e.g. one of many routes' hosts.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// wss://: CA certificates (PEM) to verify the server with. Every handshake is a full TLS 1.3
+    /// handshake (AES-128-GCM, X25519; session resumption off).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// wss://: the SNI and the name the certificate must carry (default: --host, else the URL's host).
+    #[arg(long)]
+    pub server_name: Option<String>,
     /// Measuring time (idle: how long the connections are held before memory is read).
     #[arg(long, value_parser = parse_secs, default_value = "10")]
     pub duration: Duration,
@@ -95,13 +108,31 @@ fn parse_secs(v: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(x * scale).map_err(|e| format!("`{v}`: {e}"))
 }
 
+/// The target from `--url`, `--host`, `--ca` and `--server-name`.
+fn target(opts: &Opts) -> Result<conn::Target, String> {
+    let mut target = conn::Target::parse(&opts.url)?;
+    if let Some(host) = &opts.host {
+        target.host_header = host.clone();
+    }
+    match (&opts.ca, target.secure) {
+        (Some(ca), true) => {
+            let name = opts.server_name.clone().unwrap_or_else(|| target.host().to_owned());
+            let tls = conn::Tls::new(ca, &name)?;
+            Ok(target.with_tls(tls))
+        }
+        (None, true) => Err(format!("`{}`: wss:// needs --ca FILE", opts.url)),
+        (Some(_), false) => Err("--ca is for wss:// URLs".into()),
+        (None, false) => Ok(target),
+    }
+}
+
 fn main() -> ExitCode {
     let opts = Opts::parse();
     // Idle mode holds thousands of sockets: use every descriptor the hard limit allows.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         eprintln!("wsbench: could not raise RLIMIT_NOFILE: {e}");
     }
-    let target = match conn::Target::parse(&opts.url) {
+    let target = match target(&opts) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("wsbench: {e}");

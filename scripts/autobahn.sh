@@ -10,11 +10,14 @@
 #            sections 12 and 13 really compress (about 25 min on 2 busy CPUs). Writes its summary into
 #            docs/conformance.md (between the autobahn-summary markers) unless --no-docs.
 #
-# Targets (each run directly and through `wsingress serve --upstream`):
+# Targets (each run directly, through `wsingress serve --upstream` on its plain listener, and
+# through the same proxy's TLS listener with wss://, a certificate made here by openssl):
 #   echo        `wsingress echo` (tungstenite; never negotiates permessage-deflate)
 #   ws          Node `ws` echo, permessage-deflate off
 #   ws-deflate  Node `ws` echo, permessage-deflate on (--full only; in --fast no case offers it)
-# The direct and proxied agents run in two fuzzing clients side by side (same load on both).
+# The direct, proxied and TLS agents run in three fuzzing clients side by side (same load on all).
+# The fuzzing client does not verify the server's certificate (Twisted's ClientContextFactory)
+# and sends no SNI, so the TLS listener serves its --tls-cert fallback.
 #
 # Exit status: 0 same verdicts and no FAILED; 1 a difference, a FAILED case or an error;
 # 77 skipped (no Python 2.7 on this machine: the testsuite is Python 2 code).
@@ -78,6 +81,7 @@ fi
 AB_LIB="$ROOT/.tools/ab27/lib"
 [ -d "$AB_LIB/autobahntestsuite" ] || die "Autobahn|Testsuite not installed in $AB_LIB (run scripts/install-tools.sh autobahn)"
 command -v node >/dev/null || die "node not found"
+command -v openssl >/dev/null || die "openssl not found (it makes the TLS listener's certificate)"
 export NODE_PATH="$ROOT/.tools/node/node_modules${NODE_PATH:+:$NODE_PATH}"
 node -e 'require("ws")' 2>/dev/null || die "Node ws not installed (run scripts/install-tools.sh node)"
 
@@ -131,24 +135,30 @@ address_from() {
 }
 
 export RUST_LOG=${RUST_LOG:-warn,wsingress::app=info}
-# start_proxy NAME UPSTREAM : a wsingress proxy in sidecar mode in front of UPSTREAM. Called in
-# this shell, never inside $(...), so its PID reaches PIDS and the EXIT cleanup.
+# The TLS listener's certificate: ECDSA P-256, for 127.0.0.1, valid a day.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>"$WORK/logs/openssl.log" ||
+    die "openssl could not make a certificate; see $WORK/logs/openssl.log"
+# start_proxy NAME UPSTREAM : a wsingress proxy in sidecar mode in front of UPSTREAM, plain and
+# TLS listeners. Called in this shell, never inside $(...), so its PID reaches PIDS and the EXIT
+# cleanup.
 start_proxy() {
-    start "$1-proxy" "$BIN" serve --upstream "$2" --listen 127.0.0.1:0 --tls-listen off --admin-listen 127.0.0.1:0
+    start "$1-proxy" "$BIN" serve --upstream "$2" --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
+        --tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key" --admin-listen 127.0.0.1:0
 }
 
-# upgrades NAME : WebSocket upgrades the proxy in front of NAME completed (from its /metrics).
-upgrades() {
+# counter NAME FAMILY : the result="ok" sample of FAMILY from the proxy in front of NAME.
+counter() {
     local admin
     admin=$(address_from "$1-proxy" 's/.*wsingress serving .* admin=\(127\.0\.0\.1:[0-9]*\).*/\1/p')
     curl -fsS --max-time 5 "http://$admin/metrics" |
-        sed -n 's/^wsingress_websocket_upgrades_total{[^}]*result="ok"[^}]*} \([0-9]*\)$/\1/p' | head -n 1
+        sed -n "s/^$2{[^}]*result=\"ok\"[^}]*} \\([0-9]*\\)\$/\\1/p" | head -n 1
 }
 
 TARGETS=(echo ws)
 [ "$MODE" = full ] && TARGETS+=(ws-deflate)
 declare -A LABEL=([echo]="wsingress echo" [ws]="Node ws" [ws-deflate]="Node ws + permessage-deflate")
-declare -A DIRECT PROXIED
+declare -A DIRECT PROXIED SECURE
 
 start echo-backend "$BIN" echo --listen 127.0.0.1:0
 DIRECT[echo]=$(address_from echo-backend 's/.*echo serving listen=\(127\.0\.0\.1:[0-9]*\).*/\1/p')
@@ -161,7 +171,9 @@ fi
 for t in "${TARGETS[@]}"; do
     start_proxy "$t" "${DIRECT[$t]}"
     PROXIED[$t]=$(address_from "$t-proxy" 's/.*wsingress serving proxy=\(127\.0\.0\.1:[0-9]*\).*/\1/p')
-    log "$(printf '%-11s direct ws://%s  through wsingress ws://%s' "$t" "${DIRECT[$t]}" "${PROXIED[$t]}")"
+    SECURE[$t]=$(address_from "$t-proxy" 's/.*wsingress serving .* tls=\(127\.0\.0\.1:[0-9]*\).*/\1/p')
+    log "$(printf '%-11s direct ws://%s  through wsingress ws://%s and wss://%s' "$t" "${DIRECT[$t]}" \
+        "${PROXIED[$t]}" "${SECURE[$t]}")"
 done
 
 # --- specs and runs ------------------------------------------------------------------------
@@ -177,8 +189,12 @@ fi
 spec() {
     local way=$1 servers="" t url
     for t in "${TARGETS[@]}"; do
-        if [ "$way" = direct ]; then url=${DIRECT[$t]}; else url=${PROXIED[$t]}; fi
-        servers+="${servers:+, }{\"agent\": \"$t-$way\", \"url\": \"ws://$url/\"}"
+        case "$way" in
+        direct) url=ws://${DIRECT[$t]} ;;
+        proxy) url=ws://${PROXIED[$t]} ;;
+        tls) url=wss://${SECURE[$t]} ;;
+        esac
+        servers+="${servers:+, }{\"agent\": \"$t-$way\", \"url\": \"$url/\"}"
     done
     mkdir -p "$WORK/$way"
     sed -e "s#@OUTDIR@#$WORK/$way/report#" -e "s#@SERVERS@#[$servers]#" -e "s#@EXCLUDE@#$EXCLUDE#" \
@@ -187,31 +203,40 @@ spec() {
 
 started=$SECONDS
 RUNS=()
-for way in direct proxy; do
+WAYS=(direct proxy tls)
+for way in "${WAYS[@]}"; do
     spec "$way"
     (cd "$WORK/$way" && exec "$PY27" "$HERE/wstest.py" "$AB_LIB" -m fuzzingclient -s spec.json) \
         >"$WORK/logs/wstest-$way.log" 2>&1 &
     RUNS+=("$!")
     PIDS+=("$!")
 done
-log "running the fuzzing client ($MODE) against ${#TARGETS[@]} target(s), direct and through wsingress"
+log "running the fuzzing client ($MODE) against ${#TARGETS[@]} target(s), direct and through wsingress (ws and wss)"
 progress=$SECONDS
-while kill -0 "${RUNS[0]}" 2>/dev/null || kill -0 "${RUNS[1]}" 2>/dev/null; do
+running() {
+    local pid
+    for pid in "${RUNS[@]}"; do
+        kill -0 "$pid" 2>/dev/null && return 0
+    done
+    return 1
+}
+while running; do
     sleep 1
     if [ $((SECONDS - progress)) -ge 30 ]; then
         progress=$SECONDS
-        log "$(printf '%ds: cases started: direct %s, through wsingress %s' $((SECONDS - started)) \
+        log "$(printf '%ds: cases started: direct %s, through wsingress %s, over TLS %s' $((SECONDS - started)) \
             "$(grep -c '^Running test case' "$WORK/logs/wstest-direct.log" || true)" \
-            "$(grep -c '^Running test case' "$WORK/logs/wstest-proxy.log" || true)")"
+            "$(grep -c '^Running test case' "$WORK/logs/wstest-proxy.log" || true)" \
+            "$(grep -c '^Running test case' "$WORK/logs/wstest-tls.log" || true)")"
     fi
 done
 status=0
-for i in 0 1; do
-    wait "${RUNS[$i]}" || status=$?
+for pid in "${RUNS[@]}"; do
+    wait "$pid" || status=$?
 done
 elapsed=$((SECONDS - started))
 [ "$status" = 0 ] || die "wstest failed (exit $status); see $WORK/logs/"
-for way in direct proxy; do
+for way in "${WAYS[@]}"; do
     [ -f "$WORK/$way/report/index.json" ] || die "no report from the $way run; see $WORK/logs/wstest-$way.log"
 done
 
@@ -220,19 +245,22 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -
 machine="$(uname -sm), ${cpu:-unknown CPU}, $(nproc) CPU(s), Node $(node --version), ws $(node -p 'require("ws/package.json").version')"
 version="$("$BIN" --version 2>/dev/null | head -n 1) ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), $(basename "$(dirname "$BIN")") build)"
 targets=()
-note="WebSocket upgrades completed by each proxy (its /metrics; one per case):"
+note="WebSocket upgrades and TLS handshakes completed by each proxy (its /metrics; one upgrade per case and way, one handshake per TLS case):"
 for t in "${TARGETS[@]}"; do
     targets+=(--target "$t=${LABEL[$t]}")
-    n=$(upgrades "$t")
+    n=$(counter "$t" wsingress_websocket_upgrades_total)
     [ "${n:-0}" -gt 0 ] || die "the proxy in front of $t completed no upgrade: the proxied run did not go through it"
-    note+=" ${LABEL[$t]} $n,"
+    h=$(counter "$t" wsingress_tls_handshakes_total)
+    [ "${h:-0}" -gt 0 ] || die "the proxy in front of $t completed no TLS handshake: the wss run did not go through it"
+    note+=" ${LABEL[$t]} $n upgrades, $h TLS handshakes;"
 done
 set +e
-python3 "$HERE/compare.py" "$WORK/direct/report/index.json" "$WORK/proxy/report/index.json" "${targets[@]}" \
+python3 "$HERE/compare.py" "$WORK/direct/report/index.json" "$WORK/proxy/report/index.json" \
+    "$WORK/tls/report/index.json" --ways proxy,tls "${targets[@]}" \
     --mode "$MODE" --excluded "$EXCLUDED_TEXT" --elapsed "$((elapsed / 60))m $((elapsed % 60))s" \
-    --machine "$machine" --version "$version" --note "${note%,}" ${DOCS:+--docs "$DOCS"}
+    --machine "$machine" --version "$version" --note "${note%;}" ${DOCS:+--docs "$DOCS"}
 result=$?
 set -e
 [ -n "$DOCS" ] && log "summary written to $DOCS"
-log "reports: $WORK/{direct,proxy}/report/index.html"
+log "reports: $WORK/{direct,proxy,tls}/report/index.html"
 exit "$result"

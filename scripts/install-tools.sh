@@ -9,7 +9,8 @@
 # Tools: node (ws + wscat), websocat, k6, kubernetes-validate, helm (helm + kubectl),
 # hadolint, shellcheck, actionlint (GitHub workflow linter).
 # Opt-in (installed only when named): autobahn (Autobahn|Testsuite under Python 2.7, for
-# scripts/autobahn.sh), chromium (Debian's package, via apt-get), playwright (playwright-core).
+# scripts/autobahn.sh), chromium (Debian's package, via apt-get), playwright (playwright-core),
+# nss (certutil from Debian's libnss3-tools: tests/browser.rs trusts its test CA with it).
 # Source scripts/env.sh afterwards to put them on PATH.
 set -euo pipefail
 
@@ -40,7 +41,7 @@ KUBECTL_VERSION=v1.33.0
 
 ALL_TOOLS=(node websocat k6 kubernetes-validate helm hadolint shellcheck actionlint)
 # Conformance tools: never part of the default set; name them to install them.
-OPTIN_TOOLS=(autobahn chromium playwright)
+OPTIN_TOOLS=(autobahn chromium playwright nss)
 AUTOBAHN_VERSION=0.8.2
 AB27_DIR="$TOOLS/ab27"
 PLAYWRIGHT_CORE_VERSION=1.65.1
@@ -195,6 +196,19 @@ install_autobahn() {
     say autobahn "installed ($AUTOBAHN_VERSION under $("$py" -V 2>&1))"
 }
 
+# apt_install TOOL PACKAGE HINT : apt-get install PACKAGE (needs root or password-less sudo).
+apt_install() {
+    local tool=$1 pkg=$2 hint=$3 sudo=()
+    command -v apt-get >/dev/null || die "$tool: apt-get not found ($hint)"
+    if [ "$(id -u)" != 0 ]; then
+        sudo -n true 2>/dev/null || die "$tool: apt-get needs root (or password-less sudo)"
+        sudo=(sudo -n)
+    fi
+    "${sudo[@]}" apt-get update -qq >/dev/null || die "$tool: apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null ||
+        die "$tool: apt-get install $pkg failed"
+}
+
 # Debian's chromium (apt-get; needs root or password-less sudo). Not pinned: Debian ships
 # security updates of it within the release.
 install_chromium() {
@@ -202,15 +216,7 @@ install_chromium() {
         say chromium "ok ($("$CHROMIUM" --version 2>/dev/null | sed -n 's/^Chromium \([0-9.]*\).*/\1/p'), present)"
         return
     fi
-    command -v apt-get >/dev/null || die "chromium: apt-get not found (install Chromium at $CHROMIUM yourself)"
-    local sudo=()
-    if [ "$(id -u)" != 0 ]; then
-        sudo -n true 2>/dev/null || die "chromium: apt-get needs root (or password-less sudo)"
-        sudo=(sudo -n)
-    fi
-    "${sudo[@]}" apt-get update -qq >/dev/null || die "chromium: apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
-        die "chromium: apt-get install chromium failed"
+    apt_install chromium chromium "install Chromium at $CHROMIUM yourself"
     [ -x "$CHROMIUM" ] || die "chromium: $CHROMIUM missing after install"
     say chromium "installed ($("$CHROMIUM" --version 2>/dev/null | sed -n 's/^Chromium \([0-9.]*\).*/\1/p'))"
 }
@@ -234,12 +240,29 @@ install_playwright() {
     say playwright "installed (playwright-core $PLAYWRIGHT_CORE_VERSION)"
 }
 
+# --- TLS verification tools (opt-in; tests/browser.rs over https) ---------------------------
+
+CERTUTIL=/usr/bin/certutil
+
+# Debian's libnss3-tools (apt-get, like chromium): certutil writes the NSS database through
+# which Chromium trusts the test CA. Not pinned: it follows the release's libnss3.
+install_nss() {
+    if [ -x "$CERTUTIL" ]; then
+        say nss "ok (certutil from libnss3-tools $(dpkg-query -W -f='${Version}' libnss3-tools 2>/dev/null || echo '?'), present)"
+        return
+    fi
+    apt_install nss libnss3-tools "install certutil at $CERTUTIL yourself"
+    [ -x "$CERTUTIL" ] || die "nss: $CERTUTIL missing after install"
+    say nss "installed (certutil from libnss3-tools $(dpkg-query -W -f='${Version}' libnss3-tools 2>/dev/null || echo '?'))"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 known_tool() {
     case "$1" in
     node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck | actionlint) return 0 ;;
     autobahn | chromium | playwright) return 0 ;;
+    nss | certutil) return 0 ;;
     *) return 1 ;;
     esac
 }
@@ -257,6 +280,7 @@ install_one() {
     autobahn) install_autobahn ;;
     chromium) install_chromium ;;
     playwright) install_playwright ;;
+    nss | certutil) install_nss ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]} ${OPTIN_TOOLS[*]})" ;;
     esac
 }

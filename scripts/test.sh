@@ -9,8 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 if [ "${1:-}" != "--no-install" ]; then
     scripts/install-tools.sh
-    # Autobahn|Testsuite (Python 2.7, when the machine has it), Debian's Chromium and playwright-core.
-    scripts/install-tools.sh autobahn chromium playwright
+    # Autobahn|Testsuite (Python 2.7, when the machine has it), Debian's Chromium, playwright-core
+    # and certutil (libnss3-tools, for the browser's https test).
+    scripts/install-tools.sh autobahn chromium playwright nss
 fi
 # shellcheck source=scripts/env.sh
 . scripts/env.sh

@@ -1,15 +1,24 @@
-//! A minimal WebSocket client for measuring: RFC 6455 opening handshake, masked client frames out,
-//! unmasked server frames in, and payloads that carry a sequence number so every echo can be checked.
+//! A minimal WebSocket client for measuring: RFC 6455 opening handshake over plain TCP or TLS
+//! (`wss://`: TLS 1.3 only, one pinned suite and group, session resumption off, so every
+//! handshake is a full one), masked client frames out, unmasked server frames in, and payloads
+//! that carry a sequence number so every echo can be checked.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::{Buf, BytesMut};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 /// RFC 6455 §1.3: the GUID appended to the client's key before hashing.
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -46,18 +55,63 @@ pub enum WsError {
 
 pub type Result<T> = std::result::Result<T, WsError>;
 
+/// TLS settings of a `wss://` target.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// SNI and the name the certificate must carry.
+    pub server_name: ServerName<'static>,
+}
+
+impl Tls {
+    /// A client trusting the CA certificates in `ca_file`: TLS 1.3 with AES-128-GCM and X25519
+    /// only (what every peer then negotiates alike), ALPN `http/1.1`, session resumption off.
+    pub fn new(ca_file: &Path, server_name: &str) -> std::result::Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("--ca {}: {e}", ca_file.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("--ca {}: {e}", ca_file.display()))?;
+            roots.add(cert).map_err(|e| format!("--ca {}: {e}", ca_file.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("--ca {}: no certificate", ca_file.display()));
+        }
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+        provider.kx_groups = vec![rustls::crypto::ring::kx_group::X25519];
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| format!("TLS client: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        let server_name =
+            ServerName::try_from(server_name.to_owned()).map_err(|e| format!("server name `{server_name}`: {e}"))?;
+        Ok(Self { config: Arc::new(config), server_name })
+    }
+}
+
 /// Where to connect: resolved once at start-up.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host_header: String,
     pub path: String,
+    /// `wss://`: the TLS client (set by [`Target::with_tls`]).
+    pub tls: Option<Tls>,
+    /// The URL said `wss://`.
+    pub secure: bool,
 }
 
 impl Target {
-    /// Parse `ws://HOST:PORT/PATH` (plain `ws` only; the bench measures relays, not TLS).
+    /// Parse `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH` (the latter needs [`Target::with_tls`]).
     pub fn parse(url: &str) -> std::result::Result<Self, String> {
-        let rest = url.strip_prefix("ws://").ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
+        let (secure, rest) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(format!("`{url}`: only ws:// and wss:// URLs are supported")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -65,13 +119,62 @@ impl Target {
         let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if secure { 443 } else { 80 })
         };
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
             .map_err(|e| format!("`{authority}`: {e}"))?
             .next()
             .ok_or_else(|| format!("`{authority}` resolves to no address"))?;
-        Ok(Self { addr, host_header: authority.to_owned(), path: path.to_owned() })
+        Ok(Self { addr, host_header: authority.to_owned(), path: path.to_owned(), tls: None, secure })
+    }
+
+    /// The host of the URL, without its port.
+    pub fn host(&self) -> &str {
+        self.host_header.rsplit_once(':').map_or(self.host_header.as_str(), |(h, _)| h)
+    }
+
+    pub fn with_tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// The connection under the WebSocket: plain TCP or TLS over TCP.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -287,7 +390,7 @@ impl FrameReader {
 /// An upgraded connection.
 #[derive(Debug)]
 pub struct WsConn {
-    stream: TcpStream,
+    stream: Stream,
     reader: FrameReader,
 }
 
@@ -304,6 +407,17 @@ impl WsConn {
             }
         };
         stream.set_nodelay(true)?;
+        let stream = match &target.tls {
+            None if target.secure => return Err(WsError::Handshake("wss:// needs TLS settings (--ca)".into())),
+            None => Stream::Plain(stream),
+            Some(tls) => {
+                let tls = tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(|e| WsError::Handshake(format!("TLS: {e}")))?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
         let mut conn = Self { stream, reader: FrameReader::default() };
         conn.handshake(target).await?;
         Ok(conn)
@@ -318,6 +432,7 @@ impl WsConn {
             target.path, target.host_header
         );
         self.stream.write_all(request.as_bytes()).await?;
+        self.stream.flush().await?;
         let buf = &mut self.reader.buf;
         let head_len = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -360,6 +475,7 @@ impl WsConn {
 
     pub async fn send(&mut self, frame: &[u8]) -> Result<()> {
         self.stream.write_all(frame).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -382,6 +498,7 @@ impl WsConn {
         push_header(&mut frame, OP_CLOSE, 2, mask);
         frame.extend(1000u16.to_be_bytes().iter().enumerate().map(|(i, b)| b ^ mask[i]));
         self.stream.write_all(&frame).await?;
+        self.stream.flush().await?;
         match self.recv().await {
             Err(WsError::Closed(_)) => {}
             Err(e) => return Err(e),
@@ -389,23 +506,37 @@ impl WsConn {
         }
         let mut sink = [0u8; 64];
         loop {
-            if self.stream.read(&mut sink).await? == 0 {
-                return Ok(());
+            match self.stream.read(&mut sink).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                // A TLS server that ends with FIN but no close_notify: the connection is over all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
     /// Split for a writer and a reader running at the same time (streaming with a window).
-    pub fn into_split(self) -> (ReadSide, OwnedWriteHalf) {
-        let (read, write) = self.stream.into_split();
-        (ReadSide { io: read, reader: self.reader }, write)
+    pub fn into_split(self) -> (ReadSide, WriteSide) {
+        match self.stream {
+            Stream::Plain(s) => {
+                let (read, write) = s.into_split();
+                (ReadSide { io: Box::new(read), reader: self.reader }, Box::new(write))
+            }
+            Stream::Tls(s) => {
+                let (read, write) = tokio::io::split(*s);
+                (ReadSide { io: Box::new(read), reader: self.reader }, Box::new(write))
+            }
+        }
     }
 }
 
+/// The writing half of a split connection (flush after each write: TLS may hold a record).
+pub type WriteSide = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// The reading half of a split connection.
-#[derive(Debug)]
 pub struct ReadSide {
-    io: OwnedReadHalf,
+    io: Box<dyn AsyncRead + Unpin + Send>,
     reader: FrameReader,
 }
 
@@ -444,6 +575,9 @@ mod tests {
         assert_eq!(t.path, "/chat?x=1");
         assert_eq!(Target::parse("ws://127.0.0.1:9000").unwrap().path, "/");
         assert!(Target::parse("http://127.0.0.1:1/").is_err());
+        let t = Target::parse("wss://127.0.0.1:9443/x").unwrap();
+        assert!(t.secure && t.tls.is_none());
+        assert_eq!(t.host(), "127.0.0.1");
     }
 
     /// A real echo server (tungstenite), on an ephemeral port.
@@ -518,7 +652,8 @@ mod tests {
         let target = tungstenite_echo().await;
         let source: IpAddr = "127.0.0.7".parse().unwrap();
         let mut conn = WsConn::connect(&target, Some(source)).await.unwrap();
-        assert_eq!(conn.stream.local_addr().unwrap().ip(), source);
+        let Stream::Plain(tcp) = &conn.stream else { panic!("a plain target") };
+        assert_eq!(tcp.local_addr().unwrap().ip(), source);
         conn.echo(&Payload::new(10, 1)).await.unwrap();
     }
 

@@ -248,9 +248,12 @@ async fn stream_loop(plan: Arc<Plan>, id: u64) -> Tally {
                     payload.set_seq(seq);
                     slot.send(Instant::now());
                     // Bounded: if the reader gave up, nobody drains the echoes and the write could block.
-                    timeout(plan.timeout, write_side.write_all(payload.frame()))
-                        .await
-                        .map_err(|_| WsError::Timeout)??;
+                    timeout(plan.timeout, async {
+                        write_side.write_all(payload.frame()).await?;
+                        write_side.flush().await
+                    })
+                    .await
+                    .map_err(|_| WsError::Timeout)??;
                 }
                 Ok::<_, WsError>(write_side)
             }
@@ -518,6 +521,75 @@ mod tests {
             assert!(tally.ops > 0, "{name}: no operations");
             assert_eq!(tally.latency_ns.len() as u64, tally.ops, "{name}");
         }
+    }
+
+    /// A wss echo server (tokio-rustls + tungstenite) with a certificate for `bench.test` from a
+    /// fresh CA; counts the handshakes that were resumed. Returns the target (TLS set up from the
+    /// CA file) and the resumed-handshake counter.
+    async fn tls_echo_server(dir: &std::path::Path) -> (Target, Arc<std::sync::atomic::AtomicU64>) {
+        use futures_util::{SinkExt, StreamExt};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use wsingress::tls::generate::{Authority, Validity};
+        let now = wsingress::tls::unix_now();
+        let ca = Authority::new("wsbench test CA", Validity::around(now, 1)).unwrap();
+        let leaf = ca.issue("bench.test", &["bench.test"], Validity::around(now, 1)).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(wsingress::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let resumed = Arc::new(AtomicU64::new(0));
+        let counter = resumed.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, counter) = (acceptor.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else { return };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if (msg.is_binary() || msg.is_text()) && ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let tls = crate::conn::Tls::new(&ca_file, "bench.test").unwrap();
+        (Target::parse(&format!("wss://{addr}/")).unwrap().with_tls(tls), resumed)
+    }
+
+    #[tokio::test]
+    async fn every_mode_loop_works_over_tls_and_never_resumes_a_session() {
+        let dir = std::env::temp_dir().join(format!("wsbench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (target, resumed) = tls_echo_server(&dir).await;
+        for (name, tally) in [
+            ("handshake", handshake_loop(plan(target.clone(), 64), 1).await),
+            ("stream", stream_loop(plan(target.clone(), 64 * 1024), 3).await),
+        ] {
+            assert_eq!(tally.errors, 0, "{name}: {:?}", tally.error_samples);
+            assert!(tally.ops > 0, "{name}: no operations");
+        }
+        // rustls' server offers tickets after every full handshake; the client never uses them.
+        assert_eq!(resumed.load(std::sync::atomic::Ordering::Relaxed), 0, "a handshake was resumed");
+        // A wss:// target without TLS settings refuses to connect rather than speak plain text.
+        let bare = Target::parse(&format!("wss://{}/", target.addr)).unwrap();
+        assert!(WsConn::connect(&bare, None).await.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

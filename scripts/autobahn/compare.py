@@ -2,8 +2,9 @@
 """Compare Autobahn|Testsuite fuzzingclient reports: each target directly vs through wsingress.
 
 Reads one or more `index.json` files (`{agent: {case: {behavior, behaviorClose, remoteCloseCode,
-...}}}`) in which every target appears twice, as agents `NAME-direct` and `NAME-proxy`. For each
-target it checks, case by case, that both agents ran the same cases and got the same `behavior`,
+...}}}`) in which every target appears as agent `NAME-direct` and once per way (`--ways`, default
+`proxy`; `tls` is the proxy's TLS listener) as `NAME-WAY`. For each target and way it checks,
+case by case, that the agent ran the same cases as the direct one and got the same `behavior`,
 `behaviorClose` and `remoteCloseCode`, and that no case FAILED. Prints a Markdown summary; with
 `--docs FILE` also writes it into FILE between the summary markers. Exit status 1 on any
 difference, FAILED verdict or missing case; 0 otherwise.
@@ -17,6 +18,7 @@ import sys
 BEGIN = "<!-- autobahn-summary:begin -->"
 END = "<!-- autobahn-summary:end -->"
 VERDICTS = ["OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED"]
+WAY_LABELS = {"proxy": "through wsingress", "tls": "through wsingress over TLS (wss)"}
 
 
 def case_key(case_id):
@@ -64,6 +66,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("reports", nargs="+", help="index.json files")
     ap.add_argument("--target", action="append", default=[], metavar="NAME=LABEL", help="targets in order")
+    ap.add_argument("--ways", default="proxy", help="comma-separated ways compared with direct (proxy, tls)")
     ap.add_argument("--mode", default="fast")
     ap.add_argument("--excluded", default="", help="excluded sections, for the summary")
     ap.add_argument("--elapsed", default="", help="wall time, for the summary")
@@ -76,20 +79,28 @@ def main():
     agents = load(args.reports)
     targets = [t.split("=", 1) for t in args.target]
     rows, problems, all_diffs = [], [], []
+    ways = [w for w in args.ways.split(",") if w]
     for name, label in targets:
-        direct, proxy = agents.get(f"{name}-direct"), agents.get(f"{name}-proxy")
-        if not direct or not proxy:
-            problems.append(f"{label}: no results for {'direct' if not direct else 'proxy'} run")
+        direct = agents.get(f"{name}-direct")
+        if not direct:
+            problems.append(f"{label}: no results for the direct run")
             continue
-        diffs = compare(direct, proxy)
-        all_diffs += [(label,) + d for d in diffs]
-        for way, cases in (("direct", direct), ("through wsingress", proxy)):
-            c = counts(cases)
-            rows.append((f"{label}, {way}", len(cases), c, len(diffs)))
+        runs = [("direct", direct, 0)]
+        for way in ways:
+            cases = agents.get(f"{name}-{way}")
+            if not cases:
+                problems.append(f"{label}: no results for the {way} run")
+                continue
+            diffs = compare(direct, cases)
+            all_diffs += [(f"{label}, {WAY_LABELS.get(way, way)}",) + d for d in diffs]
+            runs.append((WAY_LABELS.get(way, way), cases, len(diffs)))
+        for way, cases, ndiff in runs:
+            rows.append((f"{label}, {way}", len(cases), counts(cases), ndiff))
             for case in failed(cases):
                 problems.append(f"{label}, {way}: case {case} FAILED")
     if all_diffs:
         problems.append(f"{len(all_diffs)} difference(s) between direct and proxied runs")
+    through = " and ".join(WAY_LABELS.get(w, w) for w in ways)
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = []
@@ -111,14 +122,14 @@ def main():
     if not problems:
         out.append(
             "**Same verdict in every case**: for every target, each case gave the same `behavior`, "
-            "`behaviorClose` and remote close code directly and through wsingress, and no case FAILED."
+            f"`behaviorClose` and remote close code directly and {through}, and no case FAILED."
         )
     else:
         out.append("**Problems:**")
         out += [f"- {p}" for p in problems]
         if all_diffs:
             out.append("")
-            out.append("| target | case | field | direct | through wsingress |")
+            out.append("| target, way | case | field | direct | through wsingress |")
             out.append("|---|---|---|---|---|")
             for label, case, field, d, p in all_diffs[:100]:
                 out.append(f"| {label} | {case} | {field} | {d} | {p} |")

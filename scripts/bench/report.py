@@ -13,17 +13,29 @@ import statistics
 import subprocess
 import sys
 
-TARGETS = ["direct", "nginx", "haproxy", "wsingress"]
+TARGETS = ["direct", "nginx", "haproxy", "wsingress", "wsingress-2r", "wsingress-1k"]
 PROXIES = ["nginx", "haproxy", "wsingress"]
-WINDOWED = ["handshake", "pingpong-1", "pingpong-64", "stream"]
+# The plain cases (the chart draws these), then TLS (nginx, HAProxy and wsingress terminating
+# TLS 1.3 on the same certificate, full handshakes) and the route-table cases (wsingress with 2
+# and with 1,000 routes).
+BASE = ["handshake", "pingpong-1", "pingpong-64", "stream"]
+WINDOWED = BASE + ["tls-handshake", "tls-stream", "routes-exact", "routes-wildcard"]
+IDLE = ["idle", "tls-idle"]
 CASE_TITLE = {
     "handshake": "handshake (connect, upgrade, 128 B echo, close; 16 loops)",
     "pingpong-1": "pingpong, 1 connection × 1 KiB",
     "pingpong-64": "pingpong, 64 connections × 1 KiB",
     "stream": "stream, 4 connections × 64 KiB, window 4",
     "idle": "idle connections",
+    "tls-handshake": "full TLS 1.3 handshake + upgrade + 128 B echo + close; 16 loops",
+    "tls-stream": "stream over TLS, 4 connections × 64 KiB, window 4",
+    "tls-idle": "idle TLS connections",
+    "routes-exact": "handshake to an exact host, 2 vs 1,000 routes",
+    "routes-wildcard": "handshake to a wildcard host, 2 vs 1,000 routes",
 }
-UNIT = {"handshake": "handshakes/s", "pingpong-1": "msg/s", "pingpong-64": "msg/s", "stream": "MB/s"}
+UNIT = {"handshake": "handshakes/s", "pingpong-1": "msg/s", "pingpong-64": "msg/s", "stream": "MB/s",
+        "tls-handshake": "handshakes/s", "tls-stream": "MB/s", "routes-exact": "handshakes/s",
+        "routes-wildcard": "handshakes/s"}
 
 
 def load(path):
@@ -37,7 +49,7 @@ def load(path):
 
 
 def throughput(case, r):
-    return r.get("mb_per_s") if case == "stream" else r.get("ops_per_s")
+    return r.get("mb_per_s") if case.endswith("stream") else r.get("ops_per_s")
 
 
 def cpu_per_op(r):
@@ -104,7 +116,7 @@ def summarise(rows):
             s = {"runs": len(runs), "failed_runs": failed_runs, "errors": errors}
             samples = [e for r in results for e in r.get("error_samples", [])]
             s["error_samples"] = samples[:3]
-            if case == "idle":
+            if case in IDLE:
                 per = [(r.get("proxy") or {}).get("bytes_per_conn") for r in results]
                 s["bytes_per_conn"] = med(per)
                 s["bytes_range"] = rng(per)
@@ -128,7 +140,7 @@ def summarise(rows):
     return summary
 
 
-def table_lines(summary, targets, markdown):
+def table_lines(summary, targets, markdown, cases=BASE):
     lines = []
 
     def row(cells):
@@ -139,11 +151,11 @@ def table_lines(summary, targets, markdown):
 
     head = ["mode", "target", "throughput (median)", "min–max", "×nginx", "×direct",
             "p50 µs", "p99 µs", "p99.9 µs", "proxy CPU µs/op", "CPU min–max", "CPU ×nginx", "errors"]
-    WIDTHS = [12, 10, 22, 22, 7, 8, 9, 9, 9, 15, 14, 10, 6]
+    WIDTHS = [15, 12, 22, 22, 7, 8, 9, 9, 9, 15, 14, 10, 6]
     row(head)
     if markdown:
         lines.append("|" + "|".join(["---"] * len(head)) + "|")
-    for case in WINDOWED:
+    for case in cases:
         by = summary.get(case, {})
         nginx = by.get("nginx", {})
         direct = by.get("direct", {})
@@ -169,8 +181,8 @@ def errors_cell(s):
     return e
 
 
-def idle_lines(summary, targets, markdown):
-    by = summary.get("idle", {})
+def idle_lines(summary, targets, markdown, case="idle"):
+    by = summary.get(case, {})
     nginx = by.get("nginx", {})
     lines = []
     head = ["target", "held", "sample still echoing", "bytes per connection (median)", "min–max", "×nginx",
@@ -222,15 +234,23 @@ def verdicts(summary):
             r = ratio(w["p99"], best_p99)
             checks.append(("p99 no worse", r is not None and r <= 1.0, fmt_ratio(r)))
         out.append((case, checks))
-    by = summary.get("idle", {})
-    w = by.get("wsingress")
-    peers = [by.get(p) for p in ("nginx", "haproxy") if by.get(p)]
-    if w and peers:
-        best = min((p["bytes_per_conn"] for p in peers if p.get("bytes_per_conn") is not None), default=None)
-        r = ratio(w["bytes_per_conn"], best)
-        out.append(("idle", [("memory/conn ≤ 0.8× better peer", r is not None and r <= 0.8, fmt_ratio(r)),
-                             ("sample echoes", w["sample_ok"] == w["sample"] and w["sample"] > 0,
-                              f"{w['sample_ok']}/{w['sample']}")]))
+    for case in IDLE:
+        by = summary.get(case, {})
+        w = by.get("wsingress")
+        peers = [by.get(p) for p in ("nginx", "haproxy") if by.get(p)]
+        if w and peers:
+            best = min((p["bytes_per_conn"] for p in peers if p.get("bytes_per_conn") is not None), default=None)
+            r = ratio(w["bytes_per_conn"], best)
+            out.append((case, [("memory/conn ≤ 0.8× better peer", r is not None and r <= 0.8, fmt_ratio(r)),
+                               ("sample echoes", w["sample_ok"] == w["sample"] and w["sample"] > 0,
+                                f"{w['sample_ok']}/{w['sample']}")]))
+    # The route table: handshake CPU must not grow with the number of routes.
+    for case in ("routes-exact", "routes-wildcard"):
+        by = summary.get(case, {})
+        small, big = by.get("wsingress-2r"), by.get("wsingress-1k")
+        if small and big:
+            r = ratio(big.get("cpu"), small.get("cpu"))
+            out.append((case, [("CPU/op with 1,000 routes ≤ 1.1× with 2", r is not None and r <= 1.1, fmt_ratio(r))]))
     return out
 
 
@@ -242,14 +262,14 @@ def chart(summary, targets, out_png, workdir):
     cost_path = os.path.join(workdir, "chart-cost.dat")
     with open(tp_path, "w") as f:
         f.write("case " + " ".join(proxies) + "\n")
-        for case in WINDOWED:
+        for case in BASE:
             by = summary.get(case, {})
             d = by.get("direct", {}).get("tp")
             vals = [ratio(by.get(p, {}).get("tp"), d) for p in proxies]
             f.write(case + " " + " ".join("NaN" if v is None else f"{v:.3f}" for v in vals) + "\n")
     with open(cost_path, "w") as f:
         f.write("case " + " ".join(proxies) + "\n")
-        for case in WINDOWED + ["idle"]:
+        for case in BASE + ["idle"]:
             by = summary.get(case, {})
             key = "bytes_per_conn" if case == "idle" else "cpu"
             n = by.get("nginx", {}).get(key)
@@ -308,6 +328,25 @@ def markdown(summary, targets, meta, chart_name):
               " held, then the proxy's VmRSS growth divided by the connections held; a sample of 100 spread"
               " over them must still echo. RSS at 100,000 = RSS before + 100,000 × bytes per connection.", ""]
     lines += idle_lines(summary, targets, True)
+    lines += ["", "## TLS", "",
+              "nginx, HAProxy and wsingress terminate TLS on a second port with the same ECDSA P-256 certificate",
+              "(`bench.test`, from a CA the script makes with openssl), TLS 1.3 only; nginx has session tickets and",
+              "its cache off, HAProxy `no-tls-tickets` and `tune.ssl.cachesize 0`; wsingress has no such setting and",
+              "keeps rustls' defaults (it still sends two TLS 1.3 tickets per handshake, which costs it, not its",
+              "peers). wsbench offers only TLS_AES_128_GCM_SHA256 and X25519, and never resumes a session, so every",
+              "handshake is a full one with the same algorithms on every proxy. `tls-handshake` is a full TLS",
+              "handshake, the upgrade, one 128 B echo and the close; `tls-stream` the 64 KiB stream over TLS;",
+              "`tls-idle` the idle connections held over TLS (bytes per connection include the TLS session).", ""]
+    lines += [l for l in table_lines(summary, targets, True, cases=["tls-handshake", "tls-stream"])]
+    lines += [""]
+    lines += idle_lines(summary, targets, True, case="tls-idle")
+    lines += ["", "## 1,000 routes", "",
+              "wsingress alone, two processes in the same run: `wsingress-2r` with 2 routes and `wsingress-1k` with",
+              "1,000 (500 exact hosts `hI.bench.test`, 500 one-label wildcards `*.wI.bench.test`), both from a",
+              "manifests file to the same two echo backends; the handshake case with `Host: h0.bench.test` (exact)",
+              "and `Host: x.w0.bench.test` (wildcard), hosts both tables hold. Exact hosts are hashed and wildcards",
+              "looked up by suffix, so the CPU per handshake should not grow with the table.", ""]
+    lines += table_lines(summary, targets, True, cases=["routes-exact", "routes-wildcard"])
     v = verdicts(summary)
     if v:
         lines += ["", "## wsingress against the better of nginx and HAProxy", "",
@@ -374,11 +413,13 @@ def main():
     summary = summarise(rows)
     targets = [t for t in TARGETS if any(t in by for by in summary.values())]
     print()
-    for line in table_lines(summary, targets, False):
+    for line in table_lines(summary, targets, False, cases=WINDOWED):
         print(line)
-    print()
-    for line in idle_lines(summary, targets, False):
-        print(line)
+    for case in IDLE:
+        if case in summary:
+            print(f"\n{case}:")
+            for line in idle_lines(summary, targets, False, case=case):
+                print(line)
     for case, checks in verdicts(summary):
         print(f"wsingress {case}: " + "; ".join(f"{n} {r} {'ok' if ok else 'MISSED'}" for n, ok, r in checks))
     if a.markdown:

@@ -428,6 +428,15 @@ impl TlsConn {
             self.write_outbox().await?;
             match step {
                 Step::Progress | Step::Encrypted(_) | Step::NeedSpace(_) => continue,
+                // A client that finishes and closes at once (its Finished and close_notify in
+                // one read, as `openssl s_client </dev/null` does) completed the handshake: the
+                // first read reports the end of the stream.
+                Step::PeerClosed | Step::Closed if !self.session.common().is_handshaking() => {
+                    self.eof = true;
+                    self.close_notify = true;
+                    filled = 0;
+                    break;
+                }
                 Step::PeerClosed | Step::Closed => return Err(TlsError::Eof),
                 Step::NeedInput => {}
             }

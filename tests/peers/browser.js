@@ -1,6 +1,13 @@
 // Headless Chromium (Debian's package) driven by playwright-core, for tests/browser.rs.
 //
 //   node browser.js --page http://PROXY/ --screenshot OUT.png [--deflate-ws ws://PROXY2/] [--chromium PATH]
+//                   [--home DIR] [--resolve HOST] [--untrusted URL]
+//
+// For https: --home DIR runs Chromium with HOME=DIR, so it reads the NSS database in
+// DIR/.pki/nssdb (where the test put its CA); --resolve HOST maps HOST to 127.0.0.1
+// (--host-resolver-rules), so the page is loaded by name (SNI, certificate name check);
+// --untrusted URL must then fail to load, in a second tab, with a certificate error (a server whose CA is not in
+// that database: the check that trust came from the database, not from a disabled check).
 //
 // 1. Loads the echo page through the proxy, waits for `#status` to read "done: 3/3 echoes",
 //    collects the echoes shown in `#log` and saves a screenshot.
@@ -26,6 +33,9 @@ const pageUrl = value('--page');
 const screenshot = value('--screenshot');
 const deflateUrl = value('--deflate-ws');
 const executablePath = value('--chromium', '/usr/bin/chromium');
+const home = value('--home');
+const resolve = value('--resolve');
+const untrusted = value('--untrusted');
 
 // Flags from the project's tooling notes: no sandbox (containers), no GPU, and no background
 // networking, so Chromium does not keep trying hosts it cannot reach.
@@ -36,9 +46,11 @@ const CHROMIUM_ARGS = [
 
 async function main() {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'wsingress-chromium-'));
+  const args = resolve ? [...CHROMIUM_ARGS, `--host-resolver-rules=MAP ${resolve} 127.0.0.1`] : CHROMIUM_ARGS;
   const context = await chromium.launchPersistentContext(profile, {
     executablePath,
-    args: CHROMIUM_ARGS,
+    args,
+    env: home ? { ...process.env, HOME: home } : process.env,
     headless: true,
     viewport: { width: 900, height: 480 },
     timeout: 30000,
@@ -107,7 +119,17 @@ async function main() {
         };
       }), deflateUrl);
     }
+    result.pageUrl = page.url();
+    if (untrusted) {
+      const other = await context.newPage();
+      result.untrusted = await other.goto(untrusted, { timeout: 15000 }).then(
+        () => 'loaded',
+        (err) => String(err && err.message || err).split('\n')[0],
+      );
+      await other.close();
+    }
     result.ok = result.status === 'done: 3/3 echoes'
+      && (!untrusted || result.untrusted.includes('ERR_CERT'))
       && (!deflateUrl || (result.deflate.error === null && result.deflate.close === 1000));
   } catch (err) {
     result.error = String(err && err.message || err);
