@@ -110,21 +110,24 @@ async fn shutdown_with_thousands_of_tunnels_sends_1001_to_every_client() {
         sockets.push(o.await.unwrap());
     }
     let open_took = opened.elapsed();
-    // Each tunnel is one tracked task; the HTTP connection task that upgraded it ends just after
-    // handing the socket over, so wait for those to finish.
+    // Each tunnel is one tracked task and one count in the gauge. A client sees its 101 before the
+    // proxy has spawned the tunnel, and the HTTP connection task that upgraded it ends just after
+    // handing the socket over, so the task count alone can read n while one tunnel is still being
+    // set up: wait until both agree.
     let drain = running.drain.clone();
-    wait_until(Duration::from_secs(10), "one tracked task per tunnel", || {
-        let drain = drain.clone();
-        async move { drain.active() == n }
+    let gauge_line = format!(" {n}");
+    let m = metrics.clone();
+    wait_until(Duration::from_secs(10), "one tracked task and one active gauge count per tunnel", || {
+        let (drain, m, gauge_line) = (drain.clone(), m.clone(), gauge_line.clone());
+        async move {
+            let text = String::from_utf8_lossy(&m.encode()).into_owned();
+            drain.active() == n
+                && text
+                    .lines()
+                    .any(|l| l.starts_with("wsingress_websocket_connections_active{") && l.ends_with(&gauge_line))
+        }
     })
     .await;
-    let gauge = String::from_utf8(metrics.encode()).unwrap();
-    assert!(
-        gauge
-            .lines()
-            .any(|l| l.starts_with("wsingress_websocket_connections_active{") && l.ends_with(&format!(" {n}"))),
-        "connections_active must read {n}"
-    );
 
     // Every client waits for its Close; the first to get one checks readiness is already false.
     let first_close_seen_ready = Arc::new(AtomicBool::new(false));
