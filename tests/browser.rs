@@ -150,24 +150,6 @@ fn certutil() -> Option<PathBuf> {
     None
 }
 
-/// A scratch folder under target/ (removed on drop).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs certutil with `args` and demands success.
 fn run_certutil(certutil: &std::path::Path, args: &[&str]) {
     let out = std::process::Command::new(certutil).args(args).output().expect("run certutil");
@@ -193,7 +175,7 @@ async fn chromium_trusts_the_test_ca_loads_the_page_over_https_and_echoes_over_w
     const HOST: &str = "chat.example.com";
 
     // The site: a certificate for HOST from the test CA, served by the proxy's TLS listener.
-    let scratch = Scratch::new("browser-https");
+    let scratch = tls_common::Scratch::new("browser-https");
     let pki = tls_common::Pki::new("browser CA");
     let leaf = pki.leaf("chat", &[HOST]);
     let write = |name: &str, text: &str| {

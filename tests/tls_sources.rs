@@ -10,14 +10,14 @@ mod tools;
 
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
-use tls_common::{Pki, TIMEOUT};
+use tls_common::{Pki, Scratch, TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,48 +25,6 @@ use tokio_util::sync::CancellationToken;
 use wsingress::app::{self, RouteSource};
 use wsingress::echo::{self, EchoConfig};
 use wsingress::tls::{self, CertHandle, material};
-
-/// A scratch folder, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("wsingress-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    /// Kubernetes-style Secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..VERSION`.
-    fn swap(&self, version: &str, cert: &str, key: &str) {
-        let v = self.0.join(format!("..{version}"));
-        std::fs::create_dir_all(&v).unwrap();
-        std::fs::write(v.join("tls.crt"), cert).unwrap();
-        std::fs::write(v.join("tls.key"), key).unwrap();
-        for f in ["tls.crt", "tls.key"] {
-            let link = self.0.join(f);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
-            }
-        }
-        let tmp = self.0.join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
-        std::fs::rename(&tmp, self.0.join("..data")).unwrap();
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// wss echo through tokio-rustls (trusting `pki`) and tungstenite; returns the echo of `text`.
 async fn wss_round_trip(addr: SocketAddr, pki: &Pki, host: &str, text: &str) -> String {

@@ -6,6 +6,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,4 +135,46 @@ pub async fn echo(mut c: TlsConn) -> io::Result<(u64, bool)> {
 
 pub async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.unwrap()
+}
+
+/// A scratch folder under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("wsingress-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Kubernetes-style Secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..VERSION`.
+    pub fn swap(&self, version: &str, cert: &str, key: &str) {
+        let v = self.0.join(format!("..{version}"));
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::write(v.join("tls.crt"), cert).unwrap();
+        std::fs::write(v.join("tls.key"), key).unwrap();
+        for f in ["tls.crt", "tls.key"] {
+            let link = self.0.join(f);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
+            }
+        }
+        let tmp = self.0.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+        std::fs::rename(&tmp, self.0.join("..data")).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
