@@ -846,6 +846,34 @@ fn watched_namespaces_get_roles_instead_of_a_cluster_role() {
 }
 
 #[test]
+fn default_tls_secret_becomes_the_flag_and_must_be_in_a_watched_namespace() {
+    let Some(docs) = render(&["--set", "controller.defaultTLSSecret=ingress/wildcard-tls"]) else { return };
+    let args = check_controller(&docs);
+    assert_eq!(args.default_tls_secret, Some(("ingress".into(), "wildcard-tls".into())));
+    check_rbac(&docs, &args);
+    // Unset: no flag, so the binary makes its self-signed default.
+    let Some(docs) = render(&[]) else { return };
+    assert_eq!(check_controller(&docs).default_tls_secret, None);
+    // With watched namespaces, the Secret's namespace must be one of them (its Role reads it).
+    let flags = ["--set", "controller.watchNamespace=apps", "--set", "controller.defaultTLSSecret=apps/wildcard-tls"];
+    let Some(docs) = render(&flags) else { return };
+    let args = check_controller(&docs);
+    assert_eq!(args.default_tls_secret, Some(("apps".into(), "wildcard-tls".into())));
+    check_rbac(&docs, &args);
+    let err = render_error(&[
+        "--set",
+        "controller.watchNamespace=apps",
+        "--set",
+        "controller.defaultTLSSecret=ingress/wildcard-tls",
+    ])
+    .unwrap_or_default();
+    assert!(err.contains(r#"controller.defaultTLSSecret "ingress/wildcard-tls": namespace "ingress" is not in controller.watchNamespace"#), "{err}");
+    // Not NAMESPACE/NAME: the schema refuses it.
+    let err = render_error(&["--set", "controller.defaultTLSSecret=wildcard-tls"]).unwrap_or_default();
+    assert!(err.contains("defaultTLSSecret"), "{err}");
+}
+
+#[test]
 fn rbac_off_renders_no_roles() {
     let Some(docs) = render(&["--set", "rbac.create=false"]) else {
         return;

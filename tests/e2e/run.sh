@@ -235,7 +235,7 @@ spec:
 YAML
 cat >"$WORK/values-tls.yaml" <<YAML
 controller:
-  extraArgs: ["--default-tls-secret=$NS/e2e-default-tls"]
+  defaultTLSSecret: $NS/e2e-default-tls
 tests:
   wss:
     caSecret: e2e-ca
