@@ -1,8 +1,9 @@
 //! Fuzz findings and seeds as ordinary tests, so they run on every `cargo test` without
 //! nightly features: every checked-in input under `fuzz/corpus/scanner`,
-//! `fuzz/corpus/request_head`, `fuzz/corpus/manifests_text`, `fuzz/corpus/trusted_proxies` and
-//! `fuzz/corpus/forwarded_for` is replayed through the same invariants as the fuzz targets (a
-//! finding is fixed by copying its input there), plus the specific findings.
+//! `fuzz/corpus/request_head`, `fuzz/corpus/manifests_text`, `fuzz/corpus/trusted_proxies`,
+//! `fuzz/corpus/forwarded_for` and `fuzz/corpus/proxy_protocol` is replayed through the same
+//! invariants as the fuzz targets (a finding is fixed by copying its input there), plus the
+//! specific findings.
 
 use std::path::Path;
 
@@ -15,6 +16,9 @@ mod frame_reference;
 
 #[path = "../fuzz/shared/client_addr_checks.rs"]
 mod client_addr_checks;
+
+#[path = "../fuzz/shared/proxy_protocol_checks.rs"]
+mod proxy_protocol_checks;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -173,4 +177,19 @@ fn request_head_corpus_keeps_the_parser_invariants() {
         let outcome = std::panic::catch_unwind(|| wsingress::proxy::http1::check_invariants(&input));
         assert!(outcome.is_ok(), "request_head seed {name} broke an invariant");
     }
+}
+
+#[test]
+fn proxy_protocol_corpus_keeps_the_parser_invariants() {
+    let mut complete = 0;
+    for (name, input) in corpus("proxy_protocol") {
+        eprintln!("proxy_protocol/{name}");
+        proxy_protocol_checks::check(&input);
+        if let Ok(wsingress::proxy::proxy_protocol::Parsed::Complete(_)) =
+            wsingress::proxy::proxy_protocol::parse(&input)
+        {
+            complete += 1;
+        }
+    }
+    assert!(complete >= 6, "the seeds include complete v1 and v2 headers ({complete})");
 }
