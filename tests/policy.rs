@@ -115,7 +115,12 @@ async fn source_ranges_refuse_ipv6_clients() {
         return;
     }
     let rec = Recorder::start().await;
-    let p = manual_proxy(&["--listen", "[::1]:0", "--tls-listen", "off"]).await;
+    let argv = ["wsingress", "serve", "--listen", "[::1]:0", "--admin-listen", "127.0.0.1:0", "--tls-listen", "off"];
+    let args = match <wsingress::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap().command {
+        wsingress::cli::Command::Serve(s) => *s,
+        _ => unreachable!(),
+    };
+    let p = wsingress::app::start(&args, wsingress::app::RouteSource::Manual).await.unwrap();
     let publish = |policy: ClientPolicy| {
         p.publisher().publish(table(&[("v6.test", "/", "default/v6", &[rec.addr])], with_policy(policy)), &[]);
     };

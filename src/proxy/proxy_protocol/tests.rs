@@ -43,7 +43,7 @@ fn inet(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 fn v1_tcp4_tcp6_and_unknown() {
     let line = b"PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\nGET / HTTP/1.1\r\n";
     let h = complete(line);
-    assert_eq!(h.len, 45);
+    assert_eq!(h.len, 46);
     assert_eq!(&line[h.len..h.len + 3], b"GET", "the header ends right after its CRLF");
     assert_eq!((h.version, h.source, h.destination), (1, Some(sa("192.0.2.10:56324")), Some(sa("198.51.100.1:443"))));
 
