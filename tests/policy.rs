@@ -177,7 +177,7 @@ async fn connections_per_client_are_limited_exactly() {
         assert_eq!(echo_round(&mut ws, "hi").await, "hi");
         open.push(ws);
     }
-    let err = ws_from("127.0.0.1", p.proxy_addr, "conns.test").await.err().expect("the 4th tunnel is refused");
+    let err = ws_from("127.0.0.1", p.proxy_addr, "conns.test").await.expect_err("the 4th tunnel is refused");
     assert_eq!(status_of(&err), 429);
     // A plain request in flight counts too.
     let (status, head, _) = raw_from("127.0.0.1", p.proxy_addr, &get("conns.test")).await;
@@ -195,7 +195,7 @@ async fn connections_per_client_are_limited_exactly() {
     wait_until(Duration::from_secs(5), "the closed tunnel is gone", || async { active() == 3.0 }).await;
     let mut again = ws_from("127.0.0.1", p.proxy_addr, "conns.test").await.expect("a freed place is usable");
     assert_eq!(echo_round(&mut again, "again").await, "again");
-    let err = ws_from("127.0.0.1", p.proxy_addr, "conns.test").await.err().expect("full again");
+    let err = ws_from("127.0.0.1", p.proxy_addr, "conns.test").await.expect_err("full again");
     assert_eq!(status_of(&err), 429);
     assert_eq!(refusals(&p, "default/conns", "connections_per_client"), 3.0);
     for mut ws in open {
@@ -215,7 +215,7 @@ async fn handshake_rate_gives_a_burst_then_429_with_retry_after() {
     for i in 0..3 {
         held.push(ws_from("127.0.0.1", p.proxy_addr, "rate.test").await.unwrap_or_else(|e| panic!("burst {i}: {e}")));
     }
-    let err = ws_from("127.0.0.1", p.proxy_addr, "rate.test").await.err().expect("the bucket is empty");
+    let err = ws_from("127.0.0.1", p.proxy_addr, "rate.test").await.expect_err("the bucket is empty");
     let tungstenite::Error::Http(resp) = &err else { panic!("{err}") };
     assert_eq!(resp.status(), 429);
     let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
@@ -227,7 +227,7 @@ async fn handshake_rate_gives_a_burst_then_429_with_retry_after() {
     tokio::time::sleep(Duration::from_secs(retry)).await;
     let mut refilled = ws_from("127.0.0.1", p.proxy_addr, "rate.test").await.expect("a token after Retry-After");
     assert_eq!(echo_round(&mut refilled, "ok").await, "ok");
-    let err = ws_from("127.0.0.1", p.proxy_addr, "rate.test").await.err().expect("one token only");
+    let err = ws_from("127.0.0.1", p.proxy_addr, "rate.test").await.expect_err("one token only");
     assert_eq!(status_of(&err), 429);
     assert_eq!(refusals(&p, "default/rate", "handshake_rate"), 2.0);
 }

@@ -8,7 +8,6 @@
 //! put in front.
 
 mod common;
-#[allow(dead_code)]
 mod tls_common;
 
 use std::net::SocketAddr;
@@ -184,7 +183,7 @@ async fn a_malformed_or_slow_header_closes_only_its_own_connection() {
     let malformed: [&[u8]; 4] = [
         b"PROXY TCP4 192.0.2.1 127.0.0.1 99999 2\r\n",
         b"PROXY TCP9 a b c d\r\n",
-        &[b'P', b'R', b'O', b'X', b'Y', b' ', b'x', b'x', b'x', b'x', b'x', b'\n'],
+        b"PROXY xxxxx\n",
         &v2(1, 0x11, &[0u8; 8], &[]),
     ];
     for bad in malformed {
@@ -251,7 +250,8 @@ async fn the_tls_listener_reads_the_header_before_the_client_hello() {
 }
 
 /// HAProxy in TCP mode in front, with `send-proxy` and then `send-proxy-v2`: the address
-/// HAProxy saw (127.0.0.3, the test's client) reaches the backend.
+/// HAProxy saw (127.0.0.3, the test's client) reaches the backend. First the failure this
+/// fixes: without the PROXY protocol the backend sees HAProxy's own address as the client.
 #[tokio::test]
 async fn haproxy_send_proxy_interop() {
     let Some(haproxy) =
@@ -262,20 +262,25 @@ async fn haproxy_send_proxy_interop() {
     };
     let backend = echo("b1", "").await;
     let p = proxy(&[backend.addr], TRUST_LOCALHOST).await;
-    for mode in ["send-proxy", "send-proxy-v2"] {
+    let plain = proxy(&[backend.addr], &[]).await;
+    let runs = [
+        ("", plain.proxy_addr, "127.0.0.1"),
+        ("send-proxy", p.proxy_addr, "127.0.0.3"),
+        ("send-proxy-v2", p.proxy_addr, "127.0.0.3"),
+    ];
+    for (i, (mode, target, want)) in runs.into_iter().enumerate() {
         let front = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let dir = std::env::temp_dir().join(format!("wsingress-haproxy-{}-{mode}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("wsingress-haproxy-{}-{i}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(
             &cfg,
             format!(
                 "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-                 frontend f\n  bind {front}\n  default_backend b\nbackend b\n  server wsingress {} {mode} source 127.0.0.1\n",
-                p.proxy_addr
+                 frontend f\n  bind {front}\n  default_backend b\nbackend b\n  server wsingress {target} {mode} source 127.0.0.1\n"
             ),
         )
         .unwrap();
@@ -304,7 +309,7 @@ async fn haproxy_send_proxy_interop() {
         let _ = std::fs::remove_dir_all(&dir);
         let body = answer.unwrap_or_else(|| panic!("{mode}: no answer through HAProxy"));
         let h = headers_of(&body);
-        assert_eq!(h["x-real-ip"], "127.0.0.3", "{mode}: {h}");
+        assert_eq!(h["x-real-ip"], want, "{mode:?}: {h}");
     }
     assert_eq!(rejected(&p, "proxy_protocol_malformed") + rejected(&p, "proxy_protocol_missing"), 0);
 }
