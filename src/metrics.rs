@@ -152,6 +152,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub upstream_errors: IntCounterVec,
+    pub policy_refusals: IntCounterVec,
     pub endpoints: IntGaugeVec,
     pub config_generation: IntGauge,
     pub config_updates: IntCounterVec,
@@ -310,6 +311,11 @@ impl Metrics {
                 "Failures talking to backends by reason: connect_refused, connect_error, connect_timeout, response_timeout, bad_handshake, backend_io, tls_error (TLS to a backend failed: handshake or certificate).",
                 &["route", "backend", "reason"],
             )?,
+            policy_refusals: counter(
+                "wsingress_policy_refusals_total",
+                "Clients refused by a route's per-client policy, by reason: source_range (403), connections_per_client (429), handshake_rate (429 with Retry-After), message_rate (tunnel closed with 1008).",
+                &["route", "reason"],
+            )?,
             endpoints: gauge(
                 "wsingress_endpoints",
                 "Endpoints per backend pool by state: ready (gets new tunnels), not_ready (keeps its tunnels and live state, gets no new ones), terminating (its tunnels are drained, gets no new ones).",
@@ -326,7 +332,7 @@ impl Metrics {
             client_connections,
             connections_rejected: counter(
                 "wsingress_connections_rejected_total",
-                "Client connections refused before their request was read, by reason: max_connections (--max-connections reached; answered 503).",
+                "Client connections refused before their request was read, by reason: max_connections (--max-connections reached; answered 503), proxy_protocol_untrusted (a PROXY header from a peer outside --proxy-protocol-from), proxy_protocol_missing (a trusted peer sent no PROXY header), proxy_protocol_malformed, proxy_protocol_timeout (no complete header within --header-timeout); PROXY protocol refusals are closed without an answer.",
                 &["reason"],
             )?,
             table_handles: ArcSwapOption::empty(),
@@ -579,6 +585,7 @@ pub struct RouteMetrics {
     /// Close counters by initiator and close class, resolved on first use.
     close_handles: [[OnceLock<IntCounter>; CLOSE_CLASSES.len()]; 3],
     upstream_errors: IntCounterVec,
+    policy_refusals: IntCounterVec,
 }
 
 impl RouteMetrics {
@@ -599,6 +606,7 @@ impl RouteMetrics {
             closes: m.closes.clone(),
             close_handles: Default::default(),
             upstream_errors: m.upstream_errors.clone(),
+            policy_refusals: m.policy_refusals.clone(),
         }
     }
 
@@ -618,6 +626,11 @@ impl RouteMetrics {
 
     pub fn upstream_error(&self, reason: &'static str) {
         self.upstream_errors.with_label_values(&[&self.route, &self.backend, reason]).inc();
+    }
+
+    /// A client refused by this route's per-client policy (`reason` from a fixed set).
+    pub fn policy_refusal(&self, reason: &'static str) {
+        self.policy_refusals.with_label_values(&[&self.route, reason]).inc();
     }
 
     /// Count a tunnel open until the returned handles drop.
@@ -851,7 +864,7 @@ mod tests {
     fn families_include_vectors_without_series_and_match_the_exposition() {
         let m = Metrics::new().unwrap();
         let names: Vec<String> = m.families().into_iter().map(|f| f.name).collect();
-        assert_eq!(names.len(), 24, "{names:?}");
+        assert_eq!(names.len(), 25, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("wsingress_")));
         // Give every vector one series; then the exposition lists exactly the documented families.
         let c = m.connection("default/chat", "chat:80");
@@ -860,6 +873,7 @@ mod tests {
         m.handshake("default/chat", Duration::from_millis(1));
         m.http_request("default/chat", 200, Duration::from_millis(1));
         m.upstream_error("default/chat", "chat:80", "connect_refused");
+        m.route_handles("default/chat", "chat:80").policy_refusal("source_range");
         m.table_rejected("file");
         m.connections_rejected.with_label_values(&["max_connections"]).inc();
         m.endpoints.with_label_values(&["default/chat", "chat:80", "ready"]).set(1);

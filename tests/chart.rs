@@ -188,6 +188,10 @@ fn matrix() -> Vec<Vec<String>> {
             "--set",
             "controller.trustedProxies={10.0.0.0/8,fd00::/8}",
             "--set",
+            "controller.proxyProtocol.enabled=true",
+            "--set",
+            "controller.proxyProtocol.trustedCIDRs={10.0.0.0/8,fd00::/8}",
+            "--set",
             "routeDefaults.idleTimeout=never",
             "--set",
             "routeDefaults.loadBalance=header-hash:x-user",
@@ -1074,6 +1078,29 @@ fn extra_args_env_volumes_and_probes_reach_the_pod() {
     let probe =
         container(pod_spec(&workload(&docs).1), "wsingress").startup_probe.clone().expect("startupProbe on by default");
     assert_eq!(probe.http_get.and_then(|g| g.path).as_deref(), Some("/readyz"));
+}
+
+#[test]
+fn proxy_protocol_values_become_flags() {
+    let Some(docs) = render(&[]) else { return };
+    let args = check_controller(&docs);
+    assert!(!args.proxy_protocol, "off by default");
+    assert!(args.proxy_protocol_from.is_empty());
+    let set = [
+        "--set",
+        "controller.proxyProtocol.enabled=true",
+        "--set",
+        "controller.proxyProtocol.trustedCIDRs={10.0.0.0/8,fd00::/8}",
+    ];
+    let Some(docs) = render(&set) else { return };
+    let args = check_controller(&docs);
+    assert!(args.proxy_protocol);
+    assert_eq!(args.proxy_protocol_from, ["10.0.0.0/8", "fd00::/8"]);
+    // Trusted CIDRs without `enabled` pass no flag (clap would refuse --proxy-protocol-from alone).
+    let Some(docs) = render(&["--set", "controller.proxyProtocol.trustedCIDRs={10.0.0.0/8}"]) else { return };
+    assert!(!check_controller(&docs).proxy_protocol);
+    let bad = render_error(&["--set", "controller.proxyProtocol.trustedCIDRs={office}"]);
+    assert!(bad.as_deref().is_none_or(|e| e.contains("trustedCIDRs")), "the schema refuses a non-CIDR: {bad:?}");
 }
 
 #[test]

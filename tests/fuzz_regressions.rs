@@ -1,8 +1,9 @@
 //! Fuzz findings and seeds as ordinary tests, so they run on every `cargo test` without
 //! nightly features: every checked-in input under `fuzz/corpus/scanner`,
-//! `fuzz/corpus/request_head`, `fuzz/corpus/manifests_text`, `fuzz/corpus/trusted_proxies` and
-//! `fuzz/corpus/forwarded_for` is replayed through the same invariants as the fuzz targets (a
-//! finding is fixed by copying its input there), plus the specific findings.
+//! `fuzz/corpus/request_head`, `fuzz/corpus/manifests_text`, `fuzz/corpus/trusted_proxies`,
+//! `fuzz/corpus/forwarded_for` and `fuzz/corpus/proxy_protocol` is replayed through the same
+//! invariants as the fuzz targets (a finding is fixed by copying its input there), plus the
+//! specific findings.
 
 use std::path::Path;
 
@@ -15,6 +16,9 @@ mod frame_reference;
 
 #[path = "../fuzz/shared/client_addr_checks.rs"]
 mod client_addr_checks;
+
+#[path = "../fuzz/shared/proxy_protocol_checks.rs"]
+mod proxy_protocol_checks;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -173,4 +177,56 @@ fn request_head_corpus_keeps_the_parser_invariants() {
         let outcome = std::panic::catch_unwind(|| wsingress::proxy::http1::check_invariants(&input));
         assert!(outcome.is_ok(), "request_head seed {name} broke an invariant");
     }
+}
+
+#[test]
+fn proxy_protocol_corpus_keeps_the_parser_invariants() {
+    let mut complete = 0;
+    for (name, input) in corpus("proxy_protocol") {
+        eprintln!("proxy_protocol/{name}");
+        proxy_protocol_checks::check(&input);
+        if let Ok(wsingress::proxy::proxy_protocol::Parsed::Complete(_)) =
+            wsingress::proxy::proxy_protocol::parse(&input)
+        {
+            complete += 1;
+        }
+    }
+    assert!(complete >= 6, "the seeds include complete v1 and v2 headers ({complete})");
+}
+
+/// Without libFuzzer: a deterministic mutation sweep over the PROXY protocol seeds (byte
+/// flips, truncations, insertions, length-field rewrites), every input through the same
+/// invariants as the fuzz target.
+#[test]
+fn proxy_protocol_mutation_sweep_keeps_the_invariants() {
+    let seeds: Vec<Vec<u8>> = corpus("proxy_protocol").into_iter().map(|(_, input)| input).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut inputs = 0u32;
+    for round in 0..20_000u32 {
+        let mut input = seeds[round as usize % seeds.len()].clone();
+        for _ in 0..1 + next() % 4 {
+            let r = next();
+            let at = if input.is_empty() { 0 } else { (r >> 8) as usize % input.len() };
+            match r % 5 {
+                0 if !input.is_empty() => input[at] ^= 1 << ((r >> 32) % 8),
+                1 => input.truncate(at),
+                2 => input.insert(at.min(input.len()), (r >> 40) as u8),
+                // The v2 length field, or a v1 byte, set to an interesting value.
+                3 if input.len() > 15 => {
+                    input[14 + (r >> 16) as usize % 2] = [0, 1, 0x7f, 0xff][(r >> 24) as usize % 4]
+                }
+                _ if !input.is_empty() => input[at] = [b' ', b'\r', b'\n', b'0', b':', 0][(r >> 32) as usize % 6],
+                _ => {}
+            }
+        }
+        proxy_protocol_checks::check(&input);
+        inputs += 1;
+    }
+    assert_eq!(inputs, 20_000);
 }

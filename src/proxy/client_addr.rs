@@ -27,7 +27,6 @@
 //! IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are the IPv4 address everywhere: as the
 //! peer, in the header and in the trusted list (`::ffff:10.0.0.0/104` is `10.0.0.0/8`).
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::HeaderMap;
@@ -52,88 +51,7 @@ impl ClientInfo {
     }
 }
 
-/// Why a `--trusted-proxies` entry was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CidrError {
-    #[error("is not an IP address or CIDR")]
-    Address,
-    #[error("has an invalid prefix length (0-32 for IPv4, 0-128 for IPv6)")]
-    PrefixLength,
-}
-
-/// One network of the trusted list, IPv4-mapped IPv6 networks of /96 or longer stored as
-/// the IPv4 network they are. `net` has its host bits cleared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cidr {
-    V4 { net: u32, len: u8 },
-    V6 { net: u128, len: u8 },
-}
-
-/// The first `len` bits of a `BITS`-bit number, as a mask (`len` ≤ `BITS`).
-fn mask_u32(len: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
-}
-
-fn mask_u128(len: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
-}
-
-impl Cidr {
-    /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). An IPv4-mapped
-    /// network (`::ffff:10.0.0.0/104`, `::ffff:10.0.0.1`) is the IPv4 network it maps
-    /// (`10.0.0.0/8`, `10.0.0.1/32`); with a prefix shorter than /96 it also covers IPv6
-    /// addresses and stays an IPv6 network, which IPv4 clients never match. Host bits are
-    /// ignored (`10.1.2.3/8` is `10.0.0.0/8`).
-    pub fn parse(text: &str) -> Result<Self, CidrError> {
-        let text = text.trim();
-        let (addr, len) = match text.split_once('/') {
-            Some((addr, len)) => (addr, Some(len)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| CidrError::Address)?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len = match len {
-            // Digits only: `u8::from_str` would also take a sign.
-            Some(l) if !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()) => {
-                l.parse::<u8>().map_err(|_| CidrError::PrefixLength)?
-            }
-            Some(_) => return Err(CidrError::PrefixLength),
-            None => max,
-        };
-        if len > max {
-            return Err(CidrError::PrefixLength);
-        }
-        Ok(match addr {
-            IpAddr::V4(v4) => Self::v4(v4, len),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) if len >= 96 => Self::v4(v4, len - 96),
-                _ => Self::V6 { net: u128::from(v6) & mask_u128(len), len },
-            },
-        })
-    }
-
-    fn v4(addr: Ipv4Addr, len: u8) -> Self {
-        Self::V4 { net: u32::from(addr) & mask_u32(len), len }
-    }
-
-    /// Whether `ip` (IPv4-mapped addresses taken as IPv4) is in this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (*self, ip.to_canonical()) {
-            (Self::V4 { net, len }, IpAddr::V4(a)) => u32::from(a) & mask_u32(len) == net,
-            (Self::V6 { net, len }, IpAddr::V6(a)) => u128::from(a) & mask_u128(len) == net,
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::V4 { net, len } => write!(f, "{}/{len}", Ipv4Addr::from(net)),
-            Self::V6 { net, len } => write!(f, "{}/{len}", Ipv6Addr::from(net)),
-        }
-    }
-}
+pub use crate::routes::cidr::{Cidr, CidrError};
 
 /// CIDR list for `--trusted-proxies`.
 #[derive(Debug, Clone, Default)]

@@ -5,6 +5,7 @@ use http::StatusCode;
 
 use super::http1::HeadError;
 use crate::metrics::UpgradeResult;
+use crate::policy::clients::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -42,6 +43,10 @@ pub enum ProxyError {
     /// configuration.
     #[error("TLS to {addr} failed: {reason}")]
     BackendTls { addr: std::net::SocketAddr, reason: String },
+    /// The route's per-client policy refused the client (source ranges 403; connections or
+    /// handshakes per client 429).
+    #[error("{0}")]
+    Policy(#[from] crate::policy::clients::Refusal),
     /// Plain HTTP to a host served over TLS (`ssl-redirect`): 308 to this location.
     #[error("this host is served over https: {0}")]
     HttpsRedirect(String),
@@ -63,6 +68,8 @@ impl ProxyError {
             }
             Self::ConnectTimeout(_) | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HttpsRedirect(_) => StatusCode::PERMANENT_REDIRECT,
+            Self::Policy(Refusal::SourceRange) => StatusCode::FORBIDDEN,
+            Self::Policy(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -90,10 +97,23 @@ impl ProxyError {
     /// mismatch (RFC 6455 §4.4).
     pub fn extra_fields(&self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Self::ClientLimit | Self::RouteLimit | Self::NoEndpoints | Self::OverCapacity => &[("retry-after", "1")],
+            Self::ClientLimit
+            | Self::RouteLimit
+            | Self::NoEndpoints
+            | Self::OverCapacity
+            | Self::Policy(Refusal::ConnectionsPerClient) => &[("retry-after", "1")],
             Self::WebSocketOnly => &[("upgrade", "websocket")],
             Self::VersionMismatch => &[("upgrade", "websocket"), ("sec-websocket-version", "13")],
             _ => &[],
+        }
+    }
+
+    /// `Retry-After` seconds that depend on the moment (a handshake rate's wait for a token);
+    /// fixed ones are in [`extra_fields`](Self::extra_fields).
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::Policy(Refusal::HandshakeRate { retry_after }) => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -132,5 +152,10 @@ mod tests {
         assert_eq!(refused.status(), 502);
         assert_eq!(refused.upstream_reason(), Some("connect_refused"));
         assert_eq!(ProxyError::OriginForbidden.upstream_reason(), None);
+        assert_eq!(ProxyError::Policy(Refusal::SourceRange).status(), 403);
+        assert_eq!(ProxyError::Policy(Refusal::ConnectionsPerClient).status(), 429);
+        let rate = ProxyError::Policy(Refusal::HandshakeRate { retry_after: 7 });
+        assert_eq!((rate.status().as_u16(), rate.retry_after()), (429, Some(7)));
+        assert_eq!(rate.upgrade_result(), UpgradeResult::Rejected);
     }
 }

@@ -193,6 +193,9 @@ pub fn error_head(err: &ProxyError, close: bool) -> Vec<u8> {
     if let Some(to) = err.location() {
         let _ = write!(out, "location: {to}\r\n");
     }
+    if let Some(secs) = err.retry_after() {
+        let _ = write!(out, "retry-after: {secs}\r\n");
+    }
     if err.extra_fields().iter().any(|(n, _)| *n == "upgrade") {
         // Upgrade is hop-by-hop: the Connection field names it (RFC 9110 §7.8).
         out.extend_from_slice(if close { b"connection: upgrade, close\r\n" } else { b"connection: upgrade\r\n" });

@@ -18,6 +18,7 @@ pub mod front;
 pub mod handshake;
 pub mod headers;
 pub mod http1;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod server;
 pub mod service;

@@ -26,6 +26,11 @@ use crate::ws::close;
 use crate::ws::frame::{OP_CLOSE, OP_PING};
 use crate::ws::{Role, Scanner, Summary, encode_control};
 
+/// Close code for a client above its message rate (RFC 6455 §7.4.1: policy violation).
+pub const POLICY_VIOLATION: u16 = 1008;
+/// The reason text of that Close.
+pub const MESSAGE_RATE_TEXT: &str = "message rate exceeded";
+
 /// Read buffer size; the last [`CTRL_ROOM`] bytes stay free to insert a control frame.
 const BUF_SIZE: usize = 64 * 1024;
 const CTRL_ROOM: usize = 131;
@@ -77,6 +82,9 @@ pub struct RelaySettings {
     pub pong_timeout: Duration,
     pub drain_timeout: Option<Duration>,
     pub max_message: Option<u64>,
+    /// Messages per second the client may send (`wsingress.io/max-message-rate`); above it
+    /// the tunnel closes with 1008. `None` = unlimited.
+    pub max_message_rate: Option<u32>,
 }
 
 /// Signals from outside the tunnel.
@@ -103,6 +111,8 @@ pub enum EndReason {
     Shutdown,
     ProtocolError,
     MessageTooBig,
+    /// The client sent more messages per second than `max-message-rate` allows (1008).
+    MessageRate,
 }
 
 impl EndReason {
@@ -116,6 +126,7 @@ impl EndReason {
             Self::Shutdown => "shutdown",
             Self::ProtocolError => "protocol_error",
             Self::MessageTooBig => "message_too_big",
+            Self::MessageRate => "message_rate",
         }
     }
 }
@@ -246,6 +257,9 @@ struct Tunnel<'a> {
     fail_close: Option<(usize, u16)>,
     reason: Option<EndReason>,
     mask_seed: u32,
+    /// Messages from the client in the current one-second window (`max_message_rate`).
+    rate_count: u32,
+    rate_window: Instant,
 }
 
 enum Event {
@@ -293,6 +307,8 @@ pub async fn relay(
         reason: None,
         mask_seed: seed(),
         flush_until: None,
+        rate_count: 0,
+        rate_window: now,
     };
     // Bytes read during the handshakes go first. They are dropped right after: they may share
     // the HTTP parser's whole read buffer, which an idle tunnel must not keep alive.
@@ -510,7 +526,8 @@ impl Tunnel<'_> {
     fn queue_close(&mut self, d: usize, code: u16) {
         let mask = (d == 0).then(|| self.next_mask());
         let mut payload = [0u8; 125];
-        let plen = close::close_payload(code, "", &mut payload);
+        let text = if self.reason == Some(EndReason::MessageRate) { MESSAGE_RATE_TEXT } else { "" };
+        let plen = close::close_payload(code, text, &mut payload);
         let mut frame = [0u8; CTRL_ROOM];
         let n = encode_control(OP_CLOSE, &payload[..plen], mask, &mut frame);
         // A Close replaces a ping still waiting for its boundary.
@@ -692,6 +709,28 @@ impl Tunnel<'_> {
         let inject_at =
             if h.inject.is_some() { if was_at_boundary { Some(0) } else { summary.last_boundary } } else { None };
         self.write_out(d, OutBuf::Pooled(buf), 0, n, inject_at);
+        // After the write, so the messages within the rate go out before our Close.
+        if d == 0
+            && summary.messages > 0
+            && let Some(limit) = self.settings.max_message_rate
+            && self.over_message_rate(now, summary.messages, limit)
+        {
+            tracing::debug!(limit, "client above its message rate: closing with 1008");
+            self.begin_close(POLICY_VIOLATION, EndReason::MessageRate);
+        }
+    }
+
+    /// Count `messages` from the client at `now` in fixed one-second windows; whether the
+    /// window's count went above `limit`. One add and one clock compare per read.
+    fn over_message_rate(&mut self, now: Instant, messages: u64, limit: u32) -> bool {
+        let n = u32::try_from(messages).unwrap_or(u32::MAX);
+        if now.saturating_duration_since(self.rate_window) >= Duration::from_secs(1) {
+            self.rate_window = now;
+            self.rate_count = n;
+        } else {
+            self.rate_count = self.rate_count.saturating_add(n);
+        }
+        self.rate_count > limit
     }
 
     /// Write `buf[start..end]` to direction `d`'s destination, with the queued control frame
@@ -907,6 +946,7 @@ mod tests {
             pong_timeout: Duration::from_secs(1),
             drain_timeout: None,
             max_message: None,
+            max_message_rate: None,
         };
         let signals = Signals {
             shutdown: CancellationToken::new(),

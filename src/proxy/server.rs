@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::error::ProxyError;
 use super::front;
 use super::headers::Listener;
+use super::proxy_protocol::ProxyProtocol;
 use super::service::ProxyState;
 use super::stream::Stream;
 use crate::tls::TlsConn;
@@ -37,6 +38,8 @@ pub struct ProxyConfig {
     pub write_timeout: Duration,
     /// TCP keepalive idle time on client and backend sockets of a tunnel; `None` = off.
     pub tcp_keepalive: Option<Duration>,
+    /// `--proxy-protocol`: read a PROXY protocol header (v1 or v2) first on both listeners.
+    pub proxy_protocol: Option<Arc<ProxyProtocol>>,
 }
 
 impl Default for ProxyConfig {
@@ -48,6 +51,7 @@ impl Default for ProxyConfig {
             max_connections: 0,
             write_timeout: Duration::from_secs(60),
             tcp_keepalive: Some(Duration::from_secs(60)),
+            proxy_protocol: None,
         }
     }
 }
@@ -189,8 +193,8 @@ async fn accept_loop(
             }
             continue;
         };
-        match &tls {
-            None => {
+        match (&tls, &ctx.config.proxy_protocol) {
+            (None, None) => {
                 state.drain.spawn(front::serve_connection(
                     Stream::from(stream),
                     peer,
@@ -199,10 +203,48 @@ async fn accept_loop(
                     conn,
                 ));
             }
-            Some(tls) => {
+            (Some(tls), None) => {
                 state.drain.spawn(tls_connection(stream, peer, state.clone(), ctx.clone(), conn, tls.clone()));
             }
+            (tls, Some(pp)) => {
+                state.drain.spawn(proxied_connection(
+                    stream,
+                    peer,
+                    state.clone(),
+                    ctx.clone(),
+                    conn,
+                    tls.clone(),
+                    pp.clone(),
+                ));
+            }
         }
+    }
+}
+
+/// `--proxy-protocol`: the header first (the client's address becomes the peer), then TLS or
+/// the front door on the same socket, which still holds every byte after the header.
+async fn proxied_connection(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ProxyState>,
+    ctx: Arc<ListenerCtx>,
+    conn: ConnGuard,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    pp: Arc<ProxyProtocol>,
+) {
+    let client = match pp.accept(&mut tcp, peer, ctx.config.header_timeout).await {
+        Ok(client) => client,
+        Err(e) => {
+            if let Some(label) = e.label() {
+                state.metrics.connections_rejected.with_label_values(&[label]).inc();
+            }
+            pp.log_refusal(peer.ip(), &e);
+            return;
+        }
+    };
+    match tls {
+        None => front::serve_connection(Stream::from(tcp), client, state, ctx, conn).await,
+        Some(tls) => tls_connection(tcp, client, state, ctx, conn, tls).await,
     }
 }
 

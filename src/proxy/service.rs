@@ -39,6 +39,8 @@ pub struct ProxyState {
     pub route_conns: Arc<RouteCounters>,
     /// Live connections per resolved client address (`--max-connections-per-client`).
     pub clients: Arc<ClientCounters>,
+    /// Per-route, per-client policy state (connections and handshake buckets per client).
+    pub client_policy: crate::policy::clients::ClientLimits,
     /// Open client connections (`--max-connections`).
     pub open: OpenConnections,
     /// The TLS listener's certificates (`None` without one): plain requests to a host with a
@@ -59,6 +61,7 @@ impl ProxyState {
             http_pool: HttpPool::default(),
             route_conns: Arc::default(),
             clients: Arc::default(),
+            client_policy: Default::default(),
             open: OpenConnections::default(),
             certs: None,
             backend_tls: OnceLock::new(),
@@ -140,6 +143,16 @@ pub async fn handle(
         front::account(&state, Some(&rm), &err, &log, &client, started, false);
         return error_response(&err, false);
     }
+    // A request in flight holds its per-client slot until its response head is back.
+    let _client_slot = match state.client_policy.admit(&rm.route, &route.settings.client, client.client, started) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            rm.policy_refusal(refusal.label());
+            let err = ProxyError::Policy(refusal);
+            front::account(&state, Some(&rm), &err, &log, &client, started, false);
+            return error_response(&err, false);
+        }
+    };
     let (resp, endpoint, err) =
         match forward::forward(&state, req, &route, &rm, &client, ctx.listener, ctx.config.write_timeout).await {
             Ok((resp, ep)) => (resp, Some(ep), None),
@@ -174,6 +187,9 @@ pub fn error_response(err: &ProxyError, close: bool) -> Response<ProxyBody> {
     }
     if let Some(to) = err.location().and_then(|l| HeaderValue::from_str(l).ok()) {
         h.insert(header::LOCATION, to);
+    }
+    if let Some(secs) = err.retry_after() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     let close = close || matches!(err, ProxyError::BadRequest(_) | ProxyError::ClientLimit);
     let connection = match (upgrade, close) {

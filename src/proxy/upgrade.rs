@@ -31,6 +31,7 @@ use super::service::ProxyState;
 use super::stream::Stream;
 use super::{ProxyBody, forward};
 use crate::metrics::{ConnMetrics, HttpAccess, RouteMetrics, UpgradeResult, WebSocketAccess};
+use crate::policy::clients::ClientSlot;
 use crate::policy::limits::Slot;
 use crate::routes::{ActiveGuard, EndpointLive, PendingGuard, Route, RouteTable};
 
@@ -128,11 +129,15 @@ struct Opened {
     live: Arc<EndpointLive>,
     /// Counts the endpoint in least-conn until the tunnel is tracked.
     _handshaking: PendingGuard,
-    route_slot: Option<Slot<Arc<str>>>,
+    route_slot: Slots,
     answer: Answer,
 }
 
 type Failed = (Option<Arc<RouteMetrics>>, ProxyError);
+
+/// The places a tunnel holds while it lives: on its route (`max-connections`) and as one of
+/// its client's connections on that route (`max-connections-per-client`).
+type Slots = (Option<Slot<Arc<str>>>, Option<ClientSlot>);
 
 /// From the request to the backend's answer.
 async fn open(
@@ -158,6 +163,12 @@ async fn open(
     if !settings.origin_allowed(origin) {
         return Err(fail(ProxyError::OriginForbidden));
     }
+    // Source ranges, connections and handshakes per client: before any upstream is contacted.
+    let client_slot =
+        state.client_policy.admit(&rm.route, &settings.client, client.client, Instant::now()).map_err(|refusal| {
+            rm.policy_refusal(refusal.label());
+            fail(refusal.into())
+        })?;
     let route_slot = match settings.max_connections {
         Some(limit) => Some(state.route_conns.acquire(&rm.route, limit).ok_or_else(|| fail(ProxyError::RouteLimit))?),
         None => None,
@@ -179,6 +190,7 @@ async fn open(
         pong_timeout: settings.pong_timeout,
         drain_timeout: settings.drain_timeout,
         max_message: settings.max_message_bytes,
+        max_message_rate: settings.client.max_message_rate,
     };
     Ok(Opened {
         route: rm,
@@ -186,7 +198,7 @@ async fn open(
         endpoint: ep.addr,
         live: ep.live.clone(),
         _handshaking: handshaking,
-        route_slot,
+        route_slot: (route_slot, client_slot),
         answer,
     })
 }
@@ -553,7 +565,7 @@ struct Tunnel {
     client: IpAddr,
     keepalive: Option<std::time::Duration>,
     _active: ActiveGuard,
-    _route_slot: Option<Slot<Arc<str>>>,
+    _route_slot: Slots,
     _hold: Hold,
 }
 
@@ -567,7 +579,7 @@ impl Tunnel {
         endpoint: SocketAddr,
         live: Arc<EndpointLive>,
         client: IpAddr,
-        route_slot: Option<Slot<Arc<str>>>,
+        route_slot: Slots,
         hold: Hold,
     ) -> Box<Self> {
         let signals = Signals {
@@ -600,6 +612,9 @@ impl Tunnel {
         let lifetime = opened.elapsed();
         self.metrics.closed(out.initiator, out.close_code, out.close_seen, lifetime);
         let route = self.metrics.route();
+        if out.reason == relay::EndReason::MessageRate {
+            route.policy_refusal(crate::policy::clients::MESSAGE_RATE);
+        }
         WebSocketAccess {
             route: &route.route,
             backend: &route.backend,

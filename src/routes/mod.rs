@@ -6,6 +6,8 @@
 //! the next by [`handle::RouteHandle::publish`] so that least-conn counts, ejection and
 //! draining survive a reload, and so an endpoint that is briefly not ready keeps them.
 
+pub mod cidr;
+pub mod client_policy;
 pub mod handle;
 pub mod matching;
 pub mod ring;
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub use client_policy::ClientPolicy;
 pub use handle::RouteHandle;
 pub use matching::{HostMatch, PathMatch};
 pub use ring::HashRing;
@@ -110,6 +113,8 @@ pub struct RouteSettings {
     pub ssl_redirect: SslRedirect,
     /// TLS towards the endpoints; `None` speaks plain TCP.
     pub backend_tls: Option<BackendTls>,
+    /// Per-client policy: source ranges, per-client limits, message rate.
+    pub client: ClientPolicy,
 }
 
 /// When a plain HTTP request (or `ws://` upgrade) is answered with a 308 to `https://`.
@@ -184,6 +189,7 @@ impl Default for RouteSettings {
             refused: None,
             ssl_redirect: SslRedirect::default(),
             backend_tls: None,
+            client: ClientPolicy::default(),
         }
     }
 }

@@ -38,6 +38,12 @@ pub const BACKEND_PROTOCOL: &str = "wsingress.io/backend-protocol";
 pub const BACKEND_TLS_SERVER_NAME: &str = "wsingress.io/backend-tls-server-name";
 pub const BACKEND_CA_SECRET: &str = "wsingress.io/backend-ca-secret";
 pub const BACKEND_TLS_VERIFY: &str = "wsingress.io/backend-tls-verify";
+pub const ALLOW_SOURCE_RANGES: &str = "wsingress.io/allow-source-ranges";
+pub const DENY_SOURCE_RANGES: &str = "wsingress.io/deny-source-ranges";
+pub const MAX_CONNECTIONS_PER_CLIENT: &str = "wsingress.io/max-connections-per-client";
+pub const HANDSHAKE_RATE: &str = "wsingress.io/handshake-rate";
+pub const HANDSHAKE_BURST: &str = "wsingress.io/handshake-burst";
+pub const MAX_MESSAGE_RATE: &str = "wsingress.io/max-message-rate";
 
 /// ingress-nginx annotations accepted as aliases (ours win when both are set).
 pub const NGINX_PROXY_READ_TIMEOUT: &str = "nginx.ingress.kubernetes.io/proxy-read-timeout";
@@ -50,11 +56,26 @@ pub const NGINX_AFFINITY: &str = "nginx.ingress.kubernetes.io/affinity";
 pub const NGINX_SSL_REDIRECT: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
 pub const NGINX_FORCE_SSL_REDIRECT: &str = "nginx.ingress.kubernetes.io/force-ssl-redirect";
 pub const NGINX_BACKEND_PROTOCOL: &str = "nginx.ingress.kubernetes.io/backend-protocol";
+pub const NGINX_WHITELIST_SOURCE_RANGE: &str = "nginx.ingress.kubernetes.io/whitelist-source-range";
+pub const NGINX_ALLOWLIST_SOURCE_RANGE: &str = "nginx.ingress.kubernetes.io/allowlist-source-range";
+pub const NGINX_DENYLIST_SOURCE_RANGE: &str = "nginx.ingress.kubernetes.io/denylist-source-range";
+pub const NGINX_LIMIT_RPS: &str = "nginx.ingress.kubernetes.io/limit-rps";
+pub const NGINX_LIMIT_RPM: &str = "nginx.ingress.kubernetes.io/limit-rpm";
+pub const NGINX_LIMIT_BURST_MULTIPLIER: &str = "nginx.ingress.kubernetes.io/limit-burst-multiplier";
 
 /// Keys of the table read by their own parser (`apply` is `None`) although they are route
 /// settings: they report entries one by one, or need the Service and Secrets.
-pub const PARSED_ELSEWHERE: &[&str] =
-    &[ALLOWED_ORIGINS, BACKEND_PROTOCOL, BACKEND_TLS_SERVER_NAME, BACKEND_CA_SECRET, BACKEND_TLS_VERIFY];
+pub const PARSED_ELSEWHERE: &[&str] = &[
+    ALLOWED_ORIGINS,
+    BACKEND_PROTOCOL,
+    BACKEND_TLS_SERVER_NAME,
+    BACKEND_CA_SECRET,
+    BACKEND_TLS_VERIFY,
+    ALLOW_SOURCE_RANGES,
+    DENY_SOURCE_RANGES,
+    HANDSHAKE_RATE,
+    HANDSHAKE_BURST,
+];
 
 /// Prefix of every ingress-nginx annotation.
 pub const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
@@ -70,23 +91,22 @@ pub const NGINX_ALIASES: &[&str] = &[
     NGINX_SSL_REDIRECT,
     NGINX_FORCE_SSL_REDIRECT,
     NGINX_BACKEND_PROTOCOL,
+    NGINX_WHITELIST_SOURCE_RANGE,
+    NGINX_ALLOWLIST_SOURCE_RANGE,
+    NGINX_DENYLIST_SOURCE_RANGE,
+    NGINX_LIMIT_CONNECTIONS,
+    NGINX_LIMIT_RPS,
+    NGINX_LIMIT_RPM,
+    NGINX_LIMIT_BURST_MULTIPLIER,
 ];
 
-/// Whether an ingress-nginx key (without its prefix) restricts who may use the route:
-/// authentication (`auth-*`: `auth-url`, `auth-type`, `auth-tls-*`, ...), source ranges, and
-/// request or per-client connection limits. wsingress enforces none of them yet, so a route
-/// carrying one fails closed unless `--unsupported-security-annotations=ignore`.
+/// Whether an ingress-nginx key (without its prefix) restricts who may use the route and is
+/// not enforced by wsingress: authentication (`auth-*`: `auth-url`, `auth-type`,
+/// `auth-tls-*`, ...). A route carrying one fails closed unless
+/// `--unsupported-security-annotations=ignore`. (Source ranges and per-client limits are
+/// aliases of ours: see [`client_policy`].)
 pub fn nginx_security(suffix: &str) -> bool {
     suffix.starts_with("auth-")
-        || matches!(
-            suffix,
-            "whitelist-source-range"
-                | "allowlist-source-range"
-                | "denylist-source-range"
-                | "limit-rps"
-                | "limit-rpm"
-                | "limit-connections"
-        )
 }
 
 /// Which objects an annotation is read from.
@@ -218,7 +238,7 @@ pub static ANNOTATIONS: &[AnnotationSpec] = &[
         applies_to: AppliesTo::Route,
         default: "unlimited",
         meaning: "Live WebSocket tunnels allowed on this route; more get 503. `0` or `unlimited` for no limit.",
-        nginx: "none (`limit-connections` counts per client address: it fails closed until per-client limits exist)",
+        nginx: "none (`limit-connections` counts per client address: see `max-connections-per-client`)",
         apply: Some(|v, s| {
             s.max_connections = parse_count(v)?;
             Ok(())
@@ -285,6 +305,60 @@ pub static ANNOTATIONS: &[AnnotationSpec] = &[
         meaning: "`false` accepts any certificate from the endpoints (still encrypted; logged once per route). An explicit opt-out for self-signed backends.",
         nginx: "`proxy-ssl-verify: off`",
         apply: None,
+    },
+    AnnotationSpec {
+        key: ALLOW_SOURCE_RANGES,
+        applies_to: AppliesTo::Route,
+        default: "any address",
+        meaning: "Comma-separated CIDRs (IPv4 and IPv6; IPv4-mapped addresses count as IPv4) of the client addresses allowed on this route, after the PROXY protocol and `--trusted-proxies`; others get 403 before any upstream is contacted. A malformed entry is reported and matches nothing, so the list fails closed.",
+        nginx: "`whitelist-source-range`, `allowlist-source-range` (aliases); `allow`",
+        apply: None, // parsed by `client_policy`, which reports entries one by one
+    },
+    AnnotationSpec {
+        key: DENY_SOURCE_RANGES,
+        applies_to: AppliesTo::Route,
+        default: "none",
+        meaning: "Comma-separated CIDRs of client addresses refused with 403 (deny wins over allow). A malformed entry is reported and matches nothing.",
+        nginx: "`denylist-source-range` (alias); `deny`",
+        apply: None,
+    },
+    AnnotationSpec {
+        key: MAX_CONNECTIONS_PER_CLIENT,
+        applies_to: AppliesTo::Route,
+        default: "unlimited",
+        meaning: "Live tunnels plus plain requests in flight per client address on this route; more get 429. `0` or `unlimited` for no limit.",
+        nginx: "`limit-connections` (alias); `limit_conn`",
+        apply: Some(|v, s| {
+            s.client.max_connections_per_client = parse_count(v)?;
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: HANDSHAKE_RATE,
+        applies_to: AppliesTo::Route,
+        default: "unlimited",
+        meaning: "Handshakes and plain requests per client address on this route: `N/s` or `N/m` (a token bucket of `handshake-burst` tokens); an empty bucket answers 429 with `Retry-After` (seconds until a token).",
+        nginx: "`limit-rps` (`N/s`), `limit-rpm` (`N/m`) (aliases, burst `limit-burst-multiplier` × N, default 5); `limit_req`",
+        apply: None,
+    },
+    AnnotationSpec {
+        key: HANDSHAKE_BURST,
+        applies_to: AppliesTo::Route,
+        default: "5 × the rate's N",
+        meaning: "Size of the `handshake-rate` bucket: how many handshakes a client may make at once after being idle.",
+        nginx: "`limit-burst-multiplier` (alias, × N); `limit_req burst=`",
+        apply: None,
+    },
+    AnnotationSpec {
+        key: MAX_MESSAGE_RATE,
+        applies_to: AppliesTo::Route,
+        default: "unlimited",
+        meaning: "Messages per second a tunnel's client may send (counted in one-second windows); above it the tunnel closes with 1008 `message rate exceeded`. `0` or `unlimited` for no limit.",
+        nginx: "none (nginx does not see messages)",
+        apply: Some(|v, s| {
+            s.client.max_message_rate = parse_count(v)?;
+            Ok(())
+        }),
     },
     AnnotationSpec {
         key: EXPOSE,
@@ -400,6 +474,7 @@ pub fn route_settings(
     };
     let mut report = Reporter { object, warnings };
     apply_nginx_aliases(annotations, &mut settings, &mut report);
+    client_policy(annotations, security, &mut settings, &mut report);
     unsupported_nginx(annotations, security, &mut settings, &mut report);
     for (key, value) in annotations.range(PREFIX.to_string()..) {
         if !key.starts_with(PREFIX) {
@@ -515,11 +590,7 @@ fn unsupported_nginx(
             continue;
         }
         settings.unsupported_annotations.push(key.clone());
-        let what = if key == NGINX_LIMIT_CONNECTIONS {
-            "`limit-connections` (per client address in ingress-nginx) is not enforced by wsingress, which has no per-client limit per route yet (wsingress.io/max-connections caps the whole route)".to_string()
-        } else {
-            format!("ingress-nginx `{suffix}` is not enforced by wsingress")
-        };
+        let what = format!("ingress-nginx `{suffix}` is not enforced by wsingress");
         let reason = match (nginx_security(suffix), security) {
             (true, UnsupportedSecurity::Refuse) => {
                 refused.push(suffix);
@@ -541,6 +612,102 @@ fn unsupported_nginx(
     if !refused.is_empty() {
         settings.refused =
             Some(format!("ingress-nginx security annotations wsingress does not enforce: {}", refused.join(", ")));
+    }
+}
+
+/// The per-client policy: source ranges, per-client limits and the message rate, from the
+/// ingress-nginx aliases first, then ours (which win). Source ranges report each malformed
+/// entry (it matches nothing, so an allow list of typos admits nobody). An unreadable
+/// ingress-nginx limit refuses the route (fail closed, as an unenforced security annotation
+/// does) unless `--unsupported-security-annotations=ignore`; an unreadable one of ours keeps
+/// the default, like every other annotation of ours.
+fn client_policy(
+    annotations: &BTreeMap<String, String>,
+    security: UnsupportedSecurity,
+    settings: &mut RouteSettings,
+    report: &mut Reporter<'_>,
+) {
+    use crate::routes::cidr::{CidrSet, parse_list};
+    use crate::routes::client_policy::{Rate, parse_positive};
+
+    let get = |k: &str| annotations.get(k).map(String::as_str);
+    fn ranges(value: Option<&str>, key: &str, report: &mut Reporter<'_>) -> Option<CidrSet> {
+        let value = value?;
+        let (set, bad) = parse_list(value);
+        for (item, why) in bad {
+            report.warn(key, value, format!("`{item}` {why}; it matches nothing"));
+        }
+        Some(set)
+    }
+    let mut allow: Option<CidrSet> = None;
+    for key in [NGINX_WHITELIST_SOURCE_RANGE, NGINX_ALLOWLIST_SOURCE_RANGE, ALLOW_SOURCE_RANGES] {
+        if let Some(set) = ranges(get(key), key, report) {
+            allow = Some(set);
+        }
+    }
+    let mut deny: Option<CidrSet> = None;
+    for key in [NGINX_DENYLIST_SOURCE_RANGE, DENY_SOURCE_RANGES] {
+        if let Some(set) = ranges(get(key), key, report) {
+            deny = Some(set);
+        }
+    }
+    if let Some(a) = allow {
+        settings.client.source_ranges.allow = Some(a);
+    }
+    if let Some(d) = deny {
+        settings.client.source_ranges.deny = d;
+    }
+
+    let mut unreadable: Vec<&str> = Vec::new();
+    if let Some(v) = get(NGINX_LIMIT_CONNECTIONS) {
+        match parse_count(v) {
+            Ok(n) => settings.client.max_connections_per_client = n,
+            Err(why) => {
+                report.warn(NGINX_LIMIT_CONNECTIONS, v, why);
+                unreadable.push(NGINX_LIMIT_CONNECTIONS);
+            }
+        }
+    }
+    let multiplier = match get(NGINX_LIMIT_BURST_MULTIPLIER).map(|v| (v, parse_positive(v))) {
+        Some((_, Ok(m))) => Some(m),
+        Some((v, Err(why))) => {
+            report.warn(NGINX_LIMIT_BURST_MULTIPLIER, v, format!("{why}; using 5"));
+            None
+        }
+        None => None,
+    };
+    // ingress-nginx applies limit-rps and limit-rpm both; the per-second one is the tighter
+    // bucket, so it is the one kept when both are set.
+    for (key, per) in [(NGINX_LIMIT_RPM, 60), (NGINX_LIMIT_RPS, 1)] {
+        let Some(v) = get(key) else { continue };
+        match parse_positive(v) {
+            Ok(n) => {
+                let burst = multiplier.map(|m| n.saturating_mul(m));
+                settings.client.handshake_rate = Some(Rate::new(n, std::time::Duration::from_secs(per), burst));
+            }
+            Err(why) => {
+                report.warn(key, v, why);
+                unreadable.push(key);
+            }
+        }
+    }
+    if let Some(v) = get(HANDSHAKE_RATE) {
+        match Rate::parse(v) {
+            Ok(rate) => settings.client.handshake_rate = Some(rate),
+            Err(why) => report.warn(HANDSHAKE_RATE, v, format!("{why}; using no limit")),
+        }
+    }
+    if let Some(v) = get(HANDSHAKE_BURST) {
+        match (parse_positive(v), settings.client.handshake_rate.as_mut()) {
+            (Ok(b), Some(rate)) => rate.burst = b,
+            (Ok(_), None) => report.warn(HANDSHAKE_BURST, v, format!("needs `{HANDSHAKE_RATE}`; ignored")),
+            (Err(why), _) => report.warn(HANDSHAKE_BURST, v, format!("{why}; using 5 × the rate")),
+        }
+    }
+    if !unreadable.is_empty() && matches!(security, UnsupportedSecurity::Refuse) {
+        let names: Vec<&str> = unreadable.iter().map(|k| k.trim_start_matches(NGINX_PREFIX)).collect();
+        settings.refused =
+            Some(format!("unreadable ingress-nginx limit annotations (fail closed): {}", names.join(", ")));
     }
 }
 
@@ -902,16 +1069,7 @@ mod tests {
     #[test]
     fn every_unsupported_nginx_key_is_reported_once_and_security_ones_fail_closed() {
         let n = |k: &str| format!("{NGINX_PREFIX}{k}");
-        let (rewrite, cors, auth, tls, allow, deny, rps, conns) = (
-            n("rewrite-target"),
-            n("enable-cors"),
-            n("auth-url"),
-            n("auth-tls-secret"),
-            n("whitelist-source-range"),
-            n("denylist-source-range"),
-            n("limit-rps"),
-            n("limit-connections"),
-        );
+        let (rewrite, cors, auth, tls) = (n("rewrite-target"), n("enable-cors"), n("auth-url"), n("auth-tls-secret"));
         // Not security: reported, the route serves.
         let (s, w) = settings_with(
             &[(&rewrite, "/$2"), (&cors, "true"), (NGINX_PROXY_READ_TIMEOUT, "30")],
@@ -924,9 +1082,7 @@ mod tests {
         assert_eq!(s.refused, None);
         assert_eq!(s.idle_timeout, Some(Duration::from_secs(30)), "aliases still apply and are not reported");
         // Security: each fails closed, named in the Event and the refusal.
-        for key in
-            [&auth, &tls, &allow, &deny, &rps, &conns, &n("auth-type"), &n("allowlist-source-range"), &n("limit-rpm")]
-        {
+        for key in [&auth, &tls, &n("auth-type")] {
             let (s, w) = settings_with(&[(key, "x"), (&cors, "true")], UnsupportedSecurity::Refuse);
             let suffix = key.trim_start_matches(NGINX_PREFIX);
             assert_eq!(w.len(), 2, "{key}: {w:?}");
@@ -941,10 +1097,74 @@ mod tests {
             assert_eq!(s.refused, None);
             assert!(w[0].reason.contains("WITHOUT"), "{w:?}");
         }
-        // limit-connections is no longer an alias of the per-route cap.
-        let (s, w) = settings_with(&[(&conns, "20")], UnsupportedSecurity::Refuse);
+        // limit-connections is not an alias of the per-route cap: it is the per-client one.
+        let (s, w) = settings_with(&[(NGINX_LIMIT_CONNECTIONS, "20")], UnsupportedSecurity::Refuse);
+        assert!(w.is_empty(), "{w:?}");
         assert_eq!(s.max_connections, None);
-        assert!(w[0].reason.contains("per client address"), "{w:?}");
+        assert_eq!(s.client.max_connections_per_client, Some(20));
+    }
+
+    #[test]
+    fn client_policy_annotations_and_their_nginx_aliases() {
+        use crate::routes::client_policy::Rate;
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let (s, w) = settings_of(&[
+            (ALLOW_SOURCE_RANGES, "10.0.0.0/8, 2001:db8::/32"),
+            (DENY_SOURCE_RANGES, "10.0.0.66"),
+            (MAX_CONNECTIONS_PER_CLIENT, "3"),
+            (HANDSHAKE_RATE, "2/s"),
+            (HANDSHAKE_BURST, "4"),
+            (MAX_MESSAGE_RATE, "100"),
+        ]);
+        assert_eq!(w, vec![]);
+        let r = &s.client.source_ranges;
+        assert!(r.permits(ip("10.1.2.3")) && r.permits(ip("2001:db8::9")));
+        assert!(!r.permits(ip("10.0.0.66")) && !r.permits(ip("192.0.2.1")));
+        assert_eq!(s.client.max_connections_per_client, Some(3));
+        assert_eq!(s.client.handshake_rate, Some(Rate::new(2, Duration::from_secs(1), Some(4))));
+        assert_eq!(s.client.max_message_rate, Some(100));
+        assert_eq!(s.refused, None);
+
+        // ingress-nginx aliases; ours win.
+        let (s, w) = settings_of(&[
+            (NGINX_WHITELIST_SOURCE_RANGE, "192.168.0.0/16"),
+            (NGINX_DENYLIST_SOURCE_RANGE, "192.168.1.1"),
+            (NGINX_LIMIT_CONNECTIONS, "5"),
+            (NGINX_LIMIT_RPM, "30"),
+            (NGINX_LIMIT_BURST_MULTIPLIER, "2"),
+        ]);
+        assert_eq!(w, vec![]);
+        assert!(s.client.source_ranges.permits(ip("192.168.7.7")));
+        assert!(!s.client.source_ranges.permits(ip("192.168.1.1")));
+        assert_eq!(s.client.max_connections_per_client, Some(5));
+        assert_eq!(s.client.handshake_rate, Some(Rate::new(30, Duration::from_secs(60), Some(60))));
+        assert!(s.unsupported_annotations.is_empty(), "aliases are not unsupported");
+        let (s, _) = settings_of(&[(NGINX_LIMIT_RPS, "10")]);
+        assert_eq!(s.client.handshake_rate, Some(Rate::new(10, Duration::from_secs(1), Some(50))), "burst 5 × N");
+        let (s, _) = settings_of(&[(NGINX_ALLOWLIST_SOURCE_RANGE, "127.0.0.1"), (ALLOW_SOURCE_RANGES, "::1")]);
+        assert!(s.client.source_ranges.permits(ip("::1")) && !s.client.source_ranges.permits(ip("127.0.0.1")));
+        let (s, _) = settings_of(&[(NGINX_LIMIT_CONNECTIONS, "5"), (MAX_CONNECTIONS_PER_CLIENT, "unlimited")]);
+        assert_eq!(s.client.max_connections_per_client, None);
+
+        // A malformed range is reported, names the entry and matches nothing: fail closed.
+        let (s, w) = settings_of(&[(ALLOW_SOURCE_RANGES, "10.0.0.0/33,office")]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w.iter().all(|w| w.field == format!("metadata.annotations[{ALLOW_SOURCE_RANGES}]")));
+        assert!(w[0].reason.contains("10.0.0.0/33") && w[1].reason.contains("office"), "{w:?}");
+        assert!(!s.client.source_ranges.permits(ip("10.0.0.1")), "an allow list of typos admits nobody");
+        assert_eq!(s.refused, None);
+
+        // Unreadable ingress-nginx limits fail closed; ours fall back to no limit.
+        let (s, w) = settings_with(&[(NGINX_LIMIT_RPS, "many")], UnsupportedSecurity::Refuse);
+        assert_eq!(w.len(), 1);
+        assert!(s.refused.as_deref().is_some_and(|r| r.contains("limit-rps")), "{:?}", s.refused);
+        let (s, _) = settings_with(&[(NGINX_LIMIT_RPS, "many")], UnsupportedSecurity::Ignore);
+        assert_eq!(s.refused, None);
+        for (key, value) in [(HANDSHAKE_RATE, "fast"), (HANDSHAKE_BURST, "0"), (MAX_MESSAGE_RATE, "-1")] {
+            let (s, w) = settings_of(&[(key, value)]);
+            assert_eq!(w.len(), 1, "{key}: {w:?}");
+            assert_eq!(s, RouteSettings::default(), "{key}");
+        }
     }
 
     #[test]
