@@ -382,8 +382,13 @@ spec:
   parentRefs: [{{name: gw}}]
   hostnames: ["*.example.com"]
   rules: [{{backendRefs: [{{name: wild, port: 80}}]}}]
-"#,
-        gateway(WEB)
+{}"#,
+        gateway(WEB),
+        ["root", "prefix", "exact", "method", "one-header", "two-headers", "query", "newer", "wild"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| service("default", name, &format!("10.0.2.{i}")))
+            .collect::<String>()
     ));
     let (t, warnings) = table(&s);
     let to = |path: &str, headers: &[(&str, &str)], method: &str| {
