@@ -226,9 +226,31 @@ pub struct GatewayRoute {
 }
 
 impl PartialEq for GatewayRoute {
-    /// Identity: a table's routes are compared by what built them, not by value.
+    /// By what it routes to: conditions, filters, timeout, and each Service of the split by
+    /// weight, id, backend, settings and endpoints (so an unchanged file compares equal).
     fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other)
+        let same_backend = |(w, a): &(u32, Arc<Route>), (v, b): &(u32, Arc<Route>)| {
+            w == v
+                && (Arc::ptr_eq(a, b)
+                    || (a.id == b.id
+                        && a.backend == b.backend
+                        && a.settings == b.settings
+                        && a.pool.endpoints().len() == b.pool.endpoints().len()
+                        && a.pool
+                            .endpoints()
+                            .iter()
+                            .zip(b.pool.endpoints())
+                            .all(|(x, y)| x.addr == y.addr && x.state == y.state && x.hostname == y.hostname)))
+        };
+        self.conditions == other.conditions
+            && self.request_headers == other.request_headers
+            && self.response_headers == other.response_headers
+            && self.redirect == other.redirect
+            && self.rewrite == other.rewrite
+            && self.request_timeout == other.request_timeout
+            && self.matched_prefix == other.matched_prefix
+            && self.backends.len() == other.backends.len()
+            && self.backends.iter().zip(&other.backends).all(|(a, b)| same_backend(a, b))
     }
 }
 
@@ -293,6 +315,18 @@ mod tests {
             pool: Pool::new(vec![]),
             settings: RouteSettings::default(),
         })
+    }
+
+    #[test]
+    fn equal_by_what_it_routes_to() {
+        let a = GatewayRoute::new(vec![(1, route("a"))]);
+        let same = GatewayRoute::new(vec![(1, route("a"))]);
+        let heavier = GatewayRoute::new(vec![(2, route("a"))]);
+        let mut timed = GatewayRoute::new(vec![(1, route("a"))]);
+        timed.request_timeout = Some(Duration::from_secs(2));
+        assert!(a == same);
+        assert!(a != heavier);
+        assert!(a != timed);
     }
 
     #[test]
