@@ -170,6 +170,24 @@ spec:
     assert!((75.0..=85.0).contains(&share), "{share}% to the weight-80 Service, want 80 ± 5");
 }
 
+/// A backend that answers its head at once and the second half of its body after `delay`.
+async fn slow_body_backend(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst").await;
+                tokio::time::sleep(delay).await;
+                let _ = s.write_all(b"-last").await;
+            });
+        }
+    });
+    addr
+}
+
 /// A backend that accepts and answers nothing for `delay`, then a 200 (for the plain HTTP check).
 async fn slow_backend(delay: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -191,6 +209,7 @@ async fn slow_backend(delay: Duration) -> SocketAddr {
 async fn request_timeout_bounds_the_handshake_never_the_tunnel() {
     let fast = echo("fast", "").await;
     let slow = slow_backend(Duration::from_secs(5)).await;
+    let trickle = slow_body_backend(Duration::from_secs(5)).await;
     let manifest = format!(
         r#"{GATEWAY}---
 apiVersion: gateway.networking.k8s.io/v1
@@ -206,9 +225,13 @@ spec:
     - matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
       backendRefs: [{{name: slow, port: 80}}]
       timeouts: {{request: 2s}}
-{}{}"#,
+    - matches: [{{path: {{type: PathPrefix, value: /trickle}}}}]
+      backendRefs: [{{name: trickle, port: 80}}]
+      timeouts: {{request: 2s}}
+{}{}{}"#,
         service("default", "fast", &[fast.addr]),
         service("default", "slow", &[slow]),
+        service("default", "trickle", &[trickle]),
     );
     let (running, _file) = start(&manifest).await;
     let proxy = running.proxy_addr;
@@ -231,7 +254,13 @@ spec:
     let took = asked.elapsed();
     assert_eq!(status, 504);
     assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(4500), "504 after {took:?}");
-    // ...and so does an upgrade whose 101 does not come within it.
+    // ...a response whose body is not complete by then is cut short (the whole response)...
+    let asked = Instant::now();
+    let (status, head, body) = http_get(proxy, "timed.localhost", "/trickle").await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, b"first", "the body stops at the deadline");
+    assert!(asked.elapsed() < Duration::from_millis(4500), "cut after {:?}", asked.elapsed());
+    // ...and an upgrade whose 101 does not come within it gets 504.
     let asked = Instant::now();
     let (status, _, _) = http_raw(proxy, &upgrade_request("timed.localhost", "/slow", "")).await;
     assert_eq!(status, 504);
