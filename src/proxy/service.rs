@@ -132,7 +132,13 @@ pub async fn handle(
     let handles = state.metrics.for_table(&table);
     let gateway = found.route.settings.gateway.clone();
     // A Gateway API rule picks one of its Services by weight; its pool serves.
-    let (route, slot) = match gateway.as_ref().and_then(|g| g.pick()) {
+    // By the hash key for hashing policies, so a client keeps its Service.
+    let picked = gateway.as_deref().and_then(|g| {
+        let header = |name: &str| req.headers().get(name).map(HeaderValue::as_bytes);
+        let key = super::balance::hash_key(&found.route.settings.policy, header, client.client);
+        g.pick_for(key.as_deref()).cloned()
+    });
+    let (route, slot) = match picked.as_ref() {
         Some(backend) => (backend.clone(), table.split_slot(backend)),
         None => (found.route.clone(), Some(found.slot)),
     };

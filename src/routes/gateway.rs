@@ -260,11 +260,22 @@ impl GatewayRoute {
     /// The Service of a split for a new connection or request, by weight: a counter mixed
     /// by splitmix64 (uniform, no shared RNG state beyond one atomic); `None` without a split.
     pub fn pick(&self) -> Option<&Arc<Route>> {
+        self.pick_for(None)
+    }
+
+    /// [`pick`](Self::pick), or with a hashing policy's key (client address, header value) the
+    /// Service that key always gets, by weight: every replica sends a key to the same Service
+    /// (and then, by the same key, to the same endpoint).
+    pub fn pick_for(&self, key: Option<&[u8]>) -> Option<&Arc<Route>> {
         let total: u64 = self.backends.iter().map(|(w, _)| u64::from(*w)).sum();
         if total == 0 {
             return None;
         }
-        let mut n = splitmix64(self.next.fetch_add(1, Ordering::Relaxed)) % total;
+        let seed = match key {
+            Some(k) => super::ring::hash_key(k),
+            None => self.next.fetch_add(1, Ordering::Relaxed),
+        };
+        let mut n = splitmix64(seed) % total;
         for (w, route) in &self.backends {
             let w = u64::from(*w);
             if n < w {
@@ -315,6 +326,21 @@ mod tests {
             pool: Pool::new(vec![]),
             settings: RouteSettings::default(),
         })
+    }
+
+    #[test]
+    fn a_hash_key_always_gets_the_same_service_and_keys_follow_the_weights() {
+        let g = GatewayRoute::new(vec![(80, route("a")), (20, route("b"))]);
+        let again = GatewayRoute::new(vec![(80, route("a")), (20, route("b"))]);
+        let mut to_a = 0;
+        for i in 0u32..5000 {
+            let key = i.to_be_bytes();
+            let first = g.pick_for(Some(&key)).unwrap().id.clone();
+            assert_eq!(again.pick_for(Some(&key)).unwrap().id, first, "another replica agrees");
+            assert_eq!(g.pick_for(Some(&key)).unwrap().id, first, "and so does a later connection");
+            to_a += usize::from(first == "a");
+        }
+        assert!((3_800..=4_200).contains(&to_a), "{to_a} of 5000 keys to the weight-80 Service");
     }
 
     #[test]
