@@ -313,3 +313,16 @@ async fn haproxy_send_proxy_interop() {
     }
     assert_eq!(rejected(&p, "proxy_protocol_malformed") + rejected(&p, "proxy_protocol_missing"), 0);
 }
+
+/// Bad flags are refused before any port is bound, naming the item; `--proxy-protocol-from`
+/// means nothing without `--proxy-protocol`.
+#[tokio::test]
+async fn bad_proxy_protocol_flags_are_refused() {
+    let args = serve_args(&["--proxy-protocol", "--proxy-protocol-from", "10.0.0.0/8,office"]);
+    let err =
+        wsingress::app::start(&args, wsingress::app::RouteSource::Static(vec![])).await.err().map(|e| e.to_string());
+    let err = err.expect("a bad CIDR is refused");
+    assert!(err.contains("--proxy-protocol-from") && err.contains("`office`"), "{err}");
+    let argv = ["wsingress", "serve", "--proxy-protocol-from", "10.0.0.0/8"];
+    assert!(<wsingress::cli::Cli as clap::Parser>::try_parse_from(argv).is_err(), "needs --proxy-protocol");
+}

@@ -51,6 +51,8 @@ impl ClientInfo {
     }
 }
 
+/// The CIDR parser lives with the route model (source ranges share it); re-exported here for
+/// `--trusted-proxies`.
 pub use crate::routes::cidr::{Cidr, CidrError};
 
 /// CIDR list for `--trusted-proxies`.

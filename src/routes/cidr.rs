@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Why a `--trusted-proxies` entry was refused.
+/// Why a CIDR entry (`--trusted-proxies`, `--proxy-protocol-from`, a source range) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidrError {
     #[error("is not an IP address or CIDR")]
@@ -16,7 +16,7 @@ pub enum CidrError {
     PrefixLength,
 }
 
-/// One network of the trusted list, IPv4-mapped IPv6 networks of /96 or longer stored as
+/// One network of a CIDR list, IPv4-mapped IPv6 networks of /96 or longer stored as
 /// the IPv4 network they are. `net` has its host bits cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cidr {
