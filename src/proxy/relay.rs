@@ -77,6 +77,8 @@ pub struct RelaySettings {
     pub pong_timeout: Duration,
     pub drain_timeout: Option<Duration>,
     pub max_message: Option<u64>,
+    /// Close with 1001 once the tunnel is this old, jittered by ±10% (`max-connection-age`).
+    pub max_age: Option<Duration>,
 }
 
 /// Signals from outside the tunnel.
@@ -86,8 +88,14 @@ pub struct Signals {
     pub shutdown: CancellationToken,
     /// The shutdown spread in nanoseconds, read when shutdown starts.
     pub shutdown_spread: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The endpoint is draining: close with 1001 within the drain timeout.
+    /// The endpoint is draining: close with 1001 within the drain timeout. For a tunnel that
+    /// rebalancing may close, a child of the endpoint's drain signal that rebalancing cancels
+    /// on its own.
     pub endpoint_removed: CancellationToken,
+    /// With a rebalanceable tunnel, the endpoint's drain signal itself: when
+    /// `endpoint_removed` fires and this has not, rebalancing picked the tunnel, which then
+    /// closes with 1001 `rebalancing` at its next frame boundary.
+    pub rebalance_parent: Option<CancellationToken>,
 }
 
 /// Why the tunnel ended, for logs.
@@ -103,6 +111,10 @@ pub enum EndReason {
     Shutdown,
     ProtocolError,
     MessageTooBig,
+    /// Picked by rebalancing (`wsingress.io/rebalance`).
+    Rebalanced,
+    /// Reached `wsingress.io/max-connection-age`.
+    MaxAge,
 }
 
 impl EndReason {
@@ -116,6 +128,8 @@ impl EndReason {
             Self::Shutdown => "shutdown",
             Self::ProtocolError => "protocol_error",
             Self::MessageTooBig => "message_too_big",
+            Self::Rebalanced => "rebalanced",
+            Self::MaxAge => "max_age",
         }
     }
 }
@@ -130,6 +144,8 @@ pub struct Outcome {
     /// Indexed by direction: 0 client→backend, 1 backend→client.
     pub messages: [u64; 2],
     pub bytes: [u64; 2],
+    /// Our own Close frame went out on the client's connection.
+    pub close_sent_to_client: bool,
 }
 
 /// Bytes on their way to a socket: a borrowed read buffer, or a control frame of our own
@@ -231,6 +247,8 @@ struct Tunnel<'a> {
     /// A ping waits in the client output's injection slot for a frame boundary.
     ping_queued: bool,
     drain_at: Option<Instant>,
+    /// `max-connection-age` (jittered) ends the tunnel then.
+    age_at: Option<Instant>,
     removed: bool,
     /// Shutdown started; our Close goes out at this instant.
     shutdown_at: Option<Instant>,
@@ -282,6 +300,7 @@ pub async fn relay(
         ping_sent: None,
         ping_queued: false,
         drain_at: None,
+        age_at: None,
         removed: false,
         shutdown_at: None,
         metrics_at: None,
@@ -312,6 +331,10 @@ pub async fn relay(
             t.process(d, buf, chunk.len());
         }
         drop(pre);
+    }
+    if let Some(age) = settings.max_age {
+        // ±10%: tunnels opened together (a reconnect wave) do not all end together.
+        t.age_at = Some(now + age.mul_f64(0.9) + t.jitter(age / 5));
     }
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
@@ -388,6 +411,12 @@ pub async fn relay(
                 let spread = t.jitter(window);
                 t.shutdown_at = Some(Instant::now() + spread);
             }
+            Event::Removed if signals.rebalance_parent.as_ref().is_some_and(|p| !p.is_cancelled()) => {
+                // Rebalancing picked this tunnel (it paces its picks itself): close now, at
+                // the next frame boundary.
+                t.removed = true;
+                t.begin_close(close::GOING_AWAY, EndReason::Rebalanced);
+            }
             Event::Removed => {
                 t.removed = true;
                 // `None` = never: established tunnels stay on the draining endpoint. Otherwise
@@ -441,6 +470,7 @@ impl Tunnel<'_> {
             None => consider(s.ping_interval.map(|p| self.last_client + p)),
         }
         consider(self.drain_at);
+        consider(self.age_at);
         consider(self.shutdown_at);
         consider(self.metrics_at);
         consider(self.handshake_done_at.map(|at| at + HANDSHAKE_LINGER));
@@ -479,6 +509,10 @@ impl Tunnel<'_> {
             self.begin_close(close::GOING_AWAY, EndReason::Drained);
             return;
         }
+        if self.age_at.is_some_and(|at| now >= at) {
+            self.begin_close(close::GOING_AWAY, EndReason::MaxAge);
+            return;
+        }
         if let Some(sent) = self.ping_sent {
             if now >= sent + self.settings.pong_timeout {
                 // The client is gone: tell the backend, drop the client.
@@ -510,7 +544,11 @@ impl Tunnel<'_> {
     fn queue_close(&mut self, d: usize, code: u16) {
         let mask = (d == 0).then(|| self.next_mask());
         let mut payload = [0u8; 125];
-        let plen = close::close_payload(code, "", &mut payload);
+        let text = match self.reason {
+            Some(EndReason::Rebalanced) => "rebalancing",
+            _ => "",
+        };
+        let plen = close::close_payload(code, text, &mut payload);
         let mut frame = [0u8; CTRL_ROOM];
         let n = encode_control(OP_CLOSE, &payload[..plen], mask, &mut frame);
         // A Close replaces a ping still waiting for its boundary.
@@ -881,6 +919,7 @@ impl Tunnel<'_> {
             reason: self.reason.unwrap_or(EndReason::Disconnected),
             messages: [self.halves[0].messages, self.halves[1].messages],
             bytes: [self.halves[0].bytes, self.halves[1].bytes],
+            close_sent_to_client: self.halves[1].sent_close,
         }
     }
 }
@@ -907,11 +946,13 @@ mod tests {
             pong_timeout: Duration::from_secs(1),
             drain_timeout: None,
             max_message: None,
+            max_age: None,
         };
         let signals = Signals {
             shutdown: CancellationToken::new(),
             shutdown_spread: Default::default(),
             endpoint_removed: CancellationToken::new(),
+            rebalance_parent: None,
         };
         let metrics = crate::metrics::Metrics::new().unwrap();
         let conn = metrics.connection("r", "b");
