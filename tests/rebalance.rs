@@ -355,3 +355,43 @@ async fn rebalancing_spreads_600_tunnels_onto_a_new_endpoint_within_the_rate() {
     assert!(proxy_on.shutdown(Duration::from_secs(5)).await);
     assert!(proxy_off.shutdown(Duration::from_secs(5)).await);
 }
+
+/// `wsingress.io/max-connection-age`: every tunnel gets Close 1001 once it is that old, within
+/// ±10%; without it the same tunnel stays open past that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connection_age_closes_each_tunnel_within_ten_percent_of_the_age() {
+    use wsingress::routes::RouteSettings;
+    let e = echo("age", "").await;
+    let p = manual_proxy(&[]).await;
+    let age = Duration::from_secs(2);
+    let aged = RouteSettings { max_connection_age: Some(age), ..RouteSettings::default() };
+    // Two hosts, one echo: the first route with the age, the second without.
+    let mut rules = Vec::new();
+    for (host, id, settings) in
+        [("aged.localhost", "default/aged", aged), ("young.localhost", "default/young", RouteSettings::default())]
+    {
+        rules.extend(table(&[(host, "/", id, &[e.addr])], settings).rules().iter().cloned());
+    }
+    p.publisher().publish(wsingress::routes::RouteTable::new(rules, None), &[]);
+
+    let opened = Instant::now();
+    let mut aged_ws = Vec::new();
+    for _ in 0..5 {
+        aged_ws.push(connect_with(&ws_url(p.proxy_addr, "/"), &[("Host", "aged.localhost")]).await.unwrap().0);
+    }
+    let (mut young, _) = connect_with(&ws_url(p.proxy_addr, "/"), &[("Host", "young.localhost")]).await.unwrap();
+    let mut at = Vec::new();
+    for ws in &mut aged_ws {
+        assert_eq!(expect_close(ws, Duration::from_secs(5)).await, Some(1001));
+        at.push(opened.elapsed());
+    }
+    println!("max-connection-age {age:?}: closed after {at:?}");
+    for t in &at {
+        assert!(*t >= age.mul_f64(0.9) - Duration::from_millis(50), "closed after {t:?}, before 90% of {age:?}");
+        assert!(*t <= age.mul_f64(1.1) + Duration::from_millis(500), "closed after {t:?}, past 110% of {age:?}");
+    }
+    // The route without it: still open and echoing past the age.
+    assert_eq!(round_trip(&mut young, "still").await, "still");
+    assert!(opened.elapsed() > age.mul_f64(1.1));
+    assert!(p.shutdown(Duration::from_secs(5)).await);
+}
