@@ -872,7 +872,7 @@ mod tests {
     fn families_include_vectors_without_series_and_match_the_exposition() {
         let m = Metrics::new().unwrap();
         let names: Vec<String> = m.families().into_iter().map(|f| f.name).collect();
-        assert_eq!(names.len(), 24, "{names:?}");
+        assert_eq!(names.len(), 26, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("wsingress_")));
         // Give every vector one series; then the exposition lists exactly the documented families.
         let c = m.connection("default/chat", "chat:80");
@@ -888,6 +888,7 @@ mod tests {
         m.watch_synced("Ingress");
         m.tls_handshake("ok", Duration::from_millis(1));
         m.tls_certificates([("default/chat-tls".to_string(), 1)]);
+        m.endpoint_tunnels.with_label_values(&["default/chat", "chat:80", "chat-0"]).set(1);
         let mut gathered: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
         gathered.sort();
         assert_eq!(gathered, names);
@@ -910,7 +911,9 @@ mod tests {
                         "source",
                         "version",
                         "kind",
-                        "secret"
+                        "secret",
+                        // Bounded by the pool size, rebalancing routes only.
+                        "endpoint"
                     ]
                     .contains(&l.as_str()),
                     "unbounded label {l} on {}",
