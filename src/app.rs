@@ -342,6 +342,9 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
     let admin_addr = admin_listener.local_addr()?;
 
     let mut state = ProxyState::new(routes.clone(), metrics.clone(), drain.clone(), trusted);
+    if let Some(secret) = args.affinity_key.as_deref().filter(|k| !k.is_empty()) {
+        state.affinity_key = Arc::new(crate::policy::affinity::AffinityKey::new(secret.as_bytes()));
+    }
     if tls_listener.is_some() {
         state.certs = Some(certs.clone());
     }
@@ -370,6 +373,9 @@ pub async fn start(args: &ServeArgs, route_source: RouteSource) -> anyhow::Resul
         let drainer = source::drain_unready_endpoints(routes.clone(), after, stop_background.clone());
         background.push(("unready endpoint drain", Box::pin(drainer)));
     }
+    // Rebalancing looks only at routes with it on; with none it just ticks.
+    let rebalancer = crate::policy::rebalance::run(routes.clone(), metrics.clone(), stop_background.clone());
+    background.push(("rebalancing", Box::pin(rebalancer)));
     for (name, fut) in background {
         tasks.push(tokio::spawn(readiness.health().supervise(name.to_string(), stop_background.clone(), fut)));
     }

@@ -161,6 +161,11 @@ pub struct ServeArgs {
     /// (a native sidecar's preStop hook; its SIGTERM comes only after the app has stopped).
     #[arg(long)]
     pub admin_drain: bool,
+    /// Secret for cookie-affinity tokens; give every replica the same one (the chart keeps one
+    /// in a Secret). Without it a built-in key is used and a cookie can be mapped back to an
+    /// endpoint address by anyone trying candidate addresses.
+    #[arg(long, env = "WSINGRESS_AFFINITY_KEY", hide_env_values = true)]
+    pub affinity_key: Option<String>,
     #[command(flatten)]
     pub route: RouteDefaults,
 }
@@ -196,6 +201,10 @@ pub struct RouteDefaults {
     /// Ki/Mi/Gi (k/M/G) as in the annotation; 0 or "unlimited" for no limit.
     #[arg(long, value_parser = parse_optional_byte_limit, default_value = "unlimited")]
     pub max_message_bytes: u64,
+    /// Rebalance every route's pool by default (annotation wsingress.io/rebalance overrides it):
+    /// close the oldest tunnels of over-target endpoints with 1001 after endpoints join.
+    #[arg(long)]
+    pub rebalance: bool,
 }
 
 impl RouteDefaults {
@@ -210,6 +219,7 @@ impl RouteDefaults {
             response_timeout: self.response_timeout,
             drain_timeout: self.drain_timeout.0,
             max_message_bytes: (self.max_message_bytes > 0).then_some(self.max_message_bytes),
+            rebalance: crate::routes::Rebalance { enabled: self.rebalance, ..Default::default() },
             ..RouteSettings::default()
         }
     }

@@ -1,8 +1,9 @@
 //! Every metric family, registered on an owned registry (no globals, so each test and each
 //! app instance has its own). Labels are bounded: route (`namespace/name`), backend
 //! (`service:port`), direction, result, reason, state, close-code class; never a client
-//! address or pod IP. The data path resolves its label handles once per connection
-//! ([`Metrics::connection`]) and then only touches atomics.
+//! address, and an endpoint (pod name, else address) only in `wsingress_endpoint_tunnels`, for
+//! rebalancing routes, bounded by their pool size. The data path resolves its label handles
+//! once per connection ([`Metrics::connection`]) and then only touches atomics.
 //!
 //! The same module owns the log side of observability: [`init_tracing`] (the subscriber,
 //! `RUST_LOG` filter, `--log-format json|text`) and the two access-log lines
@@ -173,6 +174,8 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_seconds: Histogram,
     pub tls_certificate_expiry: IntGaugeVec,
+    pub rebalance_closes: IntCounterVec,
+    pub endpoint_tunnels: IntGaugeVec,
     /// Every family as registered (the registry's `gather()` omits vectors with no series yet).
     docs: Vec<FamilyDoc>,
 }
@@ -356,6 +359,16 @@ impl Metrics {
                 "wsingress_tls_certificate_expiry_timestamp_seconds",
                 "Expiry (notAfter, Unix seconds) of each certificate in use, by source: namespace/name of its Secret, file:PATH for --tls-cert, self-signed for the generated default.",
                 &["secret"],
+            )?,
+            rebalance_closes: counter(
+                "wsingress_rebalance_closes_total",
+                "Tunnels closed with 1001 `rebalancing` by wsingress.io/rebalance, counted when the Close went out on the client's connection (closes at wsingress.io/max-connection-age count only in wsingress_websocket_closes_total).",
+                &["route"],
+            )?,
+            endpoint_tunnels: gauge(
+                "wsingress_endpoint_tunnels",
+                "Live tunnels per endpoint of routes with wsingress.io/rebalance on (endpoint: the pod name, else its address; a series per endpoint of the pool, removed when the endpoint leaves). For HPA or KEDA.",
+                &["route", "backend", "endpoint"],
             )?,
             registry,
             docs: Vec::new(),
@@ -582,6 +595,8 @@ pub struct RouteMetrics {
     http: [IntCounter; 5],
     http_seconds: Histogram,
     closes: IntCounterVec,
+    /// Rebalancing closes sent to clients.
+    rebalance_closes: IntCounter,
     /// Close counters by initiator and close class, resolved on first use.
     close_handles: [[OnceLock<IntCounter>; CLOSE_CLASSES.len()]; 3],
     upstream_errors: IntCounterVec,
@@ -604,6 +619,7 @@ impl RouteMetrics {
             http: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
             http_seconds: m.http_request_seconds.with_label_values(&[route]),
             closes: m.closes.clone(),
+            rebalance_closes: m.rebalance_closes.with_label_values(&[route]),
             close_handles: Default::default(),
             upstream_errors: m.upstream_errors.clone(),
             policy_refusals: m.policy_refusals.clone(),
@@ -631,6 +647,11 @@ impl RouteMetrics {
     /// A client refused by this route's per-client policy (`reason` from a fixed set).
     pub fn policy_refusal(&self, reason: &'static str) {
         self.policy_refusals.with_label_values(&[&self.route, reason]).inc();
+    }
+
+    /// One Close 1001 `rebalancing` sent to a client.
+    pub fn rebalance_close(&self) {
+        self.rebalance_closes.inc();
     }
 
     /// Count a tunnel open until the returned handles drop.
@@ -864,7 +885,7 @@ mod tests {
     fn families_include_vectors_without_series_and_match_the_exposition() {
         let m = Metrics::new().unwrap();
         let names: Vec<String> = m.families().into_iter().map(|f| f.name).collect();
-        assert_eq!(names.len(), 25, "{names:?}");
+        assert_eq!(names.len(), 27, "{names:?}");
         assert!(names.iter().all(|n| n.starts_with("wsingress_")));
         // Give every vector one series; then the exposition lists exactly the documented families.
         let c = m.connection("default/chat", "chat:80");
@@ -881,6 +902,7 @@ mod tests {
         m.watch_synced("Ingress");
         m.tls_handshake("ok", Duration::from_millis(1));
         m.tls_certificates([("default/chat-tls".to_string(), 1)]);
+        m.endpoint_tunnels.with_label_values(&["default/chat", "chat:80", "chat-0"]).set(1);
         let mut gathered: Vec<String> = m.registry().gather().iter().map(|f| f.name().to_string()).collect();
         gathered.sort();
         assert_eq!(gathered, names);
@@ -903,7 +925,9 @@ mod tests {
                         "source",
                         "version",
                         "kind",
-                        "secret"
+                        "secret",
+                        // Bounded by the pool size, rebalancing routes only.
+                        "endpoint"
                     ]
                     .contains(&l.as_str()),
                     "unbounded label {l} on {}",

@@ -7,8 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
@@ -68,27 +67,6 @@ spec: {{ports: [{{name: http, port: 80}}]}}
     out
 }
 
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new() -> Self {
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
-        Self(std::env::temp_dir().join(format!("wsingress-manifests-{}-{nanos}.yaml", std::process::id())))
-    }
-    /// Write aside and rename over, as most editors save.
-    fn save(&self, text: &str) {
-        let tmp = self.0.with_extension("swp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.0).unwrap();
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Connect to the proxy with a `Host` header and ask the backend who it is.
 async fn open(proxy: SocketAddr, host: &str, path: &str) -> (Ws, String) {
     let (mut ws, _) = connect_with(&ws_url(proxy, path), &[("Host", host)])
@@ -124,7 +102,7 @@ async fn manifests_file_routes_reloads_and_survives_a_corrupt_file() {
     let a1 = echo("a1", "a1:").await;
     let a2 = echo("a2", "a2:").await;
     let b1 = echo("b1", "b1:").await;
-    let file = TempFile::new();
+    let file = TempFile::new("manifests");
     file.save(&manifest(&[a1.addr], &[b1.addr], ""));
 
     let path = file.0.to_string_lossy().into_owned();

@@ -69,6 +69,12 @@ impl Candidates {
 /// Choose candidates from `pool` for a request whose hash key (client IP bytes or header
 /// value) is `key` when the policy needs one.
 pub fn pick(pool: &Pool, policy: &Policy, key: Option<&[u8]>) -> Candidates {
+    pick_sticky(pool, policy, key, None)
+}
+
+/// Like [`pick`], with the ready position an affinity cookie names first while that endpoint
+/// is healthy; otherwise the policy picks (and the caller replaces the cookie).
+pub fn pick_sticky(pool: &Pool, policy: &Policy, key: Option<&[u8]>, sticky: Option<usize>) -> Candidates {
     let n = pool.ready_len();
     let mut out = Candidates::default();
     if n == 0 {
@@ -76,14 +82,18 @@ pub fn pick(pool: &Pool, policy: &Policy, key: Option<&[u8]>) -> Candidates {
     }
     let now = now_ms();
     let healthy = |i: usize| pool.ready_at(i).is_some_and(|e| e.live.ejected_until_ms() <= now);
-    let first = match (policy, key) {
-        (Policy::RoundRobin, _) => rotate_healthy(pool.next_index() % n, n, &healthy),
-        (Policy::IpHash | Policy::HeaderHash(_), Some(key)) => match pool.ring().pick(key) {
-            // Stickiness wins over ejection only when the owner is healthy; else the ring's next.
-            Some(owner) => rotate_healthy(owner, n, &healthy),
-            None => 0,
+    let sticky = sticky.filter(|&i| i < n && healthy(i));
+    let first = match sticky {
+        Some(i) => i,
+        None => match (policy, key) {
+            (Policy::RoundRobin, _) => rotate_healthy(pool.next_index() % n, n, &healthy),
+            (Policy::IpHash | Policy::HeaderHash(_), Some(key)) => match pool.ring().pick(key) {
+                // Stickiness wins over ejection only when the owner is healthy; else the ring's next.
+                Some(owner) => rotate_healthy(owner, n, &healthy),
+                None => 0,
+            },
+            _ => least_conn(pool, n, &healthy),
         },
-        _ => least_conn(pool, n, &healthy),
     };
     out.push(first);
     // Fallbacks: the following healthy endpoints in canonical order, then any.
@@ -164,6 +174,20 @@ mod tests {
         assert_ne!(moved, first);
         // Header hash without the header falls back to least-conn.
         assert!(!pick(&p, &Policy::HeaderHash("x-user".into()), None).is_empty());
+    }
+
+    #[test]
+    fn a_sticky_endpoint_wins_while_healthy() {
+        let p = pool(3);
+        let _busy = p.ready_at(1).unwrap().live.track();
+        for _ in 0..4 {
+            let c = pick_sticky(&p, &Policy::LeastConn, None, Some(1));
+            assert_eq!(c.as_slice()[0], 1, "the cookie beats least-conn");
+            assert_eq!(c.as_slice().len(), 3, "fallbacks stay");
+        }
+        eject(p.ready_at(1).unwrap());
+        assert_ne!(pick_sticky(&p, &Policy::LeastConn, None, Some(1)).as_slice()[0], 1, "ejected: picked again");
+        assert_ne!(pick_sticky(&p, &Policy::RoundRobin, None, Some(7)).as_slice()[0], 7, "out of range is ignored");
     }
 
     #[test]

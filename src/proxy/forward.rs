@@ -28,7 +28,8 @@ use super::service::ProxyState;
 use super::stream::Stream;
 use super::{BodyError, ProxyBody};
 use crate::metrics::RouteMetrics;
-use crate::routes::{BackendTls, BackendVerify, Endpoint, Route};
+use crate::policy::affinity;
+use crate::routes::{Affinity, BackendTls, BackendVerify, Endpoint, Route};
 use crate::tls::TlsConn;
 
 /// Request bodies towards a backend: the client's, or none (so a bodiless request can be
@@ -165,7 +166,16 @@ pub async fn forward(
     }
     let key =
         balance::hash_key(&settings.policy, |name| req.headers().get(name).map(HeaderValue::as_bytes), client.client);
-    let candidates = balance::pick(&route.pool, &settings.policy, key.as_deref());
+    // Cookie affinity: the endpoint the request's cookie names (its ready position), if any.
+    let named = match settings.affinity {
+        Affinity::Cookie => affinity::cookie_value(
+            req.headers().get_all(header::COOKIE).iter().map(HeaderValue::as_bytes),
+            &settings.session_cookie.name,
+        )
+        .and_then(|c| affinity::sticky_index(&route.pool, &state.affinity_key, Some(c))),
+        Affinity::None => None,
+    };
+    let candidates = balance::pick_sticky(&route.pool, &settings.policy, key.as_deref(), named);
     if candidates.is_empty() {
         return Err(ProxyError::NoEndpoints);
     }
@@ -264,6 +274,14 @@ pub async fn forward(
         }
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers);
+        if settings.affinity == Affinity::Cookie
+            && let Some(c) =
+                affinity::set_cookie_for(&route.pool, &state.affinity_key, named, i, &settings.session_cookie)
+                    .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            // Appended: the backend's own cookies stay.
+            rparts.headers.append(header::SET_COOKIE, c);
+        }
         let body = BackendBody::new(rbody, settings.response_timeout);
         return Ok((Response::from_parts(rparts, ProxyBody::Backend(body)), ep.addr));
     }

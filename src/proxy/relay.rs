@@ -85,6 +85,8 @@ pub struct RelaySettings {
     /// Messages per second the client may send (`wsingress.io/max-message-rate`); above it
     /// the tunnel closes with 1008. `None` = unlimited.
     pub max_message_rate: Option<u32>,
+    /// Close with 1001 once the tunnel is this old, jittered by ±10% (`max-connection-age`).
+    pub max_age: Option<Duration>,
 }
 
 /// Signals from outside the tunnel.
@@ -94,8 +96,14 @@ pub struct Signals {
     pub shutdown: CancellationToken,
     /// The shutdown spread in nanoseconds, read when shutdown starts.
     pub shutdown_spread: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The endpoint is draining: close with 1001 within the drain timeout.
+    /// The endpoint is draining: close with 1001 within the drain timeout. For a tunnel that
+    /// rebalancing may close, a child of the endpoint's drain signal that rebalancing cancels
+    /// on its own.
     pub endpoint_removed: CancellationToken,
+    /// With a rebalanceable tunnel, the endpoint's drain signal itself: when
+    /// `endpoint_removed` fires and this has not, rebalancing picked the tunnel, which then
+    /// closes with 1001 `rebalancing` at its next frame boundary.
+    pub rebalance_parent: Option<CancellationToken>,
 }
 
 /// Why the tunnel ended, for logs.
@@ -113,6 +121,10 @@ pub enum EndReason {
     MessageTooBig,
     /// The client sent more messages per second than `max-message-rate` allows (1008).
     MessageRate,
+    /// Picked by rebalancing (`wsingress.io/rebalance`).
+    Rebalanced,
+    /// Reached `wsingress.io/max-connection-age`.
+    MaxAge,
 }
 
 impl EndReason {
@@ -127,6 +139,8 @@ impl EndReason {
             Self::ProtocolError => "protocol_error",
             Self::MessageTooBig => "message_too_big",
             Self::MessageRate => "message_rate",
+            Self::Rebalanced => "rebalanced",
+            Self::MaxAge => "max_age",
         }
     }
 }
@@ -141,6 +155,8 @@ pub struct Outcome {
     /// Indexed by direction: 0 client→backend, 1 backend→client.
     pub messages: [u64; 2],
     pub bytes: [u64; 2],
+    /// Our own Close frame went out on the client's connection.
+    pub close_sent_to_client: bool,
 }
 
 /// Bytes on their way to a socket: a borrowed read buffer, or a control frame of our own
@@ -242,6 +258,8 @@ struct Tunnel<'a> {
     /// A ping waits in the client output's injection slot for a frame boundary.
     ping_queued: bool,
     drain_at: Option<Instant>,
+    /// `max-connection-age` (jittered) ends the tunnel then.
+    age_at: Option<Instant>,
     removed: bool,
     /// Shutdown started; our Close goes out at this instant.
     shutdown_at: Option<Instant>,
@@ -259,7 +277,19 @@ struct Tunnel<'a> {
     mask_seed: u32,
     /// Messages from the client in the current one-second window (`max_message_rate`).
     rate_count: u32,
-    rate_window: Instant,
+    /// Start of that window, in [`coarse_millis`] (4 bytes, not an `Instant`'s 16: every idle
+    /// tunnel carries it).
+    rate_window: u32,
+}
+
+/// Milliseconds since the first call, wrapping every 49.7 days: the message-rate window's
+/// clock. Compared with `wrapping_sub`, so only gaps shorter than the wrap are exact; a longer
+/// one is a new window anyway unless it lands within a second of a multiple of the wrap.
+fn coarse_millis(now: Instant) -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // Truncation is the wrap.
+    now.saturating_duration_since(epoch).as_millis() as u32
 }
 
 enum Event {
@@ -296,6 +326,7 @@ pub async fn relay(
         ping_sent: None,
         ping_queued: false,
         drain_at: None,
+        age_at: None,
         removed: false,
         shutdown_at: None,
         metrics_at: None,
@@ -308,7 +339,7 @@ pub async fn relay(
         mask_seed: seed(),
         flush_until: None,
         rate_count: 0,
-        rate_window: now,
+        rate_window: coarse_millis(now),
     };
     // Bytes read during the handshakes go first. They are dropped right after: they may share
     // the HTTP parser's whole read buffer, which an idle tunnel must not keep alive.
@@ -328,6 +359,10 @@ pub async fn relay(
             t.process(d, buf, chunk.len());
         }
         drop(pre);
+    }
+    if let Some(age) = settings.max_age {
+        // ±10%: tunnels opened together (a reconnect wave) do not all end together.
+        t.age_at = Some(now + age.mul_f64(0.9) + t.jitter(age / 5));
     }
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
@@ -404,6 +439,12 @@ pub async fn relay(
                 let spread = t.jitter(window);
                 t.shutdown_at = Some(Instant::now() + spread);
             }
+            Event::Removed if signals.rebalance_parent.as_ref().is_some_and(|p| !p.is_cancelled()) => {
+                // Rebalancing picked this tunnel (it paces its picks itself): close now, at
+                // the next frame boundary.
+                t.removed = true;
+                t.begin_close(close::GOING_AWAY, EndReason::Rebalanced);
+            }
             Event::Removed => {
                 t.removed = true;
                 // `None` = never: established tunnels stay on the draining endpoint. Otherwise
@@ -457,6 +498,7 @@ impl Tunnel<'_> {
             None => consider(s.ping_interval.map(|p| self.last_client + p)),
         }
         consider(self.drain_at);
+        consider(self.age_at);
         consider(self.shutdown_at);
         consider(self.metrics_at);
         consider(self.handshake_done_at.map(|at| at + HANDSHAKE_LINGER));
@@ -495,6 +537,10 @@ impl Tunnel<'_> {
             self.begin_close(close::GOING_AWAY, EndReason::Drained);
             return;
         }
+        if self.age_at.is_some_and(|at| now >= at) {
+            self.begin_close(close::GOING_AWAY, EndReason::MaxAge);
+            return;
+        }
         if let Some(sent) = self.ping_sent {
             if now >= sent + self.settings.pong_timeout {
                 // The client is gone: tell the backend, drop the client.
@@ -526,7 +572,11 @@ impl Tunnel<'_> {
     fn queue_close(&mut self, d: usize, code: u16) {
         let mask = (d == 0).then(|| self.next_mask());
         let mut payload = [0u8; 125];
-        let text = if self.reason == Some(EndReason::MessageRate) { MESSAGE_RATE_TEXT } else { "" };
+        let text = match self.reason {
+            Some(EndReason::MessageRate) => MESSAGE_RATE_TEXT,
+            Some(EndReason::Rebalanced) => "rebalancing",
+            _ => "",
+        };
         let plen = close::close_payload(code, text, &mut payload);
         let mut frame = [0u8; CTRL_ROOM];
         let n = encode_control(OP_CLOSE, &payload[..plen], mask, &mut frame);
@@ -724,8 +774,9 @@ impl Tunnel<'_> {
     /// window's count went above `limit`. One add and one clock compare per read.
     fn over_message_rate(&mut self, now: Instant, messages: u64, limit: u32) -> bool {
         let n = u32::try_from(messages).unwrap_or(u32::MAX);
-        if now.saturating_duration_since(self.rate_window) >= Duration::from_secs(1) {
-            self.rate_window = now;
+        let ms = coarse_millis(now);
+        if ms.wrapping_sub(self.rate_window) >= 1000 {
+            self.rate_window = ms;
             self.rate_count = n;
         } else {
             self.rate_count = self.rate_count.saturating_add(n);
@@ -920,6 +971,7 @@ impl Tunnel<'_> {
             reason: self.reason.unwrap_or(EndReason::Disconnected),
             messages: [self.halves[0].messages, self.halves[1].messages],
             bytes: [self.halves[0].bytes, self.halves[1].bytes],
+            close_sent_to_client: self.halves[1].sent_close,
         }
     }
 }
@@ -947,11 +999,13 @@ mod tests {
             drain_timeout: None,
             max_message: None,
             max_message_rate: None,
+            max_age: None,
         };
         let signals = Signals {
             shutdown: CancellationToken::new(),
             shutdown_spread: Default::default(),
             endpoint_removed: CancellationToken::new(),
+            rebalance_parent: None,
         };
         let metrics = crate::metrics::Metrics::new().unwrap();
         let conn = metrics.connection("r", "b");

@@ -22,6 +22,7 @@ use super::server::{ListenerCtx, OpenConnections};
 use super::{ProxyBody, forward, text_response, upgrade};
 use crate::drain::Drain;
 use crate::metrics::{HttpAccess, Metrics};
+use crate::policy::affinity::AffinityKey;
 use crate::policy::limits::{ClientCounters, RouteCounters};
 use crate::routes::{GatewayRoute, RouteHandle, SslRedirect};
 use crate::tls::CertHandle;
@@ -46,6 +47,8 @@ pub struct ProxyState {
     /// The TLS listener's certificates (`None` without one): plain requests to a host with a
     /// certificate of its own are redirected to https (`ssl-redirect`).
     pub certs: Option<Arc<CertHandle>>,
+    /// The key of cookie-affinity tokens (`--affinity-key`; a built-in one by default).
+    pub affinity_key: Arc<AffinityKey>,
     /// TLS client configurations for `backend-protocol: https`, built at the first use (the
     /// system trust store is read then, once).
     backend_tls: OnceLock<Result<Arc<BackendConfigs>, String>>,
@@ -64,6 +67,7 @@ impl ProxyState {
             client_policy: Default::default(),
             open: OpenConnections::default(),
             certs: None,
+            affinity_key: Arc::default(),
             backend_tls: OnceLock::new(),
         }
     }

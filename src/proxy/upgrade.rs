@@ -31,10 +31,12 @@ use super::service::ProxyState;
 use super::stream::Stream;
 use super::{ProxyBody, forward};
 use crate::metrics::{ConnMetrics, HttpAccess, RouteMetrics, UpgradeResult, WebSocketAccess};
+use crate::policy::affinity;
 use crate::policy::clients::ClientSlot;
 use crate::policy::limits::Slot;
 use crate::routes::{
-    ActiveGuard, EndpointLive, GatewayRoute, HeaderEdits, PendingGuard, RequestFacts, Route, RouteTable,
+    ActiveGuard, Affinity, EndpointLive, GatewayRoute, HeaderEdits, PendingGuard, RebalanceGuard, RequestFacts, Route,
+    RouteTable,
 };
 
 /// The client's request fields, from the front door's parse (spans of its buffer) or from
@@ -152,6 +154,10 @@ struct Opened {
     /// Counts the endpoint in least-conn until the tunnel is tracked.
     _handshaking: PendingGuard,
     route_slot: Slots,
+    /// `Set-Cookie` for the client (cookie affinity, when its cookie does not name this endpoint).
+    set_cookie: Option<String>,
+    /// The route rebalances: the tunnel registers with its endpoint so it can be picked.
+    rebalance: bool,
     answer: Answer,
     /// The Gateway API rule (its `ResponseHeaderModifier` edits the 101).
     gateway: Option<Arc<GatewayRoute>>,
@@ -223,7 +229,12 @@ async fn open(
         None => None,
     };
     let key = balance::hash_key(&settings.policy, |name| req.fields.value(name), client.client);
-    let candidates = balance::pick(&route.pool, &settings.policy, key.as_deref());
+    let cookie = match settings.affinity {
+        Affinity::Cookie => affinity::cookie_value(req.fields.values("cookie"), &settings.session_cookie.name),
+        Affinity::None => None,
+    };
+    let named = cookie.and_then(|c| affinity::sticky_index(&route.pool, &state.affinity_key, Some(c)));
+    let candidates = balance::pick_sticky(&route.pool, &settings.policy, key.as_deref(), named);
     if candidates.is_empty() {
         return Err(fail(ProxyError::NoEndpoints));
     }
@@ -239,6 +250,12 @@ async fn open(
     };
     let (i, handshaking, answer) = asked.map_err(fail)?;
     let Some(ep) = route.pool.ready_at(i) else { return Err(fail(ProxyError::NoEndpoints)) };
+    let set_cookie = match settings.affinity {
+        Affinity::Cookie => {
+            affinity::set_cookie_for(&route.pool, &state.affinity_key, named, i, &settings.session_cookie)
+        }
+        Affinity::None => None,
+    };
     let relay = RelaySettings {
         idle_timeout: settings.idle_timeout,
         ping_interval: settings.ping_interval,
@@ -246,6 +263,7 @@ async fn open(
         drain_timeout: settings.drain_timeout,
         max_message: settings.max_message_bytes,
         max_message_rate: settings.client.max_message_rate,
+        max_age: settings.max_connection_age,
     };
     Ok(Opened {
         route: rm,
@@ -254,6 +272,8 @@ async fn open(
         live: ep.live.clone(),
         _handshaking: handshaking,
         route_slot: (route_slot, client_slot),
+        set_cookie,
+        rebalance: settings.rebalance.enabled,
         answer,
         gateway: gateway.cloned(),
     })
@@ -382,12 +402,17 @@ fn backend_fields(out: &mut Vec<u8>, backend: &ResponseHead, edits: Option<&Head
 }
 
 /// The 101 for the client: the backend's end-to-end fields (edited by a Gateway API
-/// `ResponseHeaderModifier`) and our own upgrade fields.
-fn switching_head(out: &mut Vec<u8>, backend: &ResponseHead, edits: Option<&HeaderEdits>) {
+/// `ResponseHeaderModifier`), the affinity cookie if one is set, and our own upgrade fields.
+fn switching_head(out: &mut Vec<u8>, backend: &ResponseHead, edits: Option<&HeaderEdits>, set_cookie: Option<&str>) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     backend_fields(out, backend, edits);
     if let Some(e) = edits {
         append_fields(out, e);
+    }
+    if let Some(c) = set_cookie {
+        out.extend_from_slice(b"set-cookie: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n");
 }
@@ -433,12 +458,14 @@ pub async fn serve(
             return;
         }
     };
-    let Opened { route, relay, endpoint, live, _handshaking, route_slot, answer, gateway } = opened;
+    let Opened { route, relay, endpoint, live, _handshaking, route_slot, set_cookie, rebalance, answer, gateway } =
+        opened;
     match answer {
         Answer::Switched { head: backend, stream: upstream, early } => {
             let mut out = Vec::with_capacity(256);
             let edits = gateway.as_deref().map(|g| &g.response_headers).filter(|e| !e.is_empty());
-            switching_head(&mut out, &backend, edits);
+            switching_head(&mut out, &backend, edits, set_cookie.as_deref());
+            drop(set_cookie);
             drop(backend);
             if let Err(e) = client.write_all_within(&out, ctx.config.write_timeout).await {
                 // The client left before its 101: nothing to relay.
@@ -450,8 +477,18 @@ pub async fn serve(
             route.handshake(started.elapsed());
             let client_pre = Bytes::copy_from_slice(&buf[head.len..]);
             drop(buf);
-            let tunnel =
-                Tunnel::new(state, ctx, route, relay, endpoint, live, info.client, route_slot, Hold::Owned(hold));
+            let tunnel = Tunnel::new(
+                state,
+                ctx,
+                route,
+                relay,
+                endpoint,
+                live,
+                info.client,
+                route_slot,
+                Hold::Owned(hold),
+                rebalance,
+            );
             drop(_handshaking);
             // The tunnel gets a task of its own: this connection task's future is sized for
             // the handshake (head parsing, connect, exchange), about 3.5 KB that an idle tunnel
@@ -582,13 +619,14 @@ pub async fn serve_hyper(
         }
         Err(e) => Err((None, e)),
     };
-    let Opened { route, relay, endpoint, live, _handshaking, route_slot, answer, gateway } = match opened {
-        Ok(o) => o,
-        Err((route, err)) => {
-            front::account(state, route.as_deref(), &err, &log, &info, started, true);
-            return service::error_response(&err, true);
-        }
-    };
+    let Opened { route, relay, endpoint, live, _handshaking, route_slot, set_cookie, rebalance, answer, gateway } =
+        match opened {
+            Ok(o) => o,
+            Err((route, err)) => {
+                front::account(state, route.as_deref(), &err, &log, &info, started, true);
+                return service::error_response(&err, true);
+            }
+        };
     match answer {
         Answer::Switched { head: backend, stream: upstream, early } => {
             route.upgrade(UpgradeResult::Ok);
@@ -602,10 +640,14 @@ pub async fn serve_hyper(
             }
             fields.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             fields.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            if let Some(c) = set_cookie.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+                fields.append(header::SET_COOKIE, c);
+            }
             *resp.headers_mut() = fields;
             let hold = req.extensions_mut().remove::<Arc<ConnHold>>().map_or(Hold::None, Hold::Shared);
             let on_upgrade = hyper::upgrade::on(&mut req);
-            let tunnel = Tunnel::new(state, ctx, route, relay, endpoint, live, info.client, route_slot, hold);
+            let tunnel =
+                Tunnel::new(state, ctx, route, relay, endpoint, live, info.client, route_slot, hold, rebalance);
             state.drain.spawn(async move {
                 let (client, client_pre) = match on_upgrade.await.map(|u| u.downcast::<TokioIo<HyperIo>>()) {
                     Ok(Ok(parts)) => {
@@ -665,6 +707,8 @@ struct Tunnel {
     _active: ActiveGuard,
     _route_slot: Slots,
     _hold: Hold,
+    /// Registered with the endpoint for rebalancing (routes with it on).
+    _rebalance: Option<RebalanceGuard>,
 }
 
 impl Tunnel {
@@ -679,11 +723,19 @@ impl Tunnel {
         client: IpAddr,
         route_slot: Slots,
         hold: Hold,
+        rebalance: bool,
     ) -> Box<Self> {
+        let (endpoint_removed, rebalance_parent, guard) = if rebalance {
+            let (token, guard) = live.rebalanceable(Instant::now());
+            (token, Some(live.removed()), Some(guard))
+        } else {
+            (live.removed(), None, None)
+        };
         let signals = Signals {
             shutdown: state.drain.token().clone(),
             shutdown_spread: state.drain.spread(),
-            endpoint_removed: live.removed().clone(),
+            endpoint_removed,
+            rebalance_parent,
         };
         Box::new(Self {
             metrics: route.tunnel(),
@@ -695,6 +747,7 @@ impl Tunnel {
             keepalive: ctx.config.tcp_keepalive,
             _route_slot: route_slot,
             _hold: hold,
+            _rebalance: guard,
         })
     }
 
@@ -712,6 +765,10 @@ impl Tunnel {
         let route = self.metrics.route();
         if out.reason == relay::EndReason::MessageRate {
             route.policy_refusal(crate::policy::clients::MESSAGE_RATE);
+        }
+        if out.reason == relay::EndReason::Rebalanced && out.close_sent_to_client {
+            // Counted only when our Close went out to the client: exactly what clients get.
+            route.rebalance_close();
         }
         WebSocketAccess {
             route: &route.route,

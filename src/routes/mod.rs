@@ -122,6 +122,87 @@ pub struct RouteSettings {
     /// What a Gateway API rule adds (conditions, split, filters, `timeouts.request`); `None`
     /// for Ingress and Service-only routes.
     pub gateway: Option<Arc<GatewayRoute>>,
+    /// Session affinity (`affinity: cookie`): a request carrying the route's cookie goes to
+    /// the endpoint it names while that endpoint is ready.
+    pub affinity: Affinity,
+    /// The affinity cookie's name and attributes (used with [`Affinity::Cookie`]).
+    pub session_cookie: SessionCookie,
+    /// Active rebalancing of this route's pool (`wsingress.io/rebalance`).
+    pub rebalance: Rebalance,
+    /// Close a tunnel with 1001 once it is this old (±10% jitter). `None` = never.
+    pub max_connection_age: Option<Duration>,
+}
+
+/// Active rebalancing: when the busiest endpoint holds more than `threshold` × the pool mean,
+/// close the oldest tunnels of over-target endpoints with 1001, at most `max_rate` of the
+/// pool's tunnels per 10 s (at least one), none younger than `min_age`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebalance {
+    pub enabled: bool,
+    /// The trigger and the target, in thousandths of the pool mean (1250 = 1.25×).
+    pub threshold_milli: u32,
+    /// Closes allowed per 10 s window, in basis points of the pool's tunnels (200 = 2%).
+    pub max_rate_bp: u32,
+    /// Tunnels younger than this are never closed by rebalancing.
+    pub min_age: Duration,
+}
+
+impl Default for Rebalance {
+    fn default() -> Self {
+        Self { enabled: false, threshold_milli: 1250, max_rate_bp: 200, min_age: Duration::from_secs(300) }
+    }
+}
+
+/// Session affinity of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Affinity {
+    /// The balancing policy alone picks.
+    #[default]
+    None,
+    /// A cookie names the endpoint (an opaque keyed token, see `policy::affinity`).
+    Cookie,
+}
+
+/// The `SameSite` attribute of the affinity cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "Strict",
+            Self::Lax => "Lax",
+            Self::None => "None",
+        }
+    }
+}
+
+/// Name and attributes of the affinity cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCookie {
+    /// Cookie name (an RFC 6265 token).
+    pub name: String,
+    /// `Path` attribute.
+    pub path: String,
+    /// `Max-Age` in seconds; `None` = a session cookie (gone when the browser closes).
+    pub max_age: Option<u64>,
+    /// `SameSite` attribute; `None` = not sent (the browser's default, `Lax`).
+    pub same_site: Option<SameSite>,
+    /// `Secure` attribute.
+    pub secure: bool,
+}
+
+/// Default name of the affinity cookie.
+pub const DEFAULT_SESSION_COOKIE: &str = "WSINGRESS";
+
+impl Default for SessionCookie {
+    fn default() -> Self {
+        Self { name: DEFAULT_SESSION_COOKIE.into(), path: "/".into(), max_age: None, same_site: None, secure: false }
+    }
 }
 
 /// When a plain HTTP request (or `ws://` upgrade) is answered with a 308 to `https://`.
@@ -198,6 +279,10 @@ impl Default for RouteSettings {
             backend_tls: None,
             client: ClientPolicy::default(),
             gateway: None,
+            affinity: Affinity::None,
+            session_cookie: SessionCookie::default(),
+            rebalance: Rebalance::default(),
+            max_connection_age: None,
         }
     }
 }
@@ -257,7 +342,13 @@ pub struct EndpointLive {
     lifecycle: Mutex<Lifecycle>,
     /// Milliseconds since the process epoch until which connect failures keep it out of rotation.
     ejected_until_ms: AtomicU64,
+    /// Tunnels of routes with rebalancing on, oldest first (by opening order): when each
+    /// opened, and the signal that closes it. Empty for every other route.
+    rebalanceable: Mutex<std::collections::BTreeMap<u64, (Instant, CancellationToken)>>,
 }
+
+/// Opening order of rebalanceable tunnels (process-wide, so older means smaller).
+static TUNNEL_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl EndpointLive {
     pub fn active(&self) -> usize {
@@ -299,6 +390,40 @@ impl EndpointLive {
     }
     pub fn eject_until_ms(&self, until: u64) {
         self.ejected_until_ms.store(until, Ordering::Relaxed);
+    }
+    /// Register a tunnel that rebalancing may close: the returned token (a child of the
+    /// endpoint's drain signal, so a drain still reaches it) is cancelled when rebalancing
+    /// picks it; the guard unregisters it when the tunnel ends.
+    pub fn rebalanceable(self: &Arc<Self>, opened: Instant) -> (CancellationToken, RebalanceGuard) {
+        let token = self.lifecycle().drain.child_token();
+        let seq = TUNNEL_SEQ.fetch_add(1, Ordering::Relaxed);
+        self.registry().insert(seq, (opened, token.clone()));
+        (token, RebalanceGuard { live: self.clone(), seq })
+    }
+    fn registry(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, (Instant, CancellationToken)>> {
+        self.rebalanceable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Rebalanceable tunnels not yet picked.
+    pub fn rebalanceable_len(&self) -> usize {
+        self.registry().len()
+    }
+    /// Pick the oldest rebalanceable tunnel if it opened at or before `opened_by`: it leaves
+    /// the registry and its signal fires. True when one was picked.
+    pub fn close_oldest(&self, opened_by: Instant) -> bool {
+        let picked = {
+            let mut reg = self.registry();
+            match reg.first_key_value() {
+                Some((_, (opened, _))) if *opened <= opened_by => reg.pop_first(),
+                _ => None,
+            }
+        };
+        match picked {
+            Some((_, (_, token))) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
     /// Since when it has been not ready, if it is.
     pub fn unready_since(&self) -> Option<Instant> {
@@ -345,6 +470,19 @@ pub struct PendingGuard(Arc<EndpointLive>);
 impl Drop for PendingGuard {
     fn drop(&mut self) {
         self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Unregisters a rebalanceable tunnel on drop.
+#[derive(Debug)]
+pub struct RebalanceGuard {
+    live: Arc<EndpointLive>,
+    seq: u64,
+}
+
+impl Drop for RebalanceGuard {
+    fn drop(&mut self) {
+        self.live.registry().remove(&self.seq);
     }
 }
 
@@ -408,8 +546,16 @@ pub struct Pool {
     /// Indexes into `endpoints` of the ready ones.
     ready: Vec<usize>,
     ring: Arc<OnceLock<HashRing>>,
+    /// Affinity token of each ready endpoint (same order as `ready`), computed once per pool
+    /// when a cookie-affinity route first needs them.
+    tokens: Arc<OnceLock<Box<[AffinityToken]>>>,
     next: AtomicUsize,
 }
+
+/// Length of an affinity token (the cookie value), in ASCII bytes.
+pub const AFFINITY_TOKEN_LEN: usize = 32;
+/// The affinity cookie value naming one endpoint: opaque ASCII (made by `policy::affinity`).
+pub type AffinityToken = [u8; AFFINITY_TOKEN_LEN];
 
 impl Pool {
     pub fn new(mut endpoints: Vec<Endpoint>) -> Self {
@@ -417,7 +563,7 @@ impl Pool {
         endpoints.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.state.cmp(&b.state)));
         endpoints.dedup_by(|a, b| a.addr == b.addr);
         let ready: Vec<usize> = (0..endpoints.len()).filter(|&i| endpoints[i].is_ready()).collect();
-        Self { endpoints, ready, ring: Arc::default(), next: AtomicUsize::new(0) }
+        Self { endpoints, ready, ring: Arc::default(), tokens: Arc::default(), next: AtomicUsize::new(0) }
     }
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
@@ -435,6 +581,12 @@ impl Pool {
     pub fn ring(&self) -> &HashRing {
         self.ring.get_or_init(|| HashRing::new(self.ready().map(|e| e.addr)))
     }
+    /// The affinity token of each ready endpoint (indexed like [`ready_at`](Self::ready_at)),
+    /// made by `token` on the first call for this endpoint set and kept with the pool (a
+    /// reload that keeps the endpoints keeps them too).
+    pub fn affinity_tokens(&self, token: impl Fn(SocketAddr) -> AffinityToken) -> &[AffinityToken] {
+        self.tokens.get_or_init(|| self.ready().map(|e| token(e.addr)).collect())
+    }
     /// A rotating start index for round-robin and tie breaking.
     pub fn next_index(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
@@ -447,7 +599,13 @@ impl Pool {
             .iter()
             .map(|ep| Endpoint { live: live(ep.addr).unwrap_or_else(|| ep.live.clone()), ..ep.clone() })
             .collect();
-        Pool { endpoints, ready: self.ready.clone(), ring: self.ring.clone(), next: AtomicUsize::new(0) }
+        Pool {
+            endpoints,
+            ready: self.ready.clone(),
+            ring: self.ring.clone(),
+            tokens: self.tokens.clone(),
+            next: AtomicUsize::new(0),
+        }
     }
 }
 

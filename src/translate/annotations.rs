@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use super::units::{parse_bytes, parse_optional_duration, parse_positive_duration};
 use super::{ObjectRef, UnsupportedSecurity, Warning, reasons};
-use crate::routes::{Policy, RouteSettings, SslRedirect};
+use crate::policy::affinity::{valid_cookie_name, valid_cookie_path};
+use crate::routes::{Affinity, Policy, RouteSettings, SameSite, SslRedirect};
 
 /// Prefix of our annotation keys.
 pub const PREFIX: &str = "wsingress.io/";
@@ -44,6 +45,17 @@ pub const MAX_CONNECTIONS_PER_CLIENT: &str = "wsingress.io/max-connections-per-c
 pub const HANDSHAKE_RATE: &str = "wsingress.io/handshake-rate";
 pub const HANDSHAKE_BURST: &str = "wsingress.io/handshake-burst";
 pub const MAX_MESSAGE_RATE: &str = "wsingress.io/max-message-rate";
+pub const AFFINITY: &str = "wsingress.io/affinity";
+pub const SESSION_COOKIE_NAME: &str = "wsingress.io/session-cookie-name";
+pub const SESSION_COOKIE_PATH: &str = "wsingress.io/session-cookie-path";
+pub const SESSION_COOKIE_MAX_AGE: &str = "wsingress.io/session-cookie-max-age";
+pub const SESSION_COOKIE_SAMESITE: &str = "wsingress.io/session-cookie-samesite";
+pub const SESSION_COOKIE_SECURE: &str = "wsingress.io/session-cookie-secure";
+pub const REBALANCE: &str = "wsingress.io/rebalance";
+pub const REBALANCE_THRESHOLD: &str = "wsingress.io/rebalance-threshold";
+pub const REBALANCE_MAX_RATE: &str = "wsingress.io/rebalance-max-rate";
+pub const REBALANCE_MIN_AGE: &str = "wsingress.io/rebalance-min-age";
+pub const MAX_CONNECTION_AGE: &str = "wsingress.io/max-connection-age";
 
 /// ingress-nginx annotations accepted as aliases (ours win when both are set).
 pub const NGINX_PROXY_READ_TIMEOUT: &str = "nginx.ingress.kubernetes.io/proxy-read-timeout";
@@ -62,6 +74,12 @@ pub const NGINX_DENYLIST_SOURCE_RANGE: &str = "nginx.ingress.kubernetes.io/denyl
 pub const NGINX_LIMIT_RPS: &str = "nginx.ingress.kubernetes.io/limit-rps";
 pub const NGINX_LIMIT_RPM: &str = "nginx.ingress.kubernetes.io/limit-rpm";
 pub const NGINX_LIMIT_BURST_MULTIPLIER: &str = "nginx.ingress.kubernetes.io/limit-burst-multiplier";
+pub const NGINX_SESSION_COOKIE_NAME: &str = "nginx.ingress.kubernetes.io/session-cookie-name";
+pub const NGINX_SESSION_COOKIE_PATH: &str = "nginx.ingress.kubernetes.io/session-cookie-path";
+pub const NGINX_SESSION_COOKIE_MAX_AGE: &str = "nginx.ingress.kubernetes.io/session-cookie-max-age";
+pub const NGINX_SESSION_COOKIE_EXPIRES: &str = "nginx.ingress.kubernetes.io/session-cookie-expires";
+pub const NGINX_SESSION_COOKIE_SAMESITE: &str = "nginx.ingress.kubernetes.io/session-cookie-samesite";
+pub const NGINX_SESSION_COOKIE_SECURE: &str = "nginx.ingress.kubernetes.io/session-cookie-secure";
 
 /// Keys of the table read by their own parser (`apply` is `None`) although they are route
 /// settings: they report entries one by one, or need the Service and Secrets.
@@ -98,6 +116,13 @@ pub const NGINX_ALIASES: &[&str] = &[
     NGINX_LIMIT_RPS,
     NGINX_LIMIT_RPM,
     NGINX_LIMIT_BURST_MULTIPLIER,
+    NGINX_AFFINITY,
+    NGINX_SESSION_COOKIE_NAME,
+    NGINX_SESSION_COOKIE_PATH,
+    NGINX_SESSION_COOKIE_MAX_AGE,
+    NGINX_SESSION_COOKIE_EXPIRES,
+    NGINX_SESSION_COOKIE_SAMESITE,
+    NGINX_SESSION_COOKIE_SECURE,
 ];
 
 /// Whether an ingress-nginx key (without its prefix) restricts who may use the route and is
@@ -361,6 +386,135 @@ pub static ANNOTATIONS: &[AnnotationSpec] = &[
         }),
     },
     AnnotationSpec {
+        key: AFFINITY,
+        applies_to: AppliesTo::Route,
+        default: "`none`",
+        meaning: "`cookie`: the first response (plain HTTP or the 101) sets a cookie naming the endpoint by an opaque keyed token (`--affinity-key`), the same on every replica; later requests carrying it go to that endpoint while it is ready, else the policy picks again and the cookie is replaced. For Socket.IO, SignalR and SockJS, which poll before they upgrade.",
+        nginx: "`affinity: cookie` (alias); `sticky cookie`",
+        apply: Some(|v, s| {
+            s.affinity = parse_affinity(v)?;
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: SESSION_COOKIE_NAME,
+        applies_to: AppliesTo::Route,
+        default: "`WSINGRESS`",
+        meaning: "Name of the affinity cookie.",
+        nginx: "`session-cookie-name` (alias)",
+        apply: Some(|v, s| {
+            let v = v.trim();
+            if !valid_cookie_name(v) {
+                return Err(format!("`{v}` is not a cookie name (letters, digits and !#$%&'*+-.^_`~)"));
+            }
+            s.session_cookie.name = v.to_string();
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: SESSION_COOKIE_PATH,
+        applies_to: AppliesTo::Route,
+        default: "`/`",
+        meaning: "`Path` of the affinity cookie.",
+        nginx: "`session-cookie-path` (alias)",
+        apply: Some(|v, s| {
+            let v = v.trim();
+            if !valid_cookie_path(v) {
+                return Err(format!("`{v}` is not a cookie path (starts with `/`, no `;`)"));
+            }
+            s.session_cookie.path = v.to_string();
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: SESSION_COOKIE_MAX_AGE,
+        applies_to: AppliesTo::Route,
+        default: "a session cookie",
+        meaning: "`Max-Age` of the affinity cookie (a duration, e.g. `48h`, or whole seconds).",
+        nginx: "`session-cookie-max-age`, `session-cookie-expires` (aliases, in seconds)",
+        apply: Some(|v, s| {
+            s.session_cookie.max_age = parse_optional_duration(v)?.map(|d| d.as_secs().max(1));
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: SESSION_COOKIE_SAMESITE,
+        applies_to: AppliesTo::Route,
+        default: "not sent",
+        meaning: "`SameSite` of the affinity cookie: `Strict`, `Lax` or `None` (browsers need `session-cookie-secure` with `None`).",
+        nginx: "`session-cookie-samesite` (alias)",
+        apply: Some(|v, s| {
+            s.session_cookie.same_site = Some(parse_samesite(v)?);
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: SESSION_COOKIE_SECURE,
+        applies_to: AppliesTo::Route,
+        default: "`false`",
+        meaning: "`true` marks the affinity cookie `Secure` (sent over https only).",
+        nginx: "`session-cookie-secure` (alias)",
+        apply: Some(|v, s| {
+            s.session_cookie.secure = parse_bool(v)?;
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: REBALANCE,
+        applies_to: AppliesTo::Route,
+        default: "`off` (`--rebalance`)",
+        meaning: "`on`: when the busiest endpoint holds more than `rebalance-threshold` × the pool mean of live tunnels (after endpoints join), close the oldest tunnels of over-target endpoints with 1001 `rebalancing` at a frame boundary, spread with jitter, until every endpoint is within the threshold. Reconnecting clients land on the emptier endpoints.",
+        nginx: "none (nginx never moves a tunnel)",
+        apply: Some(|v, s| {
+            s.rebalance.enabled = parse_on_off(v)?;
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: REBALANCE_THRESHOLD,
+        applies_to: AppliesTo::Route,
+        default: "`1.25`",
+        meaning: "Rebalancing trigger and target, as a multiple of the pool mean (greater than 1, at most 10).",
+        nginx: "none",
+        apply: Some(|v, s| {
+            s.rebalance.threshold_milli = parse_threshold(v)?;
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: REBALANCE_MAX_RATE,
+        applies_to: AppliesTo::Route,
+        default: "`2%`",
+        meaning: "Most rebalancing closes per 10 s, as a share of the pool's live tunnels (`2%` or `0.02`; at least one per window).",
+        nginx: "none",
+        apply: Some(|v, s| {
+            s.rebalance.max_rate_bp = parse_share(v)?;
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: REBALANCE_MIN_AGE,
+        applies_to: AppliesTo::Route,
+        default: "`5m`",
+        meaning: "Rebalancing never closes a tunnel younger than this.",
+        nginx: "none",
+        apply: Some(|v, s| {
+            s.rebalance.min_age = super::units::parse_duration(v)?;
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
+        key: MAX_CONNECTION_AGE,
+        applies_to: AppliesTo::Route,
+        default: "`never`",
+        meaning: "Close every tunnel with 1001 once it is this old, jittered by ±10% so reconnects spread out.",
+        nginx: "none (Envoy `max_connection_duration`)",
+        apply: Some(|v, s| {
+            s.max_connection_age = parse_optional_duration(v)?;
+            Ok(())
+        }),
+    },
+    AnnotationSpec {
         key: EXPOSE,
         applies_to: AppliesTo::Service,
         default: "`false`",
@@ -572,6 +726,78 @@ fn apply_nginx_aliases(
             Err(why) => report.warn(NGINX_FORCE_SSL_REDIRECT, v, why),
         }
     }
+    // Cookie affinity: ingress-nginx's keys map onto ours, which then win where both are set.
+    // `session-cookie-expires` is read only when `session-cookie-max-age` is absent (both are
+    // seconds in ingress-nginx; browsers prefer Max-Age anyway).
+    let expires = if annotations.contains_key(NGINX_SESSION_COOKIE_MAX_AGE) {
+        None
+    } else {
+        get(NGINX_SESSION_COOKIE_EXPIRES).map(|v| (NGINX_SESSION_COOKIE_EXPIRES, v))
+    };
+    let nginx_cookie = [
+        (NGINX_AFFINITY, AFFINITY),
+        (NGINX_SESSION_COOKIE_NAME, SESSION_COOKIE_NAME),
+        (NGINX_SESSION_COOKIE_PATH, SESSION_COOKIE_PATH),
+        (NGINX_SESSION_COOKIE_MAX_AGE, SESSION_COOKIE_MAX_AGE),
+        (NGINX_SESSION_COOKIE_SAMESITE, SESSION_COOKIE_SAMESITE),
+        (NGINX_SESSION_COOKIE_SECURE, SESSION_COOKIE_SECURE),
+    ];
+    let present = nginx_cookie.iter().filter_map(|&(nginx, ours)| get(nginx).map(|v| (nginx, ours, v)));
+    let expires = expires.map(|(nginx, v)| (nginx, SESSION_COOKIE_MAX_AGE, v));
+    for (nginx, ours, v) in present.chain(expires) {
+        let Some(apply) = spec(ours).and_then(|s| s.apply) else { continue };
+        // ingress-nginx ages are whole seconds, which our durations read as seconds too.
+        if let Err(why) = apply(v, settings) {
+            report.warn(nginx, v, why);
+        }
+    }
+}
+
+fn parse_affinity(value: &str) -> Result<Affinity, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "cookie" => Ok(Affinity::Cookie),
+        "none" | "" => Ok(Affinity::None),
+        other => Err(format!("affinity `{other}` is not supported (`cookie` or `none`)")),
+    }
+}
+
+fn parse_samesite(value: &str) -> Result<SameSite, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "strict" => Ok(SameSite::Strict),
+        "lax" => Ok(SameSite::Lax),
+        "none" => Ok(SameSite::None),
+        _ => Err(format!("`{value}` is not `Strict`, `Lax` or `None`")),
+    }
+}
+
+/// `on`/`off` (also `true`/`false`).
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("`{value}` is not `on` or `off`")),
+    }
+}
+
+/// A multiple of the mean greater than 1 and at most 10, in thousandths.
+pub fn parse_threshold(value: &str) -> Result<u32, String> {
+    match value.trim().parse::<f64>() {
+        Ok(x) if x > 1.0 && x <= 10.0 => Ok((x * 1000.0).round() as u32),
+        _ => Err(format!("`{value}` is not a multiple of the mean greater than 1 and at most 10 (e.g. 1.25)")),
+    }
+}
+
+/// A share (`2%` or `0.02`), greater than 0 and at most 100%, in basis points.
+pub fn parse_share(value: &str) -> Result<u32, String> {
+    let v = value.trim();
+    let fraction = match v.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => v.parse::<f64>(),
+    };
+    match fraction {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(((f * 10_000.0).round() as u32).max(1)),
+        _ => Err(format!("`{value}` is not a share greater than 0 and at most 100% (e.g. 2% or 0.02)")),
+    }
 }
 
 /// Report every `nginx.ingress.kubernetes.io/*` key that is not an alias (one
@@ -600,10 +826,6 @@ fn unsupported_nginx(
             }
             (true, UnsupportedSecurity::Ignore) => {
                 format!("{what}: the route is served WITHOUT it (--unsupported-security-annotations=ignore)")
-            }
-            (false, _) if key == NGINX_AFFINITY => {
-                "session affinity is not supported, use ip-hash or header-hash (wsingress.io/load-balance); ignored"
-                    .to_string()
             }
             (false, _) => format!("ingress-nginx `{suffix}` is not supported by wsingress; ignored"),
         };
@@ -1042,7 +1264,7 @@ mod tests {
             ),
             // Ours invalid: reported, and the alias value stays.
             (&[(NGINX_UPSTREAM_HASH_BY, "$remote_addr"), (LOAD_BALANCE, "sticky")], Policy::IpHash, Some(60), 1),
-            (&[(NGINX_AFFINITY, "cookie")], Policy::LeastConn, Some(60), 1),
+            (&[(NGINX_AFFINITY, "cookie")], Policy::LeastConn, Some(60), 0),
         ];
         for (pairs, policy, idle, warns) in cases {
             let (s, w) = settings_of(pairs);
@@ -1054,9 +1276,88 @@ mod tests {
         assert!(w.is_empty());
         assert_eq!(s.connect_timeout, Duration::from_secs(2));
         let (s, w) = settings_of(&[(NGINX_AFFINITY, "cookie")]);
-        assert!(w[0].reason.contains("not supported, use ip-hash or header-hash"));
-        assert_eq!(w[0].event_reason, "UnsupportedAnnotation");
-        assert_eq!(s.refused, None, "affinity is not a security annotation");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(s.affinity, Affinity::Cookie);
+        assert!(s.unsupported_annotations.is_empty());
+    }
+
+    #[test]
+    fn cookie_affinity_and_its_nginx_aliases() {
+        let (s, w) = settings_of(&[
+            (AFFINITY, "cookie"),
+            (SESSION_COOKIE_NAME, "route"),
+            (SESSION_COOKIE_PATH, "/socket.io"),
+            (SESSION_COOKIE_MAX_AGE, "48h"),
+            (SESSION_COOKIE_SAMESITE, "none"),
+            (SESSION_COOKIE_SECURE, "true"),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(s.affinity, Affinity::Cookie);
+        let c = &s.session_cookie;
+        assert_eq!((c.name.as_str(), c.path.as_str()), ("route", "/socket.io"));
+        assert_eq!((c.max_age, c.same_site, c.secure), (Some(172_800), Some(SameSite::None), true));
+        // ingress-nginx's keys, seconds for the ages; expires only without max-age.
+        let (s, w) = settings_of(&[
+            (NGINX_AFFINITY, "cookie"),
+            (NGINX_SESSION_COOKIE_NAME, "INGRESSCOOKIE"),
+            (NGINX_SESSION_COOKIE_EXPIRES, "172800"),
+            (NGINX_SESSION_COOKIE_SAMESITE, "Lax"),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(s.affinity, Affinity::Cookie);
+        assert_eq!(s.session_cookie.name, "INGRESSCOOKIE");
+        assert_eq!(s.session_cookie.max_age, Some(172_800));
+        assert_eq!(s.session_cookie.same_site, Some(SameSite::Lax));
+        let (s, _) = settings_of(&[(NGINX_SESSION_COOKIE_MAX_AGE, "60"), (NGINX_SESSION_COOKIE_EXPIRES, "99")]);
+        assert_eq!(s.session_cookie.max_age, Some(60));
+        // Ours win over the alias.
+        let (s, _) = settings_of(&[(NGINX_AFFINITY, "cookie"), (AFFINITY, "none")]);
+        assert_eq!(s.affinity, Affinity::None);
+        // Bad values: reported, defaults kept.
+        for (k, v) in [
+            (AFFINITY, "balanced"),
+            (SESSION_COOKIE_NAME, "a b"),
+            (SESSION_COOKIE_PATH, "chat"),
+            (SESSION_COOKIE_SAMESITE, "sometimes"),
+            (NGINX_AFFINITY, "ip"),
+        ] {
+            let (s, w) = settings_of(&[(k, v)]);
+            assert_eq!(w.len(), 1, "{k}={v}: {w:?}");
+            assert_eq!(w[0].field, format!("metadata.annotations[{k}]"));
+            assert_eq!(s, RouteSettings::default(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn rebalance_annotations() {
+        let (s, w) = settings_of(&[
+            (REBALANCE, "on"),
+            (REBALANCE_THRESHOLD, "1.5"),
+            (REBALANCE_MAX_RATE, "5%"),
+            (REBALANCE_MIN_AGE, "30s"),
+            (MAX_CONNECTION_AGE, "1h"),
+        ]);
+        assert!(w.is_empty(), "{w:?}");
+        assert!(s.rebalance.enabled);
+        assert_eq!(s.rebalance.threshold_milli, 1500);
+        assert_eq!(s.rebalance.max_rate_bp, 500);
+        assert_eq!(s.rebalance.min_age, Duration::from_secs(30));
+        assert_eq!(s.max_connection_age, Some(Duration::from_secs(3600)));
+        assert_eq!(parse_share("0.02"), Ok(200));
+        assert_eq!(parse_share("0.5%"), Ok(50));
+        for (k, v) in [
+            (REBALANCE, "maybe"),
+            (REBALANCE_THRESHOLD, "1"),
+            (REBALANCE_THRESHOLD, "x"),
+            (REBALANCE_MAX_RATE, "0%"),
+            (REBALANCE_MAX_RATE, "150%"),
+            (REBALANCE_MIN_AGE, "soon"),
+            (MAX_CONNECTION_AGE, "old"),
+        ] {
+            let (s, w) = settings_of(&[(k, v)]);
+            assert_eq!(w.len(), 1, "{k}={v}: {w:?}");
+            assert_eq!(s, RouteSettings::default(), "{k}={v}");
+        }
     }
 
     fn settings_with(pairs: &[(&str, &str)], security: UnsupportedSecurity) -> (RouteSettings, Vec<Warning>) {

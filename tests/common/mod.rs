@@ -403,3 +403,26 @@ pub async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>,
         }
     }
 }
+
+/// A manifests file in the temp folder, removed when dropped.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    /// A fresh path named after `tag`, this process and the clock.
+    pub fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        Self(std::env::temp_dir().join(format!("wsingress-{tag}-{}-{nanos}.yaml", std::process::id())))
+    }
+    /// Write aside and rename over, as most editors save.
+    pub fn save(&self, text: &str) {
+        let tmp = self.0.with_extension("swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.0).unwrap();
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

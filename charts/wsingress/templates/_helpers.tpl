@@ -196,3 +196,8 @@ string of digits; values.schema.json allows only digits). Usage: include "wsingr
   resources: ["events"]
   verbs: ["create", "get", "patch"]
 {{- end -}}
+
+{{/* The Secret holding the cookie-affinity key: the user's, or the one this chart creates. */}}
+{{- define "wsingress.affinitySecret" -}}
+{{- .Values.controller.affinityKey.existingSecret | default (printf "%s-affinity" (include "wsingress.fullname" .)) -}}
+{{- end }}
