@@ -103,7 +103,8 @@ fn close_class_index(code: Option<u16>, close_frame_seen: bool) -> usize {
 pub enum UpgradeResult {
     /// 101 from the backend, tunnel established.
     Ok,
-    /// Invalid upgrade request (400), forbidden origin (403), limits (429/503): no backend contacted.
+    /// Invalid upgrade request (400), forbidden origin (403), limits (429/503), an invalid
+    /// Gateway API backendRef (500): no backend contacted.
     Rejected,
     /// The backend answered the handshake with something other than 101.
     BackendRefused,
@@ -268,7 +269,7 @@ impl Metrics {
             )?,
             upgrades: counter(
                 "wsingress_websocket_upgrades_total",
-                "WebSocket upgrade requests by result: ok, rejected (400/403/429, no backend contacted), backend_refused (non-101 answer), backend_error (502), timeout (504), no_endpoints (503).",
+                "WebSocket upgrade requests by result: ok, rejected (400/403/429, or 500 for an invalid Gateway API backendRef; no backend contacted), backend_refused (non-101 answer), backend_error (502), timeout (504), no_endpoints (503).",
                 &["route", "result"],
             )?,
             handshake_seconds: histogram(

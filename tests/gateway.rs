@@ -3,7 +3,8 @@
 //! namespace the listener does not admit gets nothing; weights 80/20 measured over 1,000
 //! connections; `timeouts.request: 2s` bounds the way to the 101 (and a slow plain response
 //! gets 504) while a tunnel stays open past it; each filter is observable; header matches
-//! take precedence as the spec orders; http→https redirect.
+//! take precedence as the spec orders; http→https redirect; invalid backendRefs keep their
+//! weight as a share answered 500.
 
 mod common;
 mod tls_common;
@@ -173,6 +174,82 @@ spec:
     let share = f64::from(heavy_count) / 10.0;
     println!("weights 80/20 over 1000 connections: {share:.1}% to the weight-80 Service");
     assert!((75.0..=85.0).contains(&share), "{share}% to the weight-80 Service, want 80 ± 5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_backend_refs_keep_their_share_and_answer_500() {
+    let good = echo("good", "").await;
+    let manifest = format!(
+        r#"{GATEWAY}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: half, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [half.localhost]
+  rules:
+    - backendRefs:
+        - {{name: good, port: 80, weight: 1}}
+        - {{name: missing, port: 80, weight: 1}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: broken, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [broken.localhost]
+  rules:
+    - backendRefs: [{{name: missing, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: idle, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [idle.localhost]
+  rules:
+    - backendRefs: [{{name: empty, port: 80}}]
+{}{}"#,
+        service("default", "good", &[good.addr]),
+        service("default", "empty", &[]),
+    );
+    let (running, _file) = start(&manifest).await;
+    let proxy = running.proxy_addr;
+
+    // Weights 1 and 1, one Service missing: about half the requests get 500, the rest the echo.
+    let (mut ok, mut failed) = (0u32, 0u32);
+    for _ in 0..200 {
+        let (status, head, _) = http_get(proxy, "half.localhost", "/healthz").await;
+        match status {
+            200 => {
+                assert!(head.to_ascii_lowercase().contains("x-echo-instance: good"), "{head}");
+                ok += 1;
+            }
+            500 => failed += 1,
+            other => panic!("unexpected status {other}: {head}"),
+        }
+    }
+    let share = f64::from(failed) / 2.0;
+    println!("one of two weight-1 backendRefs invalid: {share:.1}% of 200 requests answered 500");
+    assert_eq!(ok + failed, 200);
+    assert!((35.0..=65.0).contains(&share), "{share}% answered 500, want about 50");
+    let m = &running.metrics;
+    assert_eq!(metric(m, "wsingress_http_requests_total", &[("status_class", "5xx")]), f64::from(failed));
+
+    // Every backendRef invalid: the rule is still served, all of it 500 (not 503), for plain
+    // HTTP and for an upgrade, which no backend ever sees.
+    let (status, _, _) = http_get(proxy, "broken.localhost", "/").await;
+    assert_eq!(status, 500);
+    match connect_with(&ws_url(proxy, "/ws"), &[("Host", "broken.localhost")]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 500),
+        other => panic!("expected a 500 to the upgrade, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert_eq!(metric(m, "wsingress_websocket_upgrades_total", &[("result", "rejected")]), 1.0);
+    assert_eq!(metric(m, "wsingress_upstream_errors_total", &[]), 0.0, "no backend contacted");
+
+    // A valid Service without ready endpoints is another matter: 503, as before.
+    let (status, _, _) = http_get(proxy, "idle.localhost", "/").await;
+    assert_eq!(status, 503);
 }
 
 /// A backend that answers its head at once and the second half of its body after `delay`.

@@ -57,6 +57,11 @@ pub enum ProxyError {
     /// response head of plain HTTP).
     #[error("the route's request timeout passed before the backend answered")]
     RequestTimeout,
+    /// A Gateway API rule's split picked the share of its invalid backendRefs (Service not
+    /// found, unsupported kind, no ReferenceGrant, no port): 500 as the spec requires, no
+    /// backend contacted.
+    #[error("the rule's backendRef for this request is invalid (see the HTTPRoute's ResolvedRefs condition)")]
+    InvalidBackendRef,
 }
 
 impl ProxyError {
@@ -78,6 +83,7 @@ impl ProxyError {
             Self::Policy(Refusal::SourceRange) => StatusCode::FORBIDDEN,
             Self::Policy(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Redirect { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FOUND),
+            Self::InvalidBackendRef => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -170,5 +176,8 @@ mod tests {
         let moved = ProxyError::Redirect { status: 301, location: "https://a.example/".into() };
         assert_eq!(moved.status(), 301);
         assert_eq!(moved.location(), Some("https://a.example/"));
+        assert_eq!(ProxyError::InvalidBackendRef.status(), 500);
+        assert_eq!(ProxyError::InvalidBackendRef.upgrade_result(), UpgradeResult::Rejected);
+        assert_eq!(ProxyError::InvalidBackendRef.upstream_reason(), None);
     }
 }

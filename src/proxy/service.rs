@@ -24,7 +24,7 @@ use crate::drain::Drain;
 use crate::metrics::{HttpAccess, Metrics};
 use crate::policy::affinity::AffinityKey;
 use crate::policy::limits::{ClientCounters, RouteCounters};
-use crate::routes::{GatewayRoute, RouteHandle, SslRedirect};
+use crate::routes::{GatewayRoute, Pick, RouteHandle, SslRedirect};
 use crate::tls::CertHandle;
 use crate::tls::client::BackendConfigs;
 
@@ -140,10 +140,19 @@ pub async fn handle(
     let gateway = found.route.settings.gateway.clone();
     // A Gateway API rule picks one of its Services by weight; its pool serves.
     // By the hash key for hashing policies, so a client keeps its Service.
+    // The invalid backendRefs' share is answered 500 (after the redirects below), counted on
+    // the rule's route.
+    let mut invalid = false;
     let picked = gateway.as_deref().and_then(|g| {
         let header = |name: &str| req.headers().get(name).map(HeaderValue::as_bytes);
         let key = super::balance::hash_key(&found.route.settings.policy, header, client.client);
-        g.pick_for(key.as_deref()).cloned()
+        match g.pick_for(key.as_deref())? {
+            Pick::Service(backend) => Some(backend.clone()),
+            Pick::Invalid => {
+                invalid = true;
+                None
+            }
+        }
     });
     let (route, slot) = match picked.as_ref() {
         Some(backend) => (backend.clone(), table.split_slot(backend)),
@@ -184,6 +193,11 @@ pub async fn handle(
             return error_response(&err, false);
         }
         apply_request_filters(g, &mut req);
+    }
+    if invalid {
+        let err = ProxyError::InvalidBackendRef;
+        front::account(&state, Some(&rm), &err, &log, &client, started, false);
+        return error_response(&err, false);
     }
     let forwarded = forward::forward(&state, req, &route, &rm, &client, ctx.listener, ctx.config.write_timeout);
     // Gateway API `timeouts.request`: the whole response (504 before its head, cut short after).

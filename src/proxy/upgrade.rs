@@ -35,8 +35,8 @@ use crate::policy::affinity;
 use crate::policy::clients::ClientSlot;
 use crate::policy::limits::Slot;
 use crate::routes::{
-    ActiveGuard, Affinity, EndpointLive, GatewayRoute, HeaderEdits, PendingGuard, RebalanceGuard, RequestFacts, Route,
-    RouteTable,
+    ActiveGuard, Affinity, EndpointLive, GatewayRoute, HeaderEdits, PendingGuard, Pick, RebalanceGuard, RequestFacts,
+    Route, RouteTable,
 };
 
 /// The client's request fields, from the front door's parse (spans of its buffer) or from
@@ -181,15 +181,15 @@ async fn open(
     let found = table.lookup_request(req.host, &path, req).ok_or((None, ProxyError::NoRoute))?;
     let gateway = found.route.settings.gateway.as_ref();
     // A Gateway API rule picks one of its Services by weight (by the hash key, for hashing
-    // policies); its pool serves.
-    let pick = |g: &Arc<GatewayRoute>| {
+    // policies); its pool serves. The invalid backendRefs' share is answered 500 (after the
+    // redirects below, before any backend is contacted), counted on the rule's route.
+    let picked = gateway.and_then(|g| {
         let key = balance::hash_key(&found.route.settings.policy, |name| req.fields.value(name), client.client);
-        g.pick_for(key.as_deref()).cloned()
-    };
-    let picked = gateway.and_then(pick);
-    let (route, slot): (&Route, Option<usize>) = match &picked {
-        Some(backend) => (&**backend, table.split_slot(backend)),
-        None => (&**found.route, Some(found.slot)),
+        g.pick_for(key.as_deref())
+    });
+    let (route, slot): (&Route, Option<usize>) = match picked {
+        Some(Pick::Service(backend)) => (&**backend, table.split_slot(backend)),
+        Some(Pick::Invalid) | None => (&**found.route, Some(found.slot)),
     };
     let handles = state.metrics.for_table(table);
     let rm = slot
@@ -213,6 +213,9 @@ async fn open(
             g.matched_prefix.as_deref(),
         );
         return Err(fail(ProxyError::Redirect { status: redirect.status, location }));
+    }
+    if matches!(picked, Some(Pick::Invalid)) {
+        return Err(fail(ProxyError::InvalidBackendRef));
     }
     let origin = req.fields.value("origin").and_then(|o| std::str::from_utf8(o).ok());
     if !settings.origin_allowed(origin) {

@@ -212,8 +212,13 @@ pub struct Rewrite {
 pub struct GatewayRoute {
     pub conditions: RequestConditions,
     /// The rule's Services by weight (each `>0`), one picked per connection or request; the
-    /// rule's own route has an empty pool. Empty when no backend is usable (503).
+    /// rule's own route has an empty pool. Only valid backendRefs (see `invalid_weight`).
     pub backends: Vec<(u32, Arc<Route>)>,
+    /// The summed weight of the rule's invalid backendRefs (Service not found, kind not
+    /// supported, cross-namespace without a ReferenceGrant, no port): their share of the split
+    /// is answered 500, as the spec requires, so a rule whose backends are all invalid answers
+    /// 500 to everything. Weight-0 refs count nowhere.
+    pub invalid_weight: u32,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     pub redirect: Option<Redirect>,
@@ -249,6 +254,7 @@ impl PartialEq for GatewayRoute {
             && self.rewrite == other.rewrite
             && self.request_timeout == other.request_timeout
             && self.matched_prefix == other.matched_prefix
+            && self.invalid_weight == other.invalid_weight
             && self.backends.len() == other.backends.len()
             && self.backends.iter().zip(&other.backends).all(|(a, b)| same_backend(a, b))
     }
@@ -256,18 +262,39 @@ impl PartialEq for GatewayRoute {
 
 impl Eq for GatewayRoute {}
 
+/// What a rule's weighted split chose for one connection or request.
+#[derive(Debug, Clone, Copy)]
+pub enum Pick<'a> {
+    /// This Service's pool serves.
+    Service(&'a Arc<Route>),
+    /// The share of the rule's invalid backendRefs: answered 500, no backend contacted.
+    Invalid,
+}
+
+impl<'a> Pick<'a> {
+    /// The Service picked, if a valid one was.
+    pub fn service(self) -> Option<&'a Arc<Route>> {
+        match self {
+            Self::Service(r) => Some(r),
+            Self::Invalid => None,
+        }
+    }
+}
+
 impl GatewayRoute {
-    /// The Service of a split for a new connection or request, by weight: a counter mixed
-    /// by splitmix64 (uniform, no shared RNG state beyond one atomic); `None` without a split.
-    pub fn pick(&self) -> Option<&Arc<Route>> {
+    /// The Service of a split for a new connection or request, by weight (the invalid
+    /// backendRefs' share included): a counter mixed by splitmix64 (uniform, no shared RNG
+    /// state beyond one atomic); `None` without a split.
+    pub fn pick(&self) -> Option<Pick<'_>> {
         self.pick_for(None)
     }
 
     /// [`pick`](Self::pick), or with a hashing policy's key (client address, header value) the
     /// Service that key always gets, by weight: every replica sends a key to the same Service
     /// (and then, by the same key, to the same endpoint).
-    pub fn pick_for(&self, key: Option<&[u8]>) -> Option<&Arc<Route>> {
-        let total: u64 = self.backends.iter().map(|(w, _)| u64::from(*w)).sum();
+    pub fn pick_for(&self, key: Option<&[u8]>) -> Option<Pick<'_>> {
+        let valid: u64 = self.backends.iter().map(|(w, _)| u64::from(*w)).sum();
+        let total = valid + u64::from(self.invalid_weight);
         if total == 0 {
             return None;
         }
@@ -279,11 +306,12 @@ impl GatewayRoute {
         for (w, route) in &self.backends {
             let w = u64::from(*w);
             if n < w {
-                return Some(route);
+                return Some(Pick::Service(route));
             }
             n -= w;
         }
-        None
+        // What is left is the invalid share.
+        Some(Pick::Invalid)
     }
 
     /// A rule routing to `backends` (by weight), with no conditions, filters or timeout yet.
@@ -296,6 +324,7 @@ impl GatewayRoute {
         Self {
             conditions: self.conditions.clone(),
             backends,
+            invalid_weight: self.invalid_weight,
             request_headers: self.request_headers.clone(),
             response_headers: self.response_headers.clone(),
             redirect: self.redirect.clone(),
@@ -335,9 +364,10 @@ mod tests {
         let mut to_a = 0;
         for i in 0u32..5000 {
             let key = i.to_be_bytes();
-            let first = g.pick_for(Some(&key)).unwrap().id.clone();
-            assert_eq!(again.pick_for(Some(&key)).unwrap().id, first, "another replica agrees");
-            assert_eq!(g.pick_for(Some(&key)).unwrap().id, first, "and so does a later connection");
+            let id = |g: &GatewayRoute| g.pick_for(Some(&key)).and_then(Pick::service).unwrap().id.clone();
+            let first = id(&g);
+            assert_eq!(id(&again), first, "another replica agrees");
+            assert_eq!(id(&g), first, "and so does a later connection");
             to_a += usize::from(first == "a");
         }
         assert!((3_800..=4_200).contains(&to_a), "{to_a} of 5000 keys to the weight-80 Service");
@@ -350,18 +380,62 @@ mod tests {
         let heavier = GatewayRoute::new(vec![(2, route("a"))]);
         let mut timed = GatewayRoute::new(vec![(1, route("a"))]);
         timed.request_timeout = Some(Duration::from_secs(2));
+        let mut half_invalid = GatewayRoute::new(vec![(1, route("a"))]);
+        half_invalid.invalid_weight = 1;
         assert!(a == same);
         assert!(a != heavier);
         assert!(a != timed);
+        assert!(a != half_invalid, "the invalid share is part of what it routes to");
+        assert!(half_invalid == half_invalid.with_backends(vec![(1, route("a"))]), "and kept by a relink");
     }
 
     #[test]
     fn weighted_pick_follows_the_weights() {
         let g = GatewayRoute { backends: vec![(80, route("a")), (20, route("b"))], ..GatewayRoute::default() };
-        let a = (0..10_000).filter(|_| g.pick().is_some_and(|r| r.id == "a")).count();
+        let a = (0..10_000).filter(|_| g.pick().and_then(Pick::service).is_some_and(|r| r.id == "a")).count();
         assert!((7_700..=8_300).contains(&a), "{a} of 10000 to the weight-80 Service");
         let none = GatewayRoute::default();
         assert!(none.pick().is_none());
+    }
+
+    #[test]
+    fn invalid_backend_refs_keep_their_share_of_the_split() {
+        // Spec example: two refs of weight 1, one invalid → about half the requests get 500.
+        let mut g = GatewayRoute::new(vec![(1, route("a"))]);
+        g.invalid_weight = 1;
+        let (mut to_a, mut invalid) = (0, 0);
+        for _ in 0..10_000 {
+            match g.pick().unwrap() {
+                Pick::Service(r) => {
+                    assert_eq!(r.id, "a");
+                    to_a += 1;
+                }
+                Pick::Invalid => invalid += 1,
+            }
+        }
+        assert_eq!(to_a + invalid, 10_000);
+        assert!((4_700..=5_300).contains(&invalid), "{invalid} of 10000 to the invalid half");
+        // Weighted: 3 valid to 1 invalid; a hash key keeps its side too.
+        let mut g = GatewayRoute::new(vec![(2, route("a")), (1, route("b"))]);
+        g.invalid_weight = 1;
+        let invalid =
+            (0u32..8_000).filter(|i| matches!(g.pick_for(Some(&i.to_be_bytes())), Some(Pick::Invalid))).count();
+        assert!((1_800..=2_200).contains(&invalid), "{invalid} of 8000 keys to the weight-1 invalid share");
+        for i in 0u32..100 {
+            let key = i.to_be_bytes();
+            let side = |p: Option<Pick<'_>>| p.unwrap().service().map(|r| r.id.clone());
+            assert_eq!(side(g.pick_for(Some(&key))), side(g.pick_for(Some(&key))));
+        }
+    }
+
+    #[test]
+    fn a_rule_whose_backends_are_all_invalid_always_picks_the_invalid_share() {
+        let mut g = GatewayRoute::new(Vec::new());
+        g.invalid_weight = 2;
+        assert!((0..1_000).all(|_| matches!(g.pick(), Some(Pick::Invalid))));
+        assert!(matches!(g.pick_for(Some(b"10.0.0.1")), Some(Pick::Invalid)));
+        // Only weight-0 refs (or none): no split at all, the rule's own (empty) pool answers.
+        assert!(GatewayRoute::new(Vec::new()).pick().is_none());
     }
 
     #[test]

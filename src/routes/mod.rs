@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use client_policy::ClientPolicy;
 pub use gateway::{
-    GatewayRoute, HeaderEdits, NoFacts, PathRewrite, Redirect, RequestConditions, RequestFacts, Rewrite,
+    GatewayRoute, HeaderEdits, NoFacts, PathRewrite, Pick, Redirect, RequestConditions, RequestFacts, Rewrite,
 };
 pub use handle::RouteHandle;
 pub use matching::{HostMatch, PathMatch};
@@ -771,6 +771,7 @@ impl RouteTable {
                 .flat_map(|g| &g.backends)
                 .map(|(weight, b)| SplitView { weight: *weight, backend: b.backend.clone(), endpoints: endpoints(b) })
                 .collect(),
+            split_invalid_weight: r.settings.gateway.as_ref().map_or(0, |g| g.invalid_weight),
         };
         TableView {
             generation: self.generation,
@@ -816,6 +817,13 @@ pub struct RouteView {
     /// A Gateway API rule's Services by weight (its own pool is then empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub split: Vec<SplitView>,
+    /// The weight of the rule's invalid backendRefs, whose share is answered 500.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub split_invalid_weight: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Serialize)]

@@ -158,7 +158,10 @@ pub(crate) struct RuleView {
     pub unsupported: Option<Problem>,
     pub matches: Vec<MatchView>,
     pub filters: FilterView,
+    /// The valid backendRefs.
     pub backends: Vec<BackendView>,
+    /// The summed weight of the invalid ones (their share is answered 500).
+    pub invalid_weight: u32,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
 }
@@ -729,6 +732,7 @@ fn rules_of(route: &HTTPRoute, route_ns: &str, snapshot: &ClusterSnapshot) -> (V
         let request_timeout = timeout("request", t.and_then(|t| t.request.as_ref()));
         let backend_timeout = timeout("backendRequest", t.and_then(|t| t.backend_request.as_ref()));
         let mut backends = Vec::new();
+        let mut invalid_weight = 0u32;
         for (j, b) in rule.backend_refs.iter().enumerate() {
             let field = format!("spec.rules[{i}].backendRefs[{j}]");
             if !b.filters.is_empty() {
@@ -740,6 +744,8 @@ fn rules_of(route: &HTTPRoute, route_ns: &str, snapshot: &ClusterSnapshot) -> (V
             match backend_view(b, route_ns, snapshot, field) {
                 Ok(v) => backends.push(v),
                 Err(p) => {
+                    // It keeps its weight in the split, as a share answered 500.
+                    invalid_weight = invalid_weight.saturating_add(weight_of(b));
                     unresolved.get_or_insert(p);
                 }
             }
@@ -750,6 +756,7 @@ fn rules_of(route: &HTTPRoute, route_ns: &str, snapshot: &ClusterSnapshot) -> (V
             matches: views,
             filters,
             backends,
+            invalid_weight,
             request_timeout,
             backend_timeout,
         });
@@ -914,8 +921,12 @@ fn backend_view(
     let Some(port) = b.port else {
         return Err(Problem::new(c::UNSUPPORTED_VALUE, format!("{field}: a Service backend needs a port")));
     };
-    let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-    Ok(BackendView { namespace: ns.to_string(), service: b.name.clone(), port, weight, field })
+    Ok(BackendView { namespace: ns.to_string(), service: b.name.clone(), port, weight: weight_of(b), field })
+}
+
+/// A backendRef's weight: 1 when unset, 0 for anything negative.
+fn weight_of(b: &HTTPBackendRef) -> u32 {
+    u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0)
 }
 
 fn gateway_status(g: &GatewayView<'_>, addresses: &[GatewayStatusAddress], now: &Time) -> GatewayStatus {
@@ -1006,7 +1017,7 @@ impl<'a> super::Translation<'a> {
             }
         }
         if let Some(problem) = &view.unresolved {
-            let why = format!("{}; that backend gets no traffic", problem.message);
+            let why = format!("{}; that backend's share of the traffic is answered 500", problem.message);
             self.warn(&object, "spec.rules", "", why, problem.reason);
         }
         // The hosts this route serves, over every listener it attached to.
@@ -1064,6 +1075,7 @@ impl<'a> super::Translation<'a> {
             let label = backends.first().map_or_else(|| "none".to_string(), |(_, r)| r.backend.clone());
             for m in &rule.matches {
                 let mut extras = GatewayRoute::new(backends.clone());
+                extras.invalid_weight = rule.invalid_weight;
                 extras.conditions = m.conditions.clone();
                 extras.request_headers = rule.filters.request_headers.clone();
                 extras.response_headers = rule.filters.response_headers.clone();

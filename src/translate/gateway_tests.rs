@@ -15,7 +15,7 @@ use super::gateway::{gateway_duration, intersect};
 use super::gateway_status::{GatewayStatuses, gateway_statuses};
 use super::*;
 use crate::gateway_api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant, RouteParentStatus};
-use crate::routes::RouteTable;
+use crate::routes::{Pick, RouteTable};
 
 /// Objects of a multi-document YAML (the kinds translation reads).
 fn snapshot(yaml: &str) -> ClusterSnapshot {
@@ -317,9 +317,85 @@ spec:
     assert_eq!(cond("grpc", "ResolvedRefs"), ("False".into(), "InvalidRouteKinds".into()));
     assert!(listener("grpc").supported_kinds.is_empty());
     assert_eq!(listener("web").attached_routes, 2, "missing and bucket attach (their backends fail, not the parent)");
-    // A missing Service: the rule has no backend to send to; nothing routes elsewhere.
+    // A missing Service: the rule is served, all of it the invalid share (500); nothing
+    // routes elsewhere.
     let (t, _) = table(&s);
     assert_eq!(reach(&t, "a.example.com", "/", &[], "GET").as_deref(), Some("default/missing none"));
+    let g = t.find(Some("a.example.com"), "/").unwrap().settings.gateway.clone().unwrap();
+    assert!(g.backends.is_empty());
+    assert_eq!(g.invalid_weight, 1);
+    assert!(matches!(g.pick(), Some(Pick::Invalid)));
+}
+
+#[test]
+fn invalid_backend_refs_keep_their_weight_as_a_share_answered_500() {
+    let s = snapshot(&format!(
+        r#"{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: mixed, namespace: default, generation: 2}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [mixed.example.com]
+  rules:
+    - backendRefs:
+        - {{name: a, port: 80, weight: 4}}
+        - {{name: gone, port: 80}}
+        - {{group: storage.example.com, kind: Bucket, name: x, weight: 2}}
+        - {{name: store, namespace: shop, port: 80, weight: 3}}
+        - {{name: a, weight: 5}}
+        - {{name: gone-too, port: 80, weight: 0}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: broken, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [broken.example.com]
+  rules:
+    - backendRefs:
+        - {{name: gone, port: 80, weight: 2}}
+        - {{name: store, namespace: shop, port: 80}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: zero, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [zero.example.com]
+  rules: [{{backendRefs: [{{name: gone, port: 80, weight: 0}}]}}]
+{}{}"#,
+        gateway(WEB),
+        service("default", "a", "10.0.0.5"),
+        service("shop", "store", "10.0.0.6"),
+    ));
+    let (t, warnings) = table(&s);
+    let split = |host: &str| t.find(Some(host), "/").unwrap().settings.gateway.clone().unwrap();
+    // Valid: a (4). Invalid: not found (1), kind (2), no ReferenceGrant (3), no port (5).
+    // Weight 0 counts nowhere.
+    let g = split("mixed.example.com");
+    let weights: Vec<(u32, &str)> = g.backends.iter().map(|(w, r)| (*w, r.backend.as_str())).collect();
+    assert_eq!(weights, [(4, "a:80")]);
+    assert_eq!(g.invalid_weight, 11);
+    let invalid = (0..15_000).filter(|_| matches!(g.pick(), Some(Pick::Invalid))).count();
+    assert!((10_600..=11_400).contains(&invalid), "{invalid} of 15000 to the invalid share (11 of 15)");
+    // All invalid: still served, everything 500.
+    let g = split("broken.example.com");
+    assert!(g.backends.is_empty());
+    assert_eq!(g.invalid_weight, 3);
+    assert!((0..100).all(|_| matches!(g.pick(), Some(Pick::Invalid))));
+    // Only weight 0: no split at all (the rule's own empty pool answers 503, as before).
+    let g = split("zero.example.com");
+    assert!(g.backends.is_empty() && g.invalid_weight == 0 && g.pick().is_none());
+    // Status and warnings are unchanged: ResolvedRefs=False with the first problem's reason.
+    let st = statuses(&s);
+    assert_eq!(resolved_reason(&st, "default/mixed"), ("False".into(), "BackendNotFound".into()));
+    assert_eq!(accepted_reason(&st, "default/mixed"), ("True".into(), "Accepted".into()));
+    assert_eq!(resolved_reason(&st, "default/broken"), ("False".into(), "BackendNotFound".into()));
+    assert_eq!(accepted_reason(&st, "default/broken"), ("True".into(), "Accepted".into()));
+    let warned = warnings.iter().find(|w| w.object.id() == "default/mixed").expect("a warning for mixed");
+    assert!(warned.reason.contains("answered 500"), "{warned:?}");
 }
 
 #[test]
@@ -442,9 +518,10 @@ spec:
     let g = found.settings.gateway.as_ref().unwrap();
     let weights: Vec<(u32, &str)> = g.backends.iter().map(|(w, r)| (*w, r.backend.as_str())).collect();
     assert_eq!(weights, [(3, "a:80"), (1, "b:80")], "weight defaults to 1; weight 0 is left out");
+    assert_eq!(g.invalid_weight, 0);
     let mut to_a = 0;
     for _ in 0..4000 {
-        if g.pick().unwrap().backend == "a:80" {
+        if g.pick().and_then(Pick::service).unwrap().backend == "a:80" {
             to_a += 1;
         }
     }
