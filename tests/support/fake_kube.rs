@@ -654,10 +654,10 @@ fn route(
     body: &[u8],
 ) -> Response<Body> {
     let Some(p) = parse_path(path) else {
-        if *method == Method::GET {
-            if let Some(list) = discovery(shared, path) {
-                return json_response(StatusCode::OK, &list);
-            }
+        if *method == Method::GET
+            && let Some(list) = discovery(shared, path)
+        {
+            return json_response(StatusCode::OK, &list);
         }
         return error(StatusCode::NOT_FOUND, "NotFound", "no such path");
     };
