@@ -214,9 +214,14 @@ pub fn translate_defaults(args: &ServeArgs) -> Result<Defaults, ConfigError> {
     if controller_name.is_empty() {
         return Err(ConfigError("--controller-name must not be empty".to_string()));
     }
+    let gateway_controller_name = args.gateway_controller_name.trim();
+    if gateway_controller_name.is_empty() {
+        return Err(ConfigError("--gateway-controller-name must not be empty".to_string()));
+    }
     Ok(Defaults {
         class_name: args.ingress_class.trim().to_string(),
         controller_name: controller_name.to_string(),
+        gateway_controller_name: gateway_controller_name.to_string(),
         settings: args.route.settings(),
         unsupported_security: args.unsupported_security_annotations,
         ..Defaults::default()

@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Serve the IngressClasses whose spec.controller is this (run installs side by side with different names).
     #[arg(long, default_value = crate::translate::CONTROLLER_NAME)]
     pub controller_name: String,
+    /// Serve the GatewayClasses whose spec.controllerName is this (Gateway API).
+    #[arg(long, default_value = crate::translate::GATEWAY_CONTROLLER_NAME)]
+    pub gateway_controller_name: String,
     /// Cluster mode: route Services annotated wsingress.io/expose (they must also name a served class in wsingress.io/ingress-class).
     #[arg(long)]
     pub enable_service_routes: bool,

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod drain;
 pub mod echo;
+pub mod gateway_api;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -45,6 +45,13 @@ pub enum ProxyError {
     /// Plain HTTP to a host served over TLS (`ssl-redirect`): 308 to this location.
     #[error("this host is served over https: {0}")]
     HttpsRedirect(String),
+    /// A Gateway API `RequestRedirect` filter: `status` (301/302/...) to `location`.
+    #[error("redirected by the route (RequestRedirect) to {location}")]
+    Redirect { status: u16, location: String },
+    /// A Gateway API `timeouts.request` passed before the backend answered (the 101, or the
+    /// response head of plain HTTP).
+    #[error("the route's request timeout passed before the backend answered")]
+    RequestTimeout,
 }
 
 impl ProxyError {
@@ -61,15 +68,16 @@ impl ProxyError {
             Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) | Self::BackendTls { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            Self::ConnectTimeout(_) | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectTimeout(_) | Self::ResponseTimeout | Self::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HttpsRedirect(_) => StatusCode::PERMANENT_REDIRECT,
+            Self::Redirect { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FOUND),
         }
     }
 
     /// The `Location` of a redirect.
     pub fn location(&self) -> Option<&str> {
         match self {
-            Self::HttpsRedirect(to) => Some(to),
+            Self::HttpsRedirect(to) | Self::Redirect { location: to, .. } => Some(to),
             _ => None,
         }
     }
@@ -77,7 +85,7 @@ impl ProxyError {
     pub fn upgrade_result(&self) -> UpgradeResult {
         match self {
             Self::NoEndpoints => UpgradeResult::NoEndpoints,
-            Self::ConnectTimeout(_) | Self::ResponseTimeout => UpgradeResult::Timeout,
+            Self::ConnectTimeout(_) | Self::ResponseTimeout | Self::RequestTimeout => UpgradeResult::Timeout,
             Self::Connect { .. } | Self::BadHandshake(_) | Self::Backend(_) | Self::BackendTls { .. } => {
                 UpgradeResult::BackendError
             }
@@ -105,7 +113,8 @@ impl ProxyError {
                 _ => "connect_error",
             }),
             Self::ConnectTimeout(_) => Some("connect_timeout"),
-            Self::ResponseTimeout => Some("response_timeout"),
+            // The route's whole deadline counts as the backend not answering in time.
+            Self::ResponseTimeout | Self::RequestTimeout => Some("response_timeout"),
             Self::BadHandshake(_) => Some("bad_handshake"),
             Self::Backend(_) => Some("backend_io"),
             Self::BackendTls { .. } => Some("tls_error"),
@@ -132,5 +141,9 @@ mod tests {
         assert_eq!(refused.status(), 502);
         assert_eq!(refused.upstream_reason(), Some("connect_refused"));
         assert_eq!(ProxyError::OriginForbidden.upstream_reason(), None);
+        assert_eq!(ProxyError::RequestTimeout.status(), 504);
+        let moved = ProxyError::Redirect { status: 301, location: "https://a.example/".into() };
+        assert_eq!(moved.status(), 301);
+        assert_eq!(moved.location(), Some("https://a.example/"));
     }
 }

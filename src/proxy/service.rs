@@ -23,7 +23,7 @@ use super::{ProxyBody, forward, text_response, upgrade};
 use crate::drain::Drain;
 use crate::metrics::{HttpAccess, Metrics};
 use crate::policy::limits::{ClientCounters, RouteCounters};
-use crate::routes::{RouteHandle, SslRedirect};
+use crate::routes::{GatewayRoute, RouteHandle, SslRedirect};
 use crate::tls::CertHandle;
 use crate::tls::client::BackendConfigs;
 
@@ -96,7 +96,7 @@ impl ProxyState {
 pub async fn handle(
     state: Arc<ProxyState>,
     ctx: Arc<ListenerCtx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -118,7 +118,7 @@ pub async fn handle(
     let table = state.routes.load();
     let host = request_host(&req);
     let found = match http1::normalize_path(&path) {
-        Ok(norm) => table.lookup(host.as_deref(), &norm),
+        Ok(norm) => table.lookup_request(host.as_deref(), &norm, &req),
         Err(e) => {
             let err = ProxyError::BadRequest(e);
             front::account(&state, None, &err, &log, &client, started, false);
@@ -130,9 +130,16 @@ pub async fn handle(
         return error_response(&ProxyError::NoRoute, false);
     };
     let handles = state.metrics.for_table(&table);
-    let route = found.route.clone();
-    let rm =
-        handles.route(found.slot).cloned().unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
+    let gateway = found.route.settings.gateway.clone();
+    // A Gateway API rule picks one of its Services by weight; its pool serves.
+    let (route, slot) = match gateway.as_ref().and_then(|g| g.pick()) {
+        Some(backend) => (backend.clone(), table.split_slot(backend)),
+        None => (found.route.clone(), Some(found.slot)),
+    };
+    let rm = slot
+        .and_then(|s| handles.route(s))
+        .cloned()
+        .unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
     drop(table);
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     if let Some(to) = state.https_redirect(ctx.listener, route.settings.ssl_redirect, host.as_deref(), target) {
@@ -140,11 +147,34 @@ pub async fn handle(
         front::account(&state, Some(&rm), &err, &log, &client, started, false);
         return error_response(&err, false);
     }
-    let (resp, endpoint, err) =
-        match forward::forward(&state, req, &route, &rm, &client, ctx.listener, ctx.config.write_timeout).await {
-            Ok((resp, ep)) => (resp, Some(ep), None),
-            Err(err) => (error_response(&err, false), None, Some(err)),
-        };
+    if let Some(g) = &gateway {
+        if let Some(redirect) = &g.redirect {
+            let location = redirect.location(
+                ctx.listener.https,
+                host.as_deref().unwrap_or(""),
+                req.uri().path(),
+                req.uri().query(),
+                g.matched_prefix.as_deref(),
+            );
+            let err = ProxyError::Redirect { status: redirect.status, location };
+            front::account(&state, Some(&rm), &err, &log, &client, started, false);
+            return error_response(&err, false);
+        }
+        apply_request_filters(g, &mut req);
+    }
+    let forwarded = forward::forward(&state, req, &route, &rm, &client, ctx.listener, ctx.config.write_timeout);
+    // Gateway API `timeouts.request`: until the response head.
+    let forwarded = match gateway.as_ref().and_then(|g| g.request_timeout) {
+        Some(limit) => tokio::time::timeout(limit, forwarded).await.unwrap_or(Err(ProxyError::RequestTimeout)),
+        None => forwarded.await,
+    };
+    let (mut resp, endpoint, err) = match forwarded {
+        Ok((resp, ep)) => (resp, Some(ep), None),
+        Err(err) => (error_response(&err, false), None, Some(err)),
+    };
+    if let Some(g) = &gateway {
+        g.response_headers.apply(resp.headers_mut());
+    }
     let status = resp.status().as_u16();
     rm.http_request(status, started.elapsed());
     HttpAccess {
@@ -160,6 +190,37 @@ pub async fn handle(
     }
     .emit();
     resp
+}
+
+/// A Gateway API rule's `URLRewrite` and `RequestHeaderModifier`, applied to a request
+/// before it is forwarded.
+fn apply_request_filters<B>(g: &GatewayRoute, req: &mut Request<B>) {
+    if let Some(rewrite) = &g.rewrite {
+        if let Some(p) = &rewrite.path {
+            let mut target = p.apply(req.uri().path(), g.matched_prefix.as_deref());
+            if let Some(q) = req.uri().query() {
+                target.push('?');
+                target.push_str(q);
+            }
+            if let Ok(uri) = http::Uri::try_from(target) {
+                // An absolute-form authority moves to Host first, so it is not lost.
+                if let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                    req.headers_mut().insert(header::HOST, a);
+                }
+                *req.uri_mut() = uri;
+            }
+        }
+        if let Some(h) = rewrite.hostname.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            if req.uri().authority().is_some() {
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                if let Ok(uri) = http::Uri::try_from(pq) {
+                    *req.uri_mut() = uri;
+                }
+            }
+            req.headers_mut().insert(header::HOST, h);
+        }
+    }
+    g.request_headers.apply(req.headers_mut());
 }
 
 /// The answer for `err`: its status, its extra fields, a text body; `Connection: close` when

@@ -32,7 +32,9 @@ use super::stream::Stream;
 use super::{ProxyBody, forward};
 use crate::metrics::{ConnMetrics, HttpAccess, RouteMetrics, UpgradeResult, WebSocketAccess};
 use crate::policy::limits::Slot;
-use crate::routes::{ActiveGuard, EndpointLive, PendingGuard, Route, RouteTable};
+use crate::routes::{
+    ActiveGuard, EndpointLive, GatewayRoute, HeaderEdits, PendingGuard, RequestFacts, Route, RouteTable,
+};
 
 /// The client's request fields, from the front door's parse (spans of its buffer) or from
 /// hyper's (`(name, value)` pairs of its `HeaderMap`).
@@ -87,6 +89,26 @@ struct UpgradeReq<'a> {
     path_and_query: &'a [u8],
 }
 
+/// Gateway API matches read the upgrade request as it came (always a GET, checked before).
+impl RequestFacts for UpgradeReq<'_> {
+    fn method(&self) -> &str {
+        "GET"
+    }
+    fn has_header(&self, name: &str, value: &str) -> bool {
+        self.fields.values(name).any(|v| v == value.as_bytes())
+    }
+    fn query(&self) -> Option<&str> {
+        std::str::from_utf8(self.path_and_query).ok()?.split_once('?').map(|(_, q)| q)
+    }
+}
+
+impl UpgradeReq<'_> {
+    /// The path as sent, without the query.
+    fn path_only(&self) -> &str {
+        self.path.split_once('?').map_or(self.path, |(p, _)| p)
+    }
+}
+
 /// Validate an opening handshake (RFC 6455 §4.2.1): GET, HTTP/1.1, `Connection: upgrade`, one
 /// 16-byte base64 `Sec-WebSocket-Key`, and `Sec-WebSocket-Version: 13` (another version gets
 /// 426 with `Sec-WebSocket-Version: 13`, §4.4).
@@ -130,6 +152,8 @@ struct Opened {
     _handshaking: PendingGuard,
     route_slot: Option<Slot<Arc<str>>>,
     answer: Answer,
+    /// The Gateway API rule (its `ResponseHeaderModifier` edits the 101).
+    gateway: Option<Arc<GatewayRoute>>,
 }
 
 type Failed = (Option<Arc<RouteMetrics>>, ProxyError);
@@ -143,16 +167,35 @@ async fn open(
     client: &ClientInfo,
 ) -> Result<Opened, Failed> {
     let path = http1::normalize_path(req.path).map_err(|e| (None, e.into()))?;
-    let found = table.lookup(req.host, &path).ok_or((None, ProxyError::NoRoute))?;
-    let route: &Route = found.route;
+    let found = table.lookup_request(req.host, &path, req).ok_or((None, ProxyError::NoRoute))?;
+    let gateway = found.route.settings.gateway.as_ref();
+    // A Gateway API rule picks one of its Services by weight; its pool serves.
+    let (route, slot): (&Route, Option<usize>) = match gateway.and_then(|g| g.pick()) {
+        Some(backend) => (&**backend, table.split_slot(backend)),
+        None => (&**found.route, Some(found.slot)),
+    };
     let handles = state.metrics.for_table(table);
-    let rm =
-        handles.route(found.slot).cloned().unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
+    let rm = slot
+        .and_then(|s| handles.route(s))
+        .cloned()
+        .unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
     let fail = |e: ProxyError| (Some(rm.clone()), e);
     let settings = &route.settings;
     let target = std::str::from_utf8(req.path_and_query).unwrap_or("/");
     if let Some(to) = state.https_redirect(ctx.listener, settings.ssl_redirect, req.host, target) {
         return Err(fail(ProxyError::HttpsRedirect(to)));
+    }
+    if let Some(g) = gateway
+        && let Some(redirect) = &g.redirect
+    {
+        let location = redirect.location(
+            ctx.listener.https,
+            req.host.unwrap_or(""),
+            req.path_only(),
+            req.query(),
+            g.matched_prefix.as_deref(),
+        );
+        return Err(fail(ProxyError::Redirect { status: redirect.status, location }));
     }
     let origin = req.fields.value("origin").and_then(|o| std::str::from_utf8(o).ok());
     if !settings.origin_allowed(origin) {
@@ -168,10 +211,16 @@ async fn open(
         return Err(fail(ProxyError::NoEndpoints));
     }
     let mut head = Vec::with_capacity(512);
-    upstream_head(&mut head, req, client, ctx.listener);
+    upstream_head(&mut head, req, client, ctx.listener, gateway.map(|g| &**g));
     let client_key = req.fields.value("sec-websocket-key").unwrap_or_default();
-    let (i, handshaking, answer) =
-        connect_and_ask(state, route, &rm, candidates, &head, client_key).await.map_err(fail)?;
+    let asked = connect_and_ask(state, route, &rm, candidates, &head, client_key);
+    // Gateway API `timeouts.request`: the whole way to the 101 (connects, retries, the
+    // backend's answer), never the tunnel after it.
+    let asked = match gateway.and_then(|g| g.request_timeout) {
+        Some(limit) => tokio::time::timeout(limit, asked).await.unwrap_or(Err(ProxyError::RequestTimeout)),
+        None => asked.await,
+    };
+    let (i, handshaking, answer) = asked.map_err(fail)?;
     let Some(ep) = route.pool.ready_at(i) else { return Err(fail(ProxyError::NoEndpoints)) };
     let relay = RelaySettings {
         idle_timeout: settings.idle_timeout,
@@ -188,6 +237,7 @@ async fn open(
         _handshaking: handshaking,
         route_slot,
         answer,
+        gateway: gateway.cloned(),
     })
 }
 
@@ -241,35 +291,69 @@ fn record_upstream_error(rm: &RouteMetrics, e: &ProxyError) {
 /// ones removed, RFC 9110 §7.6.1, and the forwarding fields replaced), `Host` preserved (or
 /// taken from an absolute-form authority), then the forwarding fields and the upgrade fields
 /// set again (RFC 6455 §4.1).
-fn upstream_head(out: &mut Vec<u8>, req: &UpgradeReq<'_>, client: &ClientInfo, listener: Listener) {
-    handshake::request_line(out, if req.path_and_query.is_empty() { b"/" } else { req.path_and_query });
+fn upstream_head(
+    out: &mut Vec<u8>,
+    req: &UpgradeReq<'_>,
+    client: &ClientInfo,
+    listener: Listener,
+    gateway: Option<&GatewayRoute>,
+) {
+    let rewrite = gateway.and_then(|g| g.rewrite.as_ref());
+    match rewrite.and_then(|r| r.path.as_ref()) {
+        // Gateway API URLRewrite: the new path, the query kept.
+        Some(p) => {
+            let mut target = p.apply(req.path_only(), gateway.and_then(|g| g.matched_prefix.as_deref()));
+            if let Some(q) = req.query() {
+                target.push('?');
+                target.push_str(q);
+            }
+            handshake::request_line(out, target.as_bytes());
+        }
+        None => handshake::request_line(out, if req.path_and_query.is_empty() { b"/" } else { req.path_and_query }),
+    }
     let host = req.host.map(str::as_bytes);
-    if req.host_missing
-        && let Some(h) = host
-    {
+    let new_host = rewrite.and_then(|r| r.hostname.as_deref());
+    if let Some(h) = new_host.map(str::as_bytes).or(host.filter(|_| req.host_missing)) {
         out.extend_from_slice(b"host: ");
         out.extend_from_slice(h);
         out.extend_from_slice(b"\r\n");
     }
+    let edits = gateway.map(|g| &g.request_headers).filter(|e| !e.is_empty());
     let connection = req.fields.values("connection");
     for (name, value) in req.fields.iter() {
         if headers::is_hop_by_hop(name, connection.clone()) || headers::is_forwarding(name) {
             continue;
         }
+        if (new_host.is_some() && name.eq_ignore_ascii_case(b"host")) || edits.is_some_and(|e| e.drops(name)) {
+            continue;
+        }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(e) = edits {
+        append_fields(out, e);
+    }
     headers::write_forwarding(out, client, listener, host, |name| req.fields.values(name));
     out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n");
 }
 
+/// The `set` and `add` fields of a Gateway API header modifier, as head lines.
+fn append_fields(out: &mut Vec<u8>, edits: &HeaderEdits) {
+    for (name, value) in edits.appended() {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The backend's end-to-end fields for the client, without `Content-Length` (the proxy frames
 /// what it passes on itself).
-fn backend_fields(out: &mut Vec<u8>, backend: &ResponseHead) {
+fn backend_fields(out: &mut Vec<u8>, backend: &ResponseHead, edits: Option<&HeaderEdits>) {
     for (name, value) in backend.end_to_end() {
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"content-length") || edits.is_some_and(|e| e.drops(name)) {
             continue;
         }
         out.extend_from_slice(name);
@@ -279,10 +363,14 @@ fn backend_fields(out: &mut Vec<u8>, backend: &ResponseHead) {
     }
 }
 
-/// The 101 for the client: the backend's end-to-end fields and our own upgrade fields.
-fn switching_head(out: &mut Vec<u8>, backend: &ResponseHead) {
+/// The 101 for the client: the backend's end-to-end fields (edited by a Gateway API
+/// `ResponseHeaderModifier`) and our own upgrade fields.
+fn switching_head(out: &mut Vec<u8>, backend: &ResponseHead, edits: Option<&HeaderEdits>) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-    backend_fields(out, backend);
+    backend_fields(out, backend, edits);
+    if let Some(e) = edits {
+        append_fields(out, e);
+    }
     out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n");
 }
 
@@ -327,11 +415,12 @@ pub async fn serve(
             return;
         }
     };
-    let Opened { route, relay, endpoint, live, _handshaking, route_slot, answer } = opened;
+    let Opened { route, relay, endpoint, live, _handshaking, route_slot, answer, gateway } = opened;
     match answer {
         Answer::Switched { head: backend, stream: upstream, early } => {
             let mut out = Vec::with_capacity(256);
-            switching_head(&mut out, &backend);
+            let edits = gateway.as_deref().map(|g| &g.response_headers).filter(|e| !e.is_empty());
+            switching_head(&mut out, &backend, edits);
             drop(backend);
             if let Err(e) = client.write_all_within(&out, ctx.config.write_timeout).await {
                 // The client left before its 101: nothing to relay.
@@ -394,7 +483,7 @@ async fn write_refusal(
     let status = StatusCode::from_u16(backend.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = Vec::with_capacity(512);
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    backend_fields(&mut out, backend);
+    backend_fields(&mut out, backend, None);
     let chunked = match body.framing() {
         Framing::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
@@ -475,7 +564,7 @@ pub async fn serve_hyper(
         }
         Err(e) => Err((None, e)),
     };
-    let Opened { route, relay, endpoint, live, _handshaking, route_slot, answer } = match opened {
+    let Opened { route, relay, endpoint, live, _handshaking, route_slot, answer, gateway } = match opened {
         Ok(o) => o,
         Err((route, err)) => {
             front::account(state, route.as_deref(), &err, &log, &info, started, true);
@@ -490,6 +579,9 @@ pub async fn serve_hyper(
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let mut fields = backend.header_map();
             fields.remove(header::CONTENT_LENGTH);
+            if let Some(g) = &gateway {
+                g.response_headers.apply(&mut fields);
+            }
             fields.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             fields.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             *resp.headers_mut() = fields;

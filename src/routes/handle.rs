@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ahash::{AHashMap, AHashSet};
 use arc_swap::ArcSwap;
 
-use super::{EndpointLive, EndpointState, Route, RouteTable, Rule};
+use super::{EndpointLive, EndpointState, Pool, Route, RouteTable, Rule};
 
 #[derive(Debug)]
 pub struct RouteHandle {
@@ -158,10 +158,40 @@ fn adopt_live(table: RouteTable, carried: &AHashSet<*const Route>, index: &mut E
             })
             .clone()
     };
+    // A Gateway API rule's route holds the routes of its split: those are linked too, and the
+    // rule's route rebuilt around them when one changed (once per route, by pointer).
+    let mut fronts: AHashMap<*const Route, Arc<Route>> = AHashMap::new();
     let rules = table
         .rules
         .iter()
-        .map(|rule| Rule { host: rule.host.clone(), path: rule.path.clone(), route: convert(&rule.route) })
+        .map(|rule| {
+            let split = rule.route.settings.gateway.as_ref().filter(|g| !g.backends.is_empty());
+            let p = Arc::as_ptr(&rule.route);
+            let route = match split {
+                None => convert(&rule.route),
+                Some(_) if carried.contains(&p) => rule.route.clone(),
+                Some(g) => fronts
+                    .entry(p)
+                    .or_insert_with(|| {
+                        let backends: Vec<(u32, Arc<Route>)> =
+                            g.backends.iter().map(|(w, b)| (*w, convert(b))).collect();
+                        if backends.iter().zip(&g.backends).all(|(a, b)| Arc::ptr_eq(&a.1, &b.1)) {
+                            return rule.route.clone();
+                        }
+                        let mut settings = rule.route.settings.clone();
+                        settings.gateway = Some(Arc::new(g.with_backends(backends)));
+                        let r = &rule.route;
+                        Arc::new(Route {
+                            id: r.id.clone(),
+                            backend: r.backend.clone(),
+                            pool: Pool::new(Vec::new()),
+                            settings,
+                        })
+                    })
+                    .clone(),
+            };
+            Rule { host: rule.host.clone(), path: rule.path.clone(), route }
+        })
         .collect();
     let default_route = table.default_route.as_ref().map(&mut convert);
     let mut next = RouteTable::sorted(rules, default_route);

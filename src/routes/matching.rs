@@ -20,6 +20,9 @@ pub enum HostMatch {
     Exact(String),
     /// `*.example.com`, stored as `example.com`: matches exactly one more DNS label.
     Wildcard(String),
+    /// A Gateway API wildcard `*.example.com`, stored as `example.com`: matches one or more
+    /// labels in front of it; the longest suffix wins.
+    Suffix(String),
     Any,
 }
 
@@ -40,7 +43,8 @@ impl HostMatch {
         match self {
             Self::Exact(_) => 0,
             Self::Wildcard(_) => 1,
-            Self::Any => 2,
+            Self::Suffix(_) => 2,
+            Self::Any => 3,
         }
     }
 
@@ -54,6 +58,11 @@ impl HostMatch {
                 Some((label, rest)) => !label.is_empty() && rest == suffix,
                 None => false,
             },
+            (Self::Suffix(suffix), Some(req)) => {
+                req.len() > suffix.len() + 1
+                    && req.ends_with(suffix.as_str())
+                    && req.as_bytes()[req.len() - suffix.len() - 1] == b'.'
+            }
         }
     }
 }
@@ -62,7 +71,7 @@ impl fmt::Display for HostMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Exact(h) => f.write_str(h),
-            Self::Wildcard(h) => write!(f, "*.{h}"),
+            Self::Wildcard(h) | Self::Suffix(h) => write!(f, "*.{h}"),
             Self::Any => f.write_str("*"),
         }
     }
@@ -121,13 +130,25 @@ impl fmt::Display for PathMatch {
     }
 }
 
-/// The sort key that puts rules in precedence order.
-pub(crate) fn precedence_key(host: &HostMatch, path: &PathMatch) -> (u8, String, u8, Reverse<usize>, String) {
+/// The sort key that puts rules in precedence order. After the path come the Gateway API
+/// conditions the spec orders by (a method match, then more header matches, then more query
+/// matches; Ingress rules have none); ties keep their order (the stable sort), which is the
+/// sources' precedence (oldest, then namespace/name, then rule order).
+pub(crate) type PrecedenceKey = (u8, String, u8, Reverse<usize>, String, Reverse<(bool, usize, usize)>);
+
+pub(crate) fn precedence_key(host: &HostMatch, path: &PathMatch, conditions: (bool, usize, usize)) -> PrecedenceKey {
     let host_name = match host {
-        HostMatch::Exact(h) | HostMatch::Wildcard(h) => h.clone(),
+        HostMatch::Exact(h) | HostMatch::Wildcard(h) | HostMatch::Suffix(h) => h.clone(),
         HostMatch::Any => String::new(),
     };
-    (host.class(), host_name, path.class(), Reverse(path.as_str().len()), path.as_str().to_string())
+    (
+        host.class(),
+        host_name,
+        path.class(),
+        Reverse(path.as_str().len()),
+        path.as_str().to_string(),
+        Reverse(conditions),
+    )
 }
 
 /// Lower-case, without port or trailing dot. Keeps IPv6 literals bracketed.
@@ -171,6 +192,8 @@ fn normalized<'b>(raw: &str, buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
 pub(crate) struct HostIndex {
     exact: HashMap<String, Range<usize>>,
     wildcard: HashMap<String, Range<usize>>,
+    /// Gateway API wildcards (any number of labels); empty for Ingress-only tables.
+    suffix: HashMap<String, Range<usize>>,
     any: Option<Range<usize>>,
 }
 
@@ -189,6 +212,9 @@ impl HostIndex {
                 }
                 HostMatch::Wildcard(h) => {
                     index.wildcard.insert(h.clone(), range);
+                }
+                HostMatch::Suffix(h) => {
+                    index.suffix.insert(h.clone(), range);
                 }
                 HostMatch::Any => index.any = Some(range),
             }
@@ -210,6 +236,19 @@ impl HostIndex {
                 && let Some(r) = self.wildcard.get(rest)
             {
                 return Some(r.clone());
+            }
+            // Gateway API wildcards: the longest suffix first.
+            if !self.suffix.is_empty() {
+                let mut rest = h;
+                while let Some((label, up)) = rest.split_once('.') {
+                    if label.is_empty() {
+                        break;
+                    }
+                    if let Some(r) = self.suffix.get(up) {
+                        return Some(r.clone());
+                    }
+                    rest = up;
+                }
             }
         }
         self.any.clone()

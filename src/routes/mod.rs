@@ -6,6 +6,7 @@
 //! the next by [`handle::RouteHandle::publish`] so that least-conn counts, ejection and
 //! draining survive a reload, and so an endpoint that is briefly not ready keeps them.
 
+pub mod gateway;
 pub mod handle;
 pub mod matching;
 pub mod ring;
@@ -19,6 +20,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub use gateway::{
+    GatewayRoute, HeaderEdits, NoFacts, PathRewrite, Redirect, RequestConditions, RequestFacts, Rewrite,
+};
 pub use handle::RouteHandle;
 pub use matching::{HostMatch, PathMatch};
 pub use ring::HashRing;
@@ -110,6 +114,9 @@ pub struct RouteSettings {
     pub ssl_redirect: SslRedirect,
     /// TLS towards the endpoints; `None` speaks plain TCP.
     pub backend_tls: Option<BackendTls>,
+    /// What a Gateway API rule adds (conditions, split, filters, `timeouts.request`); `None`
+    /// for Ingress and Service-only routes.
+    pub gateway: Option<Arc<GatewayRoute>>,
 }
 
 /// When a plain HTTP request (or `ws://` upgrade) is answered with a 308 to `https://`.
@@ -184,6 +191,7 @@ impl Default for RouteSettings {
             refused: None,
             ssl_redirect: SslRedirect::default(),
             backend_tls: None,
+            gateway: None,
         }
     }
 }
@@ -468,6 +476,9 @@ pub struct RouteTable {
     /// Slot of each rule's route, in rule order.
     rule_slots: Vec<usize>,
     default_slot: Option<usize>,
+    /// Slots of the Services of Gateway API splits, by the address of their route (empty
+    /// for tables without splits).
+    split_slots: ahash::AHashMap<usize, usize>,
     index: matching::HostIndex,
 }
 
@@ -481,7 +492,10 @@ pub struct Found<'a> {
 impl RouteTable {
     /// Build a table; rules are ordered by precedence and indexed by host here, once.
     pub fn new(mut rules: Vec<Rule>, default_route: Option<Arc<Route>>) -> Self {
-        rules.sort_by_cached_key(|r| matching::precedence_key(&r.host, &r.path));
+        rules.sort_by_cached_key(|r| {
+            let conditions = r.route.settings.gateway.as_ref().map_or((false, 0, 0), |g| g.conditions.weight());
+            matching::precedence_key(&r.host, &r.path, conditions)
+        });
         Self::sorted(rules, default_route)
     }
 
@@ -498,8 +512,14 @@ impl RouteTable {
         };
         let rule_slots = rules.iter().map(|r| slot_of(&r.route)).collect();
         let default_slot = default_route.as_ref().map(&mut slot_of);
+        let mut split_slots = ahash::AHashMap::new();
+        for rule in &rules {
+            for (_, backend) in rule.route.settings.gateway.iter().flat_map(|g| &g.backends) {
+                split_slots.insert(Arc::as_ptr(backend) as usize, slot_of(backend));
+            }
+        }
         let index = matching::HostIndex::new(&rules);
-        Self { generation: 0, rules, default_route, routes, rule_slots, default_slot, index }
+        Self { generation: 0, rules, default_route, routes, rule_slots, default_slot, split_slots, index }
     }
 
     /// Every request goes to one pool (sidecar mode, `--upstream`).
@@ -522,35 +542,42 @@ impl RouteTable {
     /// Like [`find`](Self::find), with the route's slot. The host group is one hash lookup
     /// (exact host, then the one-label wildcard), whatever the number of hosts.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<Found<'_>> {
+        self.lookup_request(host, path, &NoFacts)
+    }
+
+    /// Like [`lookup`](Self::lookup), also checking the method, header and query conditions
+    /// of Gateway API rules against `req` (rules without conditions cost one `Option` test).
+    pub fn lookup_request(&self, host: Option<&str>, path: &str, req: &impl RequestFacts) -> Option<Found<'_>> {
         let at = |i: usize| Found { route: &self.rules[i].route, slot: self.rule_slots[i] };
-        match self
-            .index
-            .group(host)
-            .and_then(|g| self.rules[g.clone()].iter().position(|r| r.path.matches(path)).map(|i| g.start + i))
-        {
+        let applies = |r: &Rule| {
+            r.path.matches(path)
+                && r.route
+                    .settings
+                    .gateway
+                    .as_ref()
+                    .is_none_or(|g| g.conditions.is_empty() || g.conditions.matches(req))
+        };
+        match self.index.group(host).and_then(|g| self.rules[g.clone()].iter().position(applies).map(|i| g.start + i)) {
             Some(i) => Some(at(i)),
             None => self.default_route.as_ref().zip(self.default_slot).map(|(route, slot)| Found { route, slot }),
         }
     }
 
-    /// Every distinct route of the table (rules first, then the default), in slot order.
+    /// The slot of a Service of a Gateway API split (one of a rule route's `gateway.backends`).
+    pub fn split_slot(&self, route: &Arc<Route>) -> Option<usize> {
+        self.split_slots.get(&(Arc::as_ptr(route) as usize)).copied()
+    }
+
+    /// Every distinct route of the table (rules first, then the default, then the Services
+    /// of Gateway API splits), in slot order.
     pub fn routes(&self) -> impl ExactSizeIterator<Item = &Arc<Route>> {
         self.routes.iter()
     }
 
     /// A JSON-friendly view for the admin `/routes` endpoint.
     pub fn view(&self) -> TableView {
-        let route_view = |r: &Route| RouteView {
-            id: r.id.clone(),
-            backend: r.backend.clone(),
-            policy: r.settings.policy.to_string(),
-            idle_timeout_seconds: r.settings.idle_timeout.map(|d| d.as_secs_f64()),
-            ping_interval_seconds: r.settings.ping_interval.map(|d| d.as_secs_f64()),
-            drain_timeout_seconds: r.settings.drain_timeout.map(|d| d.as_secs_f64()),
-            unsupported_annotations: r.settings.unsupported_annotations.clone(),
-            refused: r.settings.refused.clone(),
-            endpoints: r
-                .pool
+        let endpoints = |r: &Route| -> Vec<EndpointView> {
+            r.pool
                 .endpoints()
                 .iter()
                 .map(|e| EndpointView {
@@ -561,6 +588,24 @@ impl RouteTable {
                     target: e.target.clone(),
                     active_connections: e.live.active(),
                 })
+                .collect()
+        };
+        let route_view = |r: &Route| RouteView {
+            id: r.id.clone(),
+            backend: r.backend.clone(),
+            policy: r.settings.policy.to_string(),
+            idle_timeout_seconds: r.settings.idle_timeout.map(|d| d.as_secs_f64()),
+            ping_interval_seconds: r.settings.ping_interval.map(|d| d.as_secs_f64()),
+            drain_timeout_seconds: r.settings.drain_timeout.map(|d| d.as_secs_f64()),
+            unsupported_annotations: r.settings.unsupported_annotations.clone(),
+            refused: r.settings.refused.clone(),
+            endpoints: endpoints(r),
+            split: r
+                .settings
+                .gateway
+                .iter()
+                .flat_map(|g| &g.backends)
+                .map(|(weight, b)| SplitView { weight: *weight, backend: b.backend.clone(), endpoints: endpoints(b) })
                 .collect(),
         };
         TableView {
@@ -603,6 +648,16 @@ pub struct RouteView {
     /// Why every request gets 503 (an unenforced security annotation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    pub endpoints: Vec<EndpointView>,
+    /// A Gateway API rule's Services by weight (its own pool is then empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SplitView {
+    pub weight: u32,
+    pub backend: String,
     pub endpoints: Vec<EndpointView>,
 }
 

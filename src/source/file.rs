@@ -26,13 +26,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway_api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use crate::routes::{Route, RouteTable};
 use crate::source::Publisher;
 use crate::tls::CertTable;
@@ -187,6 +188,36 @@ pub fn parse_all(text: &str) -> Result<(ClusterSnapshot, Vec<Secret>, Vec<Warnin
                 let obj = Secret::deserialize(doc).map_err(|e| fail(e.to_string()))?;
                 objects.add(index, "Secret", obj, |o| &o.metadata).map_err(fail)?;
             }
+            Some("Namespace") => {
+                let obj = Namespace::deserialize(doc).map_err(|e| fail(e.to_string()))?;
+                objects.add(index, "Namespace", obj, |o| &o.metadata).map_err(fail)?;
+            }
+            Some(kind @ ("GatewayClass" | "Gateway" | "HTTPRoute" | "ReferenceGrant")) => {
+                let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+                if !api_version.starts_with("gateway.networking.k8s.io/") {
+                    return Err(fail(format!(
+                        "apiVersion `{api_version}`: a {kind} must be gateway.networking.k8s.io/v1 (ReferenceGrant: v1beta1)"
+                    )));
+                }
+                match kind {
+                    "GatewayClass" => {
+                        let obj = GatewayClass::deserialize(doc).map_err(|e| fail(e.to_string()))?;
+                        objects.add(index, kind, obj, |o| &o.metadata).map_err(fail)?;
+                    }
+                    "Gateway" => {
+                        let obj = Gateway::deserialize(doc).map_err(|e| fail(e.to_string()))?;
+                        objects.add(index, kind, obj, |o| &o.metadata).map_err(fail)?;
+                    }
+                    "HTTPRoute" => {
+                        let obj = HTTPRoute::deserialize(doc).map_err(|e| fail(e.to_string()))?;
+                        objects.add(index, kind, obj, |o| &o.metadata).map_err(fail)?;
+                    }
+                    _ => {
+                        let obj = ReferenceGrant::deserialize(doc).map_err(|e| fail(e.to_string()))?;
+                        objects.add(index, kind, obj, |o| &o.metadata).map_err(fail)?;
+                    }
+                }
+            }
             Some(other) => {
                 tracing::info!(
                     source = SOURCE,
@@ -210,6 +241,11 @@ struct Objects {
     endpoint_slices: Vec<Option<EndpointSlice>>,
     ingress_classes: Vec<Option<IngressClass>>,
     secrets: Vec<Option<Secret>>,
+    namespaces: Vec<Option<Namespace>>,
+    gateway_classes: Vec<Option<GatewayClass>>,
+    gateways: Vec<Option<Gateway>>,
+    http_routes: Vec<Option<HTTPRoute>>,
+    reference_grants: Vec<Option<ReferenceGrant>>,
     /// (kind, namespace, name) → (document index, position in its list).
     seen: HashMap<(String, String, String), (usize, usize)>,
     warnings: Vec<Warning>,
@@ -245,6 +281,21 @@ impl Collect<Secret> for Objects {
     }
 }
 
+macro_rules! collect {
+    ($ty:ty, $field:ident) => {
+        impl Collect<$ty> for Objects {
+            fn list(&mut self) -> &mut Vec<Option<$ty>> {
+                &mut self.$field
+            }
+        }
+    };
+}
+collect!(Namespace, namespaces);
+collect!(GatewayClass, gateway_classes);
+collect!(Gateway, gateways);
+collect!(HTTPRoute, http_routes);
+collect!(ReferenceGrant, reference_grants);
+
 impl Objects {
     fn add<T>(&mut self, index: usize, kind: &str, obj: T, meta: impl Fn(&T) -> &ObjectMeta) -> Result<(), String>
     where
@@ -254,7 +305,7 @@ impl Objects {
         let Some(name) = m.name.clone().filter(|n| !n.is_empty()) else {
             return Err("metadata.name: required".into());
         };
-        let namespace = if kind == "IngressClass" {
+        let namespace = if matches!(kind, "IngressClass" | "GatewayClass" | "Namespace") {
             String::new() // cluster-scoped
         } else {
             m.namespace.clone().unwrap_or_else(|| "default".into())
@@ -281,6 +332,11 @@ impl Objects {
             services: self.services.into_iter().flatten().map(Arc::new).collect(),
             endpoint_slices: self.endpoint_slices.into_iter().flatten().map(Arc::new).collect(),
             ingress_classes: self.ingress_classes.into_iter().flatten().map(Arc::new).collect(),
+            gateway_classes: self.gateway_classes.into_iter().flatten().map(Arc::new).collect(),
+            gateways: self.gateways.into_iter().flatten().map(Arc::new).collect(),
+            http_routes: self.http_routes.into_iter().flatten().map(Arc::new).collect(),
+            reference_grants: self.reference_grants.into_iter().flatten().map(Arc::new).collect(),
+            namespaces: self.namespaces.into_iter().flatten().map(Arc::new).collect(),
         };
         (snapshot, self.secrets.into_iter().flatten().collect(), self.warnings)
     }

@@ -133,6 +133,7 @@ impl Caches {
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
             ingress_classes: self.ingress_classes.state(),
+            ..ClusterSnapshot::default()
         }
     }
 

@@ -30,9 +30,13 @@
 //! The output depends only on the set of objects, never on their order, so replicas agree.
 
 pub mod annotations;
+pub mod gateway;
+pub mod gateway_status;
 pub mod tls;
 pub mod units;
 
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod tests;
 
@@ -43,12 +47,13 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Secret, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
 
+use crate::gateway_api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use crate::routes::{
     BackendTls, BackendVerify, CaBundle, Endpoint, EndpointState, HostMatch, PathMatch, Pool, Route, RouteSettings,
     RouteTable, Rule,
@@ -57,6 +62,8 @@ use crate::tls::CertTable;
 use annotations::{AnnotatedKind, BackendTlsRequest};
 use tls::{SecretIndex, TlsDefaults};
 
+/// The controller name our GatewayClass must carry in `spec.controllerName`.
+pub const GATEWAY_CONTROLLER_NAME: &str = "wsingress.io/gateway-controller";
 /// The controller name our IngressClass must carry in `spec.controller`.
 pub const CONTROLLER_NAME: &str = "wsingress.io/ingress-controller";
 /// The default IngressClass name.
@@ -99,6 +106,13 @@ pub struct ClusterSnapshot {
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub ingress_classes: Vec<Arc<IngressClass>>,
+    /// Gateway API (empty when its CRDs are not installed).
+    pub gateway_classes: Vec<Arc<GatewayClass>>,
+    pub gateways: Vec<Arc<Gateway>>,
+    pub http_routes: Vec<Arc<HTTPRoute>>,
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
+    /// Namespaces, for a Gateway listener's `allowedRoutes.namespaces.from: Selector` (their labels).
+    pub namespaces: Vec<Arc<Namespace>>,
 }
 
 /// Flags that shape translation.
@@ -120,6 +134,8 @@ pub struct Defaults {
     /// What a route carrying an ingress-nginx security annotation wsingress does not enforce
     /// gets (`--unsupported-security-annotations`).
     pub unsupported_security: UnsupportedSecurity,
+    /// `spec.controllerName` of the GatewayClasses served (`--gateway-controller-name`).
+    pub gateway_controller_name: String,
 }
 
 impl Default for Defaults {
@@ -133,6 +149,7 @@ impl Default for Defaults {
             settings: RouteSettings::default(),
             service_routes: ServiceRoutes::default(),
             unsupported_security: UnsupportedSecurity::Refuse,
+            gateway_controller_name: GATEWAY_CONTROLLER_NAME.to_string(),
         }
     }
 }
@@ -511,6 +528,7 @@ pub fn translate_all_cached<'a>(
             certs.ingress(ing);
         }
     }
+    gateway::listener_certificates(&t.gateway, &mut certs);
     let certs = certs.finish(tls_defaults);
     t.warnings = warnings;
     let (table, warnings) = t.finish();
@@ -583,6 +601,7 @@ impl ServedClasses {
 enum Source<'a> {
     Ingress(&'a Arc<Ingress>),
     Service(&'a Service),
+    HttpRoute(&'a Arc<HTTPRoute>),
 }
 
 impl Source<'_> {
@@ -590,20 +609,23 @@ impl Source<'_> {
         match self {
             Self::Ingress(i) => &i.metadata,
             Self::Service(s) => &s.metadata,
+            Self::HttpRoute(r) => &r.metadata,
         }
     }
 
-    /// Ingresses before Service-only routes (an Ingress always wins a host and path); then
-    /// oldest first, objects without a timestamp (a manifests file) after those with one;
-    /// then namespace and name.
-    fn precedence(&self) -> (u8, bool, Option<&Time>, &str, &str) {
+    /// Ingresses and HTTPRoutes before Service-only routes (an Ingress always wins a host and
+    /// path); then oldest first, objects without a timestamp (a manifests file) after those
+    /// with one; then namespace and name (an Ingress before an HTTPRoute of the same age and
+    /// namespace/name).
+    fn precedence(&self) -> (u8, bool, Option<&Time>, &str, &str, u8) {
         let m = self.meta();
         let ts = m.creation_timestamp.as_ref();
-        let kind = match self {
-            Self::Ingress(_) => 0,
-            Self::Service(_) => 1,
+        let (kind, tie) = match self {
+            Self::Ingress(_) => (0, 0),
+            Self::HttpRoute(_) => (0, 1),
+            Self::Service(_) => (1, 0),
         };
-        (kind, ts.is_none(), ts, namespace_of(m), m.name.as_deref().unwrap_or(""))
+        (kind, ts.is_none(), ts, namespace_of(m), m.name.as_deref().unwrap_or(""), tie)
     }
 }
 
@@ -653,6 +675,10 @@ struct Translation<'a> {
     secrets: Option<SecretIndex<'a>>,
     /// CA bundles by (namespace, Secret name), shared by the routes naming them.
     cas: HashMap<(String, String), Option<Arc<CaBundle>>>,
+    /// The Gateway API objects, analysed (shared so rules can be read while `self` changes).
+    gateway: Arc<gateway::Analysis<'a>>,
+    /// Index in `gateway.routes` of each served HTTPRoute, by the address of its `Arc`.
+    http_routes: AHashMap<usize, usize>,
 }
 
 impl<'a> Translation<'a> {
@@ -663,7 +689,11 @@ impl<'a> Translation<'a> {
             cache.parsed.clear();
             cache.parsed_with = parsed_with;
         }
+        let gateway = Arc::new(gateway::Analysis::new(snapshot, defaults));
+        let http_routes = gateway.routes.iter().enumerate().map(|(i, r)| (Arc::as_ptr(r.route) as usize, i)).collect();
         Self {
+            gateway,
+            http_routes,
             snapshot,
             defaults,
             classes: ServedClasses::new(&snapshot.ingress_classes, defaults),
@@ -688,8 +718,10 @@ impl<'a> Translation<'a> {
             match source {
                 Source::Ingress(ing) => self.ingress(ing),
                 Source::Service(svc) => self.exposed_service(svc),
+                Source::HttpRoute(route) => self.http_route(route),
             }
         }
+        self.gateway_warnings();
     }
 
     /// Route-defining objects in precedence order.
@@ -703,6 +735,13 @@ impl<'a> Translation<'a> {
             .filter(|i| self.classes.serves(i))
             .map(Source::Ingress)
             .chain(snapshot.services.iter().map(|s| &**s).filter(exposed).map(Source::Service))
+            .chain(
+                snapshot
+                    .http_routes
+                    .iter()
+                    .filter(|r| self.http_routes.contains_key(&(Arc::as_ptr(r) as usize)))
+                    .map(Source::HttpRoute),
+            )
             .collect();
         // Precedence keys are unique (kind, age, namespace, name), so an unstable sort is exact.
         out.sort_unstable_by(|a, b| a.precedence().cmp(&b.precedence()));
@@ -1213,7 +1252,7 @@ impl<'a> Translation<'a> {
     }
 }
 
-fn claim_key(host: &HostMatch, path: &PathMatch) -> u128 {
+pub(crate) fn claim_key(host: &HostMatch, path: &PathMatch) -> u128 {
     hash128(&(host, path))
 }
 

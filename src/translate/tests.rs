@@ -365,6 +365,7 @@ fn versioned(snapshot: &ClusterSnapshot) -> ClusterSnapshot {
         services: stamp(&snapshot.services),
         endpoint_slices: stamp(&snapshot.endpoint_slices),
         ingress_classes: stamp(&snapshot.ingress_classes),
+        ..ClusterSnapshot::default()
     }
 }
 

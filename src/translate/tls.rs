@@ -223,43 +223,75 @@ impl<'a, 'w> Certificates<'a, 'w> {
             let Some(cert) = self.resolve(&object, &format!("{field}.secretName"), namespace, secret) else {
                 continue;
             };
-            for (j, host) in hosts.iter().enumerate() {
-                let host_field = format!("{field}.hosts[{j}]");
-                let name = material::normalize_host(host);
-                if !valid_host(&name) {
-                    self.warn(
-                        &object,
-                        &host_field,
-                        host,
-                        "not a host name (e.g. chat.example.com or *.example.com); ignored",
-                        reasons::INVALID_RULE,
-                    );
-                    continue;
-                }
-                if let Some((owner, owner_secret)) = self.claims.get(&name) {
-                    if owner_secret != secret || owner != &object {
-                        let reason = format!(
-                            "{owner} already gives host {name} the certificate of Secret {}/{owner_secret} (older, or first by namespace/name); this entry is ignored for it",
-                            owner.namespace
-                        );
-                        self.warn(&object, &host_field, host, &reason, reasons::CERTIFICATE_CONFLICT);
-                    }
-                    continue;
-                }
-                if !cert.info.covers(&name) {
-                    let reason = format!(
-                        "the certificate of Secret {namespace}/{secret} does not name {name} (its DNS names: {}); clients will reject it",
-                        if cert.info.dns_names.is_empty() {
-                            "none".to_string()
-                        } else {
-                            cert.info.dns_names.join(", ")
-                        }
-                    );
-                    self.warn(&object, &host_field, host, &reason, reasons::INVALID_CERTIFICATE);
-                }
-                self.claims.insert(name.clone(), (object.clone(), secret.to_string()));
-                self.hosts.push((name, cert.clone()));
+            let fields: Vec<String> = (0..hosts.len()).map(|j| format!("{field}.hosts[{j}]")).collect();
+            self.claim_hosts(&object, namespace, secret, &cert, &hosts, &fields);
+        }
+    }
+
+    /// The certificate Secret of an HTTPS listener of a Gateway (`object`), for the
+    /// listener's hostname, or (no hostname) the DNS names the certificate carries. Hosts an
+    /// Ingress or an earlier listener already has keep their certificate (a warning says so).
+    pub(super) fn listener(
+        &mut self,
+        object: &ObjectRef,
+        field: &str,
+        namespace: &str,
+        secret: &str,
+        hostname: Option<&str>,
+    ) {
+        let Some(cert) = self.resolve(object, field, namespace, secret) else { return };
+        let hosts: Vec<String> = match hostname {
+            Some(h) => vec![h.to_string()],
+            None => cert.info.dns_names.clone(),
+        };
+        let fields: Vec<String> = hosts.iter().map(|_| field.to_string()).collect();
+        self.claim_hosts(object, namespace, secret, &cert, &hosts, &fields);
+    }
+
+    /// Give `hosts` (each reported at its field) the certificate of Secret `namespace/secret`,
+    /// unless an earlier object claimed the host.
+    fn claim_hosts(
+        &mut self,
+        object: &ObjectRef,
+        namespace: &str,
+        secret: &str,
+        cert: &Arc<CertEntry>,
+        hosts: &[String],
+        fields: &[String],
+    ) {
+        let object = object.clone();
+        for (host, host_field) in hosts.iter().zip(fields) {
+            let host_field = host_field.as_str();
+            let name = material::normalize_host(host);
+            if !valid_host(&name) {
+                self.warn(
+                    &object,
+                    host_field,
+                    host,
+                    "not a host name (e.g. chat.example.com or *.example.com); ignored",
+                    reasons::INVALID_RULE,
+                );
+                continue;
             }
+            if let Some((owner, owner_secret)) = self.claims.get(&name) {
+                if owner_secret != secret || owner != &object {
+                    let reason = format!(
+                        "{owner} already gives host {name} the certificate of Secret {}/{owner_secret} (older, or first by namespace/name); this entry is ignored for it",
+                        owner.namespace
+                    );
+                    self.warn(&object, host_field, host, &reason, reasons::CERTIFICATE_CONFLICT);
+                }
+                continue;
+            }
+            if !cert.info.covers(&name) {
+                let reason = format!(
+                    "the certificate of Secret {namespace}/{secret} does not name {name} (its DNS names: {}); clients will reject it",
+                    if cert.info.dns_names.is_empty() { "none".to_string() } else { cert.info.dns_names.join(", ") }
+                );
+                self.warn(&object, host_field, host, &reason, reasons::INVALID_CERTIFICATE);
+            }
+            self.claims.insert(name.clone(), (object.clone(), secret.to_string()));
+            self.hosts.push((name, cert.clone()));
         }
     }
 
