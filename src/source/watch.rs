@@ -215,6 +215,16 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Reflected<K> {
         Self { stores, fingerprints }
     }
 
+    /// One cache made of several, each fed by its own watch (e.g. one per field selector).
+    pub fn merge(parts: Vec<Self>) -> Self {
+        let (mut stores, mut fingerprints) = (Vec::new(), Vec::new());
+        for p in parts {
+            stores.extend(p.stores);
+            fingerprints.extend(p.fingerprints);
+        }
+        Self { stores, fingerprints }
+    }
+
     /// Changes when anything translation reads of this kind changes.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprints.iter().fold(0u64, |a, f| a.wrapping_add(f.routing.load(Ordering::Acquire)))
