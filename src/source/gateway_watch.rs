@@ -27,7 +27,7 @@ use kube::{Api, Resource};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::watch::{Reflected, Watches};
+use super::watch::{Reflected, Watches, namespaced_apis};
 use crate::gateway_api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use crate::translate::{ClusterSnapshot, ObjectRef};
 
@@ -188,17 +188,6 @@ pub struct GatewayCaches {
     pub namespaces: Reflected<Namespace>,
 }
 
-/// Each of `namespaces` (all when empty), for a namespaced kind.
-fn apis<K>(client: &kube::Client, namespaces: &[String]) -> Vec<(String, Api<K>)>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    if namespaces.is_empty() {
-        return vec![(String::new(), Api::all(client.clone()))];
-    }
-    namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
-}
-
 impl GatewayCaches {
     /// Start the watches of GatewayClass, Gateway, HTTPRoute and Namespace, and of
     /// ReferenceGrant when `grants`.
@@ -234,8 +223,14 @@ impl GatewayCaches {
         };
         let mut me = Self {
             gateway_classes: watches.reflect("GatewayClass", cluster, all.clone(), spec_version, changed),
-            gateways: watches.reflect("Gateway", apis(client, namespaces), all.clone(), spec_version, changed),
-            http_routes: watches.reflect("HTTPRoute", apis(client, namespaces), all, spec_version, changed),
+            gateways: watches.reflect(
+                "Gateway",
+                namespaced_apis(client, namespaces),
+                all.clone(),
+                spec_version,
+                changed,
+            ),
+            http_routes: watches.reflect("HTTPRoute", namespaced_apis(client, namespaces), all, spec_version, changed),
             reference_grants: None,
             namespaces: namespace_watch,
         };
@@ -257,7 +252,7 @@ impl GatewayCaches {
             let all = watcher::Config::default();
             let grants = watches.reflect(
                 "ReferenceGrant",
-                apis(client, namespaces),
+                namespaced_apis(client, namespaces),
                 all,
                 super::watch::resource_version,
                 changed,

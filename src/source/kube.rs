@@ -40,7 +40,7 @@ use super::leader::{self, ElectionConfig};
 use super::secrets::SecretWatches;
 use super::status::{self, PublishFrom, PublishSource, StatusConfig, StatusInput};
 pub use super::watch::WatchBackoff;
-use super::watch::{Reflected, Watches, resource_version};
+use super::watch::{Reflected, Watches, namespaced_apis, resource_version};
 use crate::readiness::Health;
 use crate::routes::RouteTable;
 use crate::translate::tls::TlsDefaults;
@@ -605,23 +605,26 @@ fn watch_caches(
     namespaces: &[String],
     changed: &Arc<Notify>,
 ) -> Caches {
-    fn apis<K>(client: &kube::Client, namespaces: &[String]) -> Vec<(String, Api<K>)>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        if namespaces.is_empty() {
-            return vec![(String::new(), Api::all(client.clone()))];
-        }
-        namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
-    }
     let all = watcher::Config::default();
     let cluster = vec![(String::new(), Api::all(client.clone()))];
     Caches {
-        ingresses: watches.reflect("Ingress", apis(client, namespaces), all.clone(), ingress_version, changed),
-        services: watches.reflect("Service", apis(client, namespaces), all.clone(), resource_version, changed),
+        ingresses: watches.reflect(
+            "Ingress",
+            namespaced_apis(client, namespaces),
+            all.clone(),
+            ingress_version,
+            changed,
+        ),
+        services: watches.reflect(
+            "Service",
+            namespaced_apis(client, namespaces),
+            all.clone(),
+            resource_version,
+            changed,
+        ),
         endpoint_slices: watches.reflect(
             "EndpointSlice",
-            apis(client, namespaces),
+            namespaced_apis(client, namespaces),
             all.clone(),
             resource_version,
             changed,

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::gateway_watch::certificate_refs;
-use super::watch::{Reflected, WatchBackoff, Watches, resource_version};
+use super::watch::{Reflected, WatchBackoff, Watches, namespaced_apis, resource_version};
 use crate::metrics::Metrics;
 use crate::readiness::Health;
 use crate::translate::annotations::{BACKEND_CA_SECRET, EXPOSE};
@@ -79,11 +79,7 @@ impl SecretWatches {
         tls_defaults: TlsDefaults,
         changed: &Arc<Notify>,
     ) -> Self {
-        let apis: Vec<(String, Api<Secret>)> = if namespaces.is_empty() {
-            vec![(String::new(), Api::all(client.clone()))]
-        } else {
-            namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
-        };
+        let apis = namespaced_apis::<Secret>(client, namespaces);
         let selector = watcher::Config::default().fields(&tls_selector());
         let tls = watches.reflect("Secret", apis, selector, resource_version, changed);
         let mut me = Self {

@@ -276,6 +276,18 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Reflected<K> {
     }
 }
 
+/// One `Api` per watched namespace, or one cluster-wide when `namespaces` is empty: how every
+/// namespaced kind is watched.
+pub fn namespaced_apis<K>(client: &kube::Client, namespaces: &[String]) -> Vec<(String, Api<K>)>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    if namespaces.is_empty() {
+        return vec![(String::new(), Api::all(client.clone()))];
+    }
+    namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
+}
+
 /// What every watch shares: the task set, supervision, metrics, backoff and paging.
 pub struct Watches<'a> {
     pub tasks: &'a mut JoinSet<()>,
