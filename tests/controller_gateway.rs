@@ -6,6 +6,7 @@
 
 mod common;
 mod support;
+mod tls_common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -196,7 +197,12 @@ struct Stack {
 }
 
 async fn start(api: &FakeKube, config: KubeConfig) -> Stack {
-    let proxy = common::manual_proxy(&["--tls-listen", "off"]).await;
+    start_with(api, config, &["--tls-listen", "off"]).await
+}
+
+/// [`start`] with these proxy flags (`--tls-listen 127.0.0.1:0` unless they say otherwise).
+async fn start_with(api: &FakeKube, config: KubeConfig, flags: &[&str]) -> Stack {
+    let proxy = common::manual_proxy(flags).await;
     let shutdown = CancellationToken::new();
     let health = proxy.readiness.health().clone();
     let run = wsingress::source::kube::run(api.client(), config, proxy.publisher(), health, shutdown.clone());
@@ -682,5 +688,90 @@ spec:
     }
     println!("tunnel open {:?} with timeouts.request 2s: {n} round trips", opened.elapsed());
     assert!(n >= 30);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_listener_serves_wss_with_the_certificate_ref_secret_a_reference_grant_opens() {
+    use futures_util::{SinkExt, StreamExt};
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use rustls::pki_types::ServerName;
+    use tokio_tungstenite::tungstenite::Message;
+
+    init_logs();
+    let pod = common::echo("pod-1", "").await;
+    let pki = tls_common::Pki::new("gateway CA");
+    let api = FakeKube::start().await;
+    seed(&api);
+    api.apply(&namespace("certs", &[]));
+    backend(&api, "apps", pod.addr);
+    // The certificate lives in `certs`; a ReferenceGrant there opens it to Gateways of `infra`.
+    let leaf = pki.leaf("secure gateway", &["secure.gw.test"]);
+    let data = [("tls.crt", &leaf.cert_pem), ("tls.key", &leaf.key_pem)];
+    api.apply(&Secret {
+        metadata: meta("certs", "secure-tls"),
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
+        ..Secret::default()
+    });
+    let grant: ReferenceGrant = yaml(
+        r#"
+metadata: {name: gateways-may-read, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}]
+  to: [{group: "", kind: Secret, name: secure-tls}]
+"#,
+    );
+    api.apply(&grant);
+    let secure: Gateway = yaml(
+        r#"
+metadata: {name: secure, namespace: infra}
+spec:
+  gatewayClassName: wsingress
+  listeners:
+  - name: https
+    port: 443
+    protocol: HTTPS
+    hostname: secure.gw.test
+    tls: {certificateRefs: [{name: secure-tls, namespace: certs}]}
+    allowedRoutes: {namespaces: {from: All}}
+"#,
+    );
+    api.apply(&secure);
+    api.apply(&route("apps", "secure", "secure", "secure.gw.test", None));
+    let stack = start_with(&api, fast_config(), &[]).await;
+    stack.wait_route("secure.gw.test").await;
+    let tls_addr = stack.proxy.tls_addr.expect("a TLS listener");
+    let resolved = eventually(LIMIT, "the HTTPS listener ResolvedRefs", || {
+        let gw: Gateway = api.get("infra", "secure")?;
+        let listener = gw.status?.listeners.into_iter().find(|l| l.name == "https")?;
+        let c = condition(&listener.conditions, "ResolvedRefs")?.clone();
+        (c.status == "True").then_some(c)
+    })
+    .await;
+    assert_eq!(resolved.reason, "ResolvedRefs");
+
+    // A wss client trusting only the test CA: the handshake verifies the Secret's certificate
+    // for the SNI name, then the tunnel echoes. Retried until the certificate table follows.
+    let connector = tokio_rustls::TlsConnector::from(pki.client(&["http/1.1"], &[]));
+    let deadline = Instant::now() + LIMIT;
+    let tls = loop {
+        let tcp = tokio::net::TcpStream::connect(tls_addr).await.expect("connect");
+        let name = ServerName::try_from("secure.gw.test".to_string()).expect("name");
+        match connector.connect(name, tcp).await {
+            Ok(tls) => break tls,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no verified TLS handshake for secure.gw.test: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (mut ws, response) =
+        tokio_tungstenite::client_async("wss://secure.gw.test/", tls).await.expect("wss upgrade through the Gateway");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("over wss")).await.expect("send");
+    let reply = tokio::time::timeout(LIMIT, ws.next()).await.expect("echo in time").expect("open").expect("message");
+    assert_eq!(reply, Message::text("over wss"));
     stack.stop().await;
 }
