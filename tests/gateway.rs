@@ -6,14 +6,19 @@
 //! take precedence as the spec orders; http→https redirect.
 
 mod common;
+mod tls_common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::ServerName;
+use tls_common::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
 use wsingress::app::{self, Running};
 
 struct TempFile(PathBuf);
@@ -170,6 +175,24 @@ spec:
     assert!((75.0..=85.0).contains(&share), "{share}% to the weight-80 Service, want 80 ± 5");
 }
 
+/// A backend that answers its head at once and the second half of its body after `delay`.
+async fn slow_body_backend(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst").await;
+                tokio::time::sleep(delay).await;
+                let _ = s.write_all(b"-last").await;
+            });
+        }
+    });
+    addr
+}
+
 /// A backend that accepts and answers nothing for `delay`, then a 200 (for the plain HTTP check).
 async fn slow_backend(delay: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -191,6 +214,7 @@ async fn slow_backend(delay: Duration) -> SocketAddr {
 async fn request_timeout_bounds_the_handshake_never_the_tunnel() {
     let fast = echo("fast", "").await;
     let slow = slow_backend(Duration::from_secs(5)).await;
+    let trickle = slow_body_backend(Duration::from_secs(5)).await;
     let manifest = format!(
         r#"{GATEWAY}---
 apiVersion: gateway.networking.k8s.io/v1
@@ -206,9 +230,13 @@ spec:
     - matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
       backendRefs: [{{name: slow, port: 80}}]
       timeouts: {{request: 2s}}
-{}{}"#,
+    - matches: [{{path: {{type: PathPrefix, value: /trickle}}}}]
+      backendRefs: [{{name: trickle, port: 80}}]
+      timeouts: {{request: 2s}}
+{}{}{}"#,
         service("default", "fast", &[fast.addr]),
         service("default", "slow", &[slow]),
+        service("default", "trickle", &[trickle]),
     );
     let (running, _file) = start(&manifest).await;
     let proxy = running.proxy_addr;
@@ -231,7 +259,13 @@ spec:
     let took = asked.elapsed();
     assert_eq!(status, 504);
     assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(4500), "504 after {took:?}");
-    // ...and so does an upgrade whose 101 does not come within it.
+    // ...a response whose body is not complete by then is cut short (the whole response)...
+    let asked = Instant::now();
+    let (status, head, body) = http_get(proxy, "timed.localhost", "/trickle").await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, b"first", "the body stops at the deadline");
+    assert!(asked.elapsed() < Duration::from_millis(4500), "cut after {:?}", asked.elapsed());
+    // ...and an upgrade whose 101 does not come within it gets 504.
     let asked = Instant::now();
     let (status, _, _) = http_raw(proxy, &upgrade_request("timed.localhost", "/slow", "")).await;
     assert_eq!(status, 504);
@@ -310,4 +344,62 @@ spec:
     // RegularExpression is not supported: that rule is not served.
     let (status, _, _) = http_get(proxy, "app.localhost", "/regex").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_listener_serves_wss_with_its_certificate_and_redirects_plain_requests() {
+    let pki = Pki::new("gateway CA");
+    let leaf = pki.leaf("secure", &["secure.localhost"]);
+    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let a = echo("a", "a:").await;
+    let manifest = format!(
+        r#"{GATEWAY}---
+apiVersion: v1
+kind: Secret
+metadata: {{name: secure-tls, namespace: default}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}  tls.key: |
+{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: secure, namespace: default}}
+spec:
+  gatewayClassName: wsingress
+  listeners:
+    - {{name: https, protocol: HTTPS, port: 443, hostname: secure.localhost, tls: {{certificateRefs: [{{name: secure-tls}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure, namespace: default}}
+spec:
+  parentRefs: [{{name: secure}}]
+  rules: [{{backendRefs: [{{name: a, port: 80}}]}}]
+{}"#,
+        indent(&leaf.cert_pem),
+        indent(&leaf.key_pem),
+        service("default", "a", &[a.addr]),
+    );
+    let file = TempFile::with(&manifest);
+    let path = file.0.to_string_lossy().into_owned();
+    let args = serve_args(&["--manifests", &path]);
+    let running = app::start(&args, app::route_source(&args).unwrap()).await.unwrap();
+
+    // wss through the TLS listener, verified against the listener's certificate.
+    let tcp = TcpStream::connect(running.tls_addr.unwrap()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(pki.client(&["http/1.1"], &[]))
+        .connect(ServerName::try_from("secure.localhost".to_string()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the certificate of the HTTPS listener");
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://secure.localhost/chat", tls).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hi")).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(reply, Message::text("a:hi"));
+
+    // Attached to an HTTPS listener only: a plain request is redirected to https.
+    let (status, head, _) = http_get(running.proxy_addr, "secure.localhost", "/x").await;
+    assert_eq!(status, 308, "{head}");
+    assert!(head.to_ascii_lowercase().contains("location: https://secure.localhost/x"), "{head}");
 }

@@ -24,6 +24,7 @@ pub mod service;
 pub mod stream;
 pub mod upgrade;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -43,6 +44,9 @@ pub enum ProxyBody {
     Backend(forward::BackendBody),
     Full(Option<Bytes>),
     Refusal(handshake::RefusalBody),
+    /// A body that must end by a deadline (Gateway API `timeouts.request` covers the whole
+    /// plain HTTP response): past it, the body fails and the client's response is cut short.
+    Deadline(Box<ProxyBody>, Pin<Box<tokio::time::Sleep>>),
 }
 
 impl Body for ProxyBody {
@@ -54,6 +58,14 @@ impl Body for ProxyBody {
             Self::Backend(b) => Pin::new(b).poll_frame(cx),
             Self::Full(b) => Poll::Ready(b.take().map(|data| Ok(Frame::data(data)))),
             Self::Refusal(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Deadline(b, deadline) => {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(
+                        Err("the route's request timeout passed during the response body".into()),
+                    ));
+                }
+                Pin::new(&mut **b).poll_frame(cx)
+            }
         }
     }
     fn is_end_stream(&self) -> bool {
@@ -61,6 +73,7 @@ impl Body for ProxyBody {
             Self::Backend(b) => b.is_end_stream(),
             Self::Full(b) => b.is_none(),
             Self::Refusal(b) => b.is_end_stream(),
+            Self::Deadline(b, _) => b.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
@@ -68,6 +81,7 @@ impl Body for ProxyBody {
             Self::Backend(b) => b.size_hint(),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Refusal(b) => b.size_hint(),
+            Self::Deadline(b, _) => b.size_hint(),
         }
     }
 }

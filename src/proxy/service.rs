@@ -132,7 +132,13 @@ pub async fn handle(
     let handles = state.metrics.for_table(&table);
     let gateway = found.route.settings.gateway.clone();
     // A Gateway API rule picks one of its Services by weight; its pool serves.
-    let (route, slot) = match gateway.as_ref().and_then(|g| g.pick()) {
+    // By the hash key for hashing policies, so a client keeps its Service.
+    let picked = gateway.as_deref().and_then(|g| {
+        let header = |name: &str| req.headers().get(name).map(HeaderValue::as_bytes);
+        let key = super::balance::hash_key(&found.route.settings.policy, header, client.client);
+        g.pick_for(key.as_deref()).cloned()
+    });
+    let (route, slot) = match picked.as_ref() {
         Some(backend) => (backend.clone(), table.split_slot(backend)),
         None => (found.route.clone(), Some(found.slot)),
     };
@@ -163,9 +169,19 @@ pub async fn handle(
         apply_request_filters(g, &mut req);
     }
     let forwarded = forward::forward(&state, req, &route, &rm, &client, ctx.listener, ctx.config.write_timeout);
-    // Gateway API `timeouts.request`: until the response head.
+    // Gateway API `timeouts.request`: the whole response (504 before its head, cut short after).
     let forwarded = match gateway.as_ref().and_then(|g| g.request_timeout) {
-        Some(limit) => tokio::time::timeout(limit, forwarded).await.unwrap_or(Err(ProxyError::RequestTimeout)),
+        Some(limit) => {
+            let deadline = tokio::time::Instant::now() + limit;
+            match tokio::time::timeout_at(deadline, forwarded).await {
+                Ok(Ok((resp, ep))) => {
+                    let sleep = Box::pin(tokio::time::sleep_until(deadline));
+                    Ok((resp.map(|body| ProxyBody::Deadline(Box::new(body), sleep)), ep))
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ProxyError::RequestTimeout),
+            }
+        }
         None => forwarded.await,
     };
     let (mut resp, endpoint, err) = match forwarded {

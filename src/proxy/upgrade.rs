@@ -169,8 +169,14 @@ async fn open(
     let path = http1::normalize_path(req.path).map_err(|e| (None, e.into()))?;
     let found = table.lookup_request(req.host, &path, req).ok_or((None, ProxyError::NoRoute))?;
     let gateway = found.route.settings.gateway.as_ref();
-    // A Gateway API rule picks one of its Services by weight; its pool serves.
-    let (route, slot): (&Route, Option<usize>) = match gateway.and_then(|g| g.pick()) {
+    // A Gateway API rule picks one of its Services by weight (by the hash key, for hashing
+    // policies); its pool serves.
+    let pick = |g: &Arc<GatewayRoute>| {
+        let key = balance::hash_key(&found.route.settings.policy, |name| req.fields.value(name), client.client);
+        g.pick_for(key.as_deref()).cloned()
+    };
+    let picked = gateway.and_then(pick);
+    let (route, slot): (&Route, Option<usize>) = match &picked {
         Some(backend) => (&**backend, table.split_slot(backend)),
         None => (&**found.route, Some(found.slot)),
     };

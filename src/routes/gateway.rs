@@ -226,9 +226,31 @@ pub struct GatewayRoute {
 }
 
 impl PartialEq for GatewayRoute {
-    /// Identity: a table's routes are compared by what built them, not by value.
+    /// By what it routes to: conditions, filters, timeout, and each Service of the split by
+    /// weight, id, backend, settings and endpoints (so an unchanged file compares equal).
     fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other)
+        let same_backend = |(w, a): &(u32, Arc<Route>), (v, b): &(u32, Arc<Route>)| {
+            w == v
+                && (Arc::ptr_eq(a, b)
+                    || (a.id == b.id
+                        && a.backend == b.backend
+                        && a.settings == b.settings
+                        && a.pool.endpoints().len() == b.pool.endpoints().len()
+                        && a.pool
+                            .endpoints()
+                            .iter()
+                            .zip(b.pool.endpoints())
+                            .all(|(x, y)| x.addr == y.addr && x.state == y.state && x.hostname == y.hostname)))
+        };
+        self.conditions == other.conditions
+            && self.request_headers == other.request_headers
+            && self.response_headers == other.response_headers
+            && self.redirect == other.redirect
+            && self.rewrite == other.rewrite
+            && self.request_timeout == other.request_timeout
+            && self.matched_prefix == other.matched_prefix
+            && self.backends.len() == other.backends.len()
+            && self.backends.iter().zip(&other.backends).all(|(a, b)| same_backend(a, b))
     }
 }
 
@@ -238,11 +260,22 @@ impl GatewayRoute {
     /// The Service of a split for a new connection or request, by weight: a counter mixed
     /// by splitmix64 (uniform, no shared RNG state beyond one atomic); `None` without a split.
     pub fn pick(&self) -> Option<&Arc<Route>> {
+        self.pick_for(None)
+    }
+
+    /// [`pick`](Self::pick), or with a hashing policy's key (client address, header value) the
+    /// Service that key always gets, by weight: every replica sends a key to the same Service
+    /// (and then, by the same key, to the same endpoint).
+    pub fn pick_for(&self, key: Option<&[u8]>) -> Option<&Arc<Route>> {
         let total: u64 = self.backends.iter().map(|(w, _)| u64::from(*w)).sum();
         if total == 0 {
             return None;
         }
-        let mut n = splitmix64(self.next.fetch_add(1, Ordering::Relaxed)) % total;
+        let seed = match key {
+            Some(k) => super::ring::hash_key(k),
+            None => self.next.fetch_add(1, Ordering::Relaxed),
+        };
+        let mut n = splitmix64(seed) % total;
         for (w, route) in &self.backends {
             let w = u64::from(*w);
             if n < w {
@@ -293,6 +326,33 @@ mod tests {
             pool: Pool::new(vec![]),
             settings: RouteSettings::default(),
         })
+    }
+
+    #[test]
+    fn a_hash_key_always_gets_the_same_service_and_keys_follow_the_weights() {
+        let g = GatewayRoute::new(vec![(80, route("a")), (20, route("b"))]);
+        let again = GatewayRoute::new(vec![(80, route("a")), (20, route("b"))]);
+        let mut to_a = 0;
+        for i in 0u32..5000 {
+            let key = i.to_be_bytes();
+            let first = g.pick_for(Some(&key)).unwrap().id.clone();
+            assert_eq!(again.pick_for(Some(&key)).unwrap().id, first, "another replica agrees");
+            assert_eq!(g.pick_for(Some(&key)).unwrap().id, first, "and so does a later connection");
+            to_a += usize::from(first == "a");
+        }
+        assert!((3_800..=4_200).contains(&to_a), "{to_a} of 5000 keys to the weight-80 Service");
+    }
+
+    #[test]
+    fn equal_by_what_it_routes_to() {
+        let a = GatewayRoute::new(vec![(1, route("a"))]);
+        let same = GatewayRoute::new(vec![(1, route("a"))]);
+        let heavier = GatewayRoute::new(vec![(2, route("a"))]);
+        let mut timed = GatewayRoute::new(vec![(1, route("a"))]);
+        timed.request_timeout = Some(Duration::from_secs(2));
+        assert!(a == same);
+        assert!(a != heavier);
+        assert!(a != timed);
     }
 
     #[test]

@@ -686,6 +686,60 @@ endpoints:
         assert!(!same_routes(&a, &e));
     }
 
+    const GATEWAY: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: wsingress}
+spec: {controllerName: wsingress.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec: {gatewayClassName: wsingress, listeners: [{name: web, protocol: HTTP, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: chat}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [chat.example.com]
+  rules: [{backendRefs: [{name: chat, port: 80, weight: 2}, {name: chat, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: stray}
+spec:
+  parentRefs: [{name: gw, sectionName: nope}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: chat}
+spec: {ports: [{name: ws, port: 80}]}
+"#;
+
+    #[test]
+    fn gateway_api_objects_load_report_and_compare() {
+        let d = Defaults::default();
+        let (a, warnings) = load(GATEWAY, &d).unwrap();
+        assert!(a.find(Some("chat.example.com"), "/").is_some_and(|r| r.settings.gateway.is_some()));
+        // A route that is not accepted is reported with its reason (a log line in file mode).
+        let stray: Vec<_> = warnings.iter().filter(|w| w.object.name == "stray").collect();
+        assert_eq!(stray.len(), 1, "{warnings:?}");
+        assert_eq!(stray[0].event_reason, "NoMatchingParent");
+        let (b, _) = load(GATEWAY, &d).unwrap();
+        assert!(same_routes(&a, &b), "the same file gives the same table");
+        let (c, _) = load(&GATEWAY.replace("weight: 2", "weight: 3"), &d).unwrap();
+        assert!(!same_routes(&a, &c));
+        // A Gateway API kind with another apiVersion is refused with the document named.
+        let wrong = GATEWAY
+            .replace("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n", "apiVersion: v1\nkind: Gateway\n");
+        let err = load(&wrong, &d).unwrap_err().to_string();
+        assert!(
+            err.contains("document 2 (Gateway default/gw)") && err.contains("gateway.networking.k8s.io/v1"),
+            "{err}"
+        );
+    }
+
     /// The app publishes `load_file`'s table before starting `run`: no second publish.
     #[tokio::test]
     async fn run_after_the_app_published_does_not_publish_again() {

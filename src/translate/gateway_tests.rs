@@ -672,3 +672,49 @@ spec:
     let second = gateway_statuses(&again, &Defaults::default(), &["192.0.2.10".to_string()], &later);
     assert_eq!(first.routes, second.routes, "an unchanged status is identical (nothing to write)");
 }
+
+#[test]
+fn app_protocol_selects_plain_or_tls_upstreams() {
+    let s = snapshot(&format!(
+        r#"{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+    - matches: [{{path: {{value: /wss}}}}]
+      backendRefs: [{{name: secure, port: 443}}]
+    - matches: [{{path: {{value: /ws}}}}]
+      backendRefs: [{{name: plain, port: 80}}]
+    - matches: [{{path: {{value: /none}}}}]
+      backendRefs: [{{name: bare, port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: secure, namespace: default}}
+spec: {{ports: [{{name: wss, port: 443, appProtocol: kubernetes.io/wss}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: plain, namespace: default}}
+spec: {{ports: [{{name: ws, port: 80, appProtocol: kubernetes.io/ws}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: bare, namespace: default}}
+spec: {{ports: [{{name: ws, port: 80}}]}}
+"#,
+        gateway(WEB)
+    ));
+    let (t, _) = table(&s);
+    let backend_tls = |path: &str| {
+        let r = t.find(Some("x"), path).unwrap();
+        r.settings.gateway.as_ref().unwrap().backends[0].1.settings.backend_tls.clone()
+    };
+    let tls = backend_tls("/wss").expect("kubernetes.io/wss speaks TLS to the pods");
+    assert_eq!(tls.server_name, "secure.default.svc");
+    assert!(backend_tls("/ws").is_none());
+    assert!(backend_tls("/none").is_none(), "no appProtocol: plain, and upgrades still pass");
+}

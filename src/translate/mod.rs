@@ -1,6 +1,8 @@
-//! Pure translation of Kubernetes objects (Ingress, Service, EndpointSlice, IngressClass)
-//! into a [`RouteTable`]: no clients, no sockets, no clocks. The file source and the
-//! controller both call [`translate`].
+//! Pure translation of Kubernetes objects (Ingress, Service, EndpointSlice, IngressClass, and
+//! Gateway API: GatewayClass, Gateway, HTTPRoute, ReferenceGrant) into a [`RouteTable`]: no
+//! clients, no sockets, no clocks. The file source and the controller both call [`translate`].
+//! Gateway API semantics are in [`gateway`], its status in [`gateway_status`]; HTTPRoutes take
+//! part in the host + path conflicts below like Ingresses (oldest first).
 //!
 //! Semantics follow the Kubernetes Ingress API:
 //! - **Class.** An Ingress is ours when `spec.ingressClassName` names an IngressClass whose

@@ -374,6 +374,64 @@ mod tests {
         (certs, warnings.into_iter().filter(|w| w.event_reason != reasons::SERVICE_NOT_FOUND).collect())
     }
 
+    /// An HTTPS listener of a Gateway puts its certificateRefs into the same table: for its
+    /// hostname, or (none) for the certificate's own names; another namespace's Secret only
+    /// with a ReferenceGrant.
+    #[test]
+    fn gateway_https_listeners_serve_their_certificates() {
+        let w = World::new();
+        let secrets =
+            [w.good("prod", "gw-cert", &["secure.example.com"]), w.good("certs", "any", &["*.wild.example.com"])];
+        let snapshot = |grant: bool| {
+            let mut yaml = String::from(
+                r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: prod}
+spec:
+  gatewayClassName: wsingress
+  listeners:
+    - {name: a, protocol: HTTPS, port: 443, hostname: secure.example.com, tls: {certificateRefs: [{name: gw-cert}]}}
+    - {name: b, protocol: HTTPS, port: 444, tls: {certificateRefs: [{name: any, namespace: certs}]}}
+"#,
+            );
+            if grant {
+                yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: certs}\nspec: {from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: prod}], to: [{group: \"\", kind: Secret}]}\n");
+            }
+            let mut s = ClusterSnapshot {
+                gateway_classes: vec![Arc::new(
+                    serde_yaml::from_str(
+                        "metadata: {name: wsingress}\nspec: {controllerName: wsingress.io/gateway-controller}",
+                    )
+                    .unwrap(),
+                )],
+                ..Default::default()
+            };
+            for doc in yaml.split("---") {
+                let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+                match v["kind"].as_str() {
+                    Some("Gateway") => s.gateways.push(Arc::new(serde_yaml::from_value(v).unwrap())),
+                    Some("ReferenceGrant") => s.reference_grants.push(Arc::new(serde_yaml::from_value(v).unwrap())),
+                    _ => {}
+                }
+            }
+            s
+        };
+        for grant in [false, true] {
+            let s = snapshot(grant);
+            let (_, certs, _) = translate_all(
+                &s,
+                &secrets,
+                &Defaults::default(),
+                &TlsDefaults::default(),
+                &CertTable::default(),
+                w.now,
+            );
+            assert!(certs.has_host("secure.example.com"), "grant {grant}");
+            assert_eq!(certs.has_host("x.wild.example.com"), grant, "a cross-namespace Secret needs a ReferenceGrant");
+        }
+    }
+
     const CHAT: &str = r#"
 metadata: {name: chat, namespace: prod, creationTimestamp: "2024-01-01T00:00:00Z"}
 spec:
