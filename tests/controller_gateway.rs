@@ -775,3 +775,44 @@ spec:
     assert_eq!(reply, Message::text("over wss"));
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_and_an_httproute_for_the_same_host_share_one_table_and_the_younger_gets_the_event() {
+    init_logs();
+    let (older, younger) = (common::echo("ingress-pod", "ingress: ").await, common::echo("route-pod", "route: ").await);
+    let api = FakeKube::start().await;
+    seed(&api);
+    api.apply(&ingress_class());
+    backend_named(&api, "apps", "chat", older.addr);
+    backend_named(&api, "apps", "chat-b", younger.addr);
+    // The Ingress is created first (the older), then an HTTPRoute for the same host and path.
+    let ingress: Ingress = yaml(&format!(
+        r#"
+metadata: {{name: chat, namespace: apps}}
+spec:
+  ingressClassName: wsingress
+  rules:
+  - host: {HOST}
+    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: chat, port: {{name: ws}}}}}}}}]}}
+"#
+    ));
+    api.apply(&ingress);
+    let mut younger_route = route("apps", "younger", "edge", HOST, None);
+    younger_route.spec.rules[0].backend_refs[0].name = "chat-b".into();
+    api.apply(&younger_route);
+    let stack = start(&api, fast_config()).await;
+    stack.wait_route(HOST).await;
+    // One table: the older Ingress serves the host; the HTTPRoute is told why it does not.
+    assert_eq!(stack.echo(HOST, "who").await.as_deref(), Ok("ingress: who"));
+    let event = eventually(LIMIT, "a RuleConflict Event on the HTTPRoute", || {
+        support::kube_test::events_with_reason(&api, "RuleConflict")
+            .into_iter()
+            .find(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("HTTPRoute"))
+    })
+    .await;
+    let regarding = event.regarding.expect("regarding");
+    assert_eq!(regarding.name.as_deref(), Some("younger"));
+    let uid = api.get::<HTTPRoute>("apps", "younger").and_then(|r| r.metadata.uid);
+    assert_eq!(regarding.uid, uid, "the Event names the cached HTTPRoute itself (uid)");
+    stack.stop().await;
+}
