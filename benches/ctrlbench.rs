@@ -212,6 +212,7 @@ impl Cluster {
             services: Reflected::from_parts(vec![(service_store, service_fp)]),
             endpoint_slices: Reflected::from_parts(vec![(slice_store, slice_fp)]),
             ingress_classes: Reflected::from_parts(vec![(class_store, class_fp)]),
+            gateway: None,
         };
         (c, caches)
     }

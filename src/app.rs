@@ -24,6 +24,7 @@ use crate::proxy::{self, ProxyConfig, ProxyState};
 use crate::readiness::Readiness;
 use crate::routes::RouteHandle;
 use crate::source::cert_files::{self, CertFiles};
+use crate::source::gateway_watch::GatewayApiConfig;
 use crate::source::kube::KubeConfig;
 use crate::source::leader::ElectionConfig;
 use crate::source::status::{PublishFrom, StatusConfig};
@@ -173,6 +174,9 @@ pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConf
             return Err(ConfigError(format!("--{flag} must not be empty")));
         }
     }
+    if args.gateway_api_recheck.is_zero() {
+        return Err(ConfigError("--gateway-api-recheck must be more than 0".to_string()));
+    }
     let publish = PublishFrom::from_flags(args.publish_service.as_deref(), args.publish_address.as_deref())
         .map_err(|e| ConfigError(e.to_string()))?;
     let namespaces: Vec<String> =
@@ -197,6 +201,7 @@ pub fn kube_config(args: &ServeArgs, default_namespace: &str) -> Result<KubeConf
         )),
         identity,
         tls: TlsDefaults { default_secret: args.default_tls_secret.clone() },
+        gateway_api: GatewayApiConfig { mode: args.gateway_api, recheck: args.gateway_api_recheck },
         ..KubeConfig::new(Defaults::default())
     })
 }
@@ -757,5 +762,17 @@ mod tests {
         assert!(Cli::try_parse_from(["wsingress", "serve", "--unsupported-security-annotations", "maybe"]).is_err());
         let e = kube_config(&serve(&["--controller-name", " "]), "x").unwrap_err().0;
         assert!(e.contains("--controller-name"), "{e}");
+    }
+
+    #[test]
+    fn gateway_api_flags() {
+        use crate::source::gateway_watch::GatewayApiMode;
+        let c = kube_config(&serve(&[]), "ingress").unwrap();
+        assert_eq!(c.gateway_api, GatewayApiConfig { mode: GatewayApiMode::Auto, recheck: Duration::from_secs(60) });
+        let c = kube_config(&serve(&["--gateway-api", "off", "--gateway-api-recheck", "10s"]), "x").unwrap();
+        assert_eq!(c.gateway_api, GatewayApiConfig { mode: GatewayApiMode::Off, recheck: Duration::from_secs(10) });
+        assert!(Cli::try_parse_from(["wsingress", "serve", "--gateway-api", "on"]).is_err());
+        let e = kube_config(&serve(&["--gateway-api-recheck", "0s"]), "x").unwrap_err().0;
+        assert!(e.contains("--gateway-api-recheck"), "{e}");
     }
 }

@@ -106,6 +106,13 @@ pub struct ServeArgs {
     /// Cluster mode: this replica's identity for leader election (default: the pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Cluster mode: watch Gateway API objects (GatewayClass, Gateway, HTTPRoute, ReferenceGrant)
+    /// when their CRDs are installed ("auto", checked at start and every --gateway-api-recheck), or never ("off").
+    #[arg(long, value_parser = crate::source::gateway_watch::GatewayApiMode::parse, default_value = "auto")]
+    pub gateway_api: crate::source::gateway_watch::GatewayApiMode,
+    /// Cluster mode: while the Gateway API CRDs are missing, look for them again this often.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub gateway_api_recheck: Duration,
     /// Drain the tunnels of an endpoint that stays not ready (and not terminating) this long
     /// ("never": keep them until it is ready again, terminates or leaves its EndpointSlice).
     #[arg(long, value_parser = parse_optional_duration, default_value = "never")]

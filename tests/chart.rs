@@ -28,7 +28,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::{Metadata, Resource};
 use serde::de::DeserializeOwned;
 use wsingress::cli::{Cli, ClientArgs, Command, EchoArgs, ServeArgs};
-use wsingress::source::rbac::ACCESS;
+use wsingress::source::gateway_watch::GatewayApiMode;
+use wsingress::source::rbac::access;
 
 const RELEASE: &str = "wsingress";
 const NAMESPACE: &str = "wsingress-system";
@@ -44,6 +45,10 @@ const CLUSTER_SCOPED: &[&str] = &["ingressclasses", "nodes"];
 /// Namespaced resources: in the ClusterRole when every namespace is watched, else in a Role per
 /// watched namespace. A resource in neither list fails the test until someone classifies it.
 const NAMESPACED: &[&str] = &["ingresses", "ingresses/status", "services", "endpointslices", "events", "secrets"];
+/// The same two classes for Gateway API (`rbac::GATEWAY_ACCESS`, with `gatewayAPI.enabled`).
+const GATEWAY_CLUSTER_SCOPED: &[&str] = &["gatewayclasses", "gatewayclasses/status", "namespaces"];
+const GATEWAY_NAMESPACED: &[&str] =
+    &["gateways", "gateways/status", "httproutes", "httproutes/status", "referencegrants"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -200,6 +205,7 @@ fn matrix() -> Vec<Vec<String>> {
             "--set",
             "podDisruptionBudget.minAvailable=50%",
         ],
+        &["--set", "gatewayAPI.enabled=true", "--set", "controller.watchNamespace=apps"],
         SET_STRING_NUMBERS,
     ];
     for flags in flag_sets {
@@ -259,9 +265,10 @@ fn grants_of(rules: &[PolicyRule], own_namespace_only: bool) -> BTreeSet<Grant> 
     grants
 }
 
-fn access_grants() -> BTreeSet<Grant> {
+/// What the controller may send: with Gateway API (`--gateway-api auto`) or without.
+fn access_grants(gateway_api: bool) -> BTreeSet<Grant> {
     let mut grants = BTreeSet::new();
-    for access in ACCESS {
+    for access in access(gateway_api) {
         for verb in access.verbs {
             grants.insert((
                 access.group.to_string(),
@@ -721,16 +728,17 @@ fn check_client_plan(args: &ClientArgs) {
 }
 
 /// Namespaced ACCESS entries (not the own-namespace Lease) and cluster-scoped ones.
-fn access_split() -> (BTreeSet<Grant>, BTreeSet<Grant>, BTreeSet<Grant>) {
+fn access_split(gateway_api: bool) -> (BTreeSet<Grant>, BTreeSet<Grant>, BTreeSet<Grant>) {
     let (mut cluster, mut namespaced, mut own) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-    for grant in access_grants() {
+    for grant in access_grants(gateway_api) {
+        let resource = grant.1.as_str();
         if grant.3 {
             own.insert(grant);
-        } else if CLUSTER_SCOPED.contains(&grant.1.as_str()) {
+        } else if CLUSTER_SCOPED.contains(&resource) || GATEWAY_CLUSTER_SCOPED.contains(&resource) {
             cluster.insert(grant);
         } else {
             assert!(
-                NAMESPACED.contains(&grant.1.as_str()),
+                NAMESPACED.contains(&resource) || GATEWAY_NAMESPACED.contains(&resource),
                 "classify {:?} in tests/chart.rs (CLUSTER_SCOPED or NAMESPACED)",
                 grant.1
             );
@@ -757,7 +765,8 @@ fn check_rbac(docs: &Docs, args: &ServeArgs) {
     if cluster_roles.is_empty() && roles.is_empty() {
         return; // rbac.create=false
     }
-    let (cluster, namespaced, own) = access_split();
+    // The chart passes --gateway-api auto exactly when gatewayAPI.enabled.
+    let (cluster, namespaced, own) = access_split(args.gateway_api == GatewayApiMode::Auto);
     let lease: Role = docs.one(RELEASE);
     assert_eq!(lease.metadata.namespace.as_deref(), Some(NAMESPACE));
     assert_grants("the Lease Role", &grants_of(lease.rules.as_deref().unwrap_or_default(), true), &own);
@@ -1346,4 +1355,74 @@ fn chart_readme_is_generated_from_the_values_comments() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The GatewayClass the chart creates, as raw YAML (no typed model in k8s-openapi).
+fn gateway_classes(docs: &Docs) -> Vec<&serde_yaml::Value> {
+    docs.raw("gateway.networking.k8s.io/v1", "GatewayClass")
+}
+
+#[test]
+fn gateway_api_is_off_by_default_and_grants_nothing_for_it() {
+    let Some(docs) = render(&[]) else { return };
+    let args = check_controller(&docs);
+    assert_eq!(args.gateway_api, GatewayApiMode::Off, "without gatewayAPI.enabled the binary must not watch it");
+    assert!(gateway_classes(&docs).is_empty());
+    let granted: BTreeSet<String> = docs
+        .all::<ClusterRole>()
+        .iter()
+        .flat_map(|r| r.rules.iter().flatten().flat_map(|r| r.resources.clone().unwrap_or_default()))
+        .collect();
+    for resource in GATEWAY_CLUSTER_SCOPED.iter().chain(GATEWAY_NAMESPACED) {
+        assert!(!granted.contains(*resource), "{resource} granted with Gateway API off");
+    }
+}
+
+#[test]
+fn gateway_api_enabled_creates_our_gateway_class_and_exactly_its_rbac() {
+    let flags = ["-f", "charts/wsingress/ci/gateway-api-values.yaml"];
+    let Some(docs) = render(&flags) else { return };
+    let args = check_controller(&docs);
+    assert_eq!(args.gateway_api, GatewayApiMode::Auto);
+    assert_eq!(args.gateway_controller_name, "example.com/ws-gateway");
+    assert_eq!(args.gateway_api_recheck, Duration::from_secs(30));
+    check_rbac(&docs, &args);
+    let classes = gateway_classes(&docs);
+    assert_eq!(classes.len(), 1);
+    assert_eq!(classes[0]["metadata"]["name"].as_str(), Some("edge"));
+    assert_eq!(
+        classes[0]["spec"]["controllerName"].as_str(),
+        Some(args.gateway_controller_name.as_str()),
+        "the class names the controller this install serves"
+    );
+    // Watched namespaces: the Gateway API kinds move into their Roles too.
+    let Some(docs) = render(&["--set", "gatewayAPI.enabled=true", "--set", "controller.watchNamespace=apps"]) else {
+        return;
+    };
+    let args = check_controller(&docs);
+    check_rbac(&docs, &args);
+    let role = docs.all::<Role>().into_iter().find(|r| r.metadata.namespace.as_deref() == Some("apps")).expect("Role");
+    let resources: BTreeSet<String> =
+        role.rules.iter().flatten().flat_map(|r| r.resources.clone().unwrap_or_default()).collect();
+    assert!(resources.contains("httproutes/status"), "{resources:?}");
+    // Without the GatewayClass (one created elsewhere), the RBAC stays.
+    let Some(docs) = render(&["--set", "gatewayAPI.enabled=true", "--set", "gatewayAPI.gatewayClass.create=false"])
+    else {
+        return;
+    };
+    assert!(gateway_classes(&docs).is_empty());
+    check_rbac(&docs, &check_controller(&docs));
+}
+
+#[test]
+fn gateway_api_values_are_validated_by_the_schema() {
+    for bad in [
+        ["--set", "gatewayAPI.controllerName=no-slash"],
+        ["--set", "gatewayAPI.recheck=soon"],
+        ["--set", "gatewayAPI.gatewayClass.name=Edge_Class"],
+        ["--set", "gatewayAPI.enabled=maybe"],
+    ] {
+        let Some(err) = render_error(&bad) else { return };
+        assert!(err.contains("gatewayAPI"), "{bad:?}: {err}");
+    }
 }

@@ -1,9 +1,11 @@
-//! The kind end-to-end suite (tests/e2e/run.sh): a real cluster, the real image, the chart and
-//! manifests/echo.yaml, checked from the host. It needs Docker and kind, which the development
-//! machines do not have, so a plain `cargo test` reports it as ignored (never as passed);
-//! .github/workflows/e2e.yml runs it on a hosted runner with `cargo test --test e2e_kind --
-//! --ignored`. Its WebSocket client side (tests/e2e/ws-check.js) runs everywhere, in
-//! tests/e2e_local.rs.
+//! The kind end-to-end suites: tests/e2e/run.sh (a real cluster, the real image, the chart and
+//! manifests/echo.yaml, checked from the host) and tests/e2e/gateway-conformance.sh (the upstream
+//! Gateway API conformance suite against wsingress). They need Docker and kind, which the
+//! development machines do not have, so a plain `cargo test` reports them as ignored, with the
+//! reason (never as passed); .github/workflows/e2e.yml runs them on hosted runners with
+//! `cargo test --test e2e_kind -- --ignored`. Their WebSocket client side (tests/e2e/ws-check.js)
+//! runs everywhere, in tests/e2e_local.rs; the scripts' syntax and the workflow's shape are
+//! checked here on every run.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -26,4 +28,51 @@ fn kind_end_to_end() {
         .status()
         .expect("run tests/e2e/run.sh");
     assert!(status.success(), "tests/e2e/run.sh failed: {status}");
+}
+
+#[test]
+#[ignore = "needs Docker, kind, Go and internet access (a hosted runner: .github/workflows/e2e.yml, job gateway-conformance); run with --ignored"]
+fn gateway_conformance() {
+    assert!(runs("docker", "info"), "the conformance suite needs a running Docker engine (`docker info` failed)");
+    assert!(runs("kind", "version"), "the conformance suite needs kind on PATH (go install sigs.k8s.io/kind@v0.33.0)");
+    assert!(runs("go", "version"), "the conformance suite is Go: it needs go on PATH");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new("bash")
+        .arg(root.join("tests/e2e/gateway-conformance.sh"))
+        .current_dir(&root)
+        .status()
+        .expect("run tests/e2e/gateway-conformance.sh");
+    assert!(status.success(), "tests/e2e/gateway-conformance.sh failed: {status}");
+}
+
+/// What runs here of the kind suites: their shell parses (`bash -n`), and the workflow runs
+/// both, uploading the conformance report whatever the outcome.
+#[test]
+fn the_kind_scripts_parse_and_the_workflow_runs_and_publishes_them() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for script in ["tests/e2e/run.sh", "tests/e2e/gateway-conformance.sh"] {
+        let out = Command::new("bash").arg("-n").arg(root.join(script)).output().expect("run bash -n");
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = std::fs::read_to_string(root.join(".github/workflows/e2e.yml")).expect("e2e.yml");
+    let workflow: serde_yaml::Value = serde_yaml::from_str(&text).expect("e2e.yml is YAML");
+    let steps = |job: &str| -> Vec<serde_yaml::Value> {
+        workflow["jobs"][job]["steps"].as_sequence().unwrap_or_else(|| panic!("job {job} has steps")).clone()
+    };
+    let runs_cmd = |steps: &[serde_yaml::Value], needle: &str| {
+        steps.iter().any(|s| s["run"].as_str().is_some_and(|r| r.contains(needle)))
+    };
+    assert!(runs_cmd(&steps("kind"), "cargo test --test e2e_kind -- --ignored"));
+    let conformance = steps("gateway-conformance");
+    assert!(runs_cmd(&conformance, "cargo test --test e2e_kind gateway_conformance -- --ignored"));
+    let upload = conformance
+        .iter()
+        .find(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("actions/upload-artifact@")))
+        .expect("the conformance job uploads its report");
+    assert_eq!(upload["if"].as_str(), Some("always()"), "the report is uploaded when the suite fails too");
+    assert_eq!(upload["with"]["path"].as_str(), Some("target/gateway-conformance/"));
+    let script = std::fs::read_to_string(root.join("tests/e2e/gateway-conformance.sh")).expect("script");
+    for claimed in ["HTTPRoute", "HTTPRouteBackendProtocolWebSocket", "--report-output=\"$REPORT_DIR/report.yaml\""] {
+        assert!(script.contains(claimed), "gateway-conformance.sh lacks {claimed}");
+    }
 }

@@ -34,11 +34,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::Publisher;
 use super::events::{self, EventLimits, Report, Reporter};
+use super::gateway_status::{self, GatewayStatusInput};
+use super::gateway_watch::{self, GatewayApiConfig, GatewayApiMode, GatewayCaches, Installed};
 use super::leader::{self, ElectionConfig};
 use super::secrets::SecretWatches;
 use super::status::{self, PublishFrom, PublishSource, StatusConfig, StatusInput};
 pub use super::watch::WatchBackoff;
-use super::watch::{Reflected, Watches, resource_version};
+use super::watch::{Reflected, Watches, namespaced_apis, resource_version};
 use crate::readiness::Health;
 use crate::routes::RouteTable;
 use crate::translate::tls::TlsDefaults;
@@ -76,6 +78,8 @@ pub struct KubeConfig {
     pub external_name_check: Duration,
     /// `--default-tls-secret` (certificates come from the TLS Secrets, see [`super::secrets`]).
     pub tls: TlsDefaults,
+    /// `--gateway-api`, `--gateway-api-recheck` ([`super::gateway_watch`]).
+    pub gateway_api: GatewayApiConfig,
 }
 
 impl KubeConfig {
@@ -92,6 +96,7 @@ impl KubeConfig {
             event_limits: EventLimits::default(),
             external_name_check: Duration::from_secs(60),
             tls: TlsDefaults::default(),
+            gateway_api: GatewayApiConfig::default(),
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct Caches {
     pub services: Reflected<Service>,
     pub endpoint_slices: Reflected<EndpointSlice>,
     pub ingress_classes: Reflected<IngressClass>,
+    /// Gateway API, once discovery found its CRDs ([`super::gateway_watch`]).
+    pub gateway: Option<GatewayCaches>,
 }
 
 impl Caches {
@@ -115,9 +122,16 @@ impl Caches {
             self.services.fingerprint(),
             self.endpoint_slices.fingerprint(),
             self.ingress_classes.fingerprint(),
+            self.gateway.as_ref().map(GatewayCaches::fingerprint),
         )
             .hash(&mut h);
         h.finish()
+    }
+
+    /// Changes when a Gateway API object changes (status included): what the Gateway API
+    /// status writer's input depends on.
+    fn gateway_revision(&self) -> Option<u64> {
+        self.gateway.as_ref().map(GatewayCaches::revision)
     }
 
     /// Changes when an Ingress (status included) or an IngressClass changes: what the status
@@ -128,13 +142,17 @@ impl Caches {
 
     /// What translation reads now: the cached objects themselves, shared.
     pub fn snapshot(&self) -> ClusterSnapshot {
-        ClusterSnapshot {
+        let mut snapshot = ClusterSnapshot {
             ingresses: self.ingresses.state(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
             ingress_classes: self.ingress_classes.state(),
             ..ClusterSnapshot::default()
+        };
+        if let Some(g) = &self.gateway {
+            g.fill(&mut snapshot);
         }
+        snapshot
     }
 
     async fn wait_synced(&self) -> Result<(), KubeError> {
@@ -149,6 +167,11 @@ impl Caches {
                 return Err(KubeError::SyncAborted(kind));
             }
         }
+        if let Some(g) = &self.gateway
+            && !g.wait_synced().await
+        {
+            return Err(KubeError::SyncAborted("Gateway API"));
+        }
         Ok(())
     }
 
@@ -160,7 +183,7 @@ impl Caches {
             "Service" => self.services.get(&o.namespace, &o.name).map(|k| k.object_ref(&())),
             "EndpointSlice" => self.endpoint_slices.get(&o.namespace, &o.name).map(|k| k.object_ref(&())),
             "IngressClass" => self.ingress_classes.get("", &o.name).map(|k| k.object_ref(&())),
-            _ => None,
+            _ => self.gateway.as_ref().and_then(|g| g.object_reference(o)),
         };
         found.unwrap_or_else(|| ObjectReference {
             kind: Some(o.kind.clone()),
@@ -192,7 +215,30 @@ pub async fn run(
         backoff: config.backoff,
         page_size: config.page_size,
     };
-    let caches = watch_caches(&mut watches, &client, &config.watch_namespaces, &changed);
+    let mut caches = watch_caches(&mut watches, &client, &config.watch_namespaces, &changed);
+    // Gateway API: what is installed now; looked at again on a timer while something is missing.
+    let installed = match config.gateway_api.mode {
+        GatewayApiMode::Off => None,
+        GatewayApiMode::Auto => Some(first_discovery(&client, &config).await),
+    };
+    if let Some(found) = installed.filter(|i| i.routes) {
+        caches.gateway = Some(GatewayCaches::start(
+            &mut watches,
+            &client,
+            &config.watch_namespaces,
+            found.reference_grants,
+            &changed,
+        ));
+    }
+    let (found_tx, mut found_rx) = watch::channel(installed.unwrap_or_default());
+    let mut rediscovering = installed.is_some_and(|i| !i.complete());
+    if rediscovering {
+        let recheck = config.gateway_api.recheck;
+        let task = gateway_watch::rediscover(client.clone(), recheck, found_tx, children.clone());
+        watches.health.spawn(&mut *watches.tasks, "Gateway API discovery", &children, task);
+    } else {
+        drop(found_tx);
+    }
     let mut secrets =
         SecretWatches::start(&mut watches, &client, &config.watch_namespaces, config.tls.clone(), &changed);
     let publish = config.status.as_ref().and_then(|s| match &s.publish {
@@ -218,7 +264,13 @@ pub async fn run(
         );
     }
     let (mut reconciler, outputs) = Reconciler::new(config.defaults.clone(), publisher);
-    let Outputs { reports: reports_rx, status: status_rx, targets: targets_rx, unresolved: unresolved_tx } = outputs;
+    let Outputs {
+        reports: reports_rx,
+        status: status_rx,
+        targets: targets_rx,
+        unresolved: unresolved_tx,
+        gateway_status: gateway_status_rx,
+    } = outputs;
     let reporter = Reporter { controller: config.defaults.controller_name.clone(), instance: config.identity.clone() };
     health.spawn(
         &mut tasks,
@@ -234,6 +286,23 @@ pub async fn run(
             children.clone(),
         ),
     );
+    if installed.is_some() {
+        // Gateway API status (conditions) is written with or without published addresses.
+        let gateway_publish =
+            publish.as_ref().map(|p| PublishSource { service: p.service.clone(), changed: Arc::new(Notify::new()) });
+        let resync = config.status.as_ref().map_or(Duration::from_secs(30), |s| s.resync);
+        let run = gateway_status::run(
+            client.clone(),
+            config.defaults.clone(),
+            config.status.clone(),
+            gateway_publish,
+            resync,
+            gateway_status_rx,
+            leader_rx.clone(),
+            children.clone(),
+        );
+        health.spawn(&mut tasks, "Gateway API status", &children, run);
+    }
     if let Some(status_config) = config.status.clone() {
         let run = status::run(
             client.clone(),
@@ -296,6 +365,36 @@ pub async fn run(
                 }
                 continue;
             }
+            r = found_rx.changed(), if rediscovering => {
+                match r {
+                    Ok(()) => {
+                        let found = *found_rx.borrow_and_update();
+                        let mut watches = Watches {
+                            tasks: &mut tasks,
+                            health: &health,
+                            metrics: &metrics,
+                            stop: &children,
+                            backoff: config.backoff,
+                            page_size: config.page_size,
+                        };
+                        let namespaces = &config.watch_namespaces;
+                        match caches.gateway.as_mut() {
+                            None if found.routes => {
+                                let grants = found.reference_grants;
+                                let g = GatewayCaches::start(&mut watches, &client, namespaces, grants, &changed);
+                                caches.gateway = Some(g);
+                            }
+                            Some(g) if found.reference_grants => {
+                                g.start_grants(&mut watches, &client, namespaces, &changed)
+                            }
+                            _ => {}
+                        }
+                    }
+                    // Everything is installed: discovery is done.
+                    Err(_) => rediscovering = false,
+                }
+                continue;
+            }
             () = shutdown.cancelled() => break,
         }
         // Coalesce a burst of changes into one translation.
@@ -321,6 +420,8 @@ pub struct Outputs {
     targets: watch::Receiver<Arc<BTreeSet<ExternalTarget>>>,
     /// Warnings about ExternalName targets that do not resolve.
     unresolved: watch::Sender<Arc<Vec<Warning>>>,
+    /// The snapshot the Gateway API status writer derives status from.
+    pub gateway_status: watch::Receiver<GatewayStatusInput>,
 }
 
 /// One pass of the controller loop, kept apart so a benchmark drives exactly what the
@@ -344,6 +445,9 @@ pub struct Reconciler {
     reports_stale: bool,
     reports: watch::Sender<Arc<Vec<Report>>>,
     status: watch::Sender<StatusInput>,
+    /// The Gateway API status writer's input was computed at this revision.
+    gateway_revision: Option<u64>,
+    gateway_status: watch::Sender<GatewayStatusInput>,
     targets: watch::Sender<Arc<BTreeSet<ExternalTarget>>>,
     unresolved: watch::Receiver<Arc<Vec<Warning>>>,
 }
@@ -354,6 +458,7 @@ impl Reconciler {
         let (status, status_rx) = watch::channel(StatusInput::default());
         let (targets, targets_rx) = watch::channel(Arc::new(BTreeSet::new()));
         let (unresolved_tx, unresolved) = watch::channel(Arc::new(Vec::new()));
+        let (gateway_status, gateway_status_rx) = watch::channel(GatewayStatusInput::default());
         let reconciler = Self {
             defaults,
             publisher,
@@ -366,11 +471,18 @@ impl Reconciler {
             reports_stale: true,
             reports,
             status,
+            gateway_revision: None,
+            gateway_status,
             targets,
             unresolved,
         };
-        let outputs =
-            Outputs { reports: reports_rx, status: status_rx, targets: targets_rx, unresolved: unresolved_tx };
+        let outputs = Outputs {
+            reports: reports_rx,
+            status: status_rx,
+            targets: targets_rx,
+            unresolved: unresolved_tx,
+            gateway_status: gateway_status_rx,
+        };
         (reconciler, outputs)
     }
 
@@ -477,6 +589,11 @@ impl Reconciler {
             });
             self.status_revision = Some(revision);
         }
+        let gateway = caches.gateway_revision();
+        if gateway.is_some() && self.gateway_revision != gateway {
+            self.gateway_status.send_replace(GatewayStatusInput(Arc::new(caches.snapshot())));
+            self.gateway_revision = gateway;
+        }
         publish
     }
 }
@@ -488,28 +605,32 @@ fn watch_caches(
     namespaces: &[String],
     changed: &Arc<Notify>,
 ) -> Caches {
-    fn apis<K>(client: &kube::Client, namespaces: &[String]) -> Vec<(String, Api<K>)>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        if namespaces.is_empty() {
-            return vec![(String::new(), Api::all(client.clone()))];
-        }
-        namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
-    }
     let all = watcher::Config::default();
     let cluster = vec![(String::new(), Api::all(client.clone()))];
     Caches {
-        ingresses: watches.reflect("Ingress", apis(client, namespaces), all.clone(), ingress_version, changed),
-        services: watches.reflect("Service", apis(client, namespaces), all.clone(), resource_version, changed),
+        ingresses: watches.reflect(
+            "Ingress",
+            namespaced_apis(client, namespaces),
+            all.clone(),
+            ingress_version,
+            changed,
+        ),
+        services: watches.reflect(
+            "Service",
+            namespaced_apis(client, namespaces),
+            all.clone(),
+            resource_version,
+            changed,
+        ),
         endpoint_slices: watches.reflect(
             "EndpointSlice",
-            apis(client, namespaces),
+            namespaced_apis(client, namespaces),
             all.clone(),
             resource_version,
             changed,
         ),
         ingress_classes: watches.reflect("IngressClass", cluster, all, resource_version, changed),
+        gateway: None,
     }
 }
 
@@ -525,6 +646,35 @@ pub fn ingress_version(i: &Ingress) -> u64 {
         None => m.resource_version.hash(&mut h),
     }
     h.finish()
+}
+
+/// The first look for the Gateway API CRDs (bounded, so a hanging API server does not hold
+/// the start): logs one line when they are missing. A failed look counts as "not yet".
+async fn first_discovery(client: &kube::Client, config: &KubeConfig) -> Installed {
+    const LIMIT: Duration = Duration::from_secs(5);
+    let recheck = config.gateway_api.recheck;
+    let found = match tokio::time::timeout(LIMIT, gateway_watch::discover(client)).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, recheck_s = recheck.as_secs_f64(), "Gateway API discovery failed; looking again later");
+            return Installed::default();
+        }
+        Err(_) => {
+            tracing::warn!(recheck_s = recheck.as_secs_f64(), "Gateway API discovery timed out; looking again later");
+            return Installed::default();
+        }
+    };
+    if !found.routes {
+        tracing::info!(
+            recheck_s = recheck.as_secs_f64(),
+            "Gateway API CRDs (gateway.networking.k8s.io/v1) are not installed: serving Ingress only, looking again every --gateway-api-recheck"
+        );
+    } else if !found.reference_grants {
+        tracing::info!(
+            "ReferenceGrant CRD (gateway.networking.k8s.io/v1beta1) is not installed: cross-namespace references are refused"
+        );
+    }
+    found
 }
 
 /// The Ingresses we serve, with their versions: the status writer's input.
@@ -659,6 +809,7 @@ mod tests {
             services: Reflected::from_parts(vec![(ss, sfp)]),
             endpoint_slices: Reflected::from_parts(vec![(es, efp)]),
             ingress_classes: Reflected::from_parts(vec![(cs, cfp)]),
+            gateway: None,
         };
         (caches, iw, sw)
     }

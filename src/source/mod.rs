@@ -4,6 +4,8 @@
 pub mod cert_files;
 pub mod events;
 pub mod file;
+pub mod gateway_status;
+pub mod gateway_watch;
 pub mod kube;
 pub mod leader;
 pub mod rbac;

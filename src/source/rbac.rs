@@ -43,12 +43,43 @@ pub const ACCESS: &[Access] = &[
     },
 ];
 
-/// The Markdown table of [`ACCESS`] for the README (docs/controller.md carries it verbatim).
+/// What the controller adds with `--gateway-api auto` (the default; the chart passes it only
+/// with `gatewayAPI.enabled`, and `off` otherwise), once discovery has found the CRDs
+/// (`source/gateway_watch.rs`: list + watch of the four kinds and of Namespaces for
+/// `allowedRoutes` selectors; `source/gateway_status.rs`: `PUT` of the status subresource
+/// with the cached resourceVersion, so no `get`). Discovery itself (`/apis/GROUP/VERSION`)
+/// needs no rule. `tests/controller_gateway.rs` checks this list against the requests, both
+/// ways, as `tests/controller.rs` does for [`ACCESS`].
+pub const GATEWAY_ACCESS: &[Access] = &[
+    Access { group: GATEWAY_GROUP, resource: "gatewayclasses", verbs: WATCH, own_namespace_only: false },
+    Access { group: GATEWAY_GROUP, resource: "gatewayclasses/status", verbs: &["update"], own_namespace_only: false },
+    Access { group: GATEWAY_GROUP, resource: "gateways", verbs: WATCH, own_namespace_only: false },
+    Access { group: GATEWAY_GROUP, resource: "gateways/status", verbs: &["update"], own_namespace_only: false },
+    Access { group: GATEWAY_GROUP, resource: "httproutes", verbs: WATCH, own_namespace_only: false },
+    Access { group: GATEWAY_GROUP, resource: "httproutes/status", verbs: &["update"], own_namespace_only: false },
+    Access { group: GATEWAY_GROUP, resource: "referencegrants", verbs: WATCH, own_namespace_only: false },
+    Access { group: "", resource: "namespaces", verbs: WATCH, own_namespace_only: false },
+];
+
+const GATEWAY_GROUP: &str = super::gateway_watch::GROUP;
+
+/// Everything the controller may send with Gateway API on or off.
+pub fn access(gateway_api: bool) -> impl Iterator<Item = &'static Access> {
+    ACCESS.iter().chain(GATEWAY_ACCESS.iter().filter(move |_| gateway_api))
+}
+
+/// The Markdown table of [`ACCESS`] and [`GATEWAY_ACCESS`] for the README (docs/controller.md
+/// carries it verbatim).
 pub fn readme_table() -> String {
     let mut out = String::from("| API group | resource | verbs | granted by |\n|---|---|---|---|\n");
-    for a in ACCESS {
+    let gateway = GATEWAY_ACCESS.iter().map(|a| (a, true));
+    for (a, gateway_api) in ACCESS.iter().map(|a| (a, false)).chain(gateway) {
         let group = if a.group.is_empty() { "\"\" (core)" } else { a.group };
-        let scope = if a.own_namespace_only { "Role in the election namespace" } else { "ClusterRole" };
+        let scope = match (a.own_namespace_only, gateway_api) {
+            (true, _) => "Role in the election namespace",
+            (false, false) => "ClusterRole",
+            (false, true) => "ClusterRole, with Gateway API (chart `gatewayAPI.enabled`)",
+        };
         out.push_str(&format!("| `{group}` | `{}` | {} | {scope} |\n", a.resource, a.verbs.join(", ")));
     }
     out
@@ -67,12 +98,11 @@ mod tests {
     #[test]
     fn no_duplicates_and_verbs_are_rbac_verbs() {
         let known = ["get", "list", "watch", "create", "update", "patch", "delete"];
-        for (i, a) in ACCESS.iter().enumerate() {
+        let all: Vec<&Access> = access(true).collect();
+        for (i, a) in all.iter().enumerate() {
             assert!(a.verbs.iter().all(|v| known.contains(v)), "{a:?}");
-            assert!(
-                ACCESS[i + 1..].iter().all(|b| (b.group, b.resource) != (a.group, a.resource)),
-                "{a:?} listed twice"
-            );
+            assert!(all[i + 1..].iter().all(|b| (b.group, b.resource) != (a.group, a.resource)), "{a:?} listed twice");
         }
+        assert_eq!(access(false).count(), ACCESS.len());
     }
 }

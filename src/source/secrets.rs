@@ -5,8 +5,9 @@
 //! - each Secret named elsewhere, watched alone with `metadata.name=NAME` in its namespace:
 //!   `--default-tls-secret` (from the start), a route's `backend-ca-secret` (usually `Opaque`
 //!   with `ca.crt`), and a `spec.tls` Secret the TLS watch does not hold (so a Secret of the
-//!   wrong type is reported as such, not as missing). These start when first referenced and
-//!   stop when nothing names them any more.
+//!   wrong type is reported as such, not as missing), and a `tls.certificateRefs` Secret of
+//!   an HTTPS listener of one of our Gateways that the TLS watch does not hold. These start
+//!   when first referenced and stop when nothing names them any more.
 //!
 //! Why named watches rather than a get on each change: a rotated CA bundle or default
 //! certificate is seen as soon as it is written (a get would need polling), the same
@@ -30,7 +31,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::watch::{Reflected, WatchBackoff, Watches, resource_version};
+use super::gateway_watch::certificate_refs;
+use super::watch::{Reflected, WatchBackoff, Watches, namespaced_apis, resource_version};
 use crate::metrics::Metrics;
 use crate::readiness::Health;
 use crate::translate::annotations::{BACKEND_CA_SECRET, EXPOSE};
@@ -77,11 +79,7 @@ impl SecretWatches {
         tls_defaults: TlsDefaults,
         changed: &Arc<Notify>,
     ) -> Self {
-        let apis: Vec<(String, Api<Secret>)> = if namespaces.is_empty() {
-            vec![(String::new(), Api::all(client.clone()))]
-        } else {
-            namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
-        };
+        let apis = namespaced_apis::<Secret>(client, namespaces);
         let selector = watcher::Config::default().fields(&tls_selector());
         let tls = watches.reflect("Secret", apis, selector, resource_version, changed);
         let mut me = Self {
@@ -231,6 +229,12 @@ fn references(
             if tls.get(ns, name).is_none() {
                 out.insert((ns.to_string(), name.to_string()));
             }
+        }
+    }
+    // HTTPS listeners of our Gateways: `tls.certificateRefs` (same namespace or granted).
+    for (ns, name) in certificate_refs(snapshot, &defaults.gateway_controller_name) {
+        if tls.get(&ns, &name).is_none() {
+            out.insert((ns, name));
         }
     }
     if defaults.service_routes.enabled {

@@ -210,7 +210,7 @@ pub fn plan_one(
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ResolveError {
+pub(super) enum ResolveError {
     #[error("publish service {0}/{1} not found")]
     ServiceNotFound(String, String),
     #[error(transparent)]
@@ -225,7 +225,8 @@ pub struct PublishSource {
 }
 
 /// Node addresses, listed only for a NodePort publish Service, at most once per `resync`.
-struct NodeCache {
+#[derive(Default)]
+pub(super) struct NodeCache {
     nodes: Vec<Node>,
     listed_at: Option<Instant>,
 }
@@ -241,7 +242,7 @@ impl NodeCache {
 }
 
 /// The addresses to publish, from the flag or the watched Service (nodes for NodePort).
-async fn resolve(
+pub(super) async fn resolve(
     client: &kube::Client,
     config: &StatusConfig,
     source: Option<&PublishSource>,

@@ -215,6 +215,16 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Reflected<K> {
         Self { stores, fingerprints }
     }
 
+    /// One cache made of several, each fed by its own watch (e.g. one per field selector).
+    pub fn merge(parts: Vec<Self>) -> Self {
+        let (mut stores, mut fingerprints) = (Vec::new(), Vec::new());
+        for p in parts {
+            stores.extend(p.stores);
+            fingerprints.extend(p.fingerprints);
+        }
+        Self { stores, fingerprints }
+    }
+
     /// Changes when anything translation reads of this kind changes.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprints.iter().fold(0u64, |a, f| a.wrapping_add(f.routing.load(Ordering::Acquire)))
@@ -264,6 +274,18 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Reflected<K> {
         }
         true
     }
+}
+
+/// One `Api` per watched namespace, or one cluster-wide when `namespaces` is empty: how every
+/// namespaced kind is watched.
+pub fn namespaced_apis<K>(client: &kube::Client, namespaces: &[String]) -> Vec<(String, Api<K>)>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    if namespaces.is_empty() {
+        return vec![(String::new(), Api::all(client.clone()))];
+    }
+    namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
 }
 
 /// What every watch shares: the task set, supervision, metrics, backoff and paging.

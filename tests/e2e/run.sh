@@ -24,7 +24,10 @@
 #      (wsingress client --ca) and in the cluster (helm test's wss pod, tests.wss.*), a
 #      rotation keeps a tunnel opened before, a bad Secret gets a Warning Event and the last
 #      good certificate keeps serving;
-#   9. Gateway API: checks come here with issue 14.
+#   9. Gateway API: the standard-channel CRDs, the chart with gatewayAPI.enabled, the echo
+#      Ingress replaced by manifests/gateway-echo.yaml (GatewayClass and HTTPRoute Accepted by
+#      our controller), a round trip through the HTTPRoute, the Gateway's status address.
+#      The upstream conformance suite is tests/e2e/gateway-conformance.sh (its own job).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -304,7 +307,32 @@ case "$subject" in *"echo e2e v2"*) ;; *) die "after a bad Secret $TLS_HOST got 
 # the CA from Secret e2e-ca, through the Service's TLS port with SNI $TLS_HOST).
 helm test "$RELEASE" --namespace "$NS" --logs --timeout 180s
 
-# step "9. Gateway API": with issue 14: apply the Gateway API CRDs and
-#   manifests/gateway-echo.yaml, then the same round trip and drain checks through the Gateway.
+step "9. Gateway API: standard-channel CRDs, gatewayAPI.enabled, manifests/gateway-echo.yaml"
+GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.3.0}
+kubectl apply --server-side -f \
+    "https://github.com/kubernetes-sigs/gateway-api/releases/download/$GATEWAY_API_VERSION/standard-install.yaml"
+kubectl wait --for=condition=Established --timeout=60s crd/httproutes.gateway.networking.k8s.io
+# The manifest brings its own GatewayClass `wsingress`, so the chart creates none.
+helm upgrade "$RELEASE" charts/wsingress --namespace "$NS" -f tests/e2e/values-kind.yaml \
+    -f "$WORK/values-tls.yaml" --set gatewayAPI.enabled=true --set gatewayAPI.gatewayClass.create=false \
+    --wait --timeout 300s
+kubectl -n "$NS" rollout status "deployment/$RELEASE" --timeout=120s
+# The HTTPRoute names no hostname, like the echo Ingress: remove the Ingress so the two do not
+# conflict and the round trip can only go through the Gateway.
+kubectl -n "$APP_NS" delete ingress echo --wait=true
+kubectl -n "$APP_NS" apply -f manifests/gateway-echo.yaml
+kubectl wait --for=condition=Accepted --timeout=120s gatewayclass/wsingress
+# Every HTTPRoute of the manifest accepted by our controller (status written by the leader).
+routes_accepted() {
+    kubectl -n "$APP_NS" get httproutes -o \
+        'jsonpath={range .items[*]}{.metadata.name}={.status.parents[?(@.controllerName=="wsingress.io/gateway-controller")].conditions[?(@.type=="Accepted")].status}{"\n"}{end}' |
+        awk -F= 'NF == 2 && $2 != "True" {bad = 1} NF == 2 {n++} END {if (n > 0 && !bad) print n}'
+}
+wait_for_output 120 "HTTPRoutes Accepted" routes_accepted
+"$WSINGRESS_BIN" client "$URL" --send "hello via the Gateway" --expect "${PREFIX}hello via the Gateway" \
+    --count 4 --retry-for 90s
+gateway_address=$(wait_for_output 120 "Gateway echo status address" kubectl -n "$APP_NS" get gateway echo \
+    -o 'jsonpath={.status.addresses[0].value}')
+echo "Gateway echo has address $gateway_address"
 
 step "e2e: all checks passed"

@@ -18,9 +18,13 @@
 //!   but metadata and status changes);
 //! - `events.k8s.io/v1` Event validation as the real server does it (eventTime, type,
 //!   reason, action, reportingController/-Instance, note length, series, and the Event's
-//!   namespace matching its `regarding` object's): invalid Events get 422 `Invalid`.
+//!   namespace matching its `regarding` object's): invalid Events get 422 `Invalid`;
+//! - discovery (`/apis/GROUP/VERSION`) of the custom resources a test installs
+//!   ([`FakeKube::install_gateway_api`]), 404 before, as without the CRDs; `PUT .../status`
+//!   replacing status only, 409 on a stale resourceVersion.
 //!
-//! Test hooks: [`FakeKube::apply`]/[`FakeKube::delete`] objects, [`FakeKube::compact`] history
+//! Test hooks: [`FakeKube::apply`]/[`FakeKube::delete`] objects,
+//! [`FakeKube::compact`] history
 //! (forces 410 on every watch behind it), [`FakeKube::go_down`] (drop every connection and
 //! refuse new ones) and [`FakeKube::come_back`], [`FakeKube::forbid`] (403 for a verb on a
 //! resource, as RBAC answers), [`FakeKube::set_fault`] (any status for requests a test picks),
@@ -77,6 +81,11 @@ impl Collection {
             "configmaps" => "ConfigMap",
             "pods" => "Pod",
             "secrets" => "Secret",
+            "namespaces" => "Namespace",
+            "gatewayclasses" => "GatewayClass",
+            "gateways" => "Gateway",
+            "httproutes" => "HTTPRoute",
+            "referencegrants" => "ReferenceGrant",
             other => other,
         }
         .to_string()
@@ -136,6 +145,9 @@ struct Store {
     uid: u64,
     /// The next request carrying a `continue` token gets 410 Expired.
     expire_continue: bool,
+    /// Discovery of installed custom resources: `GROUP/VERSION` → (plural, kind, namespaced).
+    /// `/apis/GROUP/VERSION` answers 404 for a group version not here, as without its CRD.
+    api_resources: BTreeMap<String, Vec<(String, String, bool)>>,
 }
 
 /// What a fault hook sees of a request.
@@ -246,6 +258,33 @@ impl FakeKube {
         s.objects.insert(key, value);
         drop(s);
         self.shared.changed.send_replace(rv);
+    }
+
+    /// An object as stored (JSON), for fields a typed view might drop.
+    pub fn get_value(&self, coll: &Collection, namespace: &str, name: &str) -> Option<Value> {
+        self.shared.store().objects.get(&(coll.clone(), namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// Serve discovery for `group_version` (`/apis/GROUP/VERSION`) listing `resources`
+    /// (plural, kind, namespaced), as once its CRDs are installed.
+    pub fn install_api(&self, group_version: &str, resources: &[(&str, &str, bool)]) {
+        let list = resources.iter().map(|(p, k, n)| (p.to_string(), k.to_string(), *n)).collect();
+        self.shared.store().api_resources.insert(group_version.to_string(), list);
+    }
+
+    /// The Gateway API standard channel's CRDs: GatewayClass, Gateway, HTTPRoute (v1) and
+    /// ReferenceGrant (v1beta1).
+    pub fn install_gateway_api(&self) {
+        self.install_api(
+            "gateway.networking.k8s.io/v1",
+            &[
+                ("gatewayclasses", "GatewayClass", false),
+                ("gateways", "Gateway", true),
+                ("httproutes", "HTTPRoute", true),
+                ("grpcroutes", "GRPCRoute", true),
+            ],
+        );
+        self.install_api("gateway.networking.k8s.io/v1beta1", &[("referencegrants", "ReferenceGrant", true)]);
     }
 
     /// Delete an object (DELETED); false if it did not exist.
@@ -485,7 +524,7 @@ struct ResourcePath {
 }
 
 fn cluster_scoped(plural: &str) -> bool {
-    matches!(plural, "ingressclasses" | "nodes" | "namespaces" | "clusterroles")
+    matches!(plural, "ingressclasses" | "nodes" | "namespaces" | "clusterroles" | "gatewayclasses")
 }
 
 fn parse_path(path: &str) -> Option<ResourcePath> {
@@ -615,6 +654,11 @@ fn route(
     body: &[u8],
 ) -> Response<Body> {
     let Some(p) = parse_path(path) else {
+        if *method == Method::GET
+            && let Some(list) = discovery(shared, path)
+        {
+            return json_response(StatusCode::OK, &list);
+        }
         return error(StatusCode::NOT_FOUND, "NotFound", "no such path");
     };
     let ns = if cluster_scoped(&p.coll.plural) { None } else { p.namespace.clone() };
@@ -634,7 +678,13 @@ fn route(
             }
         }
         (&Method::POST, None) => create(shared, p.coll, ns.unwrap_or_default(), body),
-        (&Method::PUT, Some(name)) => replace(shared, p.coll, ns.unwrap_or_default(), name, body),
+        (&Method::PUT, Some(name)) => match p.sub.as_deref() {
+            None => replace(shared, p.coll, ns.unwrap_or_default(), name, body),
+            Some("status") => replace_status(shared, p.coll, ns.unwrap_or_default(), name, body),
+            Some(other) => {
+                error(StatusCode::NOT_FOUND, "NotFound", &format!("subresource {other} not supported by the fake"))
+            }
+        },
         (&Method::PATCH, Some(name)) => {
             patch(shared, p.coll, ns.unwrap_or_default(), name, p.sub.as_deref(), content_type, body)
         }
@@ -817,6 +867,59 @@ fn replace(shared: &Shared, coll: Collection, ns: String, name: &str, body: &[u8
     drop(s);
     shared.changed.send_replace(rv);
     json_response(StatusCode::OK, &value)
+}
+
+/// `PUT .../NAME/status`: only `status` changes; a stale resourceVersion gets 409 Conflict.
+fn replace_status(shared: &Shared, coll: Collection, ns: String, name: &str, body: &[u8]) -> Response<Body> {
+    let Ok(sent) = serde_json::from_slice::<Value>(body) else {
+        return error(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
+    };
+    let mut s = shared.store();
+    let key = (coll.clone(), ns.clone(), name.to_string());
+    let Some(mut value) = s.objects.get(&key).cloned() else {
+        return error(StatusCode::NOT_FOUND, "NotFound", &format!("\"{name}\" not found"));
+    };
+    let rv = sent["metadata"]["resourceVersion"].as_str().unwrap_or("");
+    if !rv.is_empty() && rv != value["metadata"]["resourceVersion"].as_str().unwrap_or("") {
+        return error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                coll.plural
+            ),
+        );
+    }
+    match sent.get("status") {
+        Some(status) if !status.is_null() => value["status"] = status.clone(),
+        _ => {
+            value.as_object_mut().map(|o| o.remove("status"));
+        }
+    }
+    let rv = commit(&mut s, &coll, &ns, "MODIFIED", &mut value);
+    s.objects.insert(key, value.clone());
+    drop(s);
+    shared.changed.send_replace(rv);
+    json_response(StatusCode::OK, &value)
+}
+
+/// `GET /apis/GROUP/VERSION` of an installed group version: its `APIResourceList`.
+fn discovery(shared: &Shared, path: &str) -> Option<Value> {
+    let gv = path.trim_matches('/').strip_prefix("apis/")?;
+    let s = shared.store();
+    let resources = s.api_resources.get(gv)?;
+    let list: Vec<Value> = resources
+        .iter()
+        .flat_map(|(plural, kind, namespaced)| {
+            [
+                json!({"name": plural, "singularName": kind.to_lowercase(), "namespaced": namespaced, "kind": kind,
+                       "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]}),
+                json!({"name": format!("{plural}/status"), "singularName": "", "namespaced": namespaced,
+                       "kind": kind, "verbs": ["get", "patch", "update"]}),
+            ]
+        })
+        .collect();
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
 }
 
 /// RFC 7386 JSON merge patch.

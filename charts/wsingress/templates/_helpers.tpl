@@ -167,6 +167,18 @@ string of digits; values.schema.json allows only digits). Usage: include "wsingr
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["list"]
+{{- if .Values.gatewayAPI.enabled }}
+{{- /* Gateway API (src/source/rbac.rs GATEWAY_ACCESS): cluster-scoped kinds. */}}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gatewayclasses"]
+  verbs: ["list", "watch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gatewayclasses/status"]
+  verbs: ["update"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
 {{- end -}}
 
 {{/* RBAC rule for Services (the routes' backends and the publish Service). */}}
@@ -195,6 +207,15 @@ string of digits; values.schema.json allows only digits). Usage: include "wsingr
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "get", "patch"]
+{{- if .Values.gatewayAPI.enabled }}
+{{- /* Gateway API (src/source/rbac.rs GATEWAY_ACCESS): namespaced kinds. */}}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gateways", "httproutes", "referencegrants"]
+  verbs: ["list", "watch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gateways/status", "httproutes/status"]
+  verbs: ["update"]
+{{- end }}
 {{- end -}}
 
 {{/* The Secret holding the cookie-affinity key: the user's, or the one this chart creates. */}}
