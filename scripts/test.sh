@@ -10,8 +10,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "${1:-}" != "--no-install" ]; then
     scripts/install-tools.sh
     # Autobahn|Testsuite (Python 2.7, when the machine has it), Debian's Chromium, playwright-core
-    # and certutil (libnss3-tools, for the browser's https test).
-    scripts/install-tools.sh autobahn chromium playwright nss
+    # certutil (libnss3-tools, for the browser's https test) and HAProxy (the PROXY protocol
+    # interop test sends through its send-proxy and send-proxy-v2).
+    scripts/install-tools.sh autobahn chromium playwright nss haproxy
 fi
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
