@@ -29,9 +29,15 @@ IMAGE=ghcr.io/wsingress/wsingress:$VERSION
 NS=wsingress-system
 RELEASE=wsingress
 CLASS=wsingress
-# What wsingress claims (docs/gateway-api-cluster.md): the HTTP profile's core, ReferenceGrant,
-# and the WebSocket backend protocol (GEP-1911, appProtocol kubernetes.io/ws).
-SUPPORTED_FEATURES=${SUPPORTED_FEATURES:-Gateway,HTTPRoute,ReferenceGrant,HTTPRouteBackendProtocolWebSocket}
+# What wsingress claims (docs/gateway-api.md, "Conformance features claimed"): the HTTP
+# profile's core, ReferenceGrant, the extended HTTPRoute features it implements, and the
+# WebSocket backend protocol (GEP-1911, appProtocol kubernetes.io/ws). Every claim is tested.
+CLAIMED=Gateway,HTTPRoute,ReferenceGrant
+CLAIMED+=,HTTPRouteMethodMatching,HTTPRouteQueryParamMatching,HTTPRouteResponseHeaderModification
+CLAIMED+=,HTTPRouteSchemeRedirect,HTTPRoutePortRedirect,HTTPRoutePathRedirect
+CLAIMED+=,HTTPRouteHostRewrite,HTTPRoutePathRewrite
+CLAIMED+=,HTTPRouteRequestTimeout,HTTPRouteBackendTimeout,HTTPRouteBackendProtocolWebSocket
+SUPPORTED_FEATURES=${SUPPORTED_FEATURES:-$CLAIMED}
 WORK=$(mktemp -d)
 PIDS=()
 
