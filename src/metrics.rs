@@ -688,10 +688,13 @@ impl ConnMetrics {
     pub fn closed(&self, initiator: Initiator, code: Option<u16>, close_frame_seen: bool, lifetime: Duration) {
         let class = close_class_index(code, close_frame_seen);
         let r = &self.route;
+        // The lifetime first: a scrape gathers families by name (closes_total, then
+        // connection_duration_seconds, then connections_active), so a close it sees always
+        // comes with its lifetime, and a tunnel no longer active with both.
+        r.duration.observe(lifetime.as_secs_f64());
         r.close_handles[initiator as usize][class]
             .get_or_init(|| r.closes.with_label_values(&[&r.route, initiator.label(), CLOSE_CLASSES[class]]))
             .inc();
-        r.duration.observe(lifetime.as_secs_f64());
     }
 }
 
