@@ -86,12 +86,33 @@ fn proxy(file: &Path) -> (common::ServeProcess, SocketAddr, SocketAddr) {
     common::spawn_serve_binary(BIN, &["--manifests", file.to_str().expect("utf-8 path")], "info")
 }
 
-/// The proxy's pid, with a thread that reaps it when it exits (so `kill -0` sees it gone).
-fn reaped(mut process: common::ServeProcess) -> u32 {
+/// A proxy handed to a rollout script, which stops it by pid: a thread reaps it when it exits
+/// (so `kill -0` sees it gone), and dropping this kills it if the script never did (no node,
+/// or a failed check), so no test leaves a proxy running.
+struct Reaped {
+    pid: u32,
+    exited: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn reaped(mut process: common::ServeProcess) -> Reaped {
     let mut child = process.0.take().expect("child");
     let pid = child.id();
-    std::thread::spawn(move || child.wait());
-    pid
+    let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = exited.clone();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    Reaped { pid, exited }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // Not reaped yet, so the pid is still this child's (a zombie at worst): safe to signal.
+        if !self.exited.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::process::Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+        }
+    }
 }
 
 #[tokio::test]
@@ -179,10 +200,10 @@ impl Drop for PidFile {
 /// and starts a new one: ws-check.js's upgrade verdict (`None` without node).
 async fn upgrade_run(dir: &Folder, file: &Path, count: &str, signal: &str) -> Option<Output> {
     let (proxy_process, addr, _) = proxy(file);
-    let pid = reaped(proxy_process);
+    let old = reaped(proxy_process);
     let _new = PidFile(dir.0.join("new.pid"));
     let url = common::ws_url(addr, "/");
-    let cmd = rollout_command(&dir.0, file, pid, addr, signal);
+    let cmd = rollout_command(&dir.0, file, old.pid, addr, signal);
     let mut args = vec!["upgrade", url.as_str(), count, "--"];
     args.extend(cmd.iter().map(String::as_str));
     ws_check(&args).await
