@@ -346,16 +346,8 @@ fn splitmix64(x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::{Pool, RouteSettings};
 
-    fn route(id: &str) -> Arc<Route> {
-        Arc::new(Route {
-            id: id.into(),
-            backend: id.into(),
-            pool: Pool::new(vec![]),
-            settings: RouteSettings::default(),
-        })
-    }
+    use crate::routes::test_route as route;
 
     #[test]
     fn a_hash_key_always_gets_the_same_service_and_keys_follow_the_weights() {

@@ -258,17 +258,9 @@ impl HostIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::{Pool, Route, RouteSettings, RouteTable};
-    use std::sync::Arc;
+    use crate::routes::RouteTable;
 
-    fn route(id: &str) -> Arc<Route> {
-        Arc::new(Route {
-            id: id.into(),
-            backend: id.into(),
-            pool: Pool::new(vec![]),
-            settings: RouteSettings::default(),
-        })
-    }
+    use crate::routes::test_route as route;
 
     fn rule(host: &str, path: PathMatch, id: &str) -> Rule {
         Rule { host: HostMatch::parse(host), path, route: route(id) }

@@ -620,6 +620,12 @@ pub struct Route {
     pub settings: RouteSettings,
 }
 
+/// A route with no endpoints and default settings, named `id` (unit tests of matching).
+#[cfg(test)]
+pub(crate) fn test_route(id: &str) -> Arc<Route> {
+    Arc::new(Route { id: id.into(), backend: id.into(), pool: Pool::new(vec![]), settings: RouteSettings::default() })
+}
+
 /// One host/path rule of the table.
 #[derive(Debug, Clone)]
 pub struct Rule {
