@@ -340,7 +340,19 @@ async fn echo_session(websocket: HyperWebsocket, peer: SocketAddr, info: serde_j
             }
             // Wait for the peer's Close reply (RFC 6455 section 7.1.1: the server closes TCP first,
             // but only after the closing handshake).
-            while let Some(Ok(_)) = stream.next().await {}
+            loop {
+                match stream.next().await {
+                    Some(Ok(_)) => continue,
+                    None => return,
+                    Some(Err(_)) => break,
+                }
+            }
+            // The parser gave up (after a protocol error the rest of a bad frame is noise): read
+            // what is left as bytes until the peer closes. Closing with unread bytes would send
+            // a reset, and a reset can discard our Close before the peer has read it.
+            let io = stream.get_mut();
+            let mut sink = [0u8; 4096];
+            while matches!(tokio::io::AsyncReadExt::read(io, &mut sink).await, Ok(n) if n > 0) {}
         };
         if tokio::time::timeout(CLOSE_REPLY_WAIT, closing).await.is_err() {
             debug!(%peer, "echo: no close reply in time");
