@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::balance;
+use super::dispatch::Dispatched;
 use super::error::ProxyError;
 use super::headers::{self, ClientInfo, Listener};
 use super::service::ProxyState;
@@ -154,31 +155,19 @@ impl HttpPool {
 pub async fn forward(
     state: &ProxyState,
     req: Request<Incoming>,
-    route: &Route,
-    rm: &RouteMetrics,
+    d: &Dispatched,
     client: &ClientInfo,
     listener: Listener,
     write_timeout: Duration,
 ) -> Result<(Response<ProxyBody>, SocketAddr), ProxyError> {
+    let (route, rm) = (&*d.route, &*d.rm);
     let settings = &route.settings;
     if settings.websocket_only {
         return Err(ProxyError::WebSocketOnly);
     }
-    let key =
-        balance::hash_key(&settings.policy, |name| req.headers().get(name).map(HeaderValue::as_bytes), client.client);
-    // Cookie affinity: the endpoint the request's cookie names (its ready position), if any.
-    let named = match settings.affinity {
-        Affinity::Cookie => affinity::cookie_value(
-            req.headers().get_all(header::COOKIE).iter().map(HeaderValue::as_bytes),
-            &settings.session_cookie.name,
-        )
-        .and_then(|c| affinity::sticky_index(&route.pool, &state.affinity_key, Some(c))),
-        Affinity::None => None,
-    };
-    let candidates = balance::pick_sticky(&route.pool, &settings.policy, key.as_deref(), named);
-    if candidates.is_empty() {
-        return Err(ProxyError::NoEndpoints);
-    }
+    // Cookie affinity first, then the route's policy on the key dispatch computed.
+    let (candidates, named) =
+        d.candidates(state, req.headers().get_all(header::COOKIE).iter().map(HeaderValue::as_bytes))?;
     let host = super::service::request_host(&req);
     let safe =
         matches!(*req.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE);

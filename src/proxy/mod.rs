@@ -3,15 +3,19 @@
 //!
 //! ```text
 //!  server (accept, connection limit, keepalive) ─> front (strict head: http1)
-//!     ├─ Upgrade: websocket ─> upgrade (route, limits, pick, handshake upstream first) ─> relay
-//!     └─ plain HTTP ─> hyper, given the bytes already read ─> service ─> forward (pooled client)
+//!     ├─ Upgrade: websocket ─> upgrade (dispatch, limits, pick, handshake upstream first) ─> relay
+//!     └─ plain HTTP ─> hyper, given the bytes already read ─> service (dispatch) ─> forward (pooled client)
 //! ```
+//!
+//! `dispatch` is the one order both paths follow from a request to its route: match, Gateway
+//! API split, redirects and other answers that need no backend, then per-client policy.
 //!
 //! Nothing here imports `source/`, `translate/`, `kube` or `k8s-openapi`: the proxy reads
 //! `RouteTable` snapshots and nothing else.
 
 pub mod balance;
 pub mod client_addr;
+pub mod dispatch;
 pub mod error;
 pub mod forward;
 pub mod front;

@@ -13,6 +13,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use super::dispatch::{self, Ask};
 use super::error::ProxyError;
 use super::forward::HttpPool;
 use super::front::{self, RequestLog};
@@ -24,7 +25,7 @@ use crate::drain::Drain;
 use crate::metrics::{HttpAccess, Metrics};
 use crate::policy::affinity::AffinityKey;
 use crate::policy::limits::{ClientCounters, RouteCounters};
-use crate::routes::{GatewayRoute, Pick, RouteHandle, SslRedirect};
+use crate::routes::{GatewayRoute, RouteHandle, SslRedirect};
 use crate::tls::CertHandle;
 use crate::tls::client::BackendConfigs;
 
@@ -122,86 +123,26 @@ pub async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let log = RequestLog { method: method.as_str(), path: &path };
-    let table = state.routes.load();
     let host = request_host(&req);
-    let found = match http1::normalize_path(&path) {
-        Ok(norm) => table.lookup_request(host.as_deref(), &norm, &req),
-        Err(e) => {
-            let err = ProxyError::BadRequest(e);
-            front::account(&state, None, &err, &log, &client, started, false);
-            return error_response(&err, true);
-        }
-    };
-    let Some(found) = found else {
-        front::account(&state, None, &ProxyError::NoRoute, &log, &client, started, false);
-        return error_response(&ProxyError::NoRoute, false);
-    };
-    let handles = state.metrics.for_table(&table);
-    let gateway = found.route.settings.gateway.clone();
-    // A Gateway API rule picks one of its Services by weight; its pool serves.
-    // By the hash key for hashing policies, so a client keeps its Service.
-    // The invalid backendRefs' share is answered 500 (after the redirects below), counted on
-    // the rule's route.
-    let mut invalid = false;
-    let picked = gateway.as_deref().and_then(|g| {
-        let header = |name: &str| req.headers().get(name).map(HeaderValue::as_bytes);
-        let key = super::balance::hash_key(&found.route.settings.policy, header, client.client);
-        match g.pick_for(key.as_deref())? {
-            Pick::Service(backend) => Some(backend.clone()),
-            Pick::Invalid => {
-                invalid = true;
-                None
-            }
-        }
-    });
-    let (route, slot) = match picked.as_ref() {
-        Some(backend) => (backend.clone(), table.split_slot(backend)),
-        None => (found.route.clone(), Some(found.slot)),
-    };
-    let rm = slot
-        .and_then(|s| handles.route(s))
-        .cloned()
-        .unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
-    drop(table);
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    if let Some(to) = state.https_redirect(ctx.listener, route.settings.ssl_redirect, host.as_deref(), target) {
-        let err = ProxyError::HttpsRedirect(to);
-        front::account(&state, Some(&rm), &err, &log, &client, started, false);
-        return error_response(&err, false);
-    }
+    let ask = Ask { host: host.as_deref(), path: &path, target, facts: &req, upgrade: false };
     // A request in flight holds its per-client slot until its response head is back.
-    let _client_slot = match state.client_policy.admit(&rm.route, &route.settings.client, client.client, started) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            rm.policy_refusal(refusal.label());
-            let err = ProxyError::Policy(refusal);
-            front::account(&state, Some(&rm), &err, &log, &client, started, false);
-            return error_response(&err, false);
+    let dispatched = dispatch::dispatch(&state, ctx.listener, &state.routes.load(), ask, client.client, started);
+    let d = match dispatched {
+        Ok(d) => d,
+        Err((rm, err)) => {
+            front::account(&state, rm.as_deref(), &err, &log, &client, started, false);
+            // A malformed path closes the connection: what follows it cannot be trusted.
+            let close = matches!(err, ProxyError::BadRequest(_));
+            return error_response(&err, close);
         }
     };
-    if let Some(g) = &gateway {
-        if let Some(redirect) = &g.redirect {
-            let location = redirect.location(
-                ctx.listener.https,
-                host.as_deref().unwrap_or(""),
-                req.uri().path(),
-                req.uri().query(),
-                g.matched_prefix.as_deref(),
-            );
-            let err = ProxyError::Redirect { status: redirect.status, location };
-            front::account(&state, Some(&rm), &err, &log, &client, started, false);
-            return error_response(&err, false);
-        }
+    if let Some(g) = &d.gateway {
         apply_request_filters(g, &mut req);
     }
-    if invalid {
-        let err = ProxyError::InvalidBackendRef;
-        front::account(&state, Some(&rm), &err, &log, &client, started, false);
-        return error_response(&err, false);
-    }
-    let forwarded = forward::forward(&state, req, &route, &rm, &client, ctx.listener, ctx.config.write_timeout);
+    let forwarded = forward::forward(&state, req, &d, &client, ctx.listener, ctx.config.write_timeout);
     // Gateway API `timeouts.request`: the whole response (504 before its head, cut short after).
-    let forwarded = match gateway.as_ref().and_then(|g| g.request_timeout) {
+    let forwarded = match d.gateway.as_ref().and_then(|g| g.request_timeout) {
         Some(limit) => {
             let deadline = tokio::time::Instant::now() + limit;
             match tokio::time::timeout_at(deadline, forwarded).await {
@@ -219,13 +160,13 @@ pub async fn handle(
         Ok((resp, ep)) => (resp, Some(ep), None),
         Err(err) => (error_response(&err, false), None, Some(err)),
     };
-    if let Some(g) = &gateway {
+    if let Some(g) = &d.gateway {
         g.response_headers.apply(resp.headers_mut());
     }
     let status = resp.status().as_u16();
-    rm.http_request(status, started.elapsed());
+    d.rm.http_request(status, started.elapsed());
     HttpAccess {
-        route: &rm.route,
+        route: &d.rm.route,
         method: log.method,
         path: log.path,
         status,

@@ -20,11 +20,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::balance::{self, Candidates};
+use super::dispatch::{self, Ask, Failed};
 use super::error::ProxyError;
 use super::front::{self, ConnHold, HyperIo, RequestLog};
 use super::handshake::{self, Answer, Framing, RefusalBody, ResponseHead};
 use super::headers::{self, ClientInfo, Listener};
-use super::http1::{self, Field, Method, RequestHead};
+use super::http1::{Field, Method, RequestHead};
 use super::relay::{self, RelaySettings, Signals};
 use super::server::ListenerCtx;
 use super::service::ProxyState;
@@ -35,8 +36,8 @@ use crate::policy::affinity;
 use crate::policy::clients::ClientSlot;
 use crate::policy::limits::Slot;
 use crate::routes::{
-    ActiveGuard, Affinity, EndpointLive, GatewayRoute, HeaderEdits, PendingGuard, Pick, RebalanceGuard, RequestFacts,
-    Route, RouteTable,
+    ActiveGuard, Affinity, EndpointLive, GatewayRoute, HeaderEdits, PendingGuard, RebalanceGuard, RequestFacts, Route,
+    RouteTable,
 };
 
 /// The client's request fields, from the front door's parse (spans of its buffer) or from
@@ -103,6 +104,9 @@ impl RequestFacts for UpgradeReq<'_> {
     fn query(&self) -> Option<&str> {
         std::str::from_utf8(self.path_and_query).ok()?.split_once('?').map(|(_, q)| q)
     }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.fields.value(name)
+    }
 }
 
 impl UpgradeReq<'_> {
@@ -163,8 +167,6 @@ struct Opened {
     gateway: Option<Arc<GatewayRoute>>,
 }
 
-type Failed = (Option<Arc<RouteMetrics>>, ProxyError);
-
 /// The places a tunnel holds while it lives: on its route (`max-connections`) and as one of
 /// its client's connections on that route (`max-connections-per-client`).
 type Slots = (Option<Slot<Arc<str>>>, Option<ClientSlot>);
@@ -177,74 +179,21 @@ async fn open(
     req: &UpgradeReq<'_>,
     client: &ClientInfo,
 ) -> Result<Opened, Failed> {
-    let path = http1::normalize_path(req.path).map_err(|e| (None, e.into()))?;
-    let found = table.lookup_request(req.host, &path, req).ok_or((None, ProxyError::NoRoute))?;
-    let gateway = found.route.settings.gateway.as_ref();
-    // A Gateway API rule picks one of its Services by weight (by the hash key, for hashing
-    // policies); its pool serves. The invalid backendRefs' share is answered 500 (after the
-    // redirects below, before any backend is contacted), counted on the rule's route.
-    let picked = gateway.and_then(|g| {
-        let key = balance::hash_key(&found.route.settings.policy, |name| req.fields.value(name), client.client);
-        g.pick_for(key.as_deref())
-    });
-    let (route, slot): (&Route, Option<usize>) = match picked {
-        Some(Pick::Service(backend)) => (&**backend, table.split_slot(backend)),
-        Some(Pick::Invalid) | None => (&**found.route, Some(found.slot)),
-    };
-    let handles = state.metrics.for_table(table);
-    let rm = slot
-        .and_then(|s| handles.route(s))
-        .cloned()
-        .unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
+    let target = std::str::from_utf8(req.path_and_query).unwrap_or("/");
+    let ask = Ask { host: req.host, path: req.path_only(), target, facts: req, upgrade: true };
+    let d = dispatch::dispatch(state, ctx.listener, table, ask, client.client, Instant::now())?;
+    let (route, rm, gateway) = (&*d.route, &d.rm, d.gateway.as_deref());
     let fail = |e: ProxyError| (Some(rm.clone()), e);
     let settings = &route.settings;
-    let target = std::str::from_utf8(req.path_and_query).unwrap_or("/");
-    if let Some(to) = state.https_redirect(ctx.listener, settings.ssl_redirect, req.host, target) {
-        return Err(fail(ProxyError::HttpsRedirect(to)));
-    }
-    if let Some(g) = gateway
-        && let Some(redirect) = &g.redirect
-    {
-        let location = redirect.location(
-            ctx.listener.https,
-            req.host.unwrap_or(""),
-            req.path_only(),
-            req.query(),
-            g.matched_prefix.as_deref(),
-        );
-        return Err(fail(ProxyError::Redirect { status: redirect.status, location }));
-    }
-    if matches!(picked, Some(Pick::Invalid)) {
-        return Err(fail(ProxyError::InvalidBackendRef));
-    }
-    let origin = req.fields.value("origin").and_then(|o| std::str::from_utf8(o).ok());
-    if !settings.origin_allowed(origin) {
-        return Err(fail(ProxyError::OriginForbidden));
-    }
-    // Source ranges, connections and handshakes per client: before any upstream is contacted.
-    let client_slot =
-        state.client_policy.admit(&rm.route, &settings.client, client.client, Instant::now()).map_err(|refusal| {
-            rm.policy_refusal(refusal.label());
-            fail(refusal.into())
-        })?;
     let route_slot = match settings.max_connections {
         Some(limit) => Some(state.route_conns.acquire(&rm.route, limit).ok_or_else(|| fail(ProxyError::RouteLimit))?),
         None => None,
     };
-    let key = balance::hash_key(&settings.policy, |name| req.fields.value(name), client.client);
-    let cookie = match settings.affinity {
-        Affinity::Cookie => affinity::cookie_value(req.fields.values("cookie"), &settings.session_cookie.name),
-        Affinity::None => None,
-    };
-    let named = cookie.and_then(|c| affinity::sticky_index(&route.pool, &state.affinity_key, Some(c)));
-    let candidates = balance::pick_sticky(&route.pool, &settings.policy, key.as_deref(), named);
-    if candidates.is_empty() {
-        return Err(fail(ProxyError::NoEndpoints));
-    }
+    let (candidates, named) = d.candidates(state, req.fields.values("cookie")).map_err(fail)?;
     let mut head = Vec::with_capacity(512);
-    upstream_head(&mut head, req, client, ctx.listener, gateway.map(|g| &**g));
+    upstream_head(&mut head, req, client, ctx.listener, gateway);
     let client_key = req.fields.value("sec-websocket-key").unwrap_or_default();
-    let asked = connect_and_ask(state, route, &rm, candidates, &head, client_key);
+    let asked = connect_and_ask(state, route, rm, candidates, &head, client_key);
     // Gateway API `timeouts.request`: the whole way to the 101 (connects, retries, the
     // backend's answer), never the tunnel after it.
     let asked = match gateway.and_then(|g| g.request_timeout) {
@@ -269,16 +218,16 @@ async fn open(
         max_age: settings.max_connection_age,
     };
     Ok(Opened {
-        route: rm,
+        route: rm.clone(),
         relay,
         endpoint: ep.addr,
         live: ep.live.clone(),
         _handshaking: handshaking,
-        route_slot: (route_slot, client_slot),
+        route_slot: (route_slot, d.client_slot),
         set_cookie,
         rebalance: settings.rebalance.enabled,
         answer,
-        gateway: gateway.cloned(),
+        gateway: d.gateway.clone(),
     })
 }
 

@@ -18,6 +18,8 @@ pub trait RequestFacts {
     fn has_header(&self, name: &str, value: &str) -> bool;
     /// The query string (after `?`, without it), if any.
     fn query(&self) -> Option<&str>;
+    /// The first value of field `name` (lower-case), if any (hash keys, the origin check).
+    fn header(&self, name: &str) -> Option<&[u8]>;
 }
 
 /// Facts of no request: only unconditioned rules match (lookups that know no more).
@@ -33,6 +35,9 @@ impl RequestFacts for NoFacts {
     fn query(&self) -> Option<&str> {
         None
     }
+    fn header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl<B> RequestFacts for http::Request<B> {
@@ -44,6 +49,9 @@ impl<B> RequestFacts for http::Request<B> {
     }
     fn query(&self) -> Option<&str> {
         self.uri().query()
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers().get(name).map(http::HeaderValue::as_bytes)
     }
 }
 
