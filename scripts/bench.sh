@@ -93,7 +93,7 @@ if [ "$BUILD" = 1 ]; then
   cargo build --release --quiet --bin wsingress --bin wsbench
 fi
 WSBENCH=$ROOT/target/release/wsbench
-WSINGRESS=$ROOT/target/release/wsingress
+WSINGRESS=${WSINGRESS_BIN:-$ROOT/target/release/wsingress}   # WSINGRESS_BIN: compare another build
 [ -x "$WSBENCH" ] || { log "no $WSBENCH: build it first"; exit 69; }
 T_BUILT=$(date +%s)
 
