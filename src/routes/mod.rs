@@ -778,6 +778,14 @@ impl RouteTable {
                 .map(|(weight, b)| SplitView { weight: *weight, backend: b.backend.clone(), endpoints: endpoints(b) })
                 .collect(),
             split_invalid_weight: r.settings.gateway.as_ref().map_or(0, |g| g.invalid_weight),
+            affinity_cookie: (r.settings.affinity == Affinity::Cookie).then(|| r.settings.session_cookie.name.clone()),
+            rebalance: r.settings.rebalance.enabled.then(|| RebalanceView {
+                threshold: f64::from(r.settings.rebalance.threshold_milli) / 1000.0,
+                max_rate: f64::from(r.settings.rebalance.max_rate_bp) / 10_000.0,
+                min_age_seconds: r.settings.rebalance.min_age.as_secs_f64(),
+            }),
+            max_connection_age_seconds: r.settings.max_connection_age.map(|d| d.as_secs_f64()),
+            client_policy: ClientPolicyView::of(&r.settings.client),
         };
         TableView {
             generation: self.generation,
@@ -826,6 +834,63 @@ pub struct RouteView {
     /// The weight of the rule's invalid backendRefs, whose share is answered 500.
     #[serde(skip_serializing_if = "is_zero")]
     pub split_invalid_weight: u32,
+    /// `wsingress.io/affinity: cookie`: the cookie's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_cookie: Option<String>,
+    /// `wsingress.io/rebalance: "on"` and its settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceView>,
+    /// `wsingress.io/max-connection-age`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_age_seconds: Option<f64>,
+    /// The per-client policy, when the route has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_policy: Option<ClientPolicyView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RebalanceView {
+    /// Trigger and target, as a multiple of the pool mean.
+    pub threshold: f64,
+    /// Closes allowed per 10 s, as a fraction of the pool's tunnels.
+    pub max_rate: f64,
+    pub min_age_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClientPolicyView {
+    /// Allowed networks; absent = every address not denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_source_ranges: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny_source_ranges: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_client: Option<u32>,
+    /// Handshakes (and plain requests) per second per client, and the bucket's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_rate_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_rate: Option<u32>,
+}
+
+impl ClientPolicyView {
+    /// `None` for a route without a per-client policy.
+    fn of(p: &ClientPolicy) -> Option<Self> {
+        if p.admits_all() && p.max_message_rate.is_none() {
+            return None;
+        }
+        let list = |set: &cidr::CidrSet| set.networks().map(|c| c.to_string()).collect::<Vec<_>>();
+        Some(Self {
+            allow_source_ranges: p.source_ranges.allow.as_ref().map(list),
+            deny_source_ranges: list(&p.source_ranges.deny),
+            max_connections_per_client: p.max_connections_per_client,
+            handshake_rate_per_second: p.handshake_rate.map(|r| r.per_second()),
+            handshake_burst: p.handshake_rate.map(|r| r.burst),
+            max_message_rate: p.max_message_rate,
+        })
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -890,5 +955,51 @@ mod tests {
         assert!(s.origin_allowed(Some("https://APP.example.com")));
         assert!(!s.origin_allowed(Some("https://evil.example.com")));
         assert!(!s.origin_allowed(None));
+    }
+
+    #[test]
+    fn routes_view_shows_traffic_policy_only_where_set() {
+        let mut settings = RouteSettings {
+            affinity: Affinity::Cookie,
+            rebalance: Rebalance { enabled: true, ..Rebalance::default() },
+            max_connection_age: Some(Duration::from_secs(3600)),
+            ..RouteSettings::default()
+        };
+        settings.session_cookie.name = "ws-sticky".into();
+        settings.client.source_ranges.allow = Some(cidr::parse_list("10.0.0.0/8, ::ffff:192.168.1.0/120").0);
+        settings.client.source_ranges.deny = cidr::parse_list("10.1.0.0/16").0;
+        settings.client.max_connections_per_client = Some(20);
+        settings.client.handshake_rate =
+            Some(client_policy::Rate { tokens: 10, per: Duration::from_secs(1), burst: 50 });
+        settings.client.max_message_rate = Some(100);
+        let busy =
+            Arc::new(Route { id: "default/busy".into(), backend: "b:80".into(), pool: Pool::new(vec![]), settings });
+        let rules = vec![
+            Rule { host: HostMatch::Exact("busy.test".into()), path: PathMatch::Prefix("/".into()), route: busy },
+            Rule {
+                host: HostMatch::Exact("plain.test".into()),
+                path: PathMatch::Prefix("/".into()),
+                route: test_route("default/plain"),
+            },
+        ];
+        let view = serde_json::to_value(RouteTable::new(rules, None).view()).unwrap();
+        let busy = &view["rules"][0]["route"];
+        assert_eq!(busy["affinity_cookie"], "ws-sticky");
+        assert_eq!(
+            busy["rebalance"],
+            serde_json::json!({"threshold": 1.25, "max_rate": 0.02, "min_age_seconds": 300.0})
+        );
+        assert_eq!(busy["max_connection_age_seconds"], 3600.0);
+        let policy = &busy["client_policy"];
+        assert_eq!(policy["allow_source_ranges"], serde_json::json!(["10.0.0.0/8", "192.168.1.0/24"]));
+        assert_eq!(policy["deny_source_ranges"], serde_json::json!(["10.1.0.0/16"]));
+        assert_eq!(policy["max_connections_per_client"], 20);
+        assert_eq!(policy["handshake_rate_per_second"], 10.0);
+        assert_eq!(policy["handshake_burst"], 50);
+        assert_eq!(policy["max_message_rate"], 100);
+        let plain = view["rules"][1]["route"].as_object().unwrap();
+        for key in ["affinity_cookie", "rebalance", "max_connection_age_seconds", "client_policy"] {
+            assert!(!plain.contains_key(key), "{key} on a route without it");
+        }
     }
 }
