@@ -3,8 +3,9 @@
 //! namespace the listener does not admit gets nothing; weights 80/20 measured over 1,000
 //! connections; `timeouts.request: 2s` bounds the way to the 101 (and a slow plain response
 //! gets 504) while a tunnel stays open past it; each filter is observable; header matches
-//! take precedence as the spec orders; http→https redirect; invalid backendRefs keep their
-//! weight as a share answered 500.
+//! take precedence as the spec orders; http→https redirect; a host attached through an HTTP
+//! listener only is not served on the TLS listener; invalid backendRefs keep their weight as a
+//! share answered 500.
 
 mod common;
 mod tls_common;
@@ -446,6 +447,7 @@ spec:
   gatewayClassName: wsingress
   listeners:
     - {{name: https, protocol: HTTPS, port: 443, hostname: secure.localhost, tls: {{certificateRefs: [{{name: secure-tls}}]}}}}
+    - {{name: http, protocol: HTTP, port: 80, hostname: plain.localhost}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -479,4 +481,18 @@ spec:
     let (status, head, _) = http_get(running.proxy_addr, "secure.localhost", "/x").await;
     assert_eq!(status, 308, "{head}");
     assert!(head.to_ascii_lowercase().contains("location: https://secure.localhost/x"), "{head}");
+
+    // plain.localhost came through the HTTP listener only: served over plain ws, and not on
+    // the TLS listener (even inside a TLS session the certificate of secure.localhost opened).
+    assert_eq!(instance(running.proxy_addr, "plain.localhost", "/chat", &[]).await, "a");
+    let tcp = TcpStream::connect(running.tls_addr.unwrap()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(pki.client(&["http/1.1"], &[]))
+        .connect(ServerName::try_from("secure.localhost".to_string()).unwrap(), tcp)
+        .await
+        .unwrap();
+    match tokio_tungstenite::client_async("wss://plain.localhost/chat", tls).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 404),
+        Err(e) => panic!("plain.localhost over TLS: {e}"),
+        Ok((_, resp)) => panic!("plain.localhost was served on the TLS listener: {}", resp.status()),
+    }
 }

@@ -68,7 +68,7 @@ pub fn dispatch<R: RequestFacts>(
     now: Instant,
 ) -> Result<Dispatched, Failed> {
     let path = http1::normalize_path(ask.path).map_err(|e| (None, e.into()))?;
-    let found = table.lookup_request(ask.host, &path, ask.facts).ok_or((None, ProxyError::NoRoute))?;
+    let found = table.lookup_request(ask.host, &path, listener.https, ask.facts).ok_or((None, ProxyError::NoRoute))?;
     let rule = found.route;
     let facts = ask.facts;
     let key_for = |r: &Route| balance::hash_key(&r.settings.policy, |name| facts.header(name), client);
@@ -88,7 +88,9 @@ pub fn dispatch<R: RequestFacts>(
         .unwrap_or_else(|| state.metrics.route_handles(&route.id, &route.backend));
     let fail = |e: ProxyError| (Some(rm.clone()), e);
     let settings = &route.settings;
-    if let Some(to) = state.https_redirect(listener, settings.ssl_redirect, ask.host, ask.target) {
+    // The matched rule's: a Gateway API rule attached only to HTTPS listeners redirects,
+    // whichever Service its split picked.
+    if let Some(to) = state.https_redirect(listener, rule.settings.ssl_redirect, ask.host, ask.target) {
         return Err(fail(ProxyError::HttpsRedirect(to)));
     }
     if let Some(g) = gateway.as_deref()

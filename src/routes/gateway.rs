@@ -235,6 +235,9 @@ pub struct GatewayRoute {
     pub request_timeout: Option<Duration>,
     /// The PathPrefix this match matched (for `ReplacePrefixMatch`); `None` for Exact.
     pub matched_prefix: Option<String>,
+    /// Attached only to `HTTP` listeners (for these hosts): not matched on the proxy's TLS
+    /// listener, so a route the Gateway serves over plain HTTP is not reachable over https.
+    pub plain_only: bool,
     next: AtomicU64,
 }
 
@@ -263,6 +266,7 @@ impl PartialEq for GatewayRoute {
             && self.request_timeout == other.request_timeout
             && self.matched_prefix == other.matched_prefix
             && self.invalid_weight == other.invalid_weight
+            && self.plain_only == other.plain_only
             && self.backends.len() == other.backends.len()
             && self.backends.iter().zip(&other.backends).all(|(a, b)| same_backend(a, b))
     }
@@ -339,6 +343,7 @@ impl GatewayRoute {
             rewrite: self.rewrite.clone(),
             request_timeout: self.request_timeout,
             matched_prefix: self.matched_prefix.clone(),
+            plain_only: self.plain_only,
             next: AtomicU64::new(0),
         }
     }

@@ -712,21 +712,28 @@ impl RouteTable {
     /// Like [`find`](Self::find), with the route's slot. The host group is one hash lookup
     /// (exact host, then the one-label wildcard), whatever the number of hosts.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<Found<'_>> {
-        self.lookup_request(host, path, &NoFacts)
+        self.lookup_request(host, path, false, &NoFacts)
     }
 
-    /// Like [`lookup`](Self::lookup), also checking the method, header and query conditions
-    /// of Gateway API rules against `req` (rules without conditions cost one `Option` test).
-    pub fn lookup_request(&self, host: Option<&str>, path: &str, req: &impl RequestFacts) -> Option<Found<'_>> {
+    /// Like [`lookup`](Self::lookup) for a request that came in on the TLS listener when
+    /// `tls`, also checking the method, header and query conditions of Gateway API rules
+    /// against `req` and skipping rules served only on plain HTTP when `tls` (rules of
+    /// Ingresses cost one `Option` test).
+    pub fn lookup_request(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        tls: bool,
+        req: &impl RequestFacts,
+    ) -> Option<Found<'_>> {
         let at = |i: usize| Found { route: &self.rules[i].route, slot: self.rule_slots[i] };
-        let applies = |r: &Rule| {
-            r.path.matches(path)
-                && r.route
-                    .settings
-                    .gateway
-                    .as_ref()
-                    .is_none_or(|g| g.conditions.is_empty() || g.conditions.matches(req))
-        };
+        let applies =
+            |r: &Rule| {
+                r.path.matches(path)
+                    && r.route.settings.gateway.as_ref().is_none_or(|g| {
+                        !(tls && g.plain_only) && (g.conditions.is_empty() || g.conditions.matches(req))
+                    })
+            };
         match self.index.group(host).and_then(|g| self.rules[g.clone()].iter().position(applies).map(|i| g.start + i)) {
             Some(i) => Some(at(i)),
             None => self.default_route.as_ref().zip(self.default_slot).map(|(route, slot)| Found { route, slot }),

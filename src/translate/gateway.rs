@@ -13,7 +13,9 @@
 //!   the listener's `port`: the port only tells listeners apart for `parentRefs[].port`.
 //!   Other protocols are `Accepted=False` (`UnsupportedProtocol`). Two listeners of one Gateway
 //!   on the same port with different protocols are `Conflicted` (`ProtocolConflict`), with the
-//!   same hostname `Conflicted` (`HostnameConflict`); conflicted listeners take no routes.
+//!   same hostname `Conflicted` (`HostnameConflict`); conflicted listeners take no routes. A
+//!   route's hostname attached only through HTTPS listeners redirects plain requests to https;
+//!   one attached only through HTTP listeners is not matched on the TLS listener.
 //! - **Attachment.** A `parentRef` (kind Gateway) selects the listeners named by `sectionName`
 //!   and/or `port` (none: all). A listener admits a route when `allowedRoutes.namespaces.from`
 //!   allows its namespace (`Same` default, `All`, `Selector` over the Namespace's labels) and
@@ -72,6 +74,27 @@ pub(crate) struct Problem {
 impl Problem {
     fn new(reason: &'static str, message: impl Into<String>) -> Self {
         Self { reason, message: message.into() }
+    }
+}
+
+/// Where a route's host is served, from the protocols of the listeners it attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Both,
+    /// HTTPS listeners only: plain requests get a 308 to https.
+    TlsOnly,
+    /// HTTP listeners only: not matched on the proxy's TLS listener.
+    PlainOnly,
+}
+
+impl Served {
+    fn of(plain: bool, secure: bool) -> Option<Self> {
+        match (plain, secure) {
+            (true, true) => Some(Self::Both),
+            (false, true) => Some(Self::TlsOnly),
+            (true, false) => Some(Self::PlainOnly),
+            (false, false) => None,
+        }
     }
 }
 
@@ -996,7 +1019,7 @@ impl<'a> super::Translation<'a> {
         let view = &analysis.routes[vi];
         let object = Arc::new(view.object.clone());
         let annotations = route.metadata.annotations.as_ref();
-        let mut settings = annotations::route_settings(
+        let settings = annotations::route_settings(
             &object,
             annotations,
             AnnotatedKind::Ingress,
@@ -1020,20 +1043,21 @@ impl<'a> super::Translation<'a> {
             let why = format!("{}; that backend's share of the traffic is answered 500", problem.message);
             self.warn(&object, "spec.rules", "", why, problem.reason);
         }
-        // The hosts this route serves, over every listener it attached to.
-        let mut hosts: Vec<HostMatch> = Vec::new();
-        let (mut plain, mut secure) = (false, false);
+        // The hosts this route serves, over every listener it attached to, and on which of the
+        // proxy's listeners: (host, plain, TLS).
+        let mut hosts: Vec<(HostMatch, bool, bool)> = Vec::new();
         for p in &view.parents {
             let Ok(attached) = &p.attached else { continue };
             for (li, hs) in attached {
-                match analysis.gateways[p.gateway].listeners[*li].protocol {
-                    Some(Protocol::Http) => plain = true,
-                    Some(Protocol::Https) => secure = true,
-                    None => {}
-                }
+                let protocol = analysis.gateways[p.gateway].listeners[*li].protocol;
+                let (plain, secure) = (protocol == Some(Protocol::Http), protocol == Some(Protocol::Https));
                 for h in hs {
-                    if !hosts.contains(h) {
-                        hosts.push(h.clone());
+                    match hosts.iter_mut().find(|(x, _, _)| x == h) {
+                        Some(entry) => {
+                            entry.1 |= plain;
+                            entry.2 |= secure;
+                        }
+                        None => hosts.push((h.clone(), plain, secure)),
                     }
                 }
             }
@@ -1041,10 +1065,16 @@ impl<'a> super::Translation<'a> {
         if hosts.is_empty() {
             return;
         }
-        // Attached to HTTPS listeners only: plain requests are redirected to https.
-        if secure && !plain {
-            settings.ssl_redirect = SslRedirect::Force;
-        }
+        // Hosts by where they are served: on both listeners; on HTTPS listeners only (plain
+        // requests are redirected to https); on HTTP listeners only (not matched over TLS).
+        let served: Vec<(Served, Vec<HostMatch>)> = [Served::Both, Served::TlsOnly, Served::PlainOnly]
+            .into_iter()
+            .map(|how| {
+                let of = hosts.iter().filter(|(_, plain, secure)| Served::of(*plain, *secure) == Some(how));
+                (how, of.map(|(h, _, _)| h.clone()).collect::<Vec<_>>())
+            })
+            .filter(|(_, hs)| !hs.is_empty())
+            .collect();
         for rule in &view.rules {
             let field = format!("spec.rules[{}]", rule.index);
             if let Some(p) = &rule.unsupported {
@@ -1086,22 +1116,29 @@ impl<'a> super::Translation<'a> {
                     PathMatch::Prefix(p) => Some(p.clone()),
                     PathMatch::Exact(_) => None,
                 };
-                let mut front_settings = rule_settings.clone();
-                front_settings.gateway = Some(Arc::new(extras));
-                let front = Arc::new(Route {
-                    id: object.id(),
-                    backend: label.clone(),
-                    pool: Pool::new(Vec::new()),
-                    settings: front_settings,
-                });
-                for host in &hosts {
-                    let key = if m.conditions.is_empty() {
-                        claim_key(host, &m.path)
-                    } else {
-                        hash128(&(host, &m.path, &m.conditions))
-                    };
-                    if self.claim(&object, &field, key, host, &m.path) {
-                        self.rules.push(Rule { host: host.clone(), path: m.path.clone(), route: front.clone() });
+                for (how, hosts) in &served {
+                    let mut extras = extras.with_backends(extras.backends.clone());
+                    extras.plain_only = *how == Served::PlainOnly;
+                    let mut front_settings = rule_settings.clone();
+                    if *how == Served::TlsOnly {
+                        front_settings.ssl_redirect = SslRedirect::Force;
+                    }
+                    front_settings.gateway = Some(Arc::new(extras));
+                    let front = Arc::new(Route {
+                        id: object.id(),
+                        backend: label.clone(),
+                        pool: Pool::new(Vec::new()),
+                        settings: front_settings,
+                    });
+                    for host in hosts {
+                        let key = if m.conditions.is_empty() {
+                            claim_key(host, &m.path)
+                        } else {
+                            hash128(&(host, &m.path, &m.conditions))
+                        };
+                        if self.claim(&object, &field, key, host, &m.path) {
+                            self.rules.push(Rule { host: host.clone(), path: m.path.clone(), route: front.clone() });
+                        }
                     }
                 }
             }

@@ -15,7 +15,7 @@ use super::gateway::{gateway_duration, intersect};
 use super::gateway_status::{GatewayStatuses, gateway_statuses};
 use super::*;
 use crate::gateway_api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant, RouteParentStatus};
-use crate::routes::{Pick, RouteTable};
+use crate::routes::{NoFacts, Pick, RouteTable, SslRedirect};
 
 /// Objects of a multi-document YAML (the kinds translation reads).
 fn snapshot(yaml: &str) -> ClusterSnapshot {
@@ -123,7 +123,7 @@ fn reach(t: &RouteTable, host: &str, path_and_query: &str, headers: &[(&str, &st
         req = req.header(*k, *v);
     }
     let req = req.body(()).unwrap();
-    let found = t.lookup_request(Some(host), req.uri().path(), &req)?;
+    let found = t.lookup_request(Some(host), req.uri().path(), false, &req)?;
     let g = found.route.settings.gateway.as_ref();
     let backend =
         g.and_then(|g| g.backends.first()).map_or_else(|| found.route.backend.clone(), |(_, r)| r.backend.clone());
@@ -794,4 +794,48 @@ spec: {{ports: [{{name: ws, port: 80}}]}}
     assert_eq!(tls.server_name, "secure.default.svc");
     assert!(backend_tls("/ws").is_none());
     assert!(backend_tls("/none").is_none(), "no appProtocol: plain, and upgrades still pass");
+}
+
+#[test]
+fn each_host_is_served_on_the_listeners_it_attached_through() {
+    // plain.test only through the HTTP listener, secure.test only through the HTTPS one,
+    // both.test through both.
+    let listeners = r#"
+    - {name: web, protocol: HTTP, port: 80, hostname: plain.test}
+    - {name: web-both, protocol: HTTP, port: 8080, hostname: both.test}
+    - {name: tls, protocol: HTTPS, port: 443, hostname: secure.test, tls: {certificateRefs: [{name: cert}]}}
+    - {name: tls-both, protocol: HTTPS, port: 8443, hostname: both.test, tls: {certificateRefs: [{name: cert}]}}"#;
+    let s = snapshot(&format!(
+        r#"{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]
+{}"#,
+        gateway(listeners),
+        service("default", "svc", "10.0.0.10"),
+    ));
+    let (t, warnings) = table(&s);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let found = |host: &str, tls: bool| t.lookup_request(Some(host), "/", tls, &NoFacts).map(|f| f.route.clone());
+    // The HTTP-only host is not reachable over TLS; the others are.
+    assert!(found("plain.test", false).is_some());
+    assert!(found("plain.test", true).is_none(), "an HTTP listener's host answered on the TLS listener");
+    assert!(found("secure.test", true).is_some());
+    assert!(found("both.test", true).is_some());
+    // Plain requests for the HTTPS-only host are redirected to https; the others are served.
+    let redirect = |host: &str| found(host, false).map(|r| r.settings.ssl_redirect);
+    assert_eq!(redirect("secure.test"), Some(SslRedirect::Force));
+    assert_ne!(redirect("plain.test"), Some(SslRedirect::Force));
+    assert_ne!(redirect("both.test"), Some(SslRedirect::Force));
+    // One rule still means one Service route: the split is shared by the three fronts.
+    let backend = |host: &str, tls: bool| {
+        let r = found(host, tls).unwrap();
+        Arc::as_ptr(&r.settings.gateway.as_ref().unwrap().backends[0].1)
+    };
+    assert_eq!(backend("plain.test", false), backend("secure.test", true));
+    assert_eq!(backend("plain.test", false), backend("both.test", true));
 }
