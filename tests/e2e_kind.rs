@@ -50,7 +50,7 @@ fn gateway_conformance() {
 #[test]
 fn the_kind_scripts_parse_and_the_workflow_runs_and_publishes_them() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for script in ["tests/e2e/run.sh", "tests/e2e/gateway-conformance.sh"] {
+    for script in ["tests/e2e/run.sh", "tests/e2e/gateway-conformance.sh", "tests/e2e/lib.sh"] {
         let out = Command::new("bash").arg("-n").arg(root.join(script)).output().expect("run bash -n");
         assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -75,4 +75,73 @@ fn the_kind_scripts_parse_and_the_workflow_runs_and_publishes_them() {
     for claimed in ["HTTPRoute", "HTTPRouteBackendProtocolWebSocket", "--report-output=\"$REPORT_DIR/report.yaml\""] {
         assert!(script.contains(claimed), "gateway-conformance.sh lacks {claimed}");
     }
+}
+
+/// The cleanup both kind scripts share (tests/e2e/lib.sh), run here with a stand-in `kind`: a
+/// script that fails with a cluster up prints its diagnostics, deletes its cluster and its work
+/// folder, and still exits with its failure; `KEEP_CLUSTER=1` keeps both.
+#[test]
+fn a_failing_kind_script_reports_and_cleans_up() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let bin = std::env::temp_dir().join(format!("wsingress-e2e-lib-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&bin).expect("temp dir");
+    let log = bin.join("kind.log");
+    std::fs::write(bin.join("kind"), format!("#!/bin/sh\necho \"kind $*\" >> '{}'\n", log.display()))
+        .expect("fake kind");
+    Command::new("chmod").arg("+x").arg(bin.join("kind")).status().expect("chmod");
+    let script = r#"
+        set -euo pipefail
+        CLUSTER=lib-test IMAGE=unused VERSION=0 E2E_NAME=lib-test
+        diagnostics() { echo "diagnostics ran"; }
+        . "$LIB"
+        echo "$WORK" > "$BIN/work"
+        kind_cluster --config some.yaml
+        touch "$KUBECONFIG"
+        ( trap 'kill "$s"; echo stopped > "$BIN/stopped"; exit 0' TERM; sleep 30 & s=$!; touch "$BIN/ready"; wait ) \
+            >/dev/null 2>&1 &
+        PIDS+=($!)
+        until [ -e "$BIN/ready" ]; do sleep 0.01; done
+        die "boom"
+    "#;
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let run = |keep: &str| {
+        std::fs::write(&log, "").expect("clear log");
+        let _ = std::fs::remove_file(bin.join("stopped"));
+        let _ = std::fs::remove_file(bin.join("ready"));
+        Command::new("bash")
+            .args(["-c", script])
+            .env("LIB", root.join("tests/e2e/lib.sh"))
+            .env("BIN", &bin)
+            .env("PATH", &path)
+            .env("KEEP_CLUSTER", keep)
+            .output()
+            .expect("run bash")
+    };
+
+    let out = run("0");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "the failure is the exit status: {stdout} {stderr}");
+    assert!(stderr.contains("lib-test: FAIL: boom"), "{stderr}");
+    assert!(stdout.contains("diagnostics ran"), "{stdout}");
+    let calls = std::fs::read_to_string(&log).expect("kind log");
+    assert!(calls.contains("kind create cluster --name lib-test --config some.yaml --kubeconfig"), "{calls}");
+    assert!(calls.trim_end().ends_with("kind delete cluster --name lib-test"), "deleted last: {calls}");
+    let work = std::fs::read_to_string(bin.join("work")).expect("work path");
+    assert!(!PathBuf::from(work.trim()).exists(), "the work folder is removed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !bin.join("stopped").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(bin.join("stopped").exists(), "background helpers are stopped");
+
+    let out = run("1");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("keeping cluster lib-test"));
+    let calls = std::fs::read_to_string(&log).expect("kind log");
+    assert!(!calls.trim_end().ends_with("kind delete cluster --name lib-test"), "kept: {calls}");
+    let work = std::fs::read_to_string(bin.join("work")).expect("work path");
+    assert!(PathBuf::from(work.trim()).exists(), "the kept cluster's kubeconfig stays");
+    let _ = std::fs::remove_dir_all(work.trim());
+    let _ = std::fs::remove_dir_all(&bin);
 }

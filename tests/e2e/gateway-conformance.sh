@@ -38,13 +38,15 @@ CLAIMED+=,HTTPRouteSchemeRedirect,HTTPRoutePortRedirect,HTTPRoutePathRedirect
 CLAIMED+=,HTTPRouteHostRewrite,HTTPRoutePathRewrite
 CLAIMED+=,HTTPRouteRequestTimeout,HTTPRouteBackendTimeout,HTTPRouteBackendProtocolWebSocket
 SUPPORTED_FEATURES=${SUPPORTED_FEATURES:-$CLAIMED}
-WORK=$(mktemp -d)
-PIDS=()
+E2E_NAME=gateway-conformance
 
-die() {
-    printf 'gateway-conformance: FAIL: %s\n' "$*" >&2
-    exit 1
+diagnostics() {
+    kubectl get gatewayclasses,gateways,httproutes -A -o wide || true
+    kubectl -n "$NS" logs -l app.kubernetes.io/component=controller --tail=300 --prefix || true
 }
+
+# shellcheck source=tests/e2e/lib.sh
+. "$ROOT/tests/e2e/lib.sh"
 
 for tool in docker kind go git; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
@@ -52,38 +54,13 @@ done
 "$ROOT/scripts/install-tools.sh" helm
 # shellcheck source=scripts/env.sh
 . "$ROOT/scripts/env.sh"
-export KUBECONFIG="$WORK/kubeconfig"
 mkdir -p "$REPORT_DIR"
 
-cleanup() {
-    local rc=$?
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    if [ "$rc" -ne 0 ] && [ -f "$KUBECONFIG" ]; then
-        kubectl get gatewayclasses,gateways,httproutes -A -o wide || true
-        kubectl -n "$NS" logs -l app.kubernetes.io/component=controller --tail=300 --prefix || true
-    fi
-    if [ "${KEEP_CLUSTER:-0}" = 1 ]; then
-        echo "keeping cluster $CLUSTER (KUBECONFIG=$KUBECONFIG)"
-    else
-        kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-
 echo "=== kind cluster $CLUSTER"
-kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" --wait 180s
+kind_cluster
 
 echo "=== image $IMAGE"
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    docker buildx build --load --provenance=false --sbom=false -t "$IMAGE" \
-        --build-arg VERSION="$VERSION" --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
-fi
-kind load docker-image "$IMAGE" --name "$CLUSTER"
+image_into_cluster
 
 echo "=== cloud-provider-kind $CLOUD_PROVIDER_KIND_VERSION (LoadBalancer addresses)"
 GOBIN="$WORK/bin" go install "sigs.k8s.io/cloud-provider-kind@$CLOUD_PROVIDER_KIND_VERSION"

@@ -34,21 +34,28 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
 CLUSTER=${KIND_CLUSTER:-wsingress-e2e}
-IMAGE=ghcr.io/wsingress/wsingress:$("$ROOT/scripts/version.sh" get)
+VERSION=$("$ROOT/scripts/version.sh" get)
+IMAGE=ghcr.io/wsingress/wsingress:$VERSION
 NS=wsingress-system
 RELEASE=wsingress
 APP_NS=default
 URL=ws://127.0.0.1:8080/
 PREFIX="Server received from client: "
-WORK=$(mktemp -d)
-PIDS=()
 WSINGRESS_BIN=${WSINGRESS_BIN:-$ROOT/target/debug/wsingress}
+E2E_NAME=e2e
 
 step() { printf '\n=== %s\n' "$*"; }
-die() {
-    printf 'e2e: FAIL: %s\n' "$*" >&2
-    exit 1
+
+diagnostics() {
+    kubectl get nodes,pods,svc,endpointslices,ingress -A -o wide || true
+    kubectl -n "$NS" describe pods || true
+    kubectl -n "$NS" logs -l app.kubernetes.io/component=controller --tail=200 --prefix || true
+    kubectl -n "$APP_NS" logs -l app.kubernetes.io/name=echo --tail=50 --prefix || true
+    kubectl get events -A --sort-by=.lastTimestamp | tail -40 || true
 }
+
+# shellcheck source=tests/e2e/lib.sh
+. "$ROOT/tests/e2e/lib.sh"
 
 for tool in docker kind node npm; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
@@ -57,34 +64,6 @@ done
 "$ROOT/scripts/install-tools.sh" node helm
 # shellcheck source=scripts/env.sh
 . "$ROOT/scripts/env.sh"
-export KUBECONFIG="$WORK/kubeconfig"
-
-diagnostics() {
-    echo "--- diagnostics"
-    kubectl get nodes,pods,svc,endpointslices,ingress -A -o wide || true
-    kubectl -n "$NS" describe pods || true
-    kubectl -n "$NS" logs -l app.kubernetes.io/component=controller --tail=200 --prefix || true
-    kubectl -n "$APP_NS" logs -l app.kubernetes.io/name=echo --tail=50 --prefix || true
-    kubectl get events -A --sort-by=.lastTimestamp | tail -40 || true
-}
-
-cleanup() {
-    local rc=$?
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    if [ "$rc" -ne 0 ] && [ -f "$KUBECONFIG" ]; then
-        diagnostics
-    fi
-    if [ "${KEEP_CLUSTER:-0}" = 1 ]; then
-        echo "keeping cluster $CLUSTER (KUBECONFIG=$KUBECONFIG)"
-    else
-        kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
 
 # Poll CMD until it prints something non-empty, at most SECONDS; echo what it printed.
 wait_for_output() {
@@ -103,26 +82,17 @@ wait_for_output() {
 }
 
 step "kind cluster $CLUSTER"
-kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
 node_image=()
 if [ -n "${KIND_NODE_IMAGE:-}" ]; then
     node_image=(--image "$KIND_NODE_IMAGE")
 fi
-kind create cluster --name "$CLUSTER" --config tests/e2e/kind-config.yaml "${node_image[@]}" \
-    --kubeconfig "$KUBECONFIG" --wait 180s
+kind_cluster --config tests/e2e/kind-config.yaml "${node_image[@]}"
 kubectl version
 
 step "image $IMAGE"
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    # A plain single-platform image: no provenance or SBOM attestations, which would make it
-    # an index that `kind load docker-image` cannot import.
-    docker buildx build --load --provenance=false --sbom=false -t "$IMAGE" \
-        --build-arg VERSION="$("$ROOT/scripts/version.sh" get)" \
-        --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
-fi
+image_into_cluster
 docker run --rm "$IMAGE" --version
 docker image inspect --format 'image size (uncompressed): {{.Size}} bytes' "$IMAGE"
-kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 step "helm install (two replicas)"
 helm install "$RELEASE" charts/wsingress --namespace "$NS" --create-namespace \
