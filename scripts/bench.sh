@@ -9,6 +9,8 @@
 #          --no-install  --no-build  --no-docs (print the table only; docs/performance.md is left alone)
 #          --keep (keep the temporary folder with configs, logs and results.jsonl)
 #          --report-only (redo the table, docs/performance.md and .png from target/bench-results.jsonl)
+# Environment: WSINGRESS_BIN=path measures another build of wsingress (an A/B of two commits:
+#          build the other one in a git worktree, run --no-build --no-docs once with each).
 #
 # Each proxy runs pinned to CPU 0 with one worker/thread; the load generator (target/release/wsbench)
 # and the two echo backends share CPU 1. Modes run interleaved (every target once per mode, the order
@@ -42,7 +44,7 @@ while [ $# -gt 0 ]; do
     --no-docs) DOCS=0 ;;
     --keep) KEEP=1 ;;
     --report-only) REPORT_ONLY=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 64 ;;
   esac
   shift
