@@ -40,6 +40,11 @@ pub const INSTANCE_HEADER: &str = "x-echo-instance";
 pub const HEADERS_COMMAND: &str = "__headers__";
 /// Largest message (and frame) accepted; Autobahn's biggest cases send 16 MiB in one frame.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Read buffer per connection. tungstenite allocates its default (128 KiB) up front for every
+/// connection, which put the 128 MiB limit of manifests/echo.yaml at about 900 idle clients;
+/// 16 KiB keeps a 64 KiB message at four reads.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// How long a WebSocket waits for the peer's Close reply after we sent ours.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(3);
 /// How long `serve` waits for connections to finish after `shutdown` fired.
@@ -277,8 +282,10 @@ fn upgrade(request: &mut Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
     }
     let info = request_info(request, peer, &shared.instance);
     let subprotocol = first_subprotocol(request.headers());
-    let config =
-        WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .read_buffer_size(READ_BUFFER_BYTES);
     match hyper_tungstenite::upgrade(&mut *request, Some(config)) {
         Ok((response, websocket)) => {
             let (mut parts, _body) = response.into_parts();

@@ -1,5 +1,7 @@
 //! Loopback tests of `wsingress echo` with real clients (tokio-tungstenite, raw TCP for HTTP).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -360,4 +362,66 @@ async fn shutdown_sends_1001_and_stops_accepting() {
     let n = within(idle.read(&mut buf)).await.unwrap_or(0);
     assert_eq!(n, 0);
     assert!(TcpStream::connect(addr).await.is_err());
+}
+
+/// manifests/echo.yaml gives the echo 128 MiB: an idle WebSocket must cost it kilobytes.
+/// tungstenite's default read buffer (128 KiB, allocated up front per connection) put that
+/// limit at about 900 clients. The echo runs as its own process (the release of this build),
+/// held by 400 raw-socket clients that upgrade and then stay silent.
+#[test]
+fn an_idle_connection_costs_the_echo_server_kilobytes() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    if !std::path::Path::new("/proc/self/status").exists() {
+        println!("skipped: no /proc to read the echo server's resident memory from");
+        return;
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsingress"))
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start wsingress echo");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let child = Kill(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("echo exited before listening").unwrap();
+        if line.contains("echo server listening") {
+            let start = line.find("local=").unwrap() + "local=".len();
+            break line[start..].split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let pid = child.0.id();
+    let open = || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let req = "GET / HTTP/1.1\r\nHost: echo\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        s.write_all(req.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "the echo closed during the handshake");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        s
+    };
+    // Warm up the runtime and allocator with a few connections first.
+    let warm: Vec<_> = (0..20).map(|_| open()).collect();
+    let before = common::rss_kib(pid);
+    let held: Vec<_> = (0..400).map(|_| open()).collect();
+    let after = common::rss_kib(pid);
+    let per_conn = after.saturating_sub(before) * 1024 / 400;
+    println!("echo resident memory: {before} KiB -> {after} KiB with 400 idle WebSockets ({per_conn} B each)");
+    assert!(per_conn < 48 * 1024, "an idle WebSocket costs the echo server {per_conn} B");
+    drop((warm, held));
 }

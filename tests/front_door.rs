@@ -625,15 +625,6 @@ async fn refusing_backend(len: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, served)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn gauge(admin: SocketAddr, name: &str) -> Option<f64> {
     let (_, _, body) = http_get(admin, "admin", "/metrics").await;
     String::from_utf8_lossy(&body)

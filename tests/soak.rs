@@ -39,12 +39,8 @@ struct Sample {
 }
 
 fn sample(pid: u32) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let rss_kb = common::rss_kib(pid);
+    assert!(rss_kb > 0, "no VmRSS for pid {pid}");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
     Sample { rss_kb, fds }
 }
