@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
     --no-docs) DOCS=0 ;;
     --keep) KEEP=1 ;;
     --report-only) REPORT_ONLY=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 64 ;;
   esac
   shift
