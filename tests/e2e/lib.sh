@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by tests/e2e/run.sh and tests/e2e/gateway-conformance.sh (sourced, not run): the work
 # folder, the failure message, the cleanup trap, the kind cluster and the image.
 #
